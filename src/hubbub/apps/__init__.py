@@ -1,0 +1,1 @@
+"""Applications written on hubbub's own server API."""

@@ -1,0 +1,119 @@
+"""Server settings: every limit hubbub enforces, in one place.
+
+Each field documents what it bounds and what it costs, and becomes a
+``hubbub serve`` flag (``max_message_size`` -> ``--max-message-size``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields, replace
+from typing import Any
+
+KiB = 1024
+MiB = 1024 * KiB
+
+
+def _doc(text: str, **kw: Any) -> Any:
+    return field(metadata={"help": text}, **kw)
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Limits and timeouts of one hubbub server.
+
+    Memory a connection can pin is roughly ``max_message_size`` (a message
+    being received) plus ``max_send_buffer`` (frames queued for a slow reader)
+    plus, with compression, about 70 KiB of zlib state.
+    """
+
+    max_message_size: int = _doc(
+        "Largest incoming WebSocket message in bytes, after decompression. "
+        "A bigger message closes the connection with 1009. Bounds the memory "
+        "used to assemble one message.",
+        default=64 * KiB,
+    )
+    max_send_buffer: int = _doc(
+        "Bytes that may wait in one connection's outgoing buffer. A client that "
+        "reads slower than it is sent to and exceeds this is dropped with close "
+        "code 1013 and a log line, so it never slows the others.",
+        default=1 * MiB,
+    )
+    max_connections: int = _doc(
+        "Open WebSocket connections the server accepts; further handshakes get "
+        "HTTP 503. Each idle connection costs a few KiB.",
+        default=10_000,
+    )
+    ping_interval: float = _doc(
+        "Seconds of silence from a client after which the server pings it "
+        "(0 disables the heartbeat).",
+        default=20.0,
+    )
+    ping_timeout: float = _doc(
+        "Seconds a pinged client has to answer (with a pong or any frame) "
+        "before it is dropped with close code 1011.",
+        default=20.0,
+    )
+    handshake_timeout: float = _doc(
+        "Seconds a new TCP connection has to send a complete HTTP request head; "
+        "slower ones get HTTP 408. Also the idle timeout of keep-alive HTTP "
+        "connections.",
+        default=10.0,
+    )
+    close_timeout: float = _doc(
+        "Seconds to wait for the peer during a closing handshake (and for a "
+        "dropped slow client to drain) before the TCP connection is aborted.",
+        default=5.0,
+    )
+    shutdown_timeout: float = _doc(
+        "Seconds a graceful shutdown waits for clients to finish the closing "
+        "handshake (close code 1001) before aborting the rest.",
+        default=3.0,
+    )
+    compression: bool = _doc(
+        "Negotiate permessage-deflate (RFC 7692) when a client offers it. "
+        "Costs about 70 KiB of zlib state per compressed connection; the "
+        "decompressed size is capped by max_message_size.",
+        default=True,
+    )
+    max_header_size: int = _doc(
+        "Largest HTTP request head (request line and headers) in bytes; bigger ones get HTTP 431.",
+        default=16 * KiB,
+    )
+    max_body_size: int = _doc(
+        "Largest HTTP request body in bytes; bigger ones get HTTP 413.",
+        default=1 * MiB,
+    )
+    max_pending_messages: int = _doc(
+        "Messages from one connection that may wait for an async message "
+        "handler; beyond this the server stops reading from that socket "
+        "until the handler catches up (TCP backpressure).",
+        default=64,
+    )
+    task_workers: int = _doc(
+        "Worker processes for server.task() (Swoole's task workers), started on first use.",
+        default=2,
+    )
+
+    def with_overrides(self, **changes: Any) -> Settings:
+        """Return a copy with the given fields changed (unknown names raise)."""
+        return replace(self, **changes)
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, bool):
+                continue
+            if value < 0:
+                raise ValueError(f"{f.name} must not be negative, got {value!r}")
+        for name in ("max_message_size", "max_send_buffer", "max_header_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be positive")
+
+
+def setting_fields() -> list[tuple[str, type, Any, str]]:
+    """(name, type, default, help) for each setting: the CLI is built from this."""
+    types = {"int": int, "float": float, "bool": bool}
+    out = []
+    for f in fields(Settings):
+        out.append((f.name, types[str(f.type)], f.default, f.metadata["help"]))
+    return out

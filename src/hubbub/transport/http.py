@@ -1,0 +1,491 @@
+"""HTTP/1.1 on the listening socket: plain requests and the WebSocket upgrade.
+
+One port serves both worlds, as Swoole's WebSocket server does. Every TCP
+connection starts here; `httptools` (llhttp) parses request heads and bodies.
+A request that asks for ``Upgrade: websocket`` goes through the opening
+handshake of RFC 6455 4.2 (checked by `websockets`' sans-I/O server core) and,
+once accepted, the transport is handed to a
+:class:`~hubbub.transport.websocket.WebSocketConnection`.
+
+Bad input never reaches a handler: a malformed request gets 400, an
+over-long head 431, an over-long body 413, a slow head 408, an invalid
+handshake the 4xx that `websockets` chose with its reason, each with a short
+plain-text body and ``Connection: close``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import inspect
+import logging
+from collections import deque
+from collections.abc import Awaitable, Callable
+from http import HTTPStatus
+from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qs
+
+import httptools
+from websockets.datastructures import Headers
+from websockets.extensions.permessage_deflate import ServerPerMessageDeflateFactory
+from websockets.http11 import Request as WSRequest
+from websockets.protocol import State
+
+from .websocket import HubbubServerProtocol, WebSocketConnection
+
+if TYPE_CHECKING:
+    from ..config import Settings
+
+log = logging.getLogger("hubbub.http")
+
+MAX_HEADERS = 100
+
+
+class Request:
+    """An HTTP request, or the handshake request of a WebSocket (Swoole's ``$request``)."""
+
+    __slots__ = ("body", "fd", "headers", "method", "path", "query_string", "remote", "subprotocol")
+
+    def __init__(
+        self,
+        method: str,
+        path: str,
+        query_string: str,
+        headers: dict[str, str],
+        body: bytes,
+        remote: tuple[str, int] | None,
+    ) -> None:
+        self.method = method
+        self.path = path
+        self.query_string = query_string
+        #: Header names lower-cased; repeated headers joined with ", ".
+        self.headers = headers
+        self.body = body
+        self.remote = remote
+        #: The connection's fd once it is a WebSocket (Swoole's ``$request->fd``).
+        self.fd = 0
+        self.subprotocol: str | None = None
+
+    @property
+    def header(self) -> dict[str, str]:
+        """Swoole's name for :attr:`headers`."""
+        return self.headers
+
+    @property
+    def get(self) -> dict[str, str]:
+        """Query parameters, first value of each (Swoole's ``$request->get``)."""
+        return {k: v[0] for k, v in parse_qs(self.query_string).items()}
+
+    def __repr__(self) -> str:
+        return f"<Request {self.method} {self.path}>"
+
+
+class Response:
+    """The answer to one HTTP request (Swoole's ``$response``)."""
+
+    __slots__ = ("_conn", "_headers", "_reason", "_status", "ended", "keep_alive", "method")
+
+    def __init__(self, conn: HttpConnection, keep_alive: bool, method: str) -> None:
+        self._conn = conn
+        self._status = 200
+        self._reason: str | None = None
+        self._headers: list[tuple[str, str]] = []
+        self.keep_alive = keep_alive
+        self.method = method
+        self.ended = False
+
+    def status(self, code: int, reason: str | None = None) -> None:
+        self._status = int(code)
+        self._reason = reason
+
+    def header(self, name: str, value: str) -> None:
+        if "\r" in name or "\n" in name or "\r" in value or "\n" in value:
+            raise ValueError("header names and values must not contain CR or LF")
+        self._headers.append((name, value))
+
+    def end(self, body: str | bytes = b"") -> None:
+        """Send the response. Calling it twice is an error."""
+        if self.ended:
+            raise RuntimeError("response already sent")
+        self.ended = True
+        payload = body.encode() if isinstance(body, str) else bytes(body)
+        names = {k.lower() for k, _ in self._headers}
+        if "content-type" not in names:
+            ctype = (
+                "text/plain; charset=utf-8" if isinstance(body, str) else "application/octet-stream"
+            )
+            self._headers.append(("Content-Type", ctype))
+        self._conn.write_response(
+            self._status, self._reason, self._headers, payload, self.keep_alive, self.method
+        )
+
+
+Handler = Callable[[Request, Response], Awaitable[None] | None]
+
+
+class HttpEndpoint:
+    """What the HTTP layer needs from the server core (see hubbub.server)."""
+
+    settings: Settings
+    subprotocols: list[str]
+
+    def http_request(self, request: Request, response: Response) -> Awaitable[None] | None:
+        raise NotImplementedError
+
+    def ws_admit(self) -> str | None:
+        """None to accept one more WebSocket, or the reason it is refused (503)."""
+        raise NotImplementedError
+
+    def ws_opened(
+        self, transport: asyncio.Transport, proto: Any, request: Request
+    ) -> WebSocketConnection:
+        raise NotImplementedError
+
+    def http_connection_made(self, conn: HttpConnection) -> None: ...
+    def http_connection_lost(self, conn: HttpConnection) -> None: ...
+
+
+def _date() -> str:
+    return email.utils.formatdate(usegmt=True)
+
+
+def _is_websocket(headers: dict[str, str]) -> bool:
+    return "websocket" in headers.get("upgrade", "").lower()
+
+
+class HttpConnection(asyncio.Protocol):
+    """A TCP connection until (unless) it becomes a WebSocket."""
+
+    def __init__(self, endpoint: HttpEndpoint) -> None:
+        self.endpoint = endpoint
+        self.settings = endpoint.settings
+        self.transport: asyncio.Transport | None = None
+        self.parser = httptools.HttpRequestParser(self)
+        self.loop = asyncio.get_running_loop()
+        self.queue: deque[tuple[Request, bool]] = deque()
+        self.busy = False
+        self.closing = False
+        self.upgraded = False
+        self.timer: asyncio.TimerHandle | None = None
+        self.head_size = 0
+        self.in_head = False
+        self._reset()
+
+    def _reset(self) -> None:
+        self.url = b""
+        self.raw_headers: list[tuple[bytes, bytes]] = []
+        self.body_parts: list[bytes] = []
+        self.body_size = 0
+
+    # -- asyncio.Protocol ---------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        self.peer = transport.get_extra_info("peername")
+        self._arm_timer()
+        self.endpoint.http_connection_made(self)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._cancel_timer()
+        self.closing = True
+        self.endpoint.http_connection_lost(self)
+
+    def data_received(self, data: bytes) -> None:
+        if self.closing or self.upgraded:
+            return
+        if self.in_head or not self.queue:
+            # Count head bytes (an approximation that over-counts the body
+            # bytes of the same chunk, which only makes the limit stricter).
+            self.head_size += len(data)
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade as exc:
+            offset = exc.args[0] if exc.args else len(data)
+            self._process(leftover=data[offset:])
+            return
+        except httptools.HttpParserCallbackError:
+            # A callback below already answered (413/431) and closed.
+            return
+        except httptools.HttpParserError as exc:
+            if not self.closing:
+                self.reject(HTTPStatus.BAD_REQUEST, f"Bad Request: {exc}")
+            return
+        if self.in_head and self.head_size > self.settings.max_header_size:
+            self.reject(
+                HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE, "Request header fields too large"
+            )
+            return
+        self._process()
+
+    # -- httptools callbacks -------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        self.in_head = True
+        self._reset()
+        self._arm_timer()
+
+    def on_url(self, url: bytes) -> None:
+        self.url += url
+        if len(self.url) > self.settings.max_header_size:
+            self.reject(HTTPStatus.REQUEST_URI_TOO_LONG, "URI too long")
+            raise httptools.HttpParserCallbackError("uri too long")
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.raw_headers.append((name, value))
+        if len(self.raw_headers) > MAX_HEADERS or self.head_size > self.settings.max_header_size:
+            self.reject(
+                HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE, "Request header fields too large"
+            )
+            raise httptools.HttpParserCallbackError("headers too large")
+
+    def on_headers_complete(self) -> None:
+        self.in_head = False
+        self.head_size = 0
+        for name, value in self.raw_headers:
+            if name.lower() == b"content-length":
+                try:
+                    size = int(value)
+                except ValueError:
+                    size = 0
+                if size > self.settings.max_body_size:
+                    self.reject(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, "Request body too large")
+                    raise httptools.HttpParserCallbackError("body too large")
+
+    def on_body(self, body: bytes) -> None:
+        self.body_size += len(body)
+        if self.body_size > self.settings.max_body_size:
+            self.reject(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, "Request body too large")
+            raise httptools.HttpParserCallbackError("body too large")
+        self.body_parts.append(body)
+
+    def on_message_complete(self) -> None:
+        self._cancel_timer()
+        headers: dict[str, str] = {}
+        for raw_name, raw_value in self.raw_headers:
+            name = raw_name.decode("latin-1").lower()
+            value = raw_value.decode("latin-1")
+            headers[name] = f"{headers[name]}, {value}" if name in headers else value
+        try:
+            parsed = httptools.parse_url(self.url)
+        except httptools.HttpParserInvalidURLError:
+            self.reject(HTTPStatus.BAD_REQUEST, "Bad Request: invalid URL")
+            raise httptools.HttpParserCallbackError("invalid url") from None
+        path = (parsed.path or b"/").decode("latin-1")
+        query = (parsed.query or b"").decode("latin-1")
+        request = Request(
+            self.parser.get_method().decode("ascii"),
+            path,
+            query,
+            headers,
+            b"".join(self.body_parts),
+            self.peer,
+        )
+        self.queue.append((request, self.parser.should_keep_alive()))
+        self._reset()
+
+    # -- request processing ------------------------------------------------
+
+    def _process(self, leftover: bytes = b"") -> None:
+        while self.queue and not self.busy and not self.closing:
+            request, keep_alive = self.queue.popleft()
+            if _is_websocket(request.headers):
+                self.queue.clear()
+                self._handshake(request, leftover)
+                return
+            response = Response(self, keep_alive, request.method)
+            try:
+                result = self.endpoint.http_request(request, response)
+            except Exception:
+                log.exception("request handler failed for %s %s", request.method, request.path)
+                self._internal_error(response)
+                continue
+            if inspect.isawaitable(result):
+                # Answer pipelined requests in order: hold the rest (and stop
+                # reading) until this handler is done.
+                self.busy = True
+                assert self.transport is not None
+                self.transport.pause_reading()
+                task = asyncio.ensure_future(result)
+                task.add_done_callback(lambda t, r=response: self._handler_done(t, r))
+                return
+            if not response.ended:
+                response.end()
+
+    def _handler_done(self, task: asyncio.Future[Any], response: Response) -> None:
+        self.busy = False
+        if task.cancelled():
+            self._internal_error(response)
+        elif task.exception() is not None:
+            log.error("request handler failed", exc_info=task.exception())
+            self._internal_error(response)
+        elif not response.ended:
+            response.end()
+        if not self.closing and self.transport is not None:
+            self.transport.resume_reading()
+            self._process()
+
+    def _internal_error(self, response: Response) -> None:
+        if not response.ended and not self.closing:
+            response.ended = True
+            self.write_response(
+                500,
+                None,
+                [("Content-Type", "text/plain; charset=utf-8")],
+                b"Internal Server Error\n",
+                False,
+                response.method,
+            )
+
+    def _handshake(self, request: Request, leftover: bytes) -> None:
+        """RFC 6455 4.2.2: accept or refuse the opening handshake."""
+        refused = self.endpoint.ws_admit()
+        if refused is not None:
+            self.reject(HTTPStatus.SERVICE_UNAVAILABLE, refused, [("Retry-After", "5")])
+            return
+        settings = self.settings
+        extensions = (
+            [
+                ServerPerMessageDeflateFactory(
+                    server_max_window_bits=12,
+                    client_max_window_bits=12,
+                    compress_settings={"memLevel": 5},
+                )
+            ]
+            if settings.compression
+            else None
+        )
+        proto = HubbubServerProtocol(
+            extensions=extensions,
+            subprotocols=list(self.endpoint.subprotocols) or None,
+            max_size=settings.max_message_size,
+            logger=_quiet,
+            # The head was parsed by httptools already: the core starts at
+            # the frame stage and is given the parsed request below.
+            state=State.OPEN,
+        )
+        # Repeated headers were joined with ", " (RFC 9110 5.3), which is
+        # how websockets reads them too.
+        wsrequest = WSRequest(
+            request.path + (f"?{request.query_string}" if request.query_string else ""),
+            Headers(request.headers.items()),
+            method=request.method,
+        )
+        response = proto.accept(wsrequest)
+        assert self.transport is not None
+        if response.status_code != 101:
+            # websockets' body explains the refusal in one line or two.
+            body = response.body or b""
+            self._write_raw_response(
+                response.status_code,
+                response.reason_phrase,
+                list(response.headers.raw_items()),
+                body,
+                False,
+                "GET",
+            )
+            return
+        request.subprotocol = proto.subprotocol
+        self.upgraded = True
+        self._cancel_timer()
+        self.transport.write(response.serialize())
+        conn = self.endpoint.ws_opened(self.transport, proto, request)
+        self.transport.set_protocol(conn)
+        if leftover:
+            conn.data_received(leftover)
+
+    # -- writing -------------------------------------------------------------
+
+    def write_response(
+        self,
+        status: int,
+        reason: str | None,
+        headers: list[tuple[str, str]],
+        body: bytes,
+        keep_alive: bool,
+        method: str,
+    ) -> None:
+        if reason is None:
+            try:
+                reason = HTTPStatus(status).phrase
+            except ValueError:
+                reason = "Unknown"
+        headers = [*headers, ("Content-Length", str(len(body)))]
+        self._write_raw_response(status, reason, headers, body, keep_alive, method)
+
+    def _write_raw_response(
+        self,
+        status: int,
+        reason: str,
+        headers: list[tuple[str, str]],
+        body: bytes,
+        keep_alive: bool,
+        method: str,
+    ) -> None:
+        if self.transport is None or self.transport.is_closing():
+            return
+        lines = [f"HTTP/1.1 {status} {reason}"]
+        names = {k.lower() for k, _ in headers}
+        for name, value in headers:
+            if name.lower() != "connection":
+                lines.append(f"{name}: {value}")
+        if "date" not in names:
+            lines.append(f"Date: {_date()}")
+        if "server" not in names:
+            lines.append("Server: hubbub")
+        if "content-length" not in names:
+            lines.append(f"Content-Length: {len(body)}")
+        lines.append("Connection: keep-alive" if keep_alive else "Connection: close")
+        head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+        self.transport.write(head if method == "HEAD" else head + body)
+        if keep_alive:
+            self._arm_timer()
+        else:
+            self.closing = True
+            self.transport.close()
+
+    def reject(
+        self, status: HTTPStatus, text: str, headers: list[tuple[str, str]] | None = None
+    ) -> None:
+        """Answer with an error status and a one-line reason, then close."""
+        if self.closing:
+            return
+        log.info("%s %s from %s: %s", status.value, status.phrase, self.peer, text)
+        hdrs = [("Content-Type", "text/plain; charset=utf-8"), *(headers or [])]
+        self.write_response(status.value, status.phrase, hdrs, (text + "\n").encode(), False, "GET")
+
+    # -- timers --------------------------------------------------------------
+
+    def _arm_timer(self) -> None:
+        self._cancel_timer()
+        self.timer = self.loop.call_later(self.settings.handshake_timeout, self._timed_out)
+
+    def _cancel_timer(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+
+    def _timed_out(self) -> None:
+        self.timer = None
+        if self.closing or self.upgraded or self.busy:
+            return
+        if self.in_head or self.head_size:
+            self.reject(HTTPStatus.REQUEST_TIMEOUT, "Request head not received in time")
+        elif self.transport is not None:
+            # An idle keep-alive connection: close quietly.
+            self.closing = True
+            self.transport.close()
+
+    def close(self) -> None:
+        if not self.closing and self.transport is not None:
+            self.closing = True
+            self.transport.close()
+
+
+class _QuietLogger(logging.LoggerAdapter):  # type: ignore[type-arg]
+    """`websockets` logs each connection at INFO; hubbub logs its own events."""
+
+    def isEnabledFor(self, level: int) -> bool:
+        return level >= logging.WARNING and log.isEnabledFor(level)
+
+
+_quiet = _QuietLogger(logging.getLogger("hubbub.websocket.core"), {})

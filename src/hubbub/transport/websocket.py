@@ -1,0 +1,342 @@
+"""WebSocket connections: an asyncio protocol around the `websockets` sans-I/O core.
+
+The `websockets` library's :class:`~websockets.server.ServerProtocol` does the
+RFC 6455 work (frame parsing, masking, control frames, close codes, the
+permessage-deflate extension of RFC 7692). This module adds what a server
+needs around it: message assembly with fail-fast UTF-8 checks, a bounded
+outgoing buffer, closing-handshake timeouts and a cheap send path for frames
+encoded once and written to many connections.
+
+The transport is handed over from :mod:`hubbub.transport.http` once the
+opening handshake is accepted (``transport.set_protocol``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import codecs
+import logging
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Protocol
+
+from websockets.frames import Close, CloseCode, Frame, Opcode
+from websockets.protocol import State
+from websockets.server import ServerProtocol
+
+if TYPE_CHECKING:
+    from ..config import Settings
+
+log = logging.getLogger("hubbub.websocket")
+
+OP_TEXT = Opcode.TEXT
+OP_BINARY = Opcode.BINARY
+OP_CONT = Opcode.CONT
+OP_CLOSE = Opcode.CLOSE
+_utf8_decoder = codecs.getincrementaldecoder("utf-8")
+
+
+def encode_frame(data: str | bytes, opcode: Opcode | None = None) -> bytes:
+    """Serialize one unmasked, unfragmented server frame (RFC 6455 5.2).
+
+    The result can be written as-is to every connection that did not
+    negotiate an extension, which is what makes broadcast cheap.
+    """
+    if isinstance(data, str):
+        payload = data.encode()
+        op = opcode or OP_TEXT
+    else:
+        payload = bytes(data)
+        op = opcode or OP_BINARY
+    return Frame(op, payload).serialize(mask=False)
+
+
+class Endpoint(Protocol):
+    """What a connection reports to: the server core."""
+
+    settings: Settings
+
+    def ws_message(self, conn: WebSocketConnection, data: str | bytes) -> None: ...
+    def ws_closing(self, conn: WebSocketConnection) -> None: ...
+    def ws_closed(self, conn: WebSocketConnection) -> None: ...
+
+
+class HubbubServerProtocol(ServerProtocol):
+    """`websockets`' server protocol with one RFC reading changed.
+
+    RFC 6455 5.4 lets control frames arrive between the fragments of a
+    message. `websockets` fails the connection with 1002 when that control
+    frame is a Close (Autobahn case 7.1.5); we treat it as a normal closing
+    handshake and drop the unfinished message.
+    """
+
+    def recv_frame(self, frame: Frame) -> None:
+        if frame.opcode is OP_CLOSE and self.current_size is not None:
+            self.current_size = None
+        super().recv_frame(frame)
+
+
+class WebSocketConnection(asyncio.Protocol):
+    """One established WebSocket connection.
+
+    States: ``open`` (in the broadcast set) -> ``closing`` (a Close frame was
+    sent or received, or the client is being dropped; nothing more is sent)
+    -> ``closed`` (the TCP connection is gone; the ``close`` event fires once).
+    """
+
+    __slots__ = (
+        "_abort_handle",
+        "_decoder",
+        "_parts",
+        "_text",
+        "closed",
+        "compressed",
+        "endpoint",
+        "fd",
+        "last_rx",
+        "loop",
+        "open",
+        "peer",
+        "pending",
+        "ping_sent",
+        "proto",
+        "request",
+        "running",
+        "transport",
+        "write",
+    )
+
+    def __init__(
+        self,
+        endpoint: Endpoint,
+        fd: int,
+        proto: ServerProtocol,
+        transport: asyncio.Transport,
+        request: Any,
+    ) -> None:
+        self.endpoint = endpoint
+        self.fd = fd
+        self.proto = proto
+        self.request = request
+        self.transport = transport
+        # transport.write bound once: the broadcast hot path calls it directly.
+        self.write: Callable[[bytes], None] = transport.write
+        self.loop = asyncio.get_running_loop()
+        self.compressed = bool(proto.extensions)
+        self.open = True
+        self.closed = False
+        self.last_rx = self.loop.time()
+        self.ping_sent = False
+        self.peer = transport.get_extra_info("peername")
+        self._abort_handle: asyncio.TimerHandle | None = None
+        # Message being assembled from fragments (RFC 6455 5.4).
+        self._parts: list[bytes] | None = None
+        self._decoder: Any = None
+        self._text = False
+        # Messages queued for an async handler (see Server._dispatch_message).
+        self.pending: Any = None
+        self.running = False
+        # Backpressure: pause_writing() fires inside transport.write() as soon
+        # as the outgoing buffer passes max_send_buffer; we then drop the
+        # client. Reading this limit costs nothing on the hot path.
+        transport.set_write_buffer_limits(high=endpoint.settings.max_send_buffer)
+
+    # -- asyncio.Protocol ---------------------------------------------------
+
+    def data_received(self, data: bytes) -> None:
+        self.last_rx = self.loop.time()
+        self.ping_sent = False
+        proto = self.proto
+        proto.receive_data(data)
+        events = proto.events_received()
+        for frame in events:
+            if not self.open and frame.opcode is not OP_CLOSE:
+                break
+            self._on_frame(frame)
+        self._flush()
+
+    def eof_received(self) -> bool | None:
+        self.proto.receive_eof()
+        self._flush()
+        return None
+
+    def pause_writing(self) -> None:
+        # The outgoing buffer passed max_send_buffer: this client reads slower
+        # than it is written to. Leave the broadcast set right now (the caller
+        # may be in the middle of a broadcast loop over a snapshot, which adds
+        # at most one more frame) and close from a fresh callback.
+        if self.open:
+            size = self.transport.get_write_buffer_size()
+            log.warning(
+                "client-%d dropped: %d bytes waiting in its send buffer (limit %d)",
+                self.fd,
+                size,
+                self.endpoint.settings.max_send_buffer,
+            )
+            self._leave_open()
+            self.loop.call_soon(self._fail, CloseCode.TRY_AGAIN_LATER, "send buffer overflow")
+
+    def resume_writing(self) -> None:
+        pass
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        if self._abort_handle is not None:
+            self._abort_handle.cancel()
+            self._abort_handle = None
+        self._leave_open()
+        self.endpoint.ws_closed(self)
+
+    # -- receiving ------------------------------------------------------------
+
+    def _on_frame(self, frame: Frame) -> None:
+        op = frame.opcode
+        if op is OP_TEXT:
+            if frame.fin:
+                try:
+                    text = frame.data.decode()
+                except UnicodeDecodeError as exc:
+                    self._fail(CloseCode.INVALID_DATA, f"invalid UTF-8 at position {exc.start}")
+                    return
+                self.endpoint.ws_message(self, text)
+            else:
+                self._text = True
+                self._decoder = _utf8_decoder()
+                self._parts = []
+                self._fragment(frame.data, final=False)
+        elif op is OP_BINARY:
+            if frame.fin:
+                self.endpoint.ws_message(self, frame.data)
+            else:
+                self._text = False
+                self._parts = [frame.data]
+        elif op is OP_CONT:
+            if self._text:
+                self._fragment(frame.data, final=frame.fin)
+            else:
+                assert self._parts is not None
+                self._parts.append(frame.data)
+                if frame.fin:
+                    data = b"".join(self._parts)
+                    self._parts = None
+                    self.endpoint.ws_message(self, data)
+        elif op is OP_CLOSE:
+            # The sans-I/O core has queued the echo of the Close frame
+            # (RFC 6455 5.5.1) and the end of the TCP stream.
+            self._parts = None
+            self._decoder = None
+            self._leave_open()
+        # PING is answered by the core; PONG only refreshes last_rx.
+
+    def _fragment(self, data: bytes, *, final: bool) -> None:
+        # Decode as fragments arrive so that invalid UTF-8 fails the
+        # connection at once (RFC 6455 8.1), not when the message ends.
+        try:
+            text = self._decoder.decode(data, final)
+        except UnicodeDecodeError as exc:
+            self._fail(CloseCode.INVALID_DATA, f"invalid UTF-8: {exc.reason}")
+            return
+        assert self._parts is not None
+        self._parts.append(text)
+        if final:
+            message = "".join(self._parts)
+            self._parts = None
+            self._decoder = None
+            self.endpoint.ws_message(self, message)
+
+    # -- sending --------------------------------------------------------------
+
+    def send(self, data: str | bytes, opcode: Opcode | None = None) -> bool:
+        """Send one message; False if the connection is no longer open."""
+        if not self.open:
+            return False
+        if self.compressed:
+            # Compression keeps per-connection state: encode for this peer.
+            proto = self.proto
+            binary = opcode is OP_BINARY or (opcode is None and not isinstance(data, str))
+            payload = data.encode() if isinstance(data, str) else bytes(data)
+            if binary:
+                proto.send_binary(payload)
+            else:
+                proto.send_text(payload)
+            self._flush()
+        else:
+            self.write(encode_frame(data, opcode))
+        return True
+
+    def send_frame_bytes(self, frame: bytes, data: str | bytes) -> None:
+        """Write a frame encoded once by the caller (broadcast path)."""
+        if self.compressed:
+            self.send(data)
+        else:
+            self.write(frame)
+
+    def ping(self) -> None:
+        if self.open:
+            self.ping_sent = True
+            self.proto.send_ping(b"hubbub")
+            self._flush()
+
+    def close(self, code: int = 1000, reason: str = "") -> bool:
+        """Start the closing handshake (RFC 6455 7.1.2)."""
+        if not self.open:
+            return False
+        self._leave_open()
+        try:
+            self.proto.send_close(code, reason)
+        except Exception as exc:  # invalid code or reason from the caller
+            log.warning(
+                "client-%d: bad close(%r, %r): %s; closing with 1000", self.fd, code, reason, exc
+            )
+            self.proto.send_close(1000, "")
+        self._flush()
+        self._arm_abort()
+        return True
+
+    def abort(self) -> None:
+        self._leave_open()
+        self.transport.abort()
+
+    # -- internals ------------------------------------------------------------
+
+    def _fail(self, code: int, reason: str) -> None:
+        """Fail the WebSocket connection (RFC 6455 7.1.7) with a close frame."""
+        if self.closed or self.proto.state is State.CLOSED:
+            return
+        self._leave_open()
+        if self.proto.state is State.OPEN:
+            self.proto.fail(code, reason)
+            self._flush()
+        self._arm_abort()
+
+    def _leave_open(self) -> None:
+        if self.open:
+            self.open = False
+            self.endpoint.ws_closing(self)
+
+    def _flush(self) -> None:
+        proto = self.proto
+        for chunk in proto.data_to_send():
+            if chunk:
+                self.write(chunk)
+            else:
+                # End of stream: the server closes TCP once the closing
+                # handshake is done (RFC 6455 7.1.1). close() flushes the
+                # buffer first; _arm_abort bounds how long that may take.
+                self._leave_open()
+                self.transport.close()
+                self._arm_abort()
+        if proto.state is State.CLOSING and self.open:
+            self._leave_open()
+
+    def _arm_abort(self) -> None:
+        if self._abort_handle is None and not self.closed:
+            self._abort_handle = self.loop.call_later(
+                self.endpoint.settings.close_timeout, self.transport.abort
+            )
+
+    @property
+    def close_code(self) -> int | None:
+        rcvd: Close | None = self.proto.close_rcvd
+        return rcvd.code if rcvd is not None else None
