@@ -28,7 +28,7 @@ test: install lint
 # Full Autobahn|Testsuite run (sections 1-7, 9, 10, 12, 13) against
 # examples/echo_server.py; reports land in reports/conformance/.
 conformance: install
-	$(BIN)/python -m tests.conformance --all --outdir reports/conformance
+	$(BIN)/python -m tools.conformance --all --outdir reports/conformance
 
 clean:
 	rm -rf $(VENV) reports .pytest_cache

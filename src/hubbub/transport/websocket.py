@@ -32,6 +32,8 @@ OP_TEXT = Opcode.TEXT
 OP_BINARY = Opcode.BINARY
 OP_CONT = Opcode.CONT
 OP_CLOSE = Opcode.CLOSE
+OP_PING = Opcode.PING
+_PONG_BYTE = bytes([0x80 | Opcode.PONG.value])  # FIN + pong: a server pong's first byte
 _utf8_decoder = codecs.getincrementaldecoder("utf-8")
 
 
@@ -91,6 +93,7 @@ class WebSocketConnection(asyncio.Protocol):
         "closed",
         "compressed",
         "endpoint",
+        "failed",
         "fd",
         "last_rx",
         "loop",
@@ -123,6 +126,7 @@ class WebSocketConnection(asyncio.Protocol):
         self.loop = asyncio.get_running_loop()
         self.compressed = bool(proto.extensions)
         self.open = True
+        self.failed = False
         self.closed = False
         self.last_rx = self.loop.time()
         self.ping_sent = False
@@ -143,15 +147,34 @@ class WebSocketConnection(asyncio.Protocol):
     # -- asyncio.Protocol ---------------------------------------------------
 
     def data_received(self, data: bytes) -> None:
+        if self.closed:
+            return
         self.last_rx = self.loop.time()
         self.ping_sent = False
         proto = self.proto
         proto.receive_data(data)
         events = proto.events_received()
+        # What the core wants to send in answer to this data, in order: a
+        # pong per ping, then possibly the echo of a Close frame and the end
+        # of the stream. A handler's replies to the messages that came before
+        # that Close must go out before the echo (RFC 6455 5.5.1: nothing is
+        # sent after a Close), and a pong before any reply to a message that
+        # followed its ping (Autobahn 5.6), so the answers are written as the
+        # frames are handled, in order.
+        replies = proto.data_to_send()
         for frame in events:
-            if not self.open and frame.opcode is not OP_CLOSE:
+            if frame.opcode is OP_PING:
+                if replies and replies[0][:1] == _PONG_BYTE:
+                    self.write(replies.pop(0))
+                continue
+            if frame.opcode is OP_CLOSE:
+                self._on_frame(frame)
+                break
+            if self.failed:
                 break
             self._on_frame(frame)
+        for chunk in replies:
+            self._write_chunk(chunk)
         self._flush()
 
     def eof_received(self) -> bool | None:
@@ -199,7 +222,7 @@ class WebSocketConnection(asyncio.Protocol):
                 except UnicodeDecodeError as exc:
                     self._fail(CloseCode.INVALID_DATA, f"invalid UTF-8 at position {exc.start}")
                     return
-                self.endpoint.ws_message(self, text)
+                self._deliver(text)
             else:
                 self._text = True
                 self._decoder = _utf8_decoder()
@@ -207,7 +230,7 @@ class WebSocketConnection(asyncio.Protocol):
                 self._fragment(frame.data, final=False)
         elif op is OP_BINARY:
             if frame.fin:
-                self.endpoint.ws_message(self, frame.data)
+                self._deliver(frame.data)
             else:
                 self._text = False
                 self._parts = [frame.data]
@@ -220,7 +243,7 @@ class WebSocketConnection(asyncio.Protocol):
                 if frame.fin:
                     data = b"".join(self._parts)
                     self._parts = None
-                    self.endpoint.ws_message(self, data)
+                    self._deliver(data)
         elif op is OP_CLOSE:
             # The sans-I/O core has queued the echo of the Close frame
             # (RFC 6455 5.5.1) and the end of the TCP stream.
@@ -228,6 +251,9 @@ class WebSocketConnection(asyncio.Protocol):
             self._decoder = None
             self._leave_open()
         # PING is answered by the core; PONG only refreshes last_rx.
+
+    def _deliver(self, message: str | bytes) -> None:
+        self.endpoint.ws_message(self, message)
 
     def _fragment(self, data: bytes, *, final: bool) -> None:
         # Decode as fragments arrive so that invalid UTF-8 fails the
@@ -243,7 +269,7 @@ class WebSocketConnection(asyncio.Protocol):
             message = "".join(self._parts)
             self._parts = None
             self._decoder = None
-            self.endpoint.ws_message(self, message)
+            self._deliver(message)
 
     # -- sending --------------------------------------------------------------
 
@@ -253,14 +279,12 @@ class WebSocketConnection(asyncio.Protocol):
             return False
         if self.compressed:
             # Compression keeps per-connection state: encode for this peer.
-            proto = self.proto
+            # (Not proto.send_text(): that refuses once the core has parsed a
+            # Close that this layer has not handled yet; see data_received.)
             binary = opcode is OP_BINARY or (opcode is None and not isinstance(data, str))
             payload = data.encode() if isinstance(data, str) else bytes(data)
-            if binary:
-                proto.send_binary(payload)
-            else:
-                proto.send_text(payload)
-            self._flush()
+            frame = Frame(OP_BINARY if binary else OP_TEXT, payload)
+            self.write(frame.serialize(mask=False, extensions=self.proto.extensions))
         else:
             self.write(encode_frame(data, opcode))
         return True
@@ -283,12 +307,14 @@ class WebSocketConnection(asyncio.Protocol):
         if not self.open:
             return False
         self._leave_open()
+        if self.proto.state is not State.OPEN:
+            # The peer's Close is already parsed; its echo ends the handshake.
+            return True
         try:
             self.proto.send_close(code, reason)
-        except Exception as exc:  # invalid code or reason from the caller
-            log.warning(
-                "client-%d: bad close(%r, %r): %s; closing with 1000", self.fd, code, reason, exc
-            )
+        except Exception as exc:  # a close code or reason RFC 6455 7.4 forbids
+            log.warning("client-%d: close(%r, %r) refused: %s; closing with 1000",
+                        self.fd, code, reason, exc)
             self.proto.send_close(1000, "")
         self._flush()
         self._arm_abort()
@@ -304,6 +330,7 @@ class WebSocketConnection(asyncio.Protocol):
         """Fail the WebSocket connection (RFC 6455 7.1.7) with a close frame."""
         if self.closed or self.proto.state is State.CLOSED:
             return
+        self.failed = True
         self._leave_open()
         if self.proto.state is State.OPEN:
             self.proto.fail(code, reason)
@@ -316,19 +343,19 @@ class WebSocketConnection(asyncio.Protocol):
             self.endpoint.ws_closing(self)
 
     def _flush(self) -> None:
-        proto = self.proto
-        for chunk in proto.data_to_send():
-            if chunk:
-                self.write(chunk)
-            else:
-                # End of stream: the server closes TCP once the closing
-                # handshake is done (RFC 6455 7.1.1). close() flushes the
-                # buffer first; _arm_abort bounds how long that may take.
-                self._leave_open()
-                self.transport.close()
-                self._arm_abort()
-        if proto.state is State.CLOSING and self.open:
+        for chunk in self.proto.data_to_send():
+            self._write_chunk(chunk)
+
+    def _write_chunk(self, chunk: bytes) -> None:
+        if chunk:
+            self.write(chunk)
+        else:
+            # End of stream: the server closes TCP once the closing
+            # handshake is done (RFC 6455 7.1.1). close() flushes the
+            # buffer first; _arm_abort bounds how long that may take.
             self._leave_open()
+            self.transport.close()
+            self._arm_abort()
 
     def _arm_abort(self) -> None:
         if self._abort_handle is None and not self.closed:

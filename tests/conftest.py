@@ -1,0 +1,114 @@
+"""Shared fixtures: real servers on 127.0.0.1, free ports, torn down after each test."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import uvloop
+
+from hubbub import Server
+from hubbub.apps.seed import create_app
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def pytest_asyncio_loop_factories(config: Any, item: Any) -> dict[str, Callable[[], Any]]:
+    # The server runs on uvloop in production; tests exercise the same loop.
+    return {"uvloop": uvloop.new_event_loop}
+
+
+@pytest.fixture
+async def make_server() -> AsyncIterator[Callable[..., Any]]:
+    """``await make_server(setup=fn, **settings)``: a listening Server on a free port.
+
+    ``setup(server)`` registers handlers before it listens.
+    """
+    servers: list[Server] = []
+
+    async def factory(setup: Callable[[Server], None] | None = None, **overrides: Any) -> Server:
+        server = Server("127.0.0.1", 0, **overrides)
+        if setup is not None:
+            setup(server)
+        await server.listen()
+        servers.append(server)
+        return server
+
+    yield factory
+    for server in servers:
+        await server.shutdown()
+
+
+@pytest.fixture
+async def seed_server() -> AsyncIterator[Server]:
+    """The built-in chat (``hubbub serve``) on a free port."""
+    server = create_app("127.0.0.1", 0)
+    await server.listen()
+    yield server
+    await server.shutdown()
+
+
+def ws_url(server: Server, path: str = "/") -> str:
+    return f"ws://127.0.0.1:{server.port}{path}"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_for_port(port: int, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise TimeoutError(f"nothing listening on 127.0.0.1:{port} after {timeout}s")
+
+
+@pytest.fixture
+def spawn() -> Iterator[Callable[..., subprocess.Popen[str]]]:
+    """Start a process (a server) that is killed at teardown if still running."""
+    procs: list[subprocess.Popen[str]] = []
+
+    def start(*args: str, port: int | None = None) -> subprocess.Popen[str]:
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        proc = subprocess.Popen(
+            [sys.executable, *args],
+            cwd=ROOT,
+            env=env,
+            text=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+        )
+        procs.append(proc)
+        if port is not None:
+            try:
+                wait_for_port(port)
+            except TimeoutError:
+                proc.kill()
+                out = proc.communicate()[0]
+                raise AssertionError(f"server did not start:\n{out}") from None
+        return proc
+
+    yield start
+    for proc in procs:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+async def recv_all(ws: Any, n: int, within: float = 5.0) -> list[Any]:
+    """Receive exactly ``n`` messages, each within ``within`` seconds."""
+    return [await asyncio.wait_for(ws.recv(), within) for _ in range(n)]

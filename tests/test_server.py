@@ -1,0 +1,219 @@
+"""The Swoole-style API, driven over real sockets."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+
+import pytest
+from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed
+
+from hubbub import Server
+
+from .conftest import recv_all, ws_url
+
+
+def heavy_sum(n: int) -> tuple[int, int]:
+    """CPU work for task(): runs in a worker process."""
+    return sum(i * i for i in range(n)), os.getpid()
+
+
+def fail_task() -> None:
+    raise ValueError("boom")
+
+
+async def test_push_text_and_binary_and_unknown_fd(make_server):
+    opened: list[int] = []
+    server: Server = await make_server(lambda s: s.on("open", lambda s, req: opened.append(req.fd)))
+    async with connect(ws_url(server)) as ws:
+        await asyncio.sleep(0.05)
+        fd = opened[0]
+        assert server.push(fd, "text") is True
+        assert server.push(fd, b"\x00bin") is True
+        assert await recv_all(ws, 2) == ["text", b"\x00bin"]
+        assert server.push(fd + 1000, "nobody") is False
+
+
+async def test_broadcast_reaches_everyone_and_respects_exclude(make_server):
+    opened: list[int] = []
+    server = await make_server(lambda s: s.on("open", lambda s, req: opened.append(req.fd)))
+    async with (
+        connect(ws_url(server)) as a,
+        connect(ws_url(server), compression=None) as b,
+        connect(ws_url(server)) as c,
+    ):
+        await asyncio.sleep(0.05)
+        assert sorted(server.connections) == sorted(opened)
+        assert server.broadcast("all") == 3
+        assert server.broadcast("not a", exclude=[opened[0]]) == 2
+        assert await recv_all(a, 1) == ["all"]
+        assert await recv_all(b, 2) == ["all", "not a"]
+        assert await recv_all(c, 2) == ["all", "not a"]
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(a.recv(), 0.2)
+
+
+async def test_fds_are_small_unique_and_never_reused(make_server):
+    opened: list[int] = []
+    server = await make_server(lambda s: s.on("open", lambda s, req: opened.append(req.fd)))
+    for _ in range(3):
+        async with connect(ws_url(server)):
+            await asyncio.sleep(0.02)
+    assert opened == [1, 2, 3]
+    assert not server.connections
+
+
+async def test_exist_is_established_disconnect_and_close_event(make_server):
+    opened: list[int] = []
+    closed: list[int] = []
+
+    def setup(s: Server) -> None:
+        s.on("open", lambda s, req: opened.append(req.fd))
+        s.on("close", lambda s, fd: closed.append(fd))
+
+    server = await make_server(setup)
+    async with connect(ws_url(server)) as ws:
+        await asyncio.sleep(0.05)
+        fd = opened[0]
+        assert server.exist(fd) and server.is_established(fd)
+        info = server.connection_info(fd)
+        assert info is not None and info["remote_ip"] == "127.0.0.1" and info["established"]
+        assert server.disconnect(fd, 4000, "bye") is True
+        assert not server.is_established(fd)
+        assert server.push(fd, "late") is False
+        with pytest.raises(ConnectionClosed):
+            await asyncio.wait_for(ws.recv(), 2)
+        assert ws.close_code == 4000 and ws.close_reason == "bye"
+    for _ in range(100):
+        if closed:
+            break
+        await asyncio.sleep(0.02)
+    assert closed == [fd]
+    assert not server.exist(fd)
+    assert server.disconnect(fd) is False
+    assert server.connection_info(fd) is None
+
+
+async def test_async_handlers_keep_per_connection_order(make_server):
+    seen: list[str] = []
+
+    async def on_message(s: Server, frame) -> None:
+        await asyncio.sleep(random.random() / 100)
+        seen.append(frame.data)
+        s.push(frame.fd, frame.data)
+
+    server = await make_server(lambda s: s.on("message", on_message), max_pending_messages=4)
+    async with connect(ws_url(server)) as ws:
+        sent = [str(i) for i in range(40)]
+        for text in sent:
+            await ws.send(text)
+        assert await recv_all(ws, 40) == sent
+    assert seen == sent
+
+
+async def test_async_open_runs_before_messages_and_close_after(make_server):
+    events: list[str] = []
+
+    async def on_open(s, req):
+        await asyncio.sleep(0.05)
+        events.append("open")
+
+    async def on_message(s, frame):
+        events.append(f"msg {frame.data}")
+
+    def setup(s: Server) -> None:
+        s.on("open", on_open)
+        s.on("message", on_message)
+        s.on("close", lambda s, fd: events.append("close"))
+
+    server = await make_server(setup)
+    async with connect(ws_url(server)) as ws:
+        await ws.send("a")
+        await ws.send("b")
+    for _ in range(100):
+        if "close" in events:
+            break
+        await asyncio.sleep(0.02)
+    assert events == ["open", "msg a", "msg b", "close"]
+    assert not server.exist(1)
+
+
+async def test_handler_exception_is_logged_and_connection_survives(make_server, caplog):
+    def on_message(s, frame):
+        if frame.data == "bad":
+            raise RuntimeError("handler bug")
+        s.push(frame.fd, "ok " + frame.data)
+
+    server = await make_server(lambda s: s.on("message", on_message))
+    async with connect(ws_url(server)) as ws:
+        await ws.send("bad")
+        await ws.send("good")
+        assert await recv_all(ws, 1) == ["ok good"]
+    assert any("handler bug" in (r.exc_text or "") or r.exc_info for r in caplog.records)
+
+
+async def test_tick_after_and_clear_timer(make_server):
+    server = await make_server()
+    ticks: list[tuple[int, str]] = []
+    once: list[str] = []
+    tid = server.tick(20, lambda timer_id, tag: ticks.append((timer_id, tag)), "t")
+    aid = server.after(50, once.append, "fired")
+    cancelled = server.after(30, once.append, "never")
+    assert server.clear_timer(cancelled) is True
+    await asyncio.sleep(0.2)
+    assert once == ["fired"]
+    assert len(ticks) >= 3 and all(t == (tid, "t") for t in ticks)
+    assert server.clear_timer(tid) is True
+    n = len(ticks)
+    await asyncio.sleep(0.1)
+    assert len(ticks) == n
+    assert server.clear_timer(aid) is False  # already fired
+    with pytest.raises(ValueError):
+        server.tick(0, print)
+
+
+async def test_timers_registered_before_listen_start_with_the_server():
+    server = Server("127.0.0.1", 0)
+    fired: list[int] = []
+    server.after(10, fired.append, 1)
+    await asyncio.sleep(0.05)
+    assert fired == []
+    await server.listen()
+    try:
+        await asyncio.sleep(0.1)
+        assert fired == [1]
+    finally:
+        await server.shutdown()
+
+
+async def test_task_runs_in_a_worker_process(make_server):
+    server = await make_server(task_workers=1)
+    results: list[tuple[int, int]] = []
+    total, pid = await asyncio.wait_for(server.task(heavy_sum, 1000, callback=results.append), 60)
+    assert total == sum(i * i for i in range(1000))
+    assert pid != os.getpid()
+    await asyncio.sleep(0.01)
+    assert results == [(total, pid)]
+    with pytest.raises(ValueError, match="boom"):
+        await asyncio.wait_for(server.task(fail_task), 60)
+
+
+def test_on_rejects_unknown_events_and_works_as_decorator():
+    server = Server("127.0.0.1", 0)
+    with pytest.raises(ValueError, match="unknown event"):
+        server.on("mesage", print)
+
+    @server.on("Message")
+    def handler(s, frame):
+        return None
+
+    assert server._handlers["message"] is handler
+
+
+def test_settings_are_validated():
+    with pytest.raises(ValueError):
+        Server("127.0.0.1", 0, max_message_size=0)
+    with pytest.raises(TypeError):
+        Server("127.0.0.1", 0, no_such_limit=1)
