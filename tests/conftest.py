@@ -16,7 +16,8 @@ import pytest
 import uvloop
 
 from hubbub import Server
-from hubbub.apps.seed import create_app
+from hubbub.apps.chat import create_app
+from hubbub.config import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -48,12 +49,27 @@ async def make_server() -> AsyncIterator[Callable[..., Any]]:
 
 
 @pytest.fixture
-async def seed_server() -> AsyncIterator[Server]:
+async def make_chat(tmp_path: Path) -> AsyncIterator[Callable[..., Any]]:
+    """``await make_chat(**settings)``: the built-in chat (``hubbub serve``) on a free port,
+    with its SQLite file in the test's temporary directory unless ``db`` is given."""
+    servers: list[Server] = []
+
+    async def factory(**overrides: Any) -> Server:
+        overrides.setdefault("db", str(tmp_path / "hubbub.db"))
+        server = create_app("127.0.0.1", 0, Settings(**overrides))
+        await server.listen()
+        servers.append(server)
+        return server
+
+    yield factory
+    for server in servers:
+        await server.shutdown()
+
+
+@pytest.fixture
+async def seed_server(make_chat: Callable[..., Any]) -> Server:
     """The built-in chat (``hubbub serve``) on a free port."""
-    server = create_app("127.0.0.1", 0)
-    await server.listen()
-    yield server
-    await server.shutdown()
+    return await make_chat()
 
 
 def ws_url(server: Server, path: str = "/") -> str:

@@ -60,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
             settings = Settings(**{name: getattr(args, name) for name, *_ in setting_fields()})
         except ValueError as exc:
             parser.error(str(exc))
-        from .apps.seed import create_app
+        from .apps.chat import create_app
 
         create_app(args.host, args.port, settings).start()
         return 0

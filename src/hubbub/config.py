@@ -94,6 +94,53 @@ class Settings:
         default=2,
     )
 
+    # -- the chat product (hubbub.v1) ----------------------------------------
+    db: str = _doc(
+        "SQLite file holding room history (created on first start; ':memory:' keeps nothing).",
+        default="hubbub.db",
+    )
+    sqlite_synchronous: str = _doc(
+        "SQLite synchronous mode: NORMAL survives kill -9 of the server, FULL "
+        "also survives power loss (one fsync per group commit).",
+        default="NORMAL",
+    )
+    retention_count: int = _doc(
+        "Messages kept per room (older ones are deleted); 0 keeps all.",
+        default=100_000,
+    )
+    retention_days: float = _doc(
+        "Days a message is kept; 0 keeps messages forever.",
+        default=0.0,
+    )
+    rate: float = _doc(
+        "hubbub.v1 frames per second one connection may send (token bucket "
+        "refill); excess frames get an error frame 'rate_limited'. 0 disables.",
+        default=20.0,
+    )
+    burst: float = _doc(
+        "hubbub.v1 frames one connection may send in a burst (bucket size).",
+        default=40.0,
+    )
+    max_rooms_per_connection: int = _doc(
+        "Rooms one hubbub.v1 connection may be in at once.",
+        default=50,
+    )
+    max_resume: int = _doc(
+        "Missed messages replayed on a resume; a client further behind is told "
+        "to reload ('reset' frame, reason 'too_far').",
+        default=10_000,
+    )
+    max_journal_queue: int = _doc(
+        "Messages waiting to be written; beyond this, sends are refused with "
+        "'unavailable' (the client retries) instead of queueing without bound.",
+        default=50_000,
+    )
+    api_key: str = _doc(
+        "Key for POST /api/rooms/{room}/messages (Authorization: Bearer KEY); "
+        "empty disables publishing over HTTP. Also read from HUBBUB_API_KEY.",
+        default="",
+    )
+
     def with_overrides(self, **changes: Any) -> Settings:
         """Return a copy with the given fields changed (unknown names raise)."""
         return replace(self, **changes)
@@ -101,7 +148,7 @@ class Settings:
     def __post_init__(self) -> None:
         for f in fields(self):
             value = getattr(self, f.name)
-            if isinstance(value, bool):
+            if isinstance(value, bool | str):
                 continue
             if value < 0:
                 raise ValueError(f"{f.name} must not be negative, got {value!r}")
@@ -112,7 +159,7 @@ class Settings:
 
 def setting_fields() -> list[tuple[str, type, Any, str]]:
     """(name, type, default, help) for each setting: the CLI is built from this."""
-    types = {"int": int, "float": float, "bool": bool}
+    types = {"int": int, "float": float, "bool": bool, "str": str}
     out = []
     for f in fields(Settings):
         out.append((f.name, types[str(f.type)], f.default, f.metadata["help"]))

@@ -110,6 +110,8 @@ class Server:
         #: Subprotocols offered in the handshake (RFC 6455 1.9), in preference order.
         self.subprotocols = list(subprotocols)
         self.health_path = health_path
+        #: The application object built on this server, if any (e.g. the chat app).
+        self.app: Any = None
         self._handlers: dict[str, Callable[..., Any]] = {}
         self._fds = itertools.count(1)
         # Every WebSocket until its TCP connection is gone (exist()).
@@ -169,10 +171,27 @@ class Server:
         conn = self._open.get(fd)
         if conn is None:
             return False
+        return conn.send(data, Opcode(opcode) if opcode is not None else None)
+
+    def push_many(self, fds: Iterable[int], data: str | bytes, opcode: int | None = None) -> int:
+        """Send one message to several connections, encoding the frame once.
+
+        ``bytes`` with ``opcode=WEBSOCKET_OPCODE_TEXT`` are sent as a text
+        frame without decoding (they must be UTF-8). Returns how many were sent.
+        """
         op = Opcode(opcode) if opcode is not None else None
-        if op is Opcode.TEXT and not isinstance(data, str):
-            data = bytes(data).decode()
-        return conn.send(data, op)
+        frame = encode_frame(data, op)
+        n = 0
+        conns = self._open
+        for fd in fds:
+            conn = conns.get(fd)
+            if conn is not None:
+                if conn.compressed:
+                    conn.send(data, op)
+                else:
+                    conn.write(frame)
+                n += 1
+        return n
 
     def broadcast(self, data: str | bytes, exclude: Iterable[int] = ()) -> int:
         """Send one message to every established connection; returns how many.

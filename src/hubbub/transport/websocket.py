@@ -16,12 +16,13 @@ from __future__ import annotations
 import asyncio
 import codecs
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
 from websockets.frames import Close, CloseCode, Frame, Opcode
 from websockets.protocol import State
 from websockets.server import ServerProtocol
+from websockets.typing import Subprotocol
 
 if TYPE_CHECKING:
     from ..config import Settings
@@ -47,7 +48,7 @@ def encode_frame(data: str | bytes, opcode: Opcode | None = None) -> bytes:
         payload = data.encode()
         op = opcode or OP_TEXT
     else:
-        payload = bytes(data)
+        payload = data if type(data) is bytes else bytes(data)
         op = opcode or OP_BINARY
     return Frame(op, payload).serialize(mask=False)
 
@@ -65,11 +66,22 @@ class Endpoint(Protocol):
 class HubbubServerProtocol(ServerProtocol):
     """`websockets`' server protocol with one RFC reading changed.
 
+    Subprotocols: see select_subprotocol.
+
     RFC 6455 5.4 lets control frames arrive between the fragments of a
     message. `websockets` fails the connection with 1002 when that control
     frame is a Close (Autobahn case 7.1.5); we treat it as a normal closing
     handshake and drop the unfinished message.
     """
+
+    def select_subprotocol(self, subprotocols: Sequence[Subprotocol]) -> Subprotocol | None:
+        # RFC 6455 4.2.2: the server picks one of the client's subprotocols
+        # or none. A client that offers none (or none we know) is a plain
+        # client: accepted without a subprotocol, not refused.
+        for subprotocol in self.available_subprotocols or ():
+            if subprotocol in subprotocols:
+                return subprotocol
+        return None
 
     def recv_frame(self, frame: Frame) -> None:
         if frame.opcode is OP_CLOSE and self.current_size is not None:
@@ -313,8 +325,13 @@ class WebSocketConnection(asyncio.Protocol):
         try:
             self.proto.send_close(code, reason)
         except Exception as exc:  # a close code or reason RFC 6455 7.4 forbids
-            log.warning("client-%d: close(%r, %r) refused: %s; closing with 1000",
-                        self.fd, code, reason, exc)
+            log.warning(
+                "client-%d: close(%r, %r) refused: %s; closing with 1000",
+                self.fd,
+                code,
+                reason,
+                exc,
+            )
             self.proto.send_close(1000, "")
         self._flush()
         self._arm_abort()

@@ -1,0 +1,475 @@
+"""The chat product that ``hubbub serve`` runs, written on hubbub's own server API.
+
+Plain WebSocket clients get the seed's room (:mod:`hubbub.apps.seed`).
+Clients that ask for the ``hubbub.v1`` subprotocol speak the JSON protocol
+(:mod:`hubbub.protocol`): the chat core decides, this service carries the
+decisions out with a store (history), a journal (group commit) and a broker
+(fan-out).
+
+Gapless resume. A member that joins with ``since`` is first registered as
+*catching up*: every frame delivered to the room from then on is buffered
+for it. Then the store is read (everything committed so far after
+``since``) and replayed, then the buffer is flushed without the messages the
+replay already had (by sequence number), and only then, with no ``await``
+in between, the member goes live. A message is published only after its
+commit, so it is either in the replay (committed before the read) or in the
+buffer (published after the registration), or both: never neither.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+import os
+import re
+import time
+from importlib import resources
+from typing import Any
+
+import msgspec
+
+from .. import protocol as p
+from ..broker import Broker, LocalBroker
+from ..config import Settings
+from ..core import (
+    Catchup,
+    ChatCore,
+    ChatLimits,
+    Effect,
+    LoadHistory,
+    Persist,
+    Publish,
+    Reply,
+    RoomsQuery,
+)
+from ..server import WEBSOCKET_OPCODE_TEXT, Frame, Server
+from ..store import PendingMessage, Store, StoreError
+from ..store.sqlite import SQLiteStore
+from ..transport.http import Request, Response
+from .journal import Journal
+from .seed import SeedRoom
+
+log = logging.getLogger("hubbub.chat")
+
+TEXT = WEBSOCKET_OPCODE_TEXT
+# The seed's page speaks the plain text protocol; the full hubbub.v1 client
+# replaces "/" when it lands.
+_PAGES = {"/": "seed.html", "/index.html": "seed.html", "/seed.html": "seed.html"}
+_ROOM_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$")
+_API_MESSAGES = re.compile(r"^/api/rooms/([^/]+)/messages$")
+RETENTION_PERIOD = 60.0
+
+
+class PostBody(msgspec.Struct, forbid_unknown_fields=True):
+    """Body of ``POST /api/rooms/{room}/messages``."""
+
+    text: p.Text
+    nick: p.Nick = "api"
+    id: p.ClientId | None = None
+
+
+class _Catchup:
+    __slots__ = ("buffer", "overflow")
+
+    def __init__(self) -> None:
+        self.buffer: list[tuple[int | None, bytes]] = []
+        self.overflow = False
+
+
+def _page(name: str) -> bytes:
+    return resources.files("hubbub").joinpath("static", name).read_bytes()
+
+
+class ChatApp:
+    def __init__(
+        self,
+        server: Server,
+        store: Store | None = None,
+        broker: Broker | None = None,
+    ) -> None:
+        self.server = server
+        s = self.settings = server.settings
+        self.core = ChatCore(ChatLimits(s.rate, s.burst, s.max_rooms_per_connection))
+        self.store: Store = store or SQLiteStore(s.db, s.sqlite_synchronous)
+        self.broker: Broker = broker or LocalBroker()
+        self.journal = Journal(
+            self.store, self._committed, self._not_committed, max_queue=s.max_journal_queue
+        )
+        self.seed = SeedRoom(server)
+        self.v1: set[int] = set()
+        self.catching_up: dict[str, dict[int, _Catchup]] = {}
+        self.api_key = s.api_key or os.environ.get("HUBBUB_API_KEY", "")
+        self.pages = {path: _page(name) for path, name in _PAGES.items()}
+        self.limits = {
+            "max_message_size": s.max_message_size,
+            "rate": s.rate,
+            "burst": s.burst,
+            "max_rooms": s.max_rooms_per_connection,
+            "history_page": 200,
+        }
+        self._tasks: set[asyncio.Task[Any]] = set()
+        if p.SUBPROTOCOL not in server.subprotocols:
+            server.subprotocols.append(p.SUBPROTOCOL)
+        server.on("start", self.on_start)
+        server.on("shutdown", self.on_shutdown)
+        server.on("open", self.on_open)
+        server.on("message", self.on_message)
+        server.on("close", self.on_close)
+        server.on("request", self.on_request)
+
+    # -- lifecycle -----------------------------------------------------------
+
+    async def on_start(self, server: Server) -> None:
+        await self.store.open()
+        await self.broker.start(self.deliver)
+        self.journal.start()
+        await self._retention()
+        server.tick(RETENTION_PERIOD * 1000, lambda _tid: self._spawn(self._retention()))
+
+    async def on_shutdown(self, server: Server) -> None:
+        # Connections are closed by now; write what was accepted, then stop.
+        await self.journal.close()
+        for task in list(self._tasks):
+            task.cancel()
+        await self.broker.close()
+        await self.store.close()
+
+    async def _retention(self) -> None:
+        s = self.settings
+        if s.retention_count <= 0 and s.retention_days <= 0:
+            return
+        try:
+            deleted = await self.store.enforce_retention(
+                s.retention_count, s.retention_days * 86400.0, time.time()
+            )
+        except StoreError as exc:
+            log.error("retention failed: %s", exc)
+            return
+        if deleted:
+            log.info("retention: deleted %d old messages", deleted)
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("chat task failed", exc_info=task.exception())
+
+    # -- WebSocket events ----------------------------------------------------
+
+    def on_open(self, server: Server, request: Request) -> None:
+        if request.subprotocol == p.SUBPROTOCOL:
+            self.v1.add(request.fd)
+            self.run(self.core.connect(request.fd, self.limits))
+        else:
+            self.seed.open(request.fd)
+
+    def on_message(self, server: Server, frame: Frame) -> None:
+        fd = frame.fd
+        if fd not in self.v1:
+            self.seed.message(frame)
+            return
+        if not isinstance(frame.data, str):
+            self.reply(fd, p.Error(p.E_NOT_TEXT, "hubbub.v1 frames are JSON text frames"))
+            return
+        try:
+            decoded = p.decode(frame.data)
+        except p.ProtocolError as exc:
+            self.run(self.core.error(fd, exc))
+            return
+        self.run(self.core.handle(fd, decoded))
+
+    def on_close(self, server: Server, fd: int) -> None:
+        if fd in self.v1:
+            self.v1.discard(fd)
+            for waiting in self.catching_up.values():
+                waiting.pop(fd, None)
+            self.run(self.core.disconnect(fd))
+        else:
+            self.seed.close(fd)
+
+    # -- carrying out effects ------------------------------------------------
+
+    def reply(self, fd: int, frame: p.ServerFrame) -> None:
+        self.server.push(fd, p.encode(frame), TEXT)
+
+    def run(self, effects: list[Effect]) -> None:
+        for effect in effects:
+            if isinstance(effect, Reply):
+                self.reply(effect.fd, effect.frame)
+            elif isinstance(effect, Publish):
+                self.broker.publish(effect.room, p.encode(effect.frame), None)
+            elif isinstance(effect, Persist):
+                pending = PendingMessage(
+                    effect.room, effect.client_id, effect.nick, effect.text, time.time()
+                )
+                if not self.journal.submit(pending, (effect.fd, effect.client_id)):
+                    self.reply(
+                        effect.fd,
+                        p.Error(
+                            p.E_UNAVAILABLE,
+                            "server busy: message not stored, retry",
+                            "send",
+                            effect.room,
+                            effect.client_id,
+                        ),
+                    )
+            elif isinstance(effect, Catchup):
+                self._start_catchup(effect)
+            elif isinstance(effect, LoadHistory):
+                self._spawn(self._history(effect))
+            elif isinstance(effect, RoomsQuery):
+                self._spawn(self._rooms(effect.fd))
+
+    def deliver(self, room: str, payload: bytes, seq: int | None) -> None:
+        """Broker callback: a room frame for this node's members."""
+        self.server.push_many(self.core.live_fds(room), payload, TEXT)
+        waiting = self.catching_up.get(room)
+        if waiting:
+            limit = self.settings.max_resume
+            for state in waiting.values():
+                if len(state.buffer) < limit:
+                    state.buffer.append((seq, payload))
+                else:
+                    state.overflow = True
+
+    # -- journal callbacks ---------------------------------------------------
+
+    def _committed(self, results: list[tuple[p.Message, bool, Any]]) -> None:
+        for msg, duplicate, token in results:
+            if not duplicate:
+                self.broker.publish(msg.room, p.encode(msg), msg.seq)
+            if isinstance(token, asyncio.Future):
+                if not token.done():
+                    token.set_result((msg, duplicate))
+                continue
+            fd, client_id = token
+            self.reply(
+                fd, p.Ack(client_id, msg.room, msg.seq, msg.epoch, msg.id, msg.ts, duplicate)
+            )
+
+    def _not_committed(self, batch: list[tuple[PendingMessage, Any]], exc: Exception) -> None:
+        for pending, token in batch:
+            if isinstance(token, asyncio.Future):
+                if not token.done():
+                    token.set_exception(exc)
+                continue
+            fd, client_id = token
+            self.reply(
+                fd,
+                p.Error(
+                    p.E_UNAVAILABLE, "message not stored, retry", "send", pending.room, client_id
+                ),
+            )
+
+    # -- catch-up, history, room list ------------------------------------------
+
+    def _start_catchup(self, effect: Catchup) -> None:
+        # Registered synchronously, before any await: see the module docstring.
+        self.catching_up.setdefault(effect.room, {})[effect.fd] = _Catchup()
+        self._spawn(self._catchup(effect))
+
+    async def _catchup(self, e: Catchup) -> None:
+        fd, room = e.fd, e.room
+        meta = None
+        try:
+            meta = await self.store.room(room)
+            if not self.core.is_member(fd, room):
+                return
+            state = self.core.room_state(fd, room, meta.epoch, meta.seq)
+            if state is None:
+                return
+            self.reply(fd, state)
+            last = meta.seq
+            if e.since is not None:
+                last = await self._replay(e, meta)
+                if last is None or not self.core.is_member(fd, room):
+                    return
+        except StoreError as exc:
+            log.error("catch-up of %s for client-%d failed: %s", room, fd, exc)
+            self.reply(fd, p.Error(p.E_UNAVAILABLE, "history unavailable", "join", room))
+            last = None
+        waiting = self.catching_up.get(room, {}).pop(fd, None)
+        if room in self.catching_up and not self.catching_up[room]:
+            del self.catching_up[room]
+        if waiting is None or not self.core.is_member(fd, room):
+            return
+        if waiting.overflow and meta is not None:
+            self.reply(fd, p.Reset(room, meta.epoch, "too_far", meta.seq, meta.oldest))
+        # From here to mark_live: no await (nothing may be delivered in between).
+        push = self.server.push
+        for seq, payload in waiting.buffer:
+            if seq is None or last is None or seq > last:
+                push(fd, payload, TEXT)
+        self.core.mark_live(fd, room)
+
+    async def _replay(self, e: Catchup, meta: Any) -> int | None:
+        """Send the messages after ``e.since``; return the last seq sent (or reset)."""
+        fd, room, since = e.fd, e.room, e.since
+        assert since is not None
+        reason = None
+        if (e.epoch is not None and e.epoch != meta.epoch) or since > meta.seq:
+            reason = "epoch"
+        elif since + 1 < meta.oldest:
+            reason = "retention"
+        elif meta.seq - since > self.settings.max_resume:
+            reason = "too_far"
+        if reason is not None:
+            self.reply(fd, p.Reset(room, meta.epoch, reason, meta.seq, meta.oldest))
+            return meta.seq
+        missed = await self.store.since(room, since, self.settings.max_resume)
+        if not self.core.is_member(fd, room):
+            return None
+        push = self.server.push
+        for msg in missed:
+            push(fd, p.encode(msg), TEXT)
+        last = missed[-1].seq if missed else since
+        self.reply(fd, p.Resumed(room, meta.epoch, since, last, len(missed)))
+        return last
+
+    async def _history(self, e: LoadHistory) -> None:
+        try:
+            meta = await self.store.room(e.room)
+            messages, has_more = await self.store.page(e.room, e.before, e.limit)
+        except StoreError as exc:
+            log.error("history of %s failed: %s", e.room, exc)
+            self.reply(e.fd, p.Error(p.E_UNAVAILABLE, "history unavailable", "history", e.room))
+            return
+        self.reply(e.fd, p.HistoryPage(e.room, meta.epoch, messages, has_more))
+
+    async def _room_list(self) -> list[p.RoomInfo]:
+        counts = self.core.member_counts()
+        metas = {m.name: m for m in await self.store.rooms()}
+        names = sorted(set(metas) | set(counts))
+        return [p.RoomInfo(n, counts.get(n, 0), metas[n].seq if n in metas else 0) for n in names]
+
+    async def _rooms(self, fd: int) -> None:
+        try:
+            rooms = await self._room_list()
+        except StoreError:
+            self.reply(fd, p.Error(p.E_UNAVAILABLE, "room list unavailable", "rooms"))
+            return
+        self.reply(fd, p.RoomList(rooms))
+
+    # -- HTTP ----------------------------------------------------------------
+
+    def on_request(self, request: Request, response: Response) -> Any:
+        path = request.path
+        if path.startswith("/api/"):
+            return self._api(request, response)
+        body = self.pages.get(path)
+        if body is None:
+            return _plain(response, 404, "Not Found")
+        if request.method not in ("GET", "HEAD"):
+            response.header("Allow", "GET, HEAD")
+            return _plain(response, 405, "Method Not Allowed")
+        response.header("Content-Type", "text/html; charset=utf-8")
+        response.header("Cache-Control", "no-cache")
+        response.end(body)
+        return None
+
+    async def _api(self, request: Request, response: Response) -> None:
+        path = request.path
+        try:
+            if path == "/api/rooms":
+                if request.method != "GET":
+                    response.header("Allow", "GET")
+                    return _json_error(response, 405, "method not allowed")
+                rooms = await self._room_list()
+                return _json(response, 200, {"rooms": rooms})
+            match = _API_MESSAGES.match(path)
+            if match is None:
+                return _json_error(response, 404, "no such endpoint")
+            room = match.group(1)
+            if not _ROOM_RE.match(room):
+                return _json_error(response, 400, "invalid room name")
+            if request.method == "GET":
+                return await self._api_history(request, response, room)
+            if request.method == "POST":
+                return await self._api_post(request, response, room)
+            response.header("Allow", "GET, POST")
+            return _json_error(response, 405, "method not allowed")
+        except StoreError as exc:
+            log.error("API %s failed: %s", path, exc)
+            return _json_error(response, 503, "storage unavailable")
+
+    async def _api_history(self, request: Request, response: Response, room: str) -> None:
+        query = request.get
+        try:
+            before = int(query["before"]) if "before" in query else None
+            limit = int(query.get("limit", "50"))
+        except ValueError:
+            return _json_error(response, 400, "before and limit must be integers")
+        if not 1 <= limit <= 200:
+            return _json_error(response, 400, "limit must be between 1 and 200")
+        if before is not None and before < 0:
+            return _json_error(response, 400, "before must not be negative")
+        meta = await self.store.room(room)
+        messages, has_more = await self.store.page(room, before, limit)
+        return _json(
+            response,
+            200,
+            {
+                "room": room,
+                "epoch": meta.epoch,
+                "messages": messages,
+                "has_more": has_more,
+            },
+        )
+
+    async def _api_post(self, request: Request, response: Response, room: str) -> None:
+        if not self.api_key:
+            return _json_error(response, 403, "publishing over HTTP is disabled (no api key set)")
+        auth = request.headers.get("authorization", "")
+        scheme, _, key = auth.partition(" ")
+        if scheme.lower() != "bearer" or not key:
+            response.header("WWW-Authenticate", "Bearer")
+            return _json_error(response, 401, "missing 'Authorization: Bearer <api key>'")
+        if not hmac.compare_digest(key.strip().encode(), self.api_key.encode()):
+            return _json_error(response, 403, "invalid api key")
+        try:
+            body = msgspec.json.decode(request.body, type=PostBody)
+        except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+            return _json_error(response, 400, f"invalid body: {exc}")
+        future: asyncio.Future[tuple[p.Message, bool]] = asyncio.get_running_loop().create_future()
+        if not self.journal.submit(
+            PendingMessage(room, body.id, body.nick, body.text, time.time()), future
+        ):
+            return _json_error(response, 503, "server busy, retry")
+        message, duplicate = await future
+        return _json(
+            response, 200 if duplicate else 201, {"message": message, "duplicate": duplicate}
+        )
+
+
+def _plain(response: Response, status: int, text: str) -> None:
+    response.status(status)
+    response.header("Content-Type", "text/plain; charset=utf-8")
+    response.end(text + "\n")
+
+
+def _json(response: Response, status: int, obj: Any) -> None:
+    response.status(status)
+    response.header("Content-Type", "application/json")
+    response.end(msgspec.json.encode(obj))
+
+
+def _json_error(response: Response, status: int, message: str) -> None:
+    _json(response, status, {"error": message})
+
+
+def create_app(
+    host: str = "0.0.0.0",
+    port: int = 9502,
+    settings: Settings | None = None,
+    store: Store | None = None,
+    broker: Broker | None = None,
+) -> Server:
+    """The server ``hubbub serve`` runs."""
+    server = Server(host, port, settings)
+    server.app = ChatApp(server, store, broker)
+    return server

@@ -1,0 +1,104 @@
+"""Group commit: messages accepted in the same moment become durable together.
+
+``submit()`` queues a message; one writer task takes everything queued
+(up to ``max_batch``), makes it durable in one store transaction, then hands
+the results, in order, to ``on_commit``. So a message is stored before
+anything acks or broadcasts it, and commits are strictly ordered: every
+room's messages are published in sequence order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from ..protocol import Message
+from ..store.base import PendingMessage, Store
+
+log = logging.getLogger("hubbub.journal")
+
+#: ``on_commit([(message, duplicate, token), ...])`` in commit order.
+OnCommit = Callable[[list[tuple[Message, bool, Any]]], None]
+#: ``on_failure([(pending, token), ...], exc)``: the batch was not stored.
+OnFailure = Callable[[list[tuple[PendingMessage, Any]], Exception], None]
+
+
+class Journal:
+    def __init__(
+        self,
+        store: Store,
+        on_commit: OnCommit,
+        on_failure: OnFailure,
+        *,
+        max_queue: int = 50_000,
+        max_batch: int = 2_000,
+    ) -> None:
+        self.store = store
+        self.on_commit = on_commit
+        self.on_failure = on_failure
+        self.max_queue = max_queue
+        self.max_batch = max_batch
+        self._queue: list[tuple[PendingMessage, Any]] = []
+        self._wakeup = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._closing = False
+        #: Counters for metrics and benchmarks.
+        self.committed = 0
+        self.batches = 0
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._writer(), name="hubbub-journal")
+
+    def submit(self, pending: PendingMessage, token: Any) -> bool:
+        """Queue a message; False when the queue is full (the caller says so)."""
+        if self._closing or len(self._queue) >= self.max_queue:
+            return False
+        self._queue.append((pending, token))
+        self._wakeup.set()
+        return True
+
+    @property
+    def backlog(self) -> int:
+        return len(self._queue)
+
+    async def _writer(self) -> None:
+        while True:
+            await self._wakeup.wait()
+            self._wakeup.clear()
+            while self._queue:
+                batch = self._queue[: self.max_batch]
+                del self._queue[: self.max_batch]
+                try:
+                    results = await self.store.append([pending for pending, _ in batch])
+                except Exception as exc:
+                    log.error("could not store %d messages: %s", len(batch), exc)
+                    self._safe(self.on_failure, batch, exc)
+                    continue
+                self.batches += 1
+                self.committed += len(batch)
+                self._safe(
+                    self.on_commit,
+                    [
+                        (msg, dup, token)
+                        for (msg, dup), (_, token) in zip(results, batch, strict=True)
+                    ],
+                )
+            if self._closing:
+                return
+
+    @staticmethod
+    def _safe(fn: Callable[..., None], *args: Any) -> None:
+        try:
+            fn(*args)
+        except Exception:
+            log.exception("journal callback failed")
+
+    async def close(self) -> None:
+        """Write what is queued, then stop."""
+        self._closing = True
+        self._wakeup.set()
+        if self._task is not None:
+            await self._task
+            self._task = None

@@ -1,0 +1,63 @@
+"""What the core asks the service layer to do."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..protocol import ServerFrame
+
+
+@dataclass(slots=True)
+class Reply:
+    """Send ``frame`` to connection ``fd``."""
+
+    fd: int
+    frame: ServerFrame
+
+
+@dataclass(slots=True)
+class Publish:
+    """Send an ephemeral ``frame`` (presence, typing) to the room's live members."""
+
+    room: str
+    frame: ServerFrame
+
+
+@dataclass(slots=True)
+class Persist:
+    """Store a room message, then publish it to the room and ack it to ``fd``."""
+
+    fd: int
+    room: str
+    client_id: str
+    nick: str
+    text: str
+
+
+@dataclass(slots=True)
+class Catchup:
+    """Replay the room's messages after ``since`` to ``fd``, then make it live.
+
+    ``since`` None means "no replay": the member goes live at once.
+    """
+
+    fd: int
+    room: str
+    since: int | None
+    epoch: str | None
+
+
+@dataclass(slots=True)
+class LoadHistory:
+    fd: int
+    room: str
+    before: int | None
+    limit: int
+
+
+@dataclass(slots=True)
+class RoomsQuery:
+    fd: int
+
+
+Effect = Reply | Publish | Persist | Catchup | LoadHistory | RoomsQuery

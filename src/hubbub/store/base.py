@@ -1,0 +1,73 @@
+"""The store interface (small on purpose: SQLite now, PostgreSQL for scale-out)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+from ..protocol import Message
+
+
+class StoreError(Exception):
+    """The store could not do what was asked (disk full, database gone...)."""
+
+
+@dataclass(slots=True)
+class PendingMessage:
+    """A message accepted by the core, not yet durable."""
+
+    room: str
+    client_id: str | None
+    nick: str
+    text: str
+    ts: float
+
+
+@dataclass(slots=True)
+class RoomMeta:
+    name: str
+    #: Changes when the room's history is reset; sequence numbers restart.
+    epoch: str
+    #: Sequence number of the newest message (0 for none yet).
+    seq: int
+    #: Sequence number of the oldest retained message (seq + 1 when empty).
+    oldest: int
+
+
+class Store(Protocol):
+    async def open(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+    async def append(self, batch: list[PendingMessage]) -> list[tuple[Message, bool]]:
+        """Make a batch durable in one transaction, in order.
+
+        Returns, for each pending message, the stored message and whether it
+        was a duplicate (same room and client_id as an earlier one, which is
+        returned instead of storing a second copy).
+        """
+        ...
+
+    async def since(self, room: str, seq: int, limit: int) -> list[Message]:
+        """Messages with sequence number > ``seq``, oldest first, at most ``limit``."""
+        ...
+
+    async def page(self, room: str, before: int | None, limit: int) -> tuple[list[Message], bool]:
+        """Up to ``limit`` messages older than ``before`` (newest page if None),
+        oldest first, and whether older ones exist."""
+        ...
+
+    async def room(self, room: str) -> RoomMeta:
+        """The room's epoch and sequence range (created on first use)."""
+        ...
+
+    async def rooms(self) -> list[RoomMeta]: ...
+
+    async def reset(self, room: str) -> RoomMeta:
+        """Delete a room's history and start a new epoch."""
+        ...
+
+    async def enforce_retention(self, max_count: int, max_age: float, now: float) -> int:
+        """Delete messages beyond ``max_count`` per room or older than ``max_age`` seconds
+        (0 means no limit); returns how many were deleted."""
+        ...

@@ -1,0 +1,317 @@
+"""The embedded store: SQLite in one file, WAL mode, schema versions and migrations.
+
+All database work runs on one dedicated thread with one connection, so the
+event loop never blocks on disk and writes are naturally serialized. A batch
+of messages is committed in one transaction (the group commit that
+:class:`hubbub.apps.journal.Journal` feeds), which is what keeps durability
+from capping throughput.
+
+Durability: ``synchronous=NORMAL`` in WAL mode survives a crash or ``kill -9``
+of the server (every committed transaction is in the WAL file before the
+commit returns); ``synchronous=FULL`` also survives power loss, at the cost of
+an fsync per commit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, TypeVar
+
+from ..protocol import Message
+from .base import PendingMessage, RoomMeta, StoreError
+
+T = TypeVar("T")
+
+# Migrations: MIGRATIONS[n] takes the schema from version n to n + 1.
+# Never edit a released step; append a new one.
+MIGRATIONS: list[str] = [
+    """
+    CREATE TABLE rooms (
+        name     TEXT PRIMARY KEY,
+        epoch    TEXT NOT NULL,
+        last_seq INTEGER NOT NULL DEFAULT 0,
+        created  REAL NOT NULL
+    );
+    CREATE TABLE messages (
+        room      TEXT NOT NULL,
+        seq       INTEGER NOT NULL,
+        id        TEXT NOT NULL,
+        client_id TEXT,
+        nick      TEXT NOT NULL,
+        text      TEXT NOT NULL,
+        ts        REAL NOT NULL,
+        PRIMARY KEY (room, seq)
+    ) WITHOUT ROWID;
+    CREATE UNIQUE INDEX messages_client_id ON messages (room, client_id)
+        WHERE client_id IS NOT NULL;
+    CREATE INDEX messages_ts ON messages (ts);
+    """,
+]
+SCHEMA_VERSION = len(MIGRATIONS)
+
+_COLUMNS = "room, seq, id, client_id, nick, text, ts"
+
+
+def _new_epoch() -> str:
+    return uuid.uuid4().hex[:12]
+
+
+class SQLiteStore:
+    def __init__(self, path: str | Path, synchronous: str = "NORMAL") -> None:
+        self.path = str(path)
+        if synchronous.upper() not in ("OFF", "NORMAL", "FULL", "EXTRA"):
+            raise ValueError(f"synchronous must be OFF, NORMAL, FULL or EXTRA, not {synchronous!r}")
+        self.synchronous = synchronous.upper()
+        self._executor: ThreadPoolExecutor | None = None
+        self._db: sqlite3.Connection | None = None
+        # Room epoch and last seq, owned by the store thread.
+        self._rooms: dict[str, RoomMeta] = {}
+        self._thread_id: int | None = None
+
+    # -- running on the store thread -----------------------------------------
+
+    async def _run(self, fn: Callable[..., T], *args: Any) -> T:
+        if self._executor is None:
+            raise StoreError("store is not open")
+        loop = asyncio.get_running_loop()
+        try:
+            return await loop.run_in_executor(self._executor, fn, *args)
+        except sqlite3.Error as exc:
+            raise StoreError(f"sqlite: {exc}") from exc
+
+    async def open(self) -> None:
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hubbub-sqlite")
+        await self._run(self._open)
+
+    def _open(self) -> None:
+        self._thread_id = threading.get_ident()
+        if self.path != ":memory:":
+            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute(f"PRAGMA synchronous={self.synchronous}")
+        db.execute("PRAGMA busy_timeout=5000")
+        self._db = db
+        self._migrate(db)
+
+    def _migrate(self, db: sqlite3.Connection) -> None:
+        version = db.execute("PRAGMA user_version").fetchone()[0]
+        if version > SCHEMA_VERSION:
+            raise StoreError(
+                f"{self.path} has schema version {version}, newer than this hubbub "
+                f"({SCHEMA_VERSION}); upgrade hubbub"
+            )
+        for step in range(version, SCHEMA_VERSION):
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                for statement in MIGRATIONS[step].split(";"):
+                    if statement.strip():
+                        db.execute(statement)
+                db.execute(f"PRAGMA user_version={step + 1}")
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+
+    async def close(self) -> None:
+        if self._executor is None:
+            return
+        await self._run(self._close)
+        self._executor.shutdown(wait=True)
+        self._executor = None
+
+    def _close(self) -> None:
+        if self._db is not None:
+            self._db.close()
+            self._db = None
+
+    @property
+    def db(self) -> sqlite3.Connection:
+        if self._db is None:
+            raise StoreError("store is not open")
+        return self._db
+
+    def _meta(self, room: str, create: bool = True) -> RoomMeta | None:
+        meta = self._rooms.get(room)
+        if meta is not None:
+            return meta
+        row = self.db.execute(
+            "SELECT epoch, last_seq FROM rooms WHERE name = ?", (room,)
+        ).fetchone()
+        if row is None:
+            if not create:
+                return None
+            epoch = _new_epoch()
+            self.db.execute(
+                "INSERT INTO rooms (name, epoch, last_seq, created) VALUES (?, ?, 0, ?)",
+                (room, epoch, time.time()),
+            )
+            meta = RoomMeta(room, epoch, 0, 1)
+        else:
+            oldest = self.db.execute(
+                "SELECT MIN(seq) FROM messages WHERE room = ?", (room,)
+            ).fetchone()[0]
+            meta = RoomMeta(room, row[0], row[1], oldest if oldest is not None else row[1] + 1)
+        self._rooms[room] = meta
+        return meta
+
+    # -- writes ---------------------------------------------------------------
+
+    async def append(self, batch: list[PendingMessage]) -> list[tuple[Message, bool]]:
+        return await self._run(self._append, batch)
+
+    def _append(self, batch: list[PendingMessage]) -> list[tuple[Message, bool]]:
+        db = self.db
+        out: list[tuple[Message, bool]] = []
+        rows: list[tuple[Any, ...]] = []
+        seen: dict[tuple[str, str], Message] = {}
+        touched: dict[str, RoomMeta] = {}
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            for pending in batch:
+                meta = self._meta(pending.room)
+                assert meta is not None
+                key = (pending.room, pending.client_id) if pending.client_id else None
+                if key is not None:
+                    dup = seen.get(key) or self._by_client_id(pending.room, pending.client_id)
+                    if dup is not None:
+                        out.append((dup, True))
+                        continue
+                if meta.name not in touched:
+                    # Work on a copy: the cache changes only once the commit is done.
+                    touched[meta.name] = RoomMeta(meta.name, meta.epoch, meta.seq, meta.oldest)
+                live = touched[meta.name]
+                live.seq += 1
+                msg = Message(
+                    pending.room,
+                    live.seq,
+                    live.epoch,
+                    uuid.uuid4().hex,
+                    pending.nick,
+                    pending.text,
+                    pending.ts,
+                    pending.client_id,
+                )
+                if key is not None:
+                    seen[key] = msg
+                rows.append((msg.room, msg.seq, msg.id, msg.client_id, msg.nick, msg.text, msg.ts))
+                out.append((msg, False))
+            if rows:
+                db.executemany(
+                    f"INSERT INTO messages ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)", rows
+                )
+                db.executemany(
+                    "UPDATE rooms SET last_seq = ? WHERE name = ?",
+                    [(m.seq, m.name) for m in touched.values()],
+                )
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            # The room cache may hold rooms created in this transaction.
+            self._rooms.clear()
+            raise
+        for name, meta in touched.items():
+            self._rooms[name] = meta
+        return out
+
+    def _by_client_id(self, room: str, client_id: str | None) -> Message | None:
+        row = self.db.execute(
+            f"SELECT {_COLUMNS} FROM messages WHERE room = ? AND client_id = ?", (room, client_id)
+        ).fetchone()
+        return self._row(row) if row else None
+
+    def _row(self, row: tuple[Any, ...]) -> Message:
+        room, seq, mid, client_id, nick, text, ts = row
+        meta = self._rooms.get(room)
+        epoch = meta.epoch if meta else self._meta(room).epoch  # type: ignore[union-attr]
+        return Message(room, seq, epoch, mid, nick, text, ts, client_id)
+
+    async def reset(self, room: str) -> RoomMeta:
+        return await self._run(self._reset, room)
+
+    def _reset(self, room: str) -> RoomMeta:
+        db = self.db
+        self._meta(room)
+        epoch = _new_epoch()
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            db.execute("DELETE FROM messages WHERE room = ?", (room,))
+            db.execute("UPDATE rooms SET epoch = ?, last_seq = 0 WHERE name = ?", (epoch, room))
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        meta = self._rooms[room] = RoomMeta(room, epoch, 0, 1)
+        return meta
+
+    async def enforce_retention(self, max_count: int, max_age: float, now: float) -> int:
+        return await self._run(self._retention, max_count, max_age, now)
+
+    def _retention(self, max_count: int, max_age: float, now: float) -> int:
+        db = self.db
+        deleted = 0
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            if max_count > 0:
+                cur = db.execute(
+                    "DELETE FROM messages WHERE seq <= "
+                    "(SELECT last_seq FROM rooms WHERE rooms.name = messages.room) - ?",
+                    (max_count,),
+                )
+                deleted += cur.rowcount
+            if max_age > 0:
+                cur = db.execute("DELETE FROM messages WHERE ts < ?", (now - max_age,))
+                deleted += cur.rowcount
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        if deleted:
+            self._rooms.clear()  # oldest seqs moved: reload lazily
+        return deleted
+
+    # -- reads ----------------------------------------------------------------
+
+    async def since(self, room: str, seq: int, limit: int) -> list[Message]:
+        return await self._run(self._since, room, seq, limit)
+
+    def _since(self, room: str, seq: int, limit: int) -> list[Message]:
+        rows = self.db.execute(
+            f"SELECT {_COLUMNS} FROM messages WHERE room = ? AND seq > ? ORDER BY seq LIMIT ?",
+            (room, seq, limit),
+        ).fetchall()
+        return [self._row(r) for r in rows]
+
+    async def page(self, room: str, before: int | None, limit: int) -> tuple[list[Message], bool]:
+        return await self._run(self._page, room, before, limit)
+
+    def _page(self, room: str, before: int | None, limit: int) -> tuple[list[Message], bool]:
+        bound = before if before is not None else 2**62
+        rows = self.db.execute(
+            f"SELECT {_COLUMNS} FROM messages WHERE room = ? AND seq < ? ORDER BY seq DESC LIMIT ?",
+            (room, bound, limit + 1),
+        ).fetchall()
+        has_more = len(rows) > limit
+        return [self._row(r) for r in reversed(rows[:limit])], has_more
+
+    async def room(self, room: str) -> RoomMeta:
+        return await self._run(self._room, room)
+
+    def _room(self, room: str) -> RoomMeta:
+        meta = self._meta(room)
+        assert meta is not None
+        return RoomMeta(meta.name, meta.epoch, meta.seq, meta.oldest)
+
+    async def rooms(self) -> list[RoomMeta]:
+        return await self._run(self._all_rooms)
+
+    def _all_rooms(self) -> list[RoomMeta]:
+        names = [r[0] for r in self.db.execute("SELECT name FROM rooms ORDER BY name")]
+        return [self._room(n) for n in names]
