@@ -231,7 +231,7 @@ class Pong(msgspec.Struct, tag="pong"):
     ts: float = 0.0
 
 
-class Error(msgspec.Struct, tag="error"):
+class Error(msgspec.Struct, tag="error", omit_defaults=True):
     """Something the client sent was refused; the connection stays open."""
 
     code: str

@@ -140,23 +140,24 @@ class ChatCore:
                     f,
                 )
             ]
+        room = self.rooms.get(f.room)
+        nick = f.nick if f.nick is not None else s.nick
+        # Check the room first: a refused join must leave the nickname as it was.
+        if room is not None and _key(nick) in room.nicks:
+            return [
+                self._error(s.fd, p.E_NICK_TAKEN, f"nickname {nick!r} is taken in {f.room!r}", f)
+            ]
+        if room is not None and len(room.members) >= self.limits.max_members_per_room:
+            return [self._error(s.fd, p.E_UNAVAILABLE, f"room {f.room!r} is full", f)]
         out: list[Effect] = []
-        if f.nick is not None and f.nick != s.nick:
+        if nick != s.nick:
             # Choosing a nickname on join renames the connection everywhere.
-            renamed = self._rename(s, f.nick, f)
+            renamed = self._rename(s, nick, f)
             if isinstance(renamed, Reply):
                 return [renamed]
             out.extend(renamed)
-        room = self.rooms.get(f.room)
         if room is None:
             room = self.rooms[f.room] = Room(f.room)
-        if _key(s.nick) in room.nicks:
-            return [
-                *out,
-                self._error(s.fd, p.E_NICK_TAKEN, f"nickname {s.nick!r} is taken in {f.room!r}", f),
-            ]
-        if len(room.members) >= self.limits.max_members_per_room:
-            return [*out, self._error(s.fd, p.E_UNAVAILABLE, f"room {f.room!r} is full", f)]
         room.members[s.fd] = Member(s.fd, s.nick)
         room.nicks[_key(s.nick)] = s.fd
         room.live_cache = None

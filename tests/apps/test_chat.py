@@ -1,0 +1,493 @@
+"""The chat product over real sockets and a real SQLite file."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import signal
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from websockets.asyncio.client import connect
+
+from hubbub.apps.chat import create_app
+from hubbub.config import Settings
+from hubbub.store.sqlite import SQLiteStore
+
+from ..conftest import free_port, recv_all, ws_url
+
+
+class Client:
+    """A hubbub.v1 test client: JSON in, JSON out."""
+
+    def __init__(self, ws: Any) -> None:
+        self.ws = ws
+
+    @classmethod
+    async def open(cls, server_or_url: Any, nick: str | None = None, room: str | None = None):
+        url = server_or_url if isinstance(server_or_url, str) else ws_url(server_or_url)
+        ws = await connect(url, subprotocols=["hubbub.v1"])
+        client = cls(ws)
+        welcome = await client.recv()
+        assert welcome["type"] == "welcome" and welcome["protocol"] == "hubbub.v1"
+        client.fd = welcome["fd"]
+        if room is not None:
+            await client.join(room, nick)
+        return client
+
+    async def send(self, **frame: Any) -> None:
+        await self.ws.send(json.dumps(frame))
+
+    async def recv(self, within: float = 5.0) -> dict[str, Any]:
+        return json.loads(await asyncio.wait_for(self.ws.recv(), within))
+
+    async def expect(self, type_: str, **fields: Any) -> dict[str, Any]:
+        frame = await self.recv()
+        assert frame["type"] == type_, frame
+        for key, value in fields.items():
+            assert frame.get(key) == value, (key, frame)
+        return frame
+
+    async def join(self, room: str, nick: str | None = None, **extra: Any) -> dict[str, Any]:
+        await self.send(type="join", room=room, **({"nick": nick} if nick else {}), **extra)
+        return await self.expect("room", room=room)
+
+    async def silent(self, within: float = 0.2) -> None:
+        with pytest.raises(TimeoutError):
+            frame = await self.recv(within)
+            raise AssertionError(f"unexpected frame {frame}")
+
+    async def close(self) -> None:
+        await self.ws.close()
+
+
+async def test_plain_clients_keep_the_seed_protocol_beside_v1_clients(make_chat):
+    server = await make_chat()
+    async with connect(ws_url(server)) as plain:
+        assert await recv_all(plain, 1) == ["Hello, welcome\n"]
+        ann = await Client.open(server, "ann", "lobby")
+        await plain.send("hi")
+        assert await recv_all(plain, 2) == [f"from {plain_fd(server, ann)}: hi", "server: hi"]
+        await ann.silent()  # v1 clients never see seed text frames
+        await ann.close()
+
+
+def plain_fd(server: Any, v1_client: Client) -> int:
+    # The plain client connected first, so its fd is the v1 client's minus one.
+    return v1_client.fd - 1
+
+
+async def test_rooms_isolate_messages_and_list_member_counts(make_chat):
+    server = await make_chat()
+    ann = await Client.open(server, "ann", "a")
+    bob = await Client.open(server, "bob", "b")
+    cat = await Client.open(server, "cat", "a")
+    await ann.expect("joined", room="a", nick="cat")
+    await cat.join("b")
+    await bob.expect("joined", room="b", nick="cat")
+    await ann.send(type="send", room="a", id="m1", text="to a")
+    await ann.expect("message", room="a", text="to a", nick="ann", seq=1)
+    await ann.expect("ack", id="m1", seq=1, duplicate=False)
+    await cat.expect("message", room="a", text="to a")
+    await bob.silent()
+    await bob.send(type="rooms")
+    rooms = await bob.expect("rooms")
+    assert rooms["rooms"] == [
+        {"name": "a", "members": 2, "seq": 1},
+        {"name": "b", "members": 2, "seq": 0},
+    ]
+    await bob.send(type="send", room="a", id="x", text="not a member")
+    err = await bob.expect("error", code="not_in_room", ref="send")
+    assert "a" in err["message"]
+    for c in (ann, bob, cat):
+        await c.close()
+
+
+async def test_nicknames_are_validated_unique_and_renamable(make_chat):
+    server = await make_chat()
+    ann = await Client.open(server, "ann", "lobby")
+    bob = await Client.open(server)
+    await bob.send(type="join", room="lobby", nick="ANN")
+    await bob.expect("error", code="nick_taken", ref="join")
+    await bob.send(type="join", room="lobby", nick="has space")
+    err = await bob.expect("error", code="bad_frame", ref="join")
+    assert "nick" in err["message"]
+    state = await bob.join("lobby")  # keeps the fd-based fallback identity
+    assert state["nick"] == f"user-{bob.fd}"
+    assert state["members"] == ["ann", f"user-{bob.fd}"]
+    await ann.expect("joined", nick=f"user-{bob.fd}")
+    await bob.send(type="nick", nick="ann")
+    await bob.expect("error", code="nick_taken")
+    await bob.send(type="nick", nick="bob")
+    await bob.expect("renamed", room="lobby", old=f"user-{bob.fd}", nick="bob")
+    await bob.expect("nick", nick="bob")
+    await ann.expect("renamed", old=f"user-{bob.fd}", nick="bob")
+    await ann.send(type="who", room="lobby")
+    await ann.expect("members", members=["ann", "bob"])
+    for c in (ann, bob):
+        await c.close()
+
+
+async def test_direct_messages_reach_only_the_named_member(make_chat):
+    server = await make_chat()
+    ann = await Client.open(server, "ann", "lobby")
+    bob = await Client.open(server, "bob", "lobby")
+    cat = await Client.open(server, "cat", "lobby")
+    await ann.expect("joined", nick="bob")
+    await ann.expect("joined", nick="cat")
+    await bob.expect("joined", nick="cat")
+    await ann.send(type="dm", room="lobby", to="Bob", text="psst", id="d1")
+    got = await bob.expect("dm", to="bob", text="psst", client_id="d1")
+    assert got["from"] == "ann"
+    await ann.expect("dm", to="bob", text="psst")
+    await cat.silent()
+    await ann.send(type="dm", room="lobby", to="nobody", text="?")
+    await ann.expect("error", code="no_such_member")
+    for c in (ann, bob, cat):
+        await c.close()
+
+
+async def test_presence_typing_leave_and_disconnect(make_chat):
+    server = await make_chat()
+    ann = await Client.open(server, "ann", "lobby")
+    bob = await Client.open(server, "bob", "lobby")
+    await ann.expect("joined", nick="bob")
+    await bob.send(type="typing", room="lobby", active=True)
+    await ann.expect("typing", nick="bob", active=True)
+    await bob.expect("typing", nick="bob")  # members see every typing event, incl. their own
+    await bob.send(type="leave", room="lobby")
+    await bob.expect("left_room", room="lobby")
+    await ann.expect("left", nick="bob")
+    await bob.join("lobby")
+    await ann.expect("joined", nick="bob")
+    bob.ws.transport.abort()  # connection dies without a closing handshake
+    await ann.expect("left", nick="bob")
+    await ann.close()
+
+
+async def test_silent_dead_member_disappears_within_the_heartbeat_timeout(make_chat):
+    server = await make_chat(ping_interval=0.2, ping_timeout=0.3)
+    ann = await Client.open(server, "ann", "lobby")
+    ghost = await Client.open(server, "ghost", "lobby")
+    await ann.expect("joined", nick="ghost")
+    # The ghost stops reading: it never answers pings, but its socket stays open.
+    ghost.ws.transport.pause_reading()
+    frame = await ann.recv(within=3.0)
+    assert frame["type"] == "left" and frame["nick"] == "ghost"
+    await ann.close()
+
+
+async def test_acks_and_retries_do_not_duplicate(make_chat):
+    server = await make_chat()
+    ann = await Client.open(server, "ann", "lobby")
+    bob = await Client.open(server, "bob", "lobby")
+    await ann.expect("joined", nick="bob")
+    await ann.send(type="send", room="lobby", id="same", text="once")
+    msg = await ann.expect("message", seq=1, client_id="same")
+    first = await ann.expect("ack", id="same", seq=1, duplicate=False)
+    assert first["msg_id"] == msg["id"]
+    await bob.expect("message", seq=1)
+    for _ in range(3):
+        await ann.send(type="send", room="lobby", id="same", text="once")
+        again = await ann.expect("ack", id="same", seq=1, duplicate=True)
+        assert again["msg_id"] == msg["id"]
+    await bob.silent()
+    await ann.send(type="history", room="lobby")
+    page = await ann.expect("history")
+    assert [m["text"] for m in page["messages"]] == ["once"]
+    for c in (ann, bob):
+        await c.close()
+
+
+async def test_invalid_frames_get_errors_and_nobody_else_is_affected(make_chat):
+    server = await make_chat(rate=0)
+    ann = await Client.open(server, "ann", "lobby")
+    bob = await Client.open(server, "bob", "lobby")
+    await ann.expect("joined", nick="bob")
+    bad = [
+        ("not json", "bad_json"),
+        ("[1, 2]", "bad_frame"),
+        ('{"type": "fly"}', "unknown_type"),
+        ('{"type": "send", "room": "lobby", "id": "x"}', "bad_frame"),
+        ('{"type": "send", "room": "lobby", "id": "x", "text": ""}', "bad_frame"),
+        ('{"type": "join", "room": "bad room"}', "bad_frame"),
+        ('{"type": "history", "room": "lobby", "limit": 100000}', "bad_frame"),
+    ]
+    for raw, code in bad:
+        await ann.ws.send(raw)
+        err = await ann.expect("error", code=code)
+        assert err["message"] and "Traceback" not in err["message"]
+    await ann.ws.send(b"\x00binary")
+    await ann.expect("error", code="not_text")
+    # Still connected, still in the room, and bob saw none of it.
+    await ann.send(type="send", room="lobby", id="ok", text="still here")
+    await ann.expect("message", text="still here")
+    await bob.expect("message", text="still here")
+    for c in (ann, bob):
+        await c.close()
+
+
+async def test_rate_limit_answers_every_excess_frame(make_chat):
+    server = await make_chat(rate=1, burst=3)
+    ann = await Client.open(server, "ann", "lobby")  # the join spent one token
+    for i in range(5):
+        await ann.send(type="send", room="lobby", id=f"r{i}", text=f"n{i}")
+    got = [await ann.recv() for _ in range(2 * 2 + 3)]
+    acks = [f["id"] for f in got if f["type"] == "ack"]
+    limited = [f for f in got if f["type"] == "error"]
+    assert acks == ["r0", "r1"]
+    assert [f["id"] for f in limited] == ["r2", "r3", "r4"]
+    assert all(f["code"] == "rate_limited" and "retry" in f["message"] for f in limited)
+    await ann.close()
+
+
+async def test_history_over_the_protocol_and_http(make_chat):
+    server = await make_chat(rate=0)
+    ann = await Client.open(server, "ann", "lobby")
+    for i in range(7):
+        await ann.send(type="send", room="lobby", id=f"h{i}", text=f"t{i}")
+    for _ in range(14):
+        await ann.recv()
+    await ann.send(type="history", room="lobby", limit=3)
+    page = await ann.expect("history", has_more=True)
+    assert [m["seq"] for m in page["messages"]] == [5, 6, 7]
+    await ann.send(type="history", room="lobby", before=5, limit=3)
+    page = await ann.expect("history", has_more=True)
+    assert [m["seq"] for m in page["messages"]] == [2, 3, 4]
+    await ann.send(type="history", room="lobby", before=2, limit=3)
+    page = await ann.expect("history", has_more=False)
+    assert [m["seq"] for m in page["messages"]] == [1]
+
+    status, body = await http(server, "GET", "/api/rooms/lobby/messages?limit=2")
+    assert status == 200 and [m["text"] for m in body["messages"]] == ["t5", "t6"]
+    assert body["has_more"] is True and body["epoch"] == page["epoch"]
+    status, body = await http(server, "GET", "/api/rooms/lobby/messages?before=3&limit=200")
+    assert [m["seq"] for m in body["messages"]] == [1, 2]
+    status, body = await http(server, "GET", "/api/rooms")
+    assert status == 200 and body["rooms"] == [{"name": "lobby", "members": 1, "seq": 7}]
+    for query, reason in [("limit=0", "limit"), ("limit=201", "limit"), ("before=x", "integers")]:
+        status, body = await http(server, "GET", f"/api/rooms/lobby/messages?{query}")
+        assert status == 400 and reason in body["error"]
+    status, _ = await http(server, "GET", "/api/rooms/bad%20room/messages")
+    assert status == 400
+    status, _ = await http(server, "GET", "/api/nothing")
+    assert status == 404
+    await ann.close()
+
+
+async def test_publish_from_a_backend_needs_the_api_key(make_chat):
+    server = await make_chat(api_key="s3cret")
+    ann = await Client.open(server, "ann", "news")
+    path = "/api/rooms/news/messages"
+    status, body = await http(server, "POST", path, {"text": "hi"})
+    assert status == 401 and "Bearer" in body["error"]
+    status, body = await http(server, "POST", path, {"text": "hi"}, key="wrong")
+    assert status == 403
+    status, body = await http(server, "POST", path, {"txt": "typo"}, key="s3cret")
+    assert status == 400 and "invalid body" in body["error"]
+    status, body = await http(
+        server, "POST", path, {"text": "deploy done", "nick": "ci", "id": "k1"}, key="s3cret"
+    )
+    assert status == 201 and body["message"]["seq"] == 1 and body["duplicate"] is False
+    await ann.expect("message", text="deploy done", nick="ci", seq=1)
+    status, body = await http(
+        server, "POST", path, {"text": "deploy done", "id": "k1"}, key="s3cret"
+    )
+    assert status == 200 and body["duplicate"] is True and body["message"]["seq"] == 1
+    await ann.silent()
+    await ann.close()
+
+
+async def test_publish_is_refused_when_no_api_key_is_configured(make_chat, monkeypatch):
+    monkeypatch.delenv("HUBBUB_API_KEY", raising=False)
+    server = await make_chat()
+    status, body = await http(server, "POST", "/api/rooms/x/messages", {"text": "hi"}, key="any")
+    assert status == 403 and "disabled" in body["error"]
+
+
+async def test_resume_gets_exactly_the_missed_messages_then_live(make_chat):
+    server = await make_chat(rate=0)
+    ann = await Client.open(server, "ann", "lobby")
+    bob = await Client.open(server, "bob", "lobby")
+    await ann.expect("joined", nick="bob")
+    await ann.send(type="send", room="lobby", id="a1", text="one")
+    await ann.expect("message", seq=1)
+    await ann.expect("ack", id="a1")
+    first = await bob.expect("message", seq=1)
+    epoch = first["epoch"]
+    await bob.close()
+    await ann.expect("left", nick="bob")
+    for i in range(2, 5):
+        await ann.send(type="send", room="lobby", id=f"a{i}", text=f"n{i}")
+    bob = await Client.open(server)
+    await bob.join("lobby", "bob", since=1, epoch=epoch)
+    got = [await bob.recv() for _ in range(4)]
+    assert [(f["type"], f.get("seq")) for f in got] == [
+        ("message", 2),
+        ("message", 3),
+        ("message", 4),
+        ("resumed", 4),
+    ]
+    await ann.send(type="send", room="lobby", id="a5", text="live")
+    await bob.expect("message", seq=5, text="live")
+    await bob.silent()
+    for c in (ann, bob):
+        await c.close()
+
+
+async def test_resume_says_so_when_history_cannot_be_replayed(make_chat):
+    server = await make_chat(rate=0, retention_count=2)
+    ann = await Client.open(server, "ann", "lobby")
+    for i in range(5):
+        await ann.send(type="send", room="lobby", id=f"x{i}", text=f"{i}")
+    for _ in range(10):
+        await ann.recv()
+    await server.app._retention()
+    bob = await Client.open(server)
+    await bob.join("lobby", "bob", since=1)
+    await bob.expect("reset", reason="retention", seq=5, oldest=4)
+    bob2 = await Client.open(server)
+    await bob2.join("lobby", "bob2", since=3, epoch="not-the-epoch")
+    await bob2.expect("reset", reason="epoch")
+    for c in (ann, bob, bob2):
+        await c.close()
+
+
+async def http(server: Any, method: str, path: str, body: Any = None, key: str | None = None):
+    reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+    payload = json.dumps(body).encode() if body is not None else b""
+    head = f"{method} {path} HTTP/1.1\r\nHost: t\r\nContent-Length: {len(payload)}\r\n"
+    if key is not None:
+        head += f"Authorization: Bearer {key}\r\n"
+    writer.write(head.encode() + b"Connection: close\r\n\r\n" + payload)
+    raw = await asyncio.wait_for(reader.read(), 10)
+    writer.close()
+    head_bytes, _, rest = raw.partition(b"\r\n\r\n")
+    status = int(head_bytes.split()[1])
+    return status, json.loads(rest) if rest else None
+
+
+# -- gapless resume under concurrent traffic ----------------------------------
+
+
+class SlowReads:
+    """A store whose reads take a few milliseconds: live traffic keeps flowing
+    while a resuming reader's catch-up is in progress, which is the race the
+    catch-up buffer must win."""
+
+    def __init__(self, inner: SQLiteStore) -> None:
+        self.inner = inner
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    async def room(self, room: str) -> Any:
+        await asyncio.sleep(random.random() * 0.005)
+        return await self.inner.room(room)
+
+    async def since(self, room: str, seq: int, limit: int) -> Any:
+        result = await self.inner.since(room, seq, limit)
+        await asyncio.sleep(random.random() * 0.005)
+        return result
+
+
+async def _resume_run(cut_points: list[int], senders: int, per_sender: int) -> None:
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        store = SlowReads(SQLiteStore(f"{tmp}/r.db"))
+        server = create_app("127.0.0.1", 0, Settings(db=f"{tmp}/r.db", rate=0), store=store)
+        await server.listen()
+        try:
+            await _resume_scenario(server, cut_points, senders, per_sender)
+        finally:
+            await server.shutdown()
+
+
+async def _resume_scenario(server: Any, cut_points: list[int], senders: int, per_sender: int):
+    total = senders * per_sender
+    reader = await Client.open(server, "reader", "r")
+    writers = [await Client.open(server, f"w{i}", "r") for i in range(senders)]
+
+    async def write(i: int, c: Client) -> None:
+        for j in range(per_sender):
+            await c.send(type="send", room="r", id=f"{i}-{j}", text=f"{i}:{j}")
+            # Paced, so that traffic is still flowing while the reader resumes.
+            await asyncio.sleep(random.random() * 0.003)
+
+    tasks = [asyncio.create_task(write(i, c)) for i, c in enumerate(writers)]
+    seen: list[int] = []
+    epoch = None
+    cuts = sorted(set(cut_points))
+    while len(seen) < total:
+        frame = await reader.recv(within=10)
+        if frame["type"] != "message":
+            continue
+        assert frame["seq"] == (seen[-1] + 1 if seen else 1), (seen[-5:], frame["seq"])
+        seen.append(frame["seq"])
+        epoch = frame["epoch"]
+        if cuts and len(seen) >= cuts[0]:
+            cuts.pop(0)
+            reader.ws.transport.abort()  # drop without a goodbye, mid-stream
+            reader = await Client.open(server)
+            await reader.join("r", "reader", since=seen[-1], epoch=epoch)
+    await asyncio.gather(*tasks)
+    assert seen == list(range(1, total + 1))
+    # Whatever still arrives (the "resumed" marker of the last resume) is no message.
+    with pytest.raises(TimeoutError):
+        while True:
+            assert (await reader.recv(0.1))["type"] != "message"
+    await reader.ws.close()
+    for c in writers:
+        # Writers never read their copies; a closing handshake would wait on them.
+        c.ws.transport.abort()
+
+
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    cut_points=st.lists(st.integers(min_value=1, max_value=119), min_size=1, max_size=6),
+    seed=st.integers(0, 2**16),
+)
+async def test_resume_under_concurrent_traffic_has_no_loss_duplicate_or_reorder(cut_points, seed):
+    random.seed(seed)
+    await _resume_run(cut_points, senders=3, per_sender=40)
+
+
+async def test_acked_messages_survive_kill_9(spawn, tmp_path):
+    port = free_port()
+    db = tmp_path / "durable.db"
+    args = (
+        "-m",
+        "hubbub",
+        "serve",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--db",
+        str(db),
+        "--rate",
+        "0",
+    )
+    proc = spawn(*args, port=port)
+    url = f"ws://127.0.0.1:{port}/"
+    ann = await Client.open(url, "ann", "lobby")
+    for i in range(50):
+        await ann.send(type="send", room="lobby", id=f"k{i}", text=f"durable {i}")
+    acked = []
+    while len(acked) < 50:
+        frame = await ann.recv()
+        if frame["type"] == "ack":
+            acked.append(frame["seq"])
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(10)
+    spawn(*args, port=port)
+    status, body = await http(
+        type("S", (), {"port": port})(), "GET", "/api/rooms/lobby/messages?limit=200"
+    )
+    assert status == 200
+    assert [m["seq"] for m in body["messages"]] == acked == list(range(1, 51))
+    assert body["messages"][-1]["text"] == "durable 49"
