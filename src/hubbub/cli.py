@@ -41,6 +41,16 @@ def build_parser() -> argparse.ArgumentParser:
             )
         else:
             serve.add_argument(flag, type=typ, default=default, help=text)
+    chat = sub.add_parser(
+        "chat",
+        help="interactive terminal chat client",
+        description="Chat from a terminal. With a hubbub server: rooms, history, presence, "
+        "resume after reconnects (commands: /join /leave /switch /nick /msg /who /rooms "
+        "/history /quit). With any other WebSocket server: plain text, one message per line.",
+    )
+    chat.add_argument("url", help="server address, e.g. ws://127.0.0.1:9502")
+    chat.add_argument("--room", default="lobby", help="room to join on start")
+    chat.add_argument("--nick", default=None, help="nickname (default: the server's user-<fd>)")
     return parser
 
 
@@ -64,5 +74,15 @@ def main(argv: list[str] | None = None) -> int:
 
         create_app(args.host, args.port, settings).start()
         return 0
+    if args.command == "chat":
+        import uvloop
+
+        from .client.terminal import run_chat
+
+        url = args.url if "://" in args.url else f"ws://{args.url}"
+        try:
+            return uvloop.run(run_chat(url, args.room, args.nick))
+        except KeyboardInterrupt:
+            return 0
     parser.error(f"unknown command {args.command}")
     return 2

@@ -53,9 +53,18 @@ from .seed import SeedRoom
 log = logging.getLogger("hubbub.chat")
 
 TEXT = WEBSOCKET_OPCODE_TEXT
-# The seed's page speaks the plain text protocol; the full hubbub.v1 client
-# replaces "/" when it lands.
-_PAGES = {"/": "seed.html", "/index.html": "seed.html", "/seed.html": "seed.html"}
+# "/" is the hubbub.v1 browser client; the seed's page (plain text protocol)
+# stays at /seed.html. Other files of the static folder are under /static/.
+_PAGES = {"/": "index.html", "/index.html": "index.html", "/seed.html": "seed.html"}
+_TYPES = {
+    ".html": "text/html; charset=utf-8",
+    ".js": "text/javascript; charset=utf-8",
+    ".css": "text/css; charset=utf-8",
+    ".svg": "image/svg+xml",
+    ".png": "image/png",
+    ".ico": "image/x-icon",
+    ".json": "application/json",
+}
 _ROOM_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$")
 _API_MESSAGES = re.compile(r"^/api/rooms/([^/]+)/messages$")
 RETENTION_PERIOD = 60.0
@@ -77,8 +86,20 @@ class _Catchup:
         self.overflow = False
 
 
-def _page(name: str) -> bytes:
-    return resources.files("hubbub").joinpath("static", name).read_bytes()
+def _static_files() -> dict[str, tuple[bytes, str]]:
+    """Every file of the static folder, read once: URL path -> (body, content type)."""
+    files: dict[str, tuple[bytes, str]] = {}
+    folder = resources.files("hubbub").joinpath("static")
+    for entry in folder.iterdir():
+        name = entry.name
+        ctype = _TYPES.get(name[name.rfind("."):]) if "." in name else None
+        if ctype is None or not entry.is_file():
+            continue
+        files[f"/static/{name}"] = (entry.read_bytes(), ctype)
+    for path, name in _PAGES.items():
+        if f"/static/{name}" in files:
+            files[path] = files[f"/static/{name}"]
+    return files
 
 
 class ChatApp:
@@ -100,7 +121,7 @@ class ChatApp:
         self.v1: set[int] = set()
         self.catching_up: dict[str, dict[int, _Catchup]] = {}
         self.api_key = s.api_key or os.environ.get("HUBBUB_API_KEY", "")
-        self.pages = {path: _page(name) for path, name in _PAGES.items()}
+        self.pages = _static_files()
         self.limits = {
             "max_message_size": s.max_message_size,
             "rate": s.rate,
@@ -361,14 +382,16 @@ class ChatApp:
         path = request.path
         if path.startswith("/api/"):
             return self._api(request, response)
-        body = self.pages.get(path)
-        if body is None:
+        page = self.pages.get(path)
+        if page is None:
             return _plain(response, 404, "Not Found")
         if request.method not in ("GET", "HEAD"):
             response.header("Allow", "GET, HEAD")
             return _plain(response, 405, "Method Not Allowed")
-        response.header("Content-Type", "text/html; charset=utf-8")
+        body, ctype = page
+        response.header("Content-Type", ctype)
         response.header("Cache-Control", "no-cache")
+        response.header("X-Content-Type-Options", "nosniff")
         response.end(body)
         return None
 

@@ -1,0 +1,1 @@
+"""Clients: the terminal chat (``hubbub chat``)."""

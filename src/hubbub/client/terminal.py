@@ -1,0 +1,373 @@
+"""``hubbub chat``: an interactive terminal chat client.
+
+Against a hubbub server it speaks ``hubbub.v1``: history on join, live
+messages, presence lines, commands, and reconnects with backoff, resuming
+each room from the last sequence number seen and resending unacked
+messages with their ids (so nothing is lost or doubled). Against any other
+WebSocket server (one that does not accept the subprotocol) it falls back
+to plain text, like websocat: each line typed is a text message, each
+message received is printed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import random
+import sys
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
+
+SUBPROTOCOL = "hubbub.v1"
+HELP = """commands:
+  /join ROOM        join a room (and make it current)
+  /leave [ROOM]     leave a room (default: current)
+  /switch ROOM      make a joined room current
+  /nick NAME        change your nickname
+  /msg NICK TEXT    direct message to NICK in the current room
+  /who              members of the current room
+  /rooms            all rooms with member counts
+  /history          load older messages of the current room
+  /quit             leave
+anything else is sent to the current room"""
+
+
+def _clock(ts: float) -> str:
+    return time.strftime("%H:%M", time.localtime(ts))
+
+
+@dataclass
+class RoomView:
+    name: str
+    epoch: str | None = None
+    last_seq: int = 0
+    oldest_seen: int | None = None
+    #: Sequence numbers already printed (history and live can overlap).
+    shown: set[int] = field(default_factory=set)
+
+
+@dataclass
+class ChatState:
+    """Client-side protocol state; what survives a reconnect."""
+
+    nick: str | None
+    rooms: dict[str, RoomView] = field(default_factory=dict)
+    current: str | None = None
+    #: Messages sent but not acked yet: client id -> (room, text), resent on reconnect.
+    pending: dict[str, tuple[str, str]] = field(default_factory=dict)
+
+
+class TerminalChat:
+    def __init__(
+        self,
+        url: str,
+        room: str | None,
+        nick: str | None,
+        show: Callable[[str], None],
+        *,
+        max_backoff: float = 10.0,
+    ) -> None:
+        self.url = url
+        self.show = show
+        self.state = ChatState(nick=nick)
+        if room:
+            self.state.rooms[room] = RoomView(room)
+            self.state.current = room
+        self.max_backoff = max_backoff
+        self.ws: ClientConnection | None = None
+        self.plain = False
+        self.quitting = False
+        self.connected = asyncio.Event()
+
+    # -- connection loop -----------------------------------------------------
+
+    async def run(self) -> int:
+        attempt = 0
+        while not self.quitting:
+            try:
+                async with connect(
+                    self.url, subprotocols=[SUBPROTOCOL], open_timeout=10, max_size=2**22
+                ) as ws:
+                    self.ws = ws
+                    self.plain = ws.subprotocol != SUBPROTOCOL
+                    attempt = 0
+                    if self.plain:
+                        self.show(f"* connected to {self.url} (plain text mode)")
+                    self.connected.set()
+                    await self._receive(ws)
+            except (InvalidURI, ValueError) as exc:
+                self.show(f"! {exc}")
+                return 2
+            except (OSError, InvalidHandshake, ConnectionClosed, TimeoutError) as exc:
+                if self.quitting:
+                    break
+                if isinstance(exc, InvalidHandshake) and attempt == 0 and self.ws is None:
+                    self.show(f"! cannot connect: {exc}")
+            finally:
+                self.connected.clear()
+                self.ws = None
+            if self.quitting:
+                break
+            # Exponential backoff with full jitter.
+            delay = random.uniform(0, min(self.max_backoff, 0.5 * 2**attempt))
+            attempt += 1
+            self.show(f"* disconnected; reconnecting in {delay:.1f}s")
+            await asyncio.sleep(delay)
+        return 0
+
+    async def _receive(self, ws: ClientConnection) -> None:
+        async for raw in ws:
+            if self.plain:
+                text = raw if isinstance(raw, str) else raw.decode("utf-8", "replace")
+                self.show(text.rstrip("\n"))
+                continue
+            try:
+                frame = json.loads(raw)
+            except (TypeError, ValueError):
+                self.show(f"! unreadable frame: {raw!r}"[:200])
+                continue
+            await self._on_frame(frame)
+
+    async def send(self, **frame: Any) -> None:
+        if self.ws is not None:
+            with contextlib.suppress(ConnectionClosed):
+                await self.ws.send(json.dumps(frame))
+
+    # -- server frames -------------------------------------------------------
+
+    async def _on_frame(self, f: dict[str, Any]) -> None:
+        kind = f.get("type")
+        s = self.state
+        if kind == "welcome":
+            if s.nick is None:
+                s.nick = f["nick"]
+            self.show(f"* connected as {s.nick}")
+            for view in list(s.rooms.values()):
+                await self._join(view)
+            for cid, (room, text) in list(s.pending.items()):
+                await self.send(type="send", room=room, id=cid, text=text)
+        elif kind == "room":
+            view = s.rooms.setdefault(f["room"], RoomView(f["room"]))
+            resuming = view.epoch == f["epoch"]
+            if not resuming:
+                view.shown.clear()
+            view.epoch = f["epoch"]
+            s.nick = f["nick"]
+            if not resuming:
+                view.last_seq = f["seq"]
+                self.show(
+                    f"* joined #{f['room']} as {f['nick']} — members: " + ", ".join(f["members"])
+                )
+                await self.send(type="history", room=f["room"], limit=20)
+        elif kind == "message":
+            view = s.rooms.get(f["room"])
+            if view is not None:
+                if f["seq"] <= view.last_seq and view.epoch == f["epoch"]:
+                    return  # already shown
+                view.last_seq = f["seq"]
+            s.pending.pop(f.get("client_id") or "", None)
+            self._message(f)
+        elif kind == "history":
+            view = s.rooms.get(f["room"])
+            messages = f["messages"]
+            if view is not None and messages:
+                view.oldest_seen = messages[0]["seq"]
+            if not messages:
+                self.show(
+                    f"* no {'older ' if view and view.oldest_seen else ''}history in #{f['room']}"
+                )
+            for m in messages:
+                self._message(m)
+        elif kind == "ack":
+            s.pending.pop(f["id"], None)
+        elif kind == "resumed":
+            if f["count"]:
+                self.show(f"* #{f['room']}: {f['count']} missed message(s) above")
+        elif kind == "reset":
+            view = s.rooms.get(f["room"])
+            if view is not None:
+                view.epoch, view.last_seq = f["epoch"], f["seq"]
+                view.shown.clear()
+            self.show(f"* #{f['room']}: history cannot be resumed ({f['reason']}); reloading")
+            await self.send(type="history", room=f["room"], limit=20)
+        elif kind == "joined":
+            self.show(f"* {f['nick']} joined #{f['room']}")
+        elif kind == "left":
+            self.show(f"* {f['nick']} left #{f['room']}")
+        elif kind == "renamed":
+            self.show(f"* {f['old']} is now {f['nick']} in #{f['room']}")
+        elif kind == "nick":
+            s.nick = f["nick"]
+            self.show(f"* you are now {f['nick']}")
+        elif kind == "left_room":
+            s.rooms.pop(f["room"], None)
+            if s.current == f["room"]:
+                s.current = next(iter(s.rooms), None)
+            self.show(f"* left #{f['room']}")
+        elif kind == "dm":
+            self.show(f"[{_clock(f['ts'])}] *{f['from']} → {f['to']}* {f['text']}")
+        elif kind == "members":
+            self.show(f"* #{f['room']}: " + ", ".join(f["members"]))
+        elif kind == "rooms":
+            rooms = f["rooms"] or []
+            self.show(
+                "* rooms: " + (", ".join(f"#{r['name']} ({r['members']})" for r in rooms) or "none")
+            )
+        elif kind == "error":
+            self.show(f"! {f.get('code')}: {f.get('message')}")
+        # typing, pong: nothing to print
+
+    def _message(self, f: dict[str, Any]) -> None:
+        view = self.state.rooms.get(f["room"])
+        if view is not None:
+            if f["seq"] in view.shown:
+                return
+            if len(view.shown) > 10_000:
+                view.shown.clear()
+            view.shown.add(f["seq"])
+        prefix = "" if f["room"] == self.state.current else f"#{f['room']} "
+        self.show(f"[{_clock(f['ts'])}] {prefix}<{f['nick']}> {f['text']}")
+
+    async def _join(self, view: RoomView) -> None:
+        frame: dict[str, Any] = {"type": "join", "room": view.name}
+        if self.state.nick:
+            frame["nick"] = self.state.nick
+        if view.epoch is not None:
+            frame["since"] = view.last_seq
+            frame["epoch"] = view.epoch
+        await self.send(**frame)
+
+    # -- user input ------------------------------------------------------------
+
+    async def handle_line(self, line: str) -> None:
+        line = line.rstrip("\r\n")
+        if not line:
+            return
+        if line in ("/quit", "/exit"):
+            await self.quit()
+            return
+        if self.plain:
+            if self.ws is None:
+                self.show("! not connected")
+            else:
+                with contextlib.suppress(ConnectionClosed):
+                    await self.ws.send(line)
+            return
+        s = self.state
+        if line.startswith("/") and not line.startswith("//"):
+            cmd, _, arg = line[1:].partition(" ")
+            arg = arg.strip()
+            await self._command(cmd.lower(), arg)
+            return
+        if line.startswith("//"):
+            line = line[1:]
+        if s.current is None:
+            self.show("! join a room first: /join ROOM")
+            return
+        cid = uuid.uuid4().hex
+        s.pending[cid] = (s.current, line)
+        if self.ws is None:
+            self.show("* offline: message queued, sent on reconnect")
+            return
+        await self.send(type="send", room=s.current, id=cid, text=line)
+
+    async def _command(self, cmd: str, arg: str) -> None:
+        s = self.state
+        if cmd == "help":
+            self.show(HELP)
+        elif cmd == "join" and arg:
+            room = arg.lstrip("#")
+            s.current = room
+            if room not in s.rooms:
+                s.rooms[room] = RoomView(room)
+                await self._join(s.rooms[room])
+        elif cmd == "switch" and arg:
+            room = arg.lstrip("#")
+            if room in s.rooms:
+                s.current = room
+                self.show(f"* now in #{room}")
+            else:
+                self.show(f"! not in #{room}")
+        elif cmd == "leave":
+            room = arg.lstrip("#") or s.current
+            if room:
+                await self.send(type="leave", room=room)
+        elif cmd == "nick" and arg:
+            await self.send(type="nick", nick=arg)
+        elif cmd == "msg" and " " in arg and s.current:
+            to, _, text = arg.partition(" ")
+            await self.send(
+                type="dm", room=s.current, to=to, text=text.strip(), id=uuid.uuid4().hex
+            )
+        elif cmd == "who" and s.current:
+            await self.send(type="who", room=s.current)
+        elif cmd == "rooms":
+            await self.send(type="rooms")
+        elif cmd == "history" and s.current:
+            view = s.rooms[s.current]
+            frame: dict[str, Any] = {"type": "history", "room": s.current, "limit": 20}
+            if view.oldest_seen:
+                frame["before"] = view.oldest_seen
+            await self.send(**frame)
+        else:
+            self.show(f"! unknown or incomplete command /{cmd}; /help lists them")
+
+    async def quit(self) -> None:
+        self.quitting = True
+        if self.ws is not None:
+            await self.ws.close()
+
+
+async def _read_lines(chat: TerminalChat) -> None:
+    """Input from a terminal (prompt_toolkit keeps the prompt below the output)
+    or from a pipe (one message per line, like websocat)."""
+    if sys.stdin.isatty():
+        from prompt_toolkit import PromptSession
+        from prompt_toolkit.patch_stdout import patch_stdout
+
+        session: PromptSession[str] = PromptSession()
+        with patch_stdout(raw=True):
+            while not chat.quitting:
+                try:
+                    line = await session.prompt_async("> ")
+                except (EOFError, KeyboardInterrupt):
+                    await chat.quit()
+                    return
+                await chat.handle_line(line)
+    else:
+        loop = asyncio.get_running_loop()
+        reader = asyncio.StreamReader()
+        await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+        while not chat.quitting:
+            raw = await reader.readline()
+            if not raw:
+                # End of input: give the server a moment to answer, then leave.
+                await chat.connected.wait()
+                await asyncio.sleep(0.5)
+                await chat.quit()
+                return
+            await chat.connected.wait()
+            await chat.handle_line(raw.decode("utf-8", "replace"))
+
+
+async def run_chat(url: str, room: str | None, nick: str | None) -> int:
+    def show(text: str) -> None:
+        print(text, flush=True)
+
+    chat = TerminalChat(url, room, nick, show)
+    runner = asyncio.create_task(chat.run())
+    reader = asyncio.create_task(_read_lines(chat))
+    done, _ = await asyncio.wait({runner, reader}, return_when=asyncio.FIRST_COMPLETED)
+    if runner in done:
+        reader.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await reader
+        return runner.result()
+    return await runner
