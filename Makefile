@@ -5,8 +5,11 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 HOST   ?= 0.0.0.0
 PORT   ?= 9502
+# Debian packages the test suite needs (headless Chromium for the browser tests).
+APT_PACKAGES := chromium
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: install run test lint conformance clean
+.PHONY: install run test lint system-deps conformance bench clean
 
 install: $(STAMP)
 
@@ -20,9 +23,17 @@ run: install
 	$(BIN)/hubbub serve --host $(HOST) --port $(PORT)
 
 lint: install
-	$(BIN)/ruff check src tests examples
+	$(BIN)/ruff check src tests examples tools
 
-test: install lint
+# Debian's chromium (never `playwright install`: nothing is downloaded at run time).
+system-deps:
+	@if ! command -v chromium >/dev/null 2>&1; then \
+		echo "installing Debian packages: $(APT_PACKAGES)"; \
+		$(SUDO) apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends $(APT_PACKAGES); \
+	fi
+
+test: install system-deps lint
 	$(BIN)/pytest
 
 # Full Autobahn|Testsuite run (sections 1-7, 9, 10, 12, 13) against

@@ -95,19 +95,22 @@ class Response:
         self.ended = False
 
     def status(self, code: int, reason: str | None = None) -> None:
+        if not 100 <= int(code) <= 999:
+            raise ValueError(f"invalid HTTP status {code!r}")
+        if reason is not None:
+            _check_field(reason, "reason phrase")
         self._status = int(code)
         self._reason = reason
 
     def header(self, name: str, value: str) -> None:
-        if "\r" in name or "\n" in name or "\r" in value or "\n" in value:
-            raise ValueError("header names and values must not contain CR or LF")
+        _check_field(name, "header name")
+        _check_field(value, "header value")
         self._headers.append((name, value))
 
     def end(self, body: str | bytes = b"") -> None:
         """Send the response. Calling it twice is an error."""
         if self.ended:
             raise RuntimeError("response already sent")
-        self.ended = True
         payload = body.encode() if isinstance(body, str) else bytes(body)
         names = {k.lower() for k, _ in self._headers}
         if "content-type" not in names:
@@ -118,6 +121,18 @@ class Response:
         self._conn.write_response(
             self._status, self._reason, self._headers, payload, self.keep_alive, self.method
         )
+        # Only now: if writing failed, the caller's error path can still answer 500.
+        self.ended = True
+
+
+def _check_field(text: str, what: str) -> None:
+    """Refuse what would break the response framing (RFC 9110 5.5: no CR, LF or NUL)."""
+    if "\r" in text or "\n" in text or "\0" in text:
+        raise ValueError(f"{what} must not contain CR, LF or NUL")
+    try:
+        text.encode("latin-1")
+    except UnicodeEncodeError:
+        raise ValueError(f"{what} must be latin-1 (encode other text first)") from None
 
 
 Handler = Callable[[Request, Response], Awaitable[None] | None]
@@ -167,8 +182,11 @@ class HttpConnection(asyncio.Protocol):
         self.closing = False
         self.upgraded = False
         self.timer: asyncio.TimerHandle | None = None
-        self.head_size = 0
+        self.head_size = 0  # bytes of the current request head, from the parser callbacks
+        self.pending_head = 0  # bytes fed while the current head is incomplete
         self.in_head = False
+        self.linger: asyncio.TimerHandle | None = None
+        self.peer_eof = False
         self._reset()
 
     def _reset(self) -> None:
@@ -187,16 +205,14 @@ class HttpConnection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._cancel_timer()
+        if self.linger is not None:
+            self.linger.cancel()
         self.closing = True
         self.endpoint.http_connection_lost(self)
 
     def data_received(self, data: bytes) -> None:
         if self.closing or self.upgraded:
             return
-        if self.in_head or not self.queue:
-            # Count head bytes (an approximation that over-counts the body
-            # bytes of the same chunk, which only makes the limit stricter).
-            self.head_size += len(data)
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade as exc:
@@ -221,17 +237,21 @@ class HttpConnection(asyncio.Protocol):
 
     def on_message_begin(self) -> None:
         self.in_head = True
+        self.head_size = 0
+        self.pending_head = 0
         self._reset()
         self._arm_timer()
 
     def on_url(self, url: bytes) -> None:
         self.url += url
+        self.head_size += len(url)
         if len(self.url) > self.settings.max_header_size:
             self.reject(HTTPStatus.REQUEST_URI_TOO_LONG, "URI too long")
             raise httptools.HttpParserCallbackError("uri too long")
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self.raw_headers.append((name, value))
+        self.head_size += len(name) + len(value) + 4  # ": " and CRLF
         if len(self.raw_headers) > MAX_HEADERS or self.head_size > self.settings.max_header_size:
             self.reject(
                 HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE, "Request header fields too large"
@@ -240,7 +260,7 @@ class HttpConnection(asyncio.Protocol):
 
     def on_headers_complete(self) -> None:
         self.in_head = False
-        self.head_size = 0
+        self.pending_head = 0
         for name, value in self.raw_headers:
             if name.lower() == b"content-length":
                 try:
@@ -375,6 +395,8 @@ class HttpConnection(asyncio.Protocol):
         if response.status_code != 101:
             # websockets' body explains the refusal in one line or two.
             body = response.body or b""
+            # RFC 6455 4.2.2: say which protocol version this server speaks.
+            response.headers["Sec-WebSocket-Version"] = "13"
             self._write_raw_response(
                 response.status_code,
                 response.reason_phrase,
@@ -390,6 +412,8 @@ class HttpConnection(asyncio.Protocol):
         self.transport.write(response.serialize())
         conn = self.endpoint.ws_opened(self.transport, proto, request)
         self.transport.set_protocol(conn)
+        # This object's job is done: the WebSocket owns the transport now.
+        self.endpoint.http_connection_lost(self)
         if leftover:
             conn.data_received(leftover)
 
@@ -434,14 +458,42 @@ class HttpConnection(asyncio.Protocol):
             lines.append("Server: hubbub")
         if "content-length" not in names:
             lines.append(f"Content-Length: {len(body)}")
+        keep_alive = keep_alive and not self.peer_eof
         lines.append("Connection: keep-alive" if keep_alive else "Connection: close")
         head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
         self.transport.write(head if method == "HEAD" else head + body)
         if keep_alive:
             self._arm_timer()
         else:
-            self.closing = True
-            self.transport.close()
+            self._linger()
+
+    def _linger(self) -> None:
+        """Close after a response with ``Connection: close``.
+
+        Closing a socket with unread input makes the kernel send a reset,
+        which can destroy the response before the client reads it (a 413
+        answered before the body arrived, say). So: end our side, discard
+        what still comes, and close when the client does or after a short
+        grace period.
+        """
+        self.closing = True
+        self._cancel_timer()
+        transport = self.transport
+        if transport is None:
+            return
+        if transport.can_write_eof() and not self.peer_eof:
+            transport.write_eof()
+            self.linger = self.loop.call_later(
+                min(2.0, self.settings.handshake_timeout), transport.close
+            )
+        else:
+            transport.close()
+
+    def eof_received(self) -> bool | None:
+        self.peer_eof = True
+        # A request still being handled gets its answer (then we close);
+        # otherwise returning False lets the transport close itself.
+        return True if self.busy and not self.closing else False
 
     def reject(
         self, status: HTTPStatus, text: str, headers: list[tuple[str, str]] | None = None
@@ -468,7 +520,7 @@ class HttpConnection(asyncio.Protocol):
         self.timer = None
         if self.closing or self.upgraded or self.busy:
             return
-        if self.in_head or self.head_size:
+        if self.in_head:
             self.reject(HTTPStatus.REQUEST_TIMEOUT, "Request head not received in time")
         elif self.transport is not None:
             # An idle keep-alive connection: close quietly.
