@@ -18,9 +18,9 @@ SUBPROTOCOL = "hubbub.v1"
 VERSION = 1
 
 RoomName = Annotated[
-    str, msgspec.Meta(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
+    str, msgspec.Meta(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]*\Z")
 ]
-Nick = Annotated[str, msgspec.Meta(min_length=1, max_length=32, pattern=r"^[^\W][\w.\-]*$")]
+Nick = Annotated[str, msgspec.Meta(min_length=1, max_length=32, pattern=r"^[^\W_][\w.\-]*\Z")]
 ClientId = Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
 Text = Annotated[str, msgspec.Meta(min_length=1, max_length=8000)]
 Seq = Annotated[int, msgspec.Meta(ge=0)]

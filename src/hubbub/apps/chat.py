@@ -65,7 +65,7 @@ _TYPES = {
     ".ico": "image/x-icon",
     ".json": "application/json",
 }
-_ROOM_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$")
+_ROOM_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}\Z")
 _API_MESSAGES = re.compile(r"^/api/rooms/([^/]+)/messages$")
 RETENTION_PERIOD = 60.0
 
