@@ -97,6 +97,8 @@ class Journal:
 
     async def close(self) -> None:
         """Write what is queued, then stop."""
+        if self._task is None and self._queue:
+            self.start()  # never started: still write what was accepted
         self._closing = True
         self._wakeup.set()
         if self._task is not None:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -73,7 +72,6 @@ class SQLiteStore:
         self._db: sqlite3.Connection | None = None
         # Room epoch and last seq, owned by the store thread.
         self._rooms: dict[str, RoomMeta] = {}
-        self._thread_id: int | None = None
 
     # -- running on the store thread -----------------------------------------
 
@@ -91,10 +89,16 @@ class SQLiteStore:
         await self._run(self._open)
 
     def _open(self) -> None:
-        self._thread_id = threading.get_ident()
         if self.path != ":memory:":
             Path(self.path).parent.mkdir(parents=True, exist_ok=True)
         db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        version = db.execute("PRAGMA user_version").fetchone()[0]
+        if version > SCHEMA_VERSION:
+            db.close()  # before touching the file: a newer hubbub owns it
+            raise StoreError(
+                f"{self.path} has schema version {version}, newer than this hubbub "
+                f"({SCHEMA_VERSION}); upgrade hubbub"
+            )
         db.execute("PRAGMA journal_mode=WAL")
         db.execute(f"PRAGMA synchronous={self.synchronous}")
         db.execute("PRAGMA busy_timeout=5000")
@@ -103,11 +107,6 @@ class SQLiteStore:
 
     def _migrate(self, db: sqlite3.Connection) -> None:
         version = db.execute("PRAGMA user_version").fetchone()[0]
-        if version > SCHEMA_VERSION:
-            raise StoreError(
-                f"{self.path} has schema version {version}, newer than this hubbub "
-                f"({SCHEMA_VERSION}); upgrade hubbub"
-            )
         for step in range(version, SCHEMA_VERSION):
             db.execute("BEGIN IMMEDIATE")
             try:

@@ -1,0 +1,313 @@
+"""The hubbub.v1 wire schema: decoding client frames, validation errors, encoding server frames."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import msgspec
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from hubbub import protocol as p
+
+
+def _decode_error(obj: Any) -> p.ProtocolError:
+    data = obj if isinstance(obj, str | bytes) else json.dumps(obj)
+    with pytest.raises(p.ProtocolError) as info:
+        p.decode(data)
+    return info.value
+
+
+# ---------------------------------------------------------------------------
+# Valid client frames
+
+
+@pytest.mark.parametrize(
+    ("frame", "expected"),
+    [
+        ({"type": "join", "room": "lobby"}, p.Join("lobby")),
+        (
+            {"type": "join", "room": "lobby", "nick": "ann", "since": 7, "epoch": "e1"},
+            p.Join("lobby", nick="ann", since=7, epoch="e1"),
+        ),
+        ({"type": "leave", "room": "lobby"}, p.Leave("lobby")),
+        ({"type": "send", "room": "lobby", "id": "c1", "text": "hi"}, p.Send("lobby", "c1", "hi")),
+        ({"type": "nick", "nick": "ann"}, p.SetNick("ann")),
+        (
+            {"type": "dm", "room": "lobby", "to": "bob", "text": "psst"},
+            p.Direct("lobby", "bob", "psst"),
+        ),
+        (
+            {"type": "dm", "room": "lobby", "to": "bob", "text": "psst", "id": "d1"},
+            p.Direct("lobby", "bob", "psst", id="d1"),
+        ),
+        ({"type": "typing", "room": "lobby"}, p.Typing("lobby", True)),
+        ({"type": "typing", "room": "lobby", "active": False}, p.Typing("lobby", False)),
+        ({"type": "history", "room": "lobby"}, p.History("lobby", None, 50)),
+        (
+            {"type": "history", "room": "lobby", "before": 10, "limit": 200},
+            p.History("lobby", 10, 200),
+        ),
+        ({"type": "history", "room": "lobby", "limit": 1}, p.History("lobby", None, 1)),
+        ({"type": "rooms"}, p.ListRooms()),
+        ({"type": "who", "room": "lobby"}, p.Who("lobby")),
+        ({"type": "ping"}, p.Ping()),
+        ({"type": "ping", "id": "p1"}, p.Ping("p1")),
+    ],
+    ids=lambda v: v.get("type") if isinstance(v, dict) else "",
+)
+def test_valid_client_frames_decode_to_the_right_struct(
+    frame: dict[str, Any], expected: p.ClientFrame
+) -> None:
+    decoded = p.decode(json.dumps(frame))
+    assert type(decoded) is type(expected)
+    assert decoded == expected
+    # bytes input works too
+    assert p.decode(json.dumps(frame).encode()) == expected
+
+
+def test_every_client_type_is_covered_by_the_union() -> None:
+    info = msgspec.inspect.type_info(p.ClientFrame)
+    tags = {t.cls.__struct_config__.tag for t in info.types}
+    assert tags == set(p.CLIENT_TYPES)
+
+
+def test_room_names_at_the_limits_are_accepted() -> None:
+    assert p.decode(json.dumps({"type": "who", "room": "a" * 64})).room == "a" * 64
+    assert p.decode(json.dumps({"type": "who", "room": "A1_b.c-d"})).room == "A1_b.c-d"
+    assert p.decode(json.dumps({"type": "nick", "nick": "n" * 32})).nick == "n" * 32
+    text = "x" * 8000
+    assert p.decode(json.dumps({"type": "send", "room": "r", "id": "1", "text": text})).text == text
+
+
+# ---------------------------------------------------------------------------
+# Errors without a usable type
+
+
+@pytest.mark.parametrize("data", ["{bad", "", '{"type": "join",', b"\xff\xfe", "nul"])
+def test_invalid_json_is_bad_json(data: str | bytes) -> None:
+    err = _decode_error(data)
+    assert err.code == p.E_BAD_JSON == "bad_json"
+    assert err.ref is None
+    assert "invalid JSON" in err.message
+    assert str(err) == err.message
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        "[1, 2]",
+        '[{"type": "ping"}]',
+        '{"room": "lobby"}',
+        '"join"',
+        "42",
+        "null",
+        '{"type": 5}',
+    ],
+)
+def test_non_object_or_missing_type_is_bad_frame(data: str) -> None:
+    err = _decode_error(data)
+    assert err.code == p.E_BAD_FRAME == "bad_frame"
+    assert err.ref is None
+    assert "type" in err.message
+
+
+@pytest.mark.parametrize("kind", ["nope", "message", "welcome", "JOIN"])
+def test_unknown_type_is_unknown_type_with_ref(kind: str) -> None:
+    err = _decode_error({"type": kind, "room": "lobby"})
+    assert err.code == p.E_UNKNOWN_TYPE == "unknown_type"
+    assert err.ref == kind
+    assert kind in err.message
+
+
+def test_unknown_type_ref_is_truncated() -> None:
+    err = _decode_error({"type": "x" * 100})
+    assert err.code == p.E_UNKNOWN_TYPE
+    assert err.ref == "x" * 32
+
+
+# ---------------------------------------------------------------------------
+# Schema violations of a known type: bad_frame, ref = the type, message names the field
+
+
+@pytest.mark.parametrize(
+    ("frame", "field"),
+    [
+        # wrong field types
+        ({"type": "join", "room": 5}, "room"),
+        ({"type": "join", "room": "lobby", "since": "3"}, "since"),
+        ({"type": "join", "room": "lobby", "since": True}, "since"),
+        ({"type": "join", "room": "lobby", "since": -1}, "since"),
+        ({"type": "typing", "room": "lobby", "active": "yes"}, "active"),
+        ({"type": "history", "room": "lobby", "limit": 1.5}, "limit"),
+        ({"type": "send", "room": "lobby", "id": 1, "text": "hi"}, "id"),
+        # missing required fields
+        ({"type": "join"}, "room"),
+        ({"type": "send", "room": "lobby", "text": "hi"}, "id"),
+        ({"type": "send", "room": "lobby", "id": "c1"}, "text"),
+        ({"type": "dm", "room": "lobby", "text": "hi"}, "to"),
+        ({"type": "nick"}, "nick"),
+        # unknown extra fields
+        ({"type": "join", "room": "lobby", "colour": "red"}, "colour"),
+        ({"type": "rooms", "filter": "x"}, "filter"),
+        ({"type": "ping", "id": "p", "extra": 1}, "extra"),
+        # room names
+        ({"type": "join", "room": "a" * 65}, "room"),
+        ({"type": "join", "room": "a b"}, "room"),
+        ({"type": "join", "room": "-lobby"}, "room"),
+        ({"type": "join", "room": ""}, "room"),
+        ({"type": "send", "room": "bad room", "id": "1", "text": "hi"}, "room"),
+        # nicknames
+        ({"type": "nick", "nick": "n" * 33}, "nick"),
+        ({"type": "nick", "nick": "ann smith"}, "nick"),
+        ({"type": "nick", "nick": ""}, "nick"),
+        ({"type": "join", "room": "lobby", "nick": "a b"}, "nick"),
+        ({"type": "dm", "room": "lobby", "to": "x" * 33, "text": "hi"}, "to"),
+        # text
+        ({"type": "send", "room": "lobby", "id": "c1", "text": ""}, "text"),
+        ({"type": "send", "room": "lobby", "id": "c1", "text": "x" * 8001}, "text"),
+        ({"type": "dm", "room": "lobby", "to": "bob", "text": ""}, "text"),
+        # history limit
+        ({"type": "history", "room": "lobby", "limit": 0}, "limit"),
+        ({"type": "history", "room": "lobby", "limit": 201}, "limit"),
+        ({"type": "history", "room": "lobby", "before": -5}, "before"),
+    ],
+    ids=lambda v: v if isinstance(v, str) else None,
+)
+def test_schema_violations_are_bad_frame_naming_the_field(
+    frame: dict[str, Any], field: str
+) -> None:
+    err = _decode_error(frame)
+    assert err.code == p.E_BAD_FRAME
+    assert err.ref == frame["type"]
+    assert f"`{field}`" in err.message or f"$.{field}" in err.message, err.message
+
+
+@pytest.mark.parametrize(
+    "frame",
+    [
+        {"type": "join", "room": "lobby\n"},
+        {"type": "who", "room": "lobby\n"},
+        {"type": "nick", "nick": "ann\n"},
+        {"type": "join", "room": "lobby", "nick": "ann\n"},
+    ],
+    ids=["join-room", "who-room", "nick", "join-nick"],
+)
+def test_trailing_newline_in_room_or_nick_is_rejected(frame: dict[str, Any]) -> None:
+    # A newline is whitespace like the space that is refused; a pattern anchored
+    # with ``$`` lets exactly one trailing "\n" through.
+    err = _decode_error(frame)
+    assert err.code == p.E_BAD_FRAME
+    assert err.ref == frame["type"]
+
+
+@given(
+    room=st.from_regex(r"\A[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}\Z"),
+    text=st.text(min_size=1, max_size=200).filter(lambda s: len(s) <= 8000),
+)
+def test_any_valid_send_round_trips(room: str, text: str) -> None:
+    frame = p.decode(json.dumps({"type": "send", "room": room, "id": "c", "text": text}))
+    assert frame == p.Send(room, "c", text)
+
+
+# ---------------------------------------------------------------------------
+# Server frames
+
+
+def _msg(**kw: Any) -> p.Message:
+    base: dict[str, Any] = dict(
+        room="lobby", seq=3, epoch="e", id="m", nick="ann", text="hi", ts=1.5, client_id="c"
+    )
+    base.update(kw)
+    return p.Message(**base)
+
+
+SERVER_FRAMES: list[tuple[str, Any]] = [
+    ("welcome", p.Welcome(p.SUBPROTOCOL, 4, "user-4", {"rate": 20.0})),
+    ("message", _msg()),
+    ("ack", p.Ack("c", "lobby", 3, "e", "m", 1.5)),
+    ("room", p.RoomState("lobby", "ann", "e", 3, ["ann", "bob"])),
+    ("resumed", p.Resumed("lobby", "e", 1, 3, 2)),
+    ("reset", p.Reset("lobby", "e", "retention", 9, 5)),
+    ("joined", p.Joined("lobby", "ann", 1.0)),
+    ("left", p.Left("lobby", "ann", 1.0)),
+    ("renamed", p.Renamed("lobby", "ann", "anna", 1.0)),
+    ("nick", p.NickSet("ann")),
+    ("typing", p.TypingEvent("lobby", "ann", True)),
+    ("dm", p.DirectMessage("lobby", "d", "bob", "psst", 1.0, sender="ann")),
+    ("history", p.HistoryPage("lobby", "e", [_msg()], False)),
+    ("rooms", p.RoomList([p.RoomInfo("lobby", 2, 3)])),
+    ("members", p.Members("lobby", ["ann", "bob"])),
+    ("left_room", p.Left_("lobby")),
+    ("pong", p.Pong("p", 2.0)),
+    ("error", p.Error(p.E_NICK_TAKEN, "taken", "join", "lobby")),
+]
+
+
+@pytest.mark.parametrize(("tag", "frame"), SERVER_FRAMES, ids=[t for t, _ in SERVER_FRAMES])
+def test_encode_puts_the_type_first_class(tag: str, frame: Any) -> None:
+    data = p.encode(frame)
+    assert isinstance(data, bytes)
+    obj = json.loads(data)
+    assert obj["type"] == tag
+    assert data.startswith(b'{"type":"' + tag.encode() + b'"')
+
+
+def test_all_server_frame_types_are_tested() -> None:
+    union_types = {t.cls for t in msgspec.inspect.type_info(p.ServerFrame).types}
+    assert union_types == {type(frame) for _, frame in SERVER_FRAMES}
+
+
+def test_encode_message_fields() -> None:
+    obj = json.loads(p.encode(_msg()))
+    assert obj == {
+        "type": "message",
+        "room": "lobby",
+        "seq": 3,
+        "epoch": "e",
+        "id": "m",
+        "nick": "ann",
+        "text": "hi",
+        "ts": 1.5,
+        "client_id": "c",
+    }
+
+
+def test_encode_direct_message_sender_is_from() -> None:
+    obj = json.loads(p.encode(p.DirectMessage("lobby", "d", "bob", "psst", 1.0, "c", sender="ann")))
+    assert obj["type"] == "dm"
+    assert obj["from"] == "ann"
+    assert "sender" not in obj
+    assert obj["to"] == "bob"
+    assert obj["client_id"] == "c"
+
+
+def test_encode_error_fields() -> None:
+    obj = json.loads(p.encode(p.Error("nick_taken", "taken", ref="join", room="lobby", id="c1")))
+    assert obj == {
+        "type": "error",
+        "code": "nick_taken",
+        "message": "taken",
+        "ref": "join",
+        "room": "lobby",
+        "id": "c1",
+    }
+    bare = json.loads(p.encode(p.Error("bad_json", "invalid JSON")))
+    assert bare["type"] == "error" and bare["code"] == "bad_json"
+    assert bare.get("ref") is None and bare.get("room") is None
+
+
+def test_encode_history_page_nests_messages() -> None:
+    page = p.HistoryPage("lobby", "e", [_msg(seq=1), _msg(seq=2)], True)
+    obj = json.loads(p.encode(page))
+    assert [m["seq"] for m in obj["messages"]] == [1, 2]
+    assert all(m["type"] == "message" for m in obj["messages"])
+    assert obj["has_more"] is True
+
+
+def test_protocol_error_attributes() -> None:
+    exc = p.ProtocolError("bad_frame", "nope", "join")
+    assert (exc.code, exc.message, exc.ref) == ("bad_frame", "nope", "join")
+    assert str(exc) == "nope"
