@@ -22,7 +22,8 @@ RoomName = Annotated[
 ]
 Nick = Annotated[str, msgspec.Meta(min_length=1, max_length=32, pattern=r"^[^\W_][\w.\-]*\Z")]
 ClientId = Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
-Text = Annotated[str, msgspec.Meta(min_length=1, max_length=8000)]
+MAX_TEXT = 8000
+Text = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_TEXT)]
 Seq = Annotated[int, msgspec.Meta(ge=0)]
 PageLimit = Annotated[int, msgspec.Meta(ge=1, le=200)]
 
@@ -203,6 +204,8 @@ class HistoryPage(msgspec.Struct, tag="history"):
     epoch: str
     messages: list[Message]
     has_more: bool
+    #: The request's ``before`` (None for the newest page), to match answer and request.
+    before: int | None = None
 
 
 class RoomInfo(msgspec.Struct):

@@ -15,6 +15,7 @@ from websockets.asyncio.client import connect
 
 from hubbub.apps.chat import create_app
 from hubbub.config import Settings
+from hubbub.store import StoreError
 from hubbub.store.sqlite import SQLiteStore
 
 from ..conftest import free_port, recv_all, ws_url
@@ -491,3 +492,71 @@ async def test_acked_messages_survive_kill_9(spawn, tmp_path):
     assert status == 200
     assert [m["seq"] for m in body["messages"]] == acked == list(range(1, 51))
     assert body["messages"][-1]["text"] == "durable 49"
+
+
+class FlakyRoomReads:
+    """A store whose first ``room()`` read fails, like a database that blipped."""
+
+    def __init__(self, inner: SQLiteStore) -> None:
+        self.inner = inner
+        self.failures = 1
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    async def room(self, room: str) -> Any:
+        if self.failures:
+            self.failures -= 1
+            raise StoreError("database is locked")
+        return await self.inner.room(room)
+
+
+async def test_a_join_the_store_cannot_serve_is_undone_so_it_can_be_retried(tmp_path):
+    store = FlakyRoomReads(SQLiteStore(tmp_path / "f.db"))
+    server = create_app("127.0.0.1", 0, Settings(db=str(tmp_path / "f.db")), store=store)
+    await server.listen()
+    try:
+        ann = await Client.open(server)
+        await ann.send(type="join", room="lobby", nick="ann")
+        await ann.expect("error", code="unavailable", ref="join", room="lobby")
+        await ann.send(type="send", room="lobby", id="x", text="not yet")
+        await ann.expect("error", code="not_in_room")
+        state = await ann.join("lobby", "ann")  # a plain retry works
+        assert state["members"] == ["ann"]
+        await ann.close()
+    finally:
+        await server.shutdown()
+
+
+class SlowSince(SlowReads):
+    async def since(self, room: str, seq: int, limit: int) -> Any:
+        result = await self.inner.since(room, seq, limit)
+        await asyncio.sleep(0.3)
+        return result
+
+
+async def test_traffic_beyond_the_buffer_during_a_replay_gives_reset_not_resumed(tmp_path):
+    store = SlowSince(SQLiteStore(tmp_path / "s.db"))
+    settings_ = Settings(db=str(tmp_path / "s.db"), rate=0, max_resume=3)
+    server = create_app("127.0.0.1", 0, settings_, store=store)
+    await server.listen()
+    try:
+        ann = await Client.open(server, "ann", "lobby")
+        await ann.send(type="send", room="lobby", id="m0", text="before")
+        await ann.expect("message", seq=1)
+        bob = await Client.open(server)
+        await bob.send(type="join", room="lobby", nick="bob", since=0)
+        await bob.expect("room")
+        for i in range(5):  # published while bob's replay is slowed down
+            await ann.send(type="send", room="lobby", id=f"m{i + 1}", text=f"during {i}")
+        frames = [await bob.recv() for _ in range(2)]
+        assert [f["type"] for f in frames] == ["message", "reset"]
+        assert frames[1]["reason"] == "too_far"
+        # Live from here on, and no `resumed` ever follows the reset.
+        await ann.send(type="send", room="lobby", id="m9", text="after")
+        live = await bob.expect("message", text="after")
+        assert live["seq"] == 7
+        for c in (ann, bob):
+            await c.close()
+    finally:
+        await server.shutdown()

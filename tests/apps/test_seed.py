@@ -82,9 +82,11 @@ async def test_http_routes_on_the_same_port(seed_server):
         return head.split(b"\r\n")[0].decode(), await reader.readexactly(length)
 
     status, body = await get("/")
-    assert status == "HTTP/1.1 200 OK" and b"new WebSocket" in body
+    assert status == "HTTP/1.1 200 OK" and b"/static/app.js" in body
+    status, body = await get("/static/app.js")
+    assert status == "HTTP/1.1 200 OK" and b"hubbub.v1" in body
     status, body = await get("/seed.html")
-    assert status == "HTTP/1.1 200 OK" and b"<html" in body
+    assert status == "HTTP/1.1 200 OK" and b"new WebSocket" in body
     status, body = await get("/healthz")
     assert status == "HTTP/1.1 200 OK" and body == b"ok\n"
     status, _ = await get("/missing")

@@ -92,7 +92,7 @@ def _static_files() -> dict[str, tuple[bytes, str]]:
     folder = resources.files("hubbub").joinpath("static")
     for entry in folder.iterdir():
         name = entry.name
-        ctype = _TYPES.get(name[name.rfind("."):]) if "." in name else None
+        ctype = _TYPES.get(name[name.rfind(".") :]) if "." in name else None
         if ctype is None or not entry.is_file():
             continue
         files[f"/static/{name}"] = (entry.read_bytes(), ctype)
@@ -128,6 +128,9 @@ class ChatApp:
             "burst": s.burst,
             "max_rooms": s.max_rooms_per_connection,
             "history_page": 200,
+            "max_text": p.MAX_TEXT,
+            "max_nick": 32,
+            "max_room": 64,
         }
         self._tasks: set[asyncio.Task[Any]] = set()
         if p.SUBPROTOCOL not in server.subprotocols:
@@ -296,37 +299,52 @@ class ChatApp:
 
     async def _catchup(self, e: Catchup) -> None:
         fd, room = e.fd, e.room
-        meta = None
         try:
             meta = await self.store.room(room)
-            if not self.core.is_member(fd, room):
-                return
             state = self.core.room_state(fd, room, meta.epoch, meta.seq)
-            if state is None:
+            if state is None or not self.core.is_member(fd, room):
+                self._end_catchup(fd, room)
                 return
             self.reply(fd, state)
             last = meta.seq
             if e.since is not None:
-                last = await self._replay(e, meta)
-                if last is None or not self.core.is_member(fd, room):
+                replayed = await self._replay(e, meta)
+                if replayed is None or not self.core.is_member(fd, room):
+                    self._end_catchup(fd, room)
                     return
+                last = replayed
         except StoreError as exc:
+            # Undo the join, so that the client can simply send it again.
             log.error("catch-up of %s for client-%d failed: %s", room, fd, exc)
-            self.reply(fd, p.Error(p.E_UNAVAILABLE, "history unavailable", "join", room))
-            last = None
-        waiting = self.catching_up.get(room, {}).pop(fd, None)
-        if room in self.catching_up and not self.catching_up[room]:
-            del self.catching_up[room]
+            self._end_catchup(fd, room)
+            self.run(self.core.drop_membership(fd, room))
+            self.reply(
+                fd, p.Error(p.E_UNAVAILABLE, "history unavailable, join again", "join", room)
+            )
+            return
+        waiting = self._end_catchup(fd, room)
         if waiting is None or not self.core.is_member(fd, room):
             return
-        if waiting.overflow and meta is not None:
-            self.reply(fd, p.Reset(room, meta.epoch, "too_far", meta.seq, meta.oldest))
         # From here to mark_live: no await (nothing may be delivered in between).
-        push = self.server.push
-        for seq, payload in waiting.buffer:
-            if seq is None or last is None or seq > last:
-                push(fd, payload, TEXT)
+        if waiting.overflow:
+            # More was published during the replay than the buffer holds: the
+            # client reloads from history (which has it all) and goes live now.
+            self.reply(fd, p.Reset(room, meta.epoch, "too_far", meta.seq, meta.oldest))
+        else:
+            push = self.server.push
+            for seq, payload in waiting.buffer:
+                if seq is None or seq > last:
+                    push(fd, payload, TEXT)
         self.core.mark_live(fd, room)
+
+    def _end_catchup(self, fd: int, room: str) -> _Catchup | None:
+        waiting_room = self.catching_up.get(room)
+        if waiting_room is None:
+            return None
+        waiting = waiting_room.pop(fd, None)
+        if not waiting_room:
+            del self.catching_up[room]
+        return waiting
 
     async def _replay(self, e: Catchup, meta: Any) -> int | None:
         """Send the messages after ``e.since``; return the last seq sent (or reset)."""
@@ -349,7 +367,10 @@ class ChatApp:
         for msg in missed:
             push(fd, p.encode(msg), TEXT)
         last = missed[-1].seq if missed else since
-        self.reply(fd, p.Resumed(room, meta.epoch, since, last, len(missed)))
+        waiting = self.catching_up.get(room, {}).get(fd)
+        if waiting is None or not waiting.overflow:
+            # (On overflow the caller sends `reset` instead: never both.)
+            self.reply(fd, p.Resumed(room, meta.epoch, since, last, len(missed)))
         return last
 
     async def _history(self, e: LoadHistory) -> None:
@@ -360,7 +381,7 @@ class ChatApp:
             log.error("history of %s failed: %s", e.room, exc)
             self.reply(e.fd, p.Error(p.E_UNAVAILABLE, "history unavailable", "history", e.room))
             return
-        self.reply(e.fd, p.HistoryPage(e.room, meta.epoch, messages, has_more))
+        self.reply(e.fd, p.HistoryPage(e.room, meta.epoch, messages, has_more, e.before))
 
     async def _room_list(self) -> list[p.RoomInfo]:
         counts = self.core.member_counts()

@@ -187,6 +187,13 @@ class ChatCore:
         room.live_cache = None
         return True
 
+    def drop_membership(self, fd: int, room_name: str) -> list[Effect]:
+        """Undo a join the service could not complete (the client may join again)."""
+        session = self.sessions.get(fd)
+        if session is None or room_name not in session.rooms:
+            return []
+        return self._remove_member(room_name, fd, session.nick)
+
     def live_fds(self, room_name: str) -> tuple[int, ...]:
         room = self.rooms.get(room_name)
         return room.live_fds() if room is not None else ()
