@@ -128,6 +128,9 @@ class Server:
             tuple[tuple[Callable[[bytes], None], ...], tuple[WebSocketConnection, ...]] | None
         ) = None
         self._http: set[HttpConnection] = set()
+        # Connections with bytes queued this tick (WebSocketConnection.write).
+        self._dirty: list[WebSocketConnection] = []
+        self._flush_scheduled = False
         self._timers: dict[int, _Timer] = {}
         self._timer_ids = itertools.count(1)
         self._pool: ProcessPoolExecutor | None = None
@@ -497,6 +500,20 @@ class Server:
         handler = self._handlers.get("message")
         if handler is not None:
             self._dispatch(conn, handler, (self, Frame(conn.fd, data)))
+
+    def mark_dirty(self, conn: WebSocketConnection) -> None:
+        self._dirty.append(conn)
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush_writes)
+
+    def _flush_writes(self) -> None:
+        # Runs once per tick, after the I/O callbacks that queued the bytes.
+        dirty = self._dirty
+        self._dirty = []
+        self._flush_scheduled = False
+        for conn in dirty:
+            conn.flush_out()
 
     def ws_closing(self, conn: WebSocketConnection) -> None:
         if self._open.pop(conn.fd, None) is not None:

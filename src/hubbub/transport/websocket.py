@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import codecs
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
 from websockets.frames import Close, CloseCode, Frame, Opcode
@@ -61,6 +61,7 @@ class Endpoint(Protocol):
     def ws_message(self, conn: WebSocketConnection, data: str | bytes) -> None: ...
     def ws_closing(self, conn: WebSocketConnection) -> None: ...
     def ws_closed(self, conn: WebSocketConnection) -> None: ...
+    def mark_dirty(self, conn: WebSocketConnection) -> None: ...
 
 
 class HubbubServerProtocol(ServerProtocol):
@@ -110,6 +111,7 @@ class WebSocketConnection(asyncio.Protocol):
         "last_rx",
         "loop",
         "open",
+        "out",
         "peer",
         "pending",
         "ping_sent",
@@ -117,7 +119,6 @@ class WebSocketConnection(asyncio.Protocol):
         "request",
         "running",
         "transport",
-        "write",
     )
 
     def __init__(
@@ -133,8 +134,9 @@ class WebSocketConnection(asyncio.Protocol):
         self.proto = proto
         self.request = request
         self.transport = transport
-        # transport.write bound once: the broadcast hot path calls it directly.
-        self.write: Callable[[bytes], None] = transport.write
+        # Bytes written during this event-loop tick, sent in one transport
+        # write when the tick ends (see write()).
+        self.out: list[bytes] | None = None
         self.loop = asyncio.get_running_loop()
         self.compressed = bool(proto.extensions)
         self.open = True
@@ -301,6 +303,32 @@ class WebSocketConnection(asyncio.Protocol):
             self.write(encode_frame(data, opcode))
         return True
 
+    def write(self, data: bytes) -> None:
+        """Queue bytes for this connection; they go out when the loop tick ends.
+
+        Coalescing: every frame for this connection produced in one tick (a
+        burst of room messages, a reply after a pong) leaves in a single
+        transport write, so a busy room costs one system call per client per
+        tick rather than one per message. Order is kept because every byte
+        for this connection goes through here. The send buffer limit is
+        checked by the transport when the tick's bytes are handed over, so
+        a slow client can exceed max_send_buffer by at most one tick's worth.
+        """
+        out = self.out
+        if out is None:
+            self.out = [data]
+            self.endpoint.mark_dirty(self)
+        else:
+            out.append(data)
+
+    def flush_out(self) -> None:
+        """Hand this tick's bytes to the transport (Server calls it at the end of the tick)."""
+        out = self.out
+        if out is not None:
+            self.out = None
+            if not self.closed and not self.transport.is_closing():
+                self.transport.write(out[0] if len(out) == 1 else b"".join(out))
+
     def send_frame_bytes(self, frame: bytes, data: str | bytes) -> None:
         """Write a frame encoded once by the caller (broadcast path)."""
         if self.compressed:
@@ -339,6 +367,7 @@ class WebSocketConnection(asyncio.Protocol):
 
     def abort(self) -> None:
         self._leave_open()
+        self.out = None
         self.transport.abort()
 
     # -- internals ------------------------------------------------------------
@@ -371,6 +400,7 @@ class WebSocketConnection(asyncio.Protocol):
             # handshake is done (RFC 6455 7.1.1). close() flushes the
             # buffer first; _arm_abort bounds how long that may take.
             self._leave_open()
+            self.flush_out()
             self.transport.close()
             self._arm_abort()
 
