@@ -16,14 +16,14 @@ install: $(STAMP)
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --disable-pip-version-check --upgrade pip
-	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[dev]'
+	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[dev,bench]'
 	touch $(STAMP)
 
 run: install
 	$(BIN)/hubbub serve --host $(HOST) --port $(PORT)
 
 lint: install
-	$(BIN)/ruff check src tests examples tools
+	$(BIN)/ruff check src tests examples tools bench
 
 # Debian's chromium (never `playwright install`: nothing is downloaded at run time).
 system-deps:
@@ -40,6 +40,15 @@ test: install system-deps lint
 # examples/echo_server.py; reports land in reports/conformance/.
 conformance: install
 	$(BIN)/python -m tools.conformance --all --outdir reports/conformance
+
+# hubbub against Node ws, websockets, aiohttp and picows, same generator, same
+# run (about 15 minutes); writes docs/benchmarks.md and docs/img/*.png.
+# `make bench BENCH_ARGS=--quick` is a 2-minute smoke run into reports/bench/.
+BENCH_ARGS ?=
+bench: install
+	@command -v node >/dev/null 2>&1 || { echo "make bench needs Node.js (apt-get install nodejs npm)"; exit 1; }
+	npm install --prefix bench/peers/node_ws --no-audit --no-fund --silent
+	$(BIN)/python bench/run.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) reports .pytest_cache

@@ -48,6 +48,11 @@ def build_parser() -> argparse.ArgumentParser:
         "resume after reconnects (commands: /join /leave /switch /nick /msg /who /rooms "
         "/history /quit). With any other WebSocket server: plain text, one message per line.",
     )
+    sub.add_parser(
+        "bench",
+        help="load generator for seed-protocol chat servers (hubbub bench --help)",
+        add_help=False,
+    )
     chat.add_argument("url", help="server address, e.g. ws://127.0.0.1:9502")
     chat.add_argument("--room", default="lobby", help="room to join on start")
     chat.add_argument("--nick", default=None, help="nickname (default: the server's user-<fd>)")
@@ -55,6 +60,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    args_list = sys.argv[1:] if argv is None else argv
+    if args_list[:1] == ["bench"]:
+        # The generator has its own parser (and the `bench` extra's packages).
+        from .bench import main as bench_main
+
+        return bench_main(args_list[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:

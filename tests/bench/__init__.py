@@ -1,0 +1,1 @@
+"""The load generator (``hubbub bench``): its ordering check and its scenarios."""
