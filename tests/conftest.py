@@ -76,6 +76,11 @@ def ws_url(server: Server, path: str = "/") -> str:
     return f"ws://127.0.0.1:{server.port}{path}"
 
 
+def serve_args(port: int, *extra: str) -> tuple[str, ...]:
+    """Arguments after ``python`` that run ``hubbub serve`` on 127.0.0.1:``port``."""
+    return ("-m", "hubbub", "serve", "--host", "127.0.0.1", "--port", str(port), *extra)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -14,7 +14,7 @@ from websockets.exceptions import ConnectionClosed
 
 from hubbub.config import setting_fields
 
-from .conftest import ROOT, free_port, recv_all
+from .conftest import ROOT, free_port, recv_all, serve_args
 
 
 def test_help_documents_every_flag():
@@ -51,7 +51,7 @@ async def _closed_code(ws) -> int | None:
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 async def test_serve_shuts_down_gracefully(spawn, sig):
     port = free_port()
-    proc = spawn("-m", "hubbub", "serve", "--host", "127.0.0.1", "--port", str(port), port=port)
+    proc = spawn(*serve_args(port), port=port)
     url = f"ws://127.0.0.1:{port}/"
     async with connect(url) as a, connect(url) as b:
         assert await recv_all(a, 1) == ["Hello, welcome\n"]

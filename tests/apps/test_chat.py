@@ -18,7 +18,7 @@ from hubbub.config import Settings
 from hubbub.store import StoreError
 from hubbub.store.sqlite import SQLiteStore
 
-from ..conftest import free_port, recv_all, ws_url
+from ..conftest import free_port, recv_all, serve_args, ws_url
 
 
 class Client:
@@ -460,19 +460,7 @@ async def test_resume_under_concurrent_traffic_has_no_loss_duplicate_or_reorder(
 async def test_acked_messages_survive_kill_9(spawn, tmp_path):
     port = free_port()
     db = tmp_path / "durable.db"
-    args = (
-        "-m",
-        "hubbub",
-        "serve",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--db",
-        str(db),
-        "--rate",
-        "0",
-    )
+    args = serve_args(port, "--db", str(db), "--rate", "0")
     proc = spawn(*args, port=port)
     url = f"ws://127.0.0.1:{port}/"
     ann = await Client.open(url, "ann", "lobby")

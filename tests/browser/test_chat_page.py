@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from ..conftest import ROOT, free_port
+from ..conftest import ROOT, free_port, serve_args
 from .conftest import PHONE, ChatPage, V1Client
 
 pytestmark = pytest.mark.timeout(45)
@@ -171,7 +171,7 @@ async def test_pages_resume_across_a_server_restart_without_loss_or_duplicates(
 ):
     port = free_port()
     db = tmp_path / "restart.db"
-    args = ("-m", "hubbub", "serve", "--host", "127.0.0.1", "--port", str(port), "--db", str(db))
+    args = serve_args(port, "--db", str(db))
     proc = spawn(*args, port=port)
     url = page_url(port)
     ann = await open_page(url, "ann")

@@ -12,7 +12,7 @@ import pexpect
 import pytest
 from websockets.sync.client import connect
 
-from ..conftest import ROOT, free_port
+from ..conftest import ROOT, free_port, serve_args
 
 
 def chat(url: str, *args: str) -> pexpect.spawn:
@@ -53,17 +53,7 @@ class V1:
 @pytest.fixture
 def server(spawn, tmp_path):
     port = free_port()
-    args = (
-        "-m",
-        "hubbub",
-        "serve",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--db",
-        str(tmp_path / "t.db"),
-    )
+    args = serve_args(port, "--db", str(tmp_path / "t.db"))
     proc = spawn(*args, port=port)
     return {"url": f"ws://127.0.0.1:{port}", "proc": proc, "args": args, "port": port}
 

@@ -562,9 +562,7 @@ async def test_slow_consumer_is_dropped_with_1013_and_others_get_everything(make
         # overflow is noticed right after the broadcast that caused it (each
         # broadcast here has a tick of its own): sent to both up to and
         # including that one, then to B only.
-        assert [sent for sent, _, _ in steps] == [2] * dropped_at + [1] * (
-            n_messages - dropped_at
-        )
+        assert [sent for sent, _, _ in steps] == [2] * dropped_at + [1] * (n_messages - dropped_at)
         assert all(not a_open for _, a_open, _ in steps[dropped_at:])
         assert a_fd not in server.connections
         # Never more than the limit plus one tick's frames, here one (plus the Close frame).
