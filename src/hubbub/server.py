@@ -119,11 +119,10 @@ class Server:
         # Established connections, the broadcast set (is_established()).
         self._open: dict[int, WebSocketConnection] = {}
         # Broadcast targets derived from _open, rebuilt after any change.
-        # Invariant: a broadcast loops over this snapshot synchronously; a
-        # connection that leaves _open during the loop (pause_writing) gets
-        # at most that one frame more, and no transport in the snapshot can
-        # have lost its connection, because connection_lost only ever runs
-        # from a later event-loop callback.
+        # Invariant: a broadcast loops over this snapshot synchronously, and
+        # each write only queues bytes (WebSocketConnection.write); the
+        # transport sees them when the tick ends. So nothing inside the loop
+        # can drop a connection or change _open under it.
         self._targets: (
             tuple[tuple[Callable[[bytes], None], ...], tuple[WebSocketConnection, ...]] | None
         ) = None
@@ -189,10 +188,7 @@ class Server:
         for fd in fds:
             conn = conns.get(fd)
             if conn is not None:
-                if conn.compressed:
-                    conn.send(data, op)
-                else:
-                    conn.write(frame)
+                conn.send_frame_bytes(frame, data, op)
                 n += 1
         return n
 

@@ -198,9 +198,9 @@ class WebSocketConnection(asyncio.Protocol):
 
     def pause_writing(self) -> None:
         # The outgoing buffer passed max_send_buffer: this client reads slower
-        # than it is written to. Leave the broadcast set right now (the caller
-        # may be in the middle of a broadcast loop over a snapshot, which adds
-        # at most one more frame) and close from a fresh callback.
+        # than it is written to. This fires inside flush_out (the end-of-tick
+        # write): leave the broadcast set at once, and close from a fresh
+        # callback rather than from inside the transport's write.
         if self.open:
             size = self.transport.get_write_buffer_size()
             log.warning(
@@ -329,10 +329,13 @@ class WebSocketConnection(asyncio.Protocol):
             if not self.closed and not self.transport.is_closing():
                 self.transport.write(out[0] if len(out) == 1 else b"".join(out))
 
-    def send_frame_bytes(self, frame: bytes, data: str | bytes) -> None:
-        """Write a frame encoded once by the caller (broadcast path)."""
+    def send_frame_bytes(
+        self, frame: bytes, data: str | bytes, opcode: Opcode | None = None
+    ) -> None:
+        """Write ``frame``: ``data`` encoded once by the caller for many connections
+        (``data`` itself is used where compression needs a per-connection encoding)."""
         if self.compressed:
-            self.send(data)
+            self.send(data, opcode)
         else:
             self.write(frame)
 
