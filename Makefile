@@ -41,13 +41,15 @@ test: install system-deps lint
 conformance: install
 	$(BIN)/python -m tools.conformance --all --outdir reports/conformance
 
-# hubbub against Node ws, websockets, aiohttp and picows, same generator, same
-# run (about 15 minutes); writes docs/benchmarks.md and docs/img/*.png.
+# hubbub against Node ws, websockets, aiohttp and picows (seed mode) and Node
+# socket.io and python-socketio (chat mode), same generator, same run (about
+# 13 minutes); writes docs/benchmarks.md and docs/img/*.png.
 # `make bench BENCH_ARGS=--quick` is a 2-minute smoke run into reports/bench/.
 BENCH_ARGS ?=
 bench: install
 	@command -v node >/dev/null 2>&1 || { echo "make bench needs Node.js (apt-get install nodejs npm)"; exit 1; }
 	npm install --prefix bench/peers/node_ws --no-audit --no-fund --silent
+	npm install --prefix bench/peers/socketio_node --no-audit --no-fund --silent
 	$(BIN)/python bench/run.py $(BENCH_ARGS)
 
 clean:

@@ -1,18 +1,27 @@
-"""``make bench``: hubbub against other one-room chat servers, same generator, same protocol.
+"""``make bench``: hubbub against other chat servers, same generator, same work.
 
-    .venv/bin/python bench/run.py            # the full run (about 12 minutes on 2 cores)
-    .venv/bin/python bench/run.py --quick    # a smoke run (about 2 minutes)
+    .venv/bin/python bench/run.py            # the full run (about 13 minutes on 2 cores)
+    .venv/bin/python bench/run.py --quick    # a smoke run (about 3 minutes)
 
-Installs nothing: ``pip install -e '.[bench]'`` and
-``npm install --prefix bench/peers/node_ws`` come first (``make bench`` does both).
+Installs nothing: ``pip install -e '.[bench]'``,
+``npm install --prefix bench/peers/node_ws`` and
+``npm install --prefix bench/peers/socketio_node`` come first (``make bench``
+does all three).
 
-For every round, every server and every scenario (idle, fanout, latency,
-connect), a fresh server process is started on CPU 1 with a raised
-open-file limit, the generator (:mod:`hubbub.bench`) runs on CPU 0, and the
-server is stopped again. The server order alternates between rounds. The
-report takes the median of the rounds, computes ratios against Node's ws,
-and is written to docs/benchmarks.md with charts in docs/img/ (``--quick``
-writes to reports/bench/ instead, leaving the docs alone).
+Two families of scenarios. *Seed mode* (idle, fanout, latency, connect):
+one-room servers speaking the seed's plain text protocol (hubbub, Node ws,
+websockets, aiohttp, picows). *Chat mode* (chat_fanout, chat_latency): the
+same room and load as chat frameworks do it, hubbub with its ``hubbub.v1``
+JSON protocol and durable history, Node socket.io and python-socketio with
+socket.io events driven by socket.io-client workers.
+
+For every round, every server and every scenario it runs, a fresh server
+process is started on CPU 1 with a raised open-file limit, the generator
+(:mod:`hubbub.bench`) runs on CPU 0, and the server is stopped again. The
+server order alternates between rounds. The report takes the median of the
+rounds, computes ratios against Node's ws and is written to
+docs/benchmarks.md with charts in docs/img/ (``--quick`` writes to
+reports/bench/ instead, leaving the docs alone).
 """
 
 from __future__ import annotations
@@ -43,7 +52,10 @@ ROOT = Path(__file__).resolve().parent.parent
 PEERS = ROOT / "bench" / "peers"
 NODE_DIR = PEERS / "node_ws"
 BASELINE = "node_ws"
-SCENARIO_ORDER = ("idle", "fanout", "latency", "connect")
+SEED_SCENARIOS = ("idle", "fanout", "latency", "connect")
+CHAT_SCENARIOS = ("chat_fanout", "chat_latency")
+SCENARIO_ORDER = SEED_SCENARIOS + CHAT_SCENARIOS
+SOCKETIO_DIR = PEERS / "socketio_node"
 SERVER_CPU = 1
 GENERATOR_CPU = 0
 NOFILE = 20_000
@@ -60,6 +72,10 @@ class ServerSpec:
     argv: Callable[[int, Path], list[str]]
     versions: Callable[[], str]
     notes: str = ""
+    #: Scenarios this server takes part in.
+    scenarios: tuple[str, ...] = SEED_SCENARIOS
+    #: What the generator speaks to it in the chat scenarios.
+    chat_protocol: str = "socket.io"
 
 
 def _py_versions(*dists: str) -> Callable[[], str]:
@@ -111,15 +127,19 @@ def hubbub_source() -> str:
     return f"{rev} (sources {digest.hexdigest()[:12]})"
 
 
-def _node_versions() -> str:
+def _node_versions(folder: Path, packages: tuple[str, ...]) -> Callable[[], str]:
+    return lambda: _node_package_versions(folder, packages)
+
+
+def _node_package_versions(folder: Path, packages: tuple[str, ...]) -> str:
     parts = []
     try:
         node = subprocess.run(["node", "--version"], capture_output=True, text=True, check=True)
         parts.append(f"Node {node.stdout.strip()}")
     except (OSError, subprocess.CalledProcessError):
         parts.append("Node (not found)")
-    for pkg in ("ws", "bufferutil"):
-        manifest = NODE_DIR / "node_modules" / pkg / "package.json"
+    for pkg in packages:
+        manifest = folder / "node_modules" / pkg / "package.json"
         try:
             parts.append(f"{pkg} {json.loads(manifest.read_text())['version']}")
         except (OSError, ValueError, KeyError):
@@ -148,15 +168,22 @@ SERVERS: dict[str, ServerSpec] = {
                 str(NOFILE),
                 "--db",
                 str(tmp / "hubbub.db"),
+                # The chat scenarios' senders send far more than the default
+                # 20 messages/s per connection.
+                "--rate",
+                "0",
             ],
-            _py_versions("hubbub", "websockets", "httptools", "uvloop"),
-            "`hubbub serve` (the full chat app; plain clients get the seed room)",
+            _py_versions("hubbub", "websockets", "httptools", "uvloop", "msgspec"),
+            "`hubbub serve` (the full chat app with its SQLite store; plain clients get the "
+            "seed room; `--rate 0`: no per-connection rate limit)",
+            SCENARIO_ORDER,
+            "hubbub.v1",
         ),
         ServerSpec(
             "node_ws",
             "Node ws",
             lambda port, tmp: ["node", str(NODE_DIR / "server.js"), str(port)],
-            _node_versions,
+            _node_versions(NODE_DIR, ("ws", "bufferutil")),
             "bench/peers/node_ws/server.js",
         ),
         ServerSpec(
@@ -179,6 +206,22 @@ SERVERS: dict[str, ServerSpec] = {
             lambda port, tmp: [sys.executable, str(PEERS / "picows_peer.py"), str(port)],
             _py_versions("picows", "uvloop"),
             "bench/peers/picows_peer.py (`WSTransport.send` to each client)",
+        ),
+        ServerSpec(
+            "socketio_node",
+            "Node socket.io",
+            lambda port, tmp: ["node", str(SOCKETIO_DIR / "server.js"), str(port)],
+            _node_versions(SOCKETIO_DIR, ("socket.io", "socket.io-client", "bufferutil")),
+            "bench/peers/socketio_node/server.js (`io.to(room).emit`, ack callback)",
+            CHAT_SCENARIOS,
+        ),
+        ServerSpec(
+            "python_socketio",
+            "python-socketio",
+            lambda port, tmp: [sys.executable, str(PEERS / "python_socketio_peer.py"), str(port)],
+            _py_versions("python-socketio", "aiohttp", "uvloop"),
+            "bench/peers/python_socketio_peer.py (aiohttp, uvloop, `emit(..., room=...)`)",
+            CHAT_SCENARIOS,
         ),
     )
 }
@@ -284,6 +327,8 @@ def make_plan(args: argparse.Namespace) -> Plan:
             "latency": {**room, "rate": 20.0},
             "idle": {"idle_clients": 2000, "idle_steps": 4},
             "connect": {"duration": 2.0, "warmup": 0.5, "connect_concurrency": 32},
+            "chat_fanout": room,
+            "chat_latency": {**room, "rate": 20.0},
         }
     else:
         room = {"clients": 1000, "senders": 10, "window": 4, "size": 100}
@@ -292,6 +337,8 @@ def make_plan(args: argparse.Namespace) -> Plan:
             "latency": {**room, "rate": 20.0, "duration": args.duration, "warmup": 1.0},
             "idle": {"idle_clients": 10_000, "idle_steps": 10},
             "connect": {"duration": args.duration, "warmup": 1.0, "connect_concurrency": 64},
+            "chat_fanout": {**room, "duration": args.duration, "warmup": 1.5},
+            "chat_latency": {**room, "rate": 20.0, "duration": args.duration, "warmup": 1.0},
         }
     return Plan(
         rounds=args.rounds if args.rounds else (1 if args.quick else 3),
@@ -324,7 +371,9 @@ def run_one(
     try:
         server.start()
         assert server.proc is not None
+        chat = scenario in CHAT_SCENARIOS
         opts = Options(
+            protocol=spec.chat_protocol if chat else "seed",
             url=server.url,
             server_pid=server.proc.pid,
             workers=1,
@@ -334,7 +383,8 @@ def run_one(
             **plan.options[scenario],
         )
         opts.validate()
-        result: dict[str, Any] = asyncio.run(RUNNERS[scenario](opts))
+        result: dict[str, Any] = asyncio.run(RUNNERS[scenario.removeprefix("chat_")](opts))
+        result["scenario"] = scenario
         if not server.alive():
             result["errors"].append("the server process died during the run")
             result["ok"] = False
@@ -394,12 +444,14 @@ def execute(plan: Plan, tmp: Path, log: Callable[[str], None]) -> None:
     # that a busy machine cannot stretch the run much beyond it.
     budget_end = time.monotonic() + plan.budget_s
     for name in plan.servers:
-        plan.results[name] = {s: [] for s in plan.scenarios}
+        plan.results[name] = {s: [] for s in plan.scenarios if s in SERVERS[name].scenarios}
     for r in range(plan.rounds):
         order = server_order(plan.servers, r)
         log(f"round {r + 1}/{plan.rounds}: {', '.join(order)}")
         for name in order:
             for scenario in plan.scenarios:
+                if scenario not in SERVERS[name].scenarios:
+                    continue
                 t = time.monotonic()
                 for attempt in range(1 + plan.retries):
                     in_budget = time.monotonic() < budget_end
@@ -424,7 +476,7 @@ def execute(plan: Plan, tmp: Path, log: Callable[[str], None]) -> None:
 def summary(result: dict[str, Any]) -> str:
     from hubbub.bench.report import fmt
 
-    s = result["scenario"]
+    s = result["scenario"].removeprefix("chat_")
     if result.get("failed_to_run"):
         return "FAILED: " + "; ".join(result["errors"])[:300]
     if s == "fanout":
@@ -532,10 +584,11 @@ def aggregate(plan: Plan) -> dict[str, Any]:
                 "noisy_rounds": sum(1 for r in results if r.get("noisy")),
                 "repeats": sum(r.get("attempts", 1) - 1 for r in results),
             }
-            for path in METRICS.get(scenario, []):
+            kind = scenario.removeprefix("chat_")
+            for path in METRICS.get(kind, []):
                 agg[path] = median_of(results, path)
                 agg[path + "#spread"] = spread_of(results, path)
-            if scenario in ("fanout", "latency"):
+            if kind in ("fanout", "latency"):
                 agg["check"] = {
                     k: sum(int(_get(r, f"check/{k}") or 0) for r in results) for k in CHECKS
                 }
@@ -620,6 +673,22 @@ def write_charts(plan: Plan, img: Path) -> dict[str, Path]:
             img / "idle_rss.png",
             "server RSS growth with idle connections (median round)",
         )
+    if "chat_fanout" in plan.scenarios:
+        charts["chat_fanout"] = plot_timeline(
+            pick("chat_fanout", "deliveries_per_s"),
+            img / "chat_fanout_throughput.png",
+            "chat mode fan-out (hubbub.v1 / socket.io): deliveries/s (median round)"
+            if not plan.quick
+            else "chat fan-out (quick run)",
+        )
+    if "chat_latency" in plan.scenarios:
+        charts["chat_latency"] = plot_cdf(
+            pick("chat_latency", "latency_ms/p99"),
+            img / "chat_latency_cdf.png",
+            "chat mode send-to-receive latency (median round)"
+            if not plan.quick
+            else "chat latency CDF (quick run)",
+        )
     if "connect" in plan.scenarios:
         charts["connect"] = plot_timeline(
             pick("connect", "handshakes_per_s"),
@@ -627,6 +696,60 @@ def write_charts(plan: Plan, img: Path) -> dict[str, Path]:
             "connection rate: connect, greeting, close; 64 at once (median round)",
         )
     return charts
+
+
+def _targets(agg: dict[str, Any], plan: Plan) -> list[tuple[str, str, bool]]:
+    """(target, measured, met) for each of the issue's targets this run measured."""
+    hub = agg.get("hubbub", {})
+    base = agg.get(BASELINE, {})
+    out: list[tuple[str, str, bool]] = []
+
+    def ratio(scenario: str, path: str, base_scenario: str | None = None) -> float | None:
+        a = hub.get(scenario, {}).get(path)
+        b = base.get(base_scenario or scenario, {}).get(path)
+        return a / b if a is not None and b else None
+
+    r = ratio("fanout", PER_CPU)
+    if r is not None:
+        out.append(
+            (f"seed fan-out per server CPU-s ≥ 1.5{TIMES} Node ws", f"{r:.2f}{TIMES}", r >= 1.5)
+        )
+    r = ratio("chat_fanout", PER_CPU, "fanout")
+    if r is not None:
+        out.append(
+            (
+                f"chat-mode fan-out per server CPU-s ≥ 1.0{TIMES} Node ws plain fan-out",
+                f"{r:.2f}{TIMES}",
+                r >= 1.0,
+            )
+        )
+    p99 = hub.get("latency", {}).get("latency_ms/p99")
+    if p99 is not None:
+        peers = {
+            SERVERS[n].title: v
+            for n, per in agg.items()
+            if n != "hubbub"
+            for v in [per.get("latency", {}).get("latency_ms/p99")]
+            if v is not None
+        }
+        best = min(peers.items(), key=lambda kv: kv[1]) if peers else None
+        text = f"{p99:.2f} ms" + (f" (best peer: {best[0]} {best[1]:.2f} ms)" if best else "")
+        out.append(
+            (
+                "seed latency p99 ≤ 10 ms and below every peer",
+                text,
+                p99 <= 10.0 and (best is None or p99 < best[1]),
+            )
+        )
+    kib = hub.get("idle", {}).get("rss_per_connection_kib")
+    if kib is not None:
+        out.append(("idle memory ≤ 8 KiB per connection", f"{kib:.2f} KiB", kib <= 8.0))
+    r = ratio("connect", HS_CPU)
+    if r is not None:
+        out.append(
+            (f"handshakes per server CPU-s ≥ 1.5{TIMES} Node ws", f"{r:.2f}{TIMES}", r >= 1.5)
+        )
+    return out
 
 
 def render(
@@ -646,9 +769,11 @@ def render(
     w("# Benchmarks")
     w("")
     w(
-        "hubbub against other one-room chat servers that speak exactly the seed's plain "
-        "text protocol, driven by the same load generator (`hubbub bench`, "
-        "`src/hubbub/bench/`). Generated by `bench/run.py`"
+        "hubbub against other chat servers doing the same work, driven by the same load "
+        "generator (`hubbub bench`, `src/hubbub/bench/`): in *seed mode* one-room servers "
+        "that speak exactly the seed's plain text protocol, in *chat mode* hubbub's "
+        "`hubbub.v1` protocol with durable history against socket.io (Node and Python). "
+        "Generated by `bench/run.py`"
         + (" (**quick smoke run: not representative**)" if plan.quick else "")
         + f" on {time.strftime('%Y-%m-%d')}; {plan.rounds} round(s), medians shown"
         + (f" with (min{DASH}max) over the rounds" if plan.rounds > 1 else "")
@@ -656,7 +781,22 @@ def render(
         "which is better for rates and worse for latency and memory."
     )
     w("")
+    seed_names = [n for n in names if "fanout" in SERVERS[n].scenarios]
+    chat_names = [n for n in names if "chat_fanout" in SERVERS[n].scenarios]
+    targets = _targets(agg, plan)
+    if targets:
+        w("## Targets")
+        w("")
+        w("The issue's targets, as ratios against Node ws measured in this same run.")
+        w("")
+        w("| target | measured | met |")
+        w("|---|---|---|")
+        for label, measured, met in targets:
+            w(f"| {label} | {measured} | {'yes' if met else '**no**'} |")
+        w("")
     w("## Summary")
+    w("")
+    w("Seed mode: every server speaks the seed's plain text protocol.")
     w("")
     w(
         "| server | fan-out deliveries / server CPU-s | latency p99 | "
@@ -669,20 +809,83 @@ def render(
         ("idle", "rss_per_connection_kib", 2, " KiB"),
         ("connect", "handshakes_per_server_cpu_s", 0, ""),
     )
-    for name in names:
+    for name in seed_names:
         row = [SERVERS[name].title]
         for scenario, path, digits, unit in cells:
             value = agg[name].get(scenario, {}).get(path)
             ratio = _ratio(value, base.get(scenario, {}).get(path))
-            row.append(f"{_f(value, digits)}{unit} ({ratio})")
+            row.append(f"{_f(value, digits)}{unit} ({ratio})" if value is not None else "n/a")
         w("| " + " | ".join(row) + " |")
     w("")
+    if chat_names and any(s in plan.scenarios for s in CHAT_SCENARIOS):
+        w(
+            "Chat mode: hubbub's `hubbub.v1` protocol with durable history against "
+            "socket.io servers (ratios of fan-out against Node ws's plain fan-out, of "
+            "latency against Node socket.io)."
+        )
+        w("")
+        w("| server | chat fan-out deliveries / server CPU-s | chat latency p99 |")
+        w("|---|---:|---:|")
+        sio = agg.get("socketio_node", {}).get("chat_latency", {})
+        for name in chat_names:
+            a = agg[name]
+            value = a.get("chat_fanout", {}).get(PER_CPU)
+            p99 = a.get("chat_latency", {}).get("latency_ms/p99")
+            w(
+                f"| {SERVERS[name].title} "
+                f"| {_f(value)} ({_ratio(value, base.get('fanout', {}).get(PER_CPU))}) "
+                f"| {_f(p99, 2)} ms ({_ratio(p99, sio.get('latency_ms/p99'))}) |"
+            )
+        w("")
     w(
         "Per server CPU-second figures are the fairest comparison here: server and "
         "generator each have one core, and in the fan-out and connection-rate scenarios "
         "one of them is at or near 100% (see the *saturated* columns below)."
     )
     w("")
+
+    def fanout_table(scenario: str, servers: list[str]) -> None:
+        w(
+            "| server | deliveries/s | vs Node ws | deliveries per server CPU-s | vs Node ws "
+            "| server CPU | generator CPU | saturated | lost/dup/reordered |"
+        )
+        w("|---|---:|---:|---:|---:|---:|---:|---|---|")
+        # Chat mode is compared with Node ws's *plain* fan-out (the issue's target).
+        b = base.get("fanout", {})
+        for name in servers:
+            a = agg[name].get(scenario, {})
+            w(
+                f"| {SERVERS[name].title} "
+                f"| {_f(a.get('deliveries_per_s'))}{_spread(a, 'deliveries_per_s')} "
+                f"| {_ratio(a.get('deliveries_per_s'), b.get('deliveries_per_s'))} "
+                f"| {_f(a.get('deliveries_per_server_cpu_s'))}"
+                f"{_spread(a, 'deliveries_per_server_cpu_s')} "
+                f"| {_ratio(a.get(PER_CPU), b.get(PER_CPU))} "
+                f"| {_f(a.get('server_cpu_pct'))}% | {_f(a.get('generator_cpu_pct'))}% "
+                f"| {_sat(a)} | {_errors_cell(a)} |"
+            )
+        w("")
+
+    def latency_table(scenario: str, servers: list[str], base_name: str) -> None:
+        base_title = SERVERS[base_name].title if base_name in SERVERS else base_name
+        w(
+            f"| server | p50 ms | p99 ms | p99.9 ms | p99 vs {base_title} | server CPU | "
+            "generator CPU | lost/dup/reordered |"
+        )
+        w("|---|---:|---:|---:|---:|---:|---:|---|")
+        b = agg.get(base_name, {}).get(scenario, {})
+        for name in servers:
+            a = agg[name].get(scenario, {})
+            w(
+                f"| {SERVERS[name].title} "
+                f"| {_f(a.get('latency_ms/p50'), 2)}{_spread(a, 'latency_ms/p50', 2)} "
+                f"| {_f(a.get('latency_ms/p99'), 2)}{_spread(a, 'latency_ms/p99', 2)} "
+                f"| {_f(a.get('latency_ms/p99.9'), 2)}{_spread(a, 'latency_ms/p99.9', 2)} "
+                f"| {_ratio(a.get('latency_ms/p99'), b.get('latency_ms/p99'))} "
+                f"| {_f(a.get('server_cpu_pct'))}% | {_f(a.get('generator_cpu_pct'))}% "
+                f"| {_errors_cell(a)} |"
+            )
+        w("")
 
     if "fanout" in plan.scenarios:
         o = plan.options["fanout"]
@@ -699,25 +902,7 @@ def render(
             f"arrive)."
         )
         w("")
-        w(
-            "| server | deliveries/s | vs Node ws | deliveries per server CPU-s | vs Node ws "
-            "| server CPU | generator CPU | saturated | lost/dup/reordered |"
-        )
-        w("|---|---:|---:|---:|---:|---:|---:|---|---|")
-        for name in names:
-            a = agg[name].get("fanout", {})
-            b = base.get("fanout", {})
-            w(
-                f"| {SERVERS[name].title} "
-                f"| {_f(a.get('deliveries_per_s'))}{_spread(a, 'deliveries_per_s')} "
-                f"| {_ratio(a.get('deliveries_per_s'), b.get('deliveries_per_s'))} "
-                f"| {_f(a.get('deliveries_per_server_cpu_s'))}"
-                f"{_spread(a, 'deliveries_per_server_cpu_s')} "
-                f"| {_ratio(a.get(PER_CPU), b.get(PER_CPU))} "
-                f"| {_f(a.get('server_cpu_pct'))}% | {_f(a.get('generator_cpu_pct'))}% "
-                f"| {_sat(a)} | {_errors_cell(a)} |"
-            )
-        w("")
+        fanout_table("fanout", seed_names)
         if "fanout" in charts:
             w(f"![fan-out throughput over time]({rel(charts['fanout'], doc.parent)})")
             w("")
@@ -734,29 +919,54 @@ def render(
             f"all generator processes run on this machine); latency is receive time minus "
             f"send time over every delivery in the {o['duration']:g} s window, so it "
             f"includes the time the server takes to write one message to all "
-            f"{clients:,} clients."
+            f"{clients:,} clients, and the time the generator (one process, one core) "
+            f"takes to read {clients:,} frames."
         )
         w("")
-        w(
-            "| server | p50 ms | p99 ms | p99.9 ms | p99 vs Node ws | server CPU | "
-            "generator CPU | lost/dup/reordered |"
-        )
-        w("|---|---:|---:|---:|---:|---:|---:|---|")
-        for name in names:
-            a = agg[name].get("latency", {})
-            b = base.get("latency", {})
-            w(
-                f"| {SERVERS[name].title} "
-                f"| {_f(a.get('latency_ms/p50'), 2)}{_spread(a, 'latency_ms/p50', 2)} "
-                f"| {_f(a.get('latency_ms/p99'), 2)}{_spread(a, 'latency_ms/p99', 2)} "
-                f"| {_f(a.get('latency_ms/p99.9'), 2)}{_spread(a, 'latency_ms/p99.9', 2)} "
-                f"| {_ratio(a.get('latency_ms/p99'), b.get('latency_ms/p99'))} "
-                f"| {_f(a.get('server_cpu_pct'))}% | {_f(a.get('generator_cpu_pct'))}% "
-                f"| {_errors_cell(a)} |"
-            )
-        w("")
+        latency_table("latency", seed_names, BASELINE)
         if "latency" in charts:
             w(f"![latency CDF]({rel(charts['latency'], doc.parent)})")
+            w("")
+
+    if "chat_fanout" in plan.scenarios:
+        o = plan.options["chat_fanout"]
+        w("## Chat mode: fan-out")
+        w("")
+        w(
+            f"The fan-out scenario as a chat product does it: {o.get('clients', 1000):,} "
+            f"clients join one room, {o.get('senders', 10)} of them send "
+            f"{o.get('size', 100)}-byte texts with a client id and a window of "
+            f"{o.get('window', 4)} messages waiting for their ack. **hubbub** "
+            "(`hubbub.v1` subprotocol): each `send` frame is validated (msgspec), "
+            "checked against the client ids already stored (retry dedupe), given the "
+            "room's next sequence number and stored in SQLite (WAL, group commit) "
+            "*before* the `message` frame goes to every member and the `ack` to the "
+            "sender. **socket.io** servers: `send` event with an ack callback, the "
+            "server numbers the message and `emit`s a `message` event to the room; they "
+            "store nothing. Same checks as above, plus each receiver checks that the "
+            "room's sequence numbers only go up. Ratios are against Node ws's *plain* "
+            "seed-mode fan-out above (the issue's target)."
+        )
+        w("")
+        fanout_table("chat_fanout", chat_names)
+        if "chat_fanout" in charts:
+            w(f"![chat fan-out throughput over time]({rel(charts['chat_fanout'], doc.parent)})")
+            w("")
+
+    if "chat_latency" in plan.scenarios:
+        o = plan.options["chat_latency"]
+        clients = o.get("clients", 1000)
+        w("## Chat mode: latency")
+        w("")
+        w(
+            f"The latency scenario in chat mode: {o['rate']:g} messages/s into the room "
+            f"of {clients:,} (= {o['rate'] * clients:,.0f} deliveries/s); for hubbub each "
+            "message is stored before it is delivered."
+        )
+        w("")
+        latency_table("chat_latency", chat_names, "socketio_node")
+        if "chat_latency" in charts:
+            w(f"![chat latency CDF]({rel(charts['chat_latency'], doc.parent)})")
             w("")
 
     if "idle" in plan.scenarios:
@@ -882,6 +1092,10 @@ def render(
         "logging (hubbub runs with `--log-level warning`, since its seed room logs one "
         "INFO line per closed connection). hubbub runs as `hubbub serve`: the whole chat "
         "product (SQLite store, hubbub.v1 subprotocol) with plain clients in the seed room."
+        " The socket.io peers are minimal one-room socket.io servers (`join` with an ack, "
+        "`send` with an ack, `message` emitted to the room with a per-room sequence "
+        "number), WebSocket transport only; their generator is `bench/peers/socketio_node/"
+        "worker.js` (socket.io-client), commanded by the same scenario code."
     )
     w("")
     w("## Method and machine")
@@ -931,6 +1145,7 @@ def render(
     w("# which is:")
     w(".venv/bin/pip install -e '.[bench]'")
     w("npm install --prefix bench/peers/node_ws")
+    w("npm install --prefix bench/peers/socketio_node")
     w(command)
     w("```")
     w("")
@@ -944,6 +1159,11 @@ def render(
     w(
         ".venv/bin/python -m hubbub.bench --url ws://127.0.0.1:9502/ --scenario fanout "
         "--server-pid $! --json out.json --plot out/"
+    )
+    w("# chat mode (start hubbub with --rate 0):")
+    w(
+        ".venv/bin/python -m hubbub.bench --url ws://127.0.0.1:9502/ --protocol hubbub.v1 "
+        "--scenario fanout --server-pid $!"
     )
     w("```")
     w("")
@@ -981,6 +1201,18 @@ def check_prerequisites(servers: list[str]) -> list[str]:
                 problems.append(f"{dist} is missing: .venv/bin/pip install -e '.[bench]'")
     if "node_ws" in servers and not (NODE_DIR / "node_modules" / "ws").is_dir():
         problems.append("Node ws is not installed: npm install --prefix bench/peers/node_ws")
+    if (
+        any(s in servers for s in ("socketio_node", "python_socketio"))
+        and not (SOCKETIO_DIR / "node_modules" / "socket.io-client").is_dir()
+    ):
+        problems.append(
+            "socket.io is not installed: npm install --prefix bench/peers/socketio_node"
+        )
+    if "python_socketio" in servers:
+        try:
+            metadata.version("python-socketio")
+        except metadata.PackageNotFoundError:
+            problems.append("python-socketio is missing: .venv/bin/pip install -e '.[bench]'")
     if (os.cpu_count() or 1) < 2:
         problems.append("needs at least 2 CPUs (server on CPU 1, generator on CPU 0)")
     return problems
@@ -988,8 +1220,8 @@ def check_prerequisites(servers: list[str]) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        description="Benchmark hubbub against Node ws, websockets, aiohttp and picows "
-        "(see docs/benchmarks.md)."
+        description="Benchmark hubbub against Node ws, websockets, aiohttp and picows (seed "
+        "mode) and Node socket.io and python-socketio (chat mode); see docs/benchmarks.md."
     )
     parser.add_argument("--quick", action="store_true", help="short smoke run (~2 min)")
     parser.add_argument("--rounds", type=int, help="rounds (default 3; 1 with --quick)")

@@ -191,3 +191,56 @@ async def test_a_server_that_drops_and_repeats_messages_is_caught(make_server) -
     assert chk["duplicated"] > 0
     assert any("lost" in e for e in result["errors"])
     assert any("duplicated" in e for e in result["errors"])
+
+
+# -- chat mode (hubbub.v1) -----------------------------------------------------
+
+
+async def test_chat_fanout_loses_nothing_and_runs_twice_on_one_server(make_chat) -> None:
+    """The hubbub.v1 clients join, send with client ids, and check every message.
+
+    A second run against the same server (same room, same nicknames) must be
+    clean too: the client ids carry a per-run nonce, since the server acks an
+    id it already stored without delivering it again.
+    """
+    server = await make_chat(rate=0)
+    for _ in range(2):
+        result = await fanout(
+            small_room(server, protocol="hubbub.v1", clients=30, senders=3, duration=1.0)
+        )
+        assert result["errors"] == []
+        assert result["ok"]
+        assert result["protocol"] == "hubbub.v1"
+        chk = result["check"]
+        assert chk["lost"] == chk["duplicated"] == chk["reordered"] == 0
+        assert chk["malformed"] == chk["echo_errors"] == 0
+        assert result["messages_sent"] > 0
+        assert chk["deliveries"] == chk["expected"] == 30 * result["messages_sent"]
+
+
+async def test_chat_latency_records_deliveries(make_chat) -> None:
+    server = await make_chat(rate=0)
+    opts = small_room(server, protocol="hubbub.v1", clients=10, senders=2, duration=1.0)
+    result = await latency(opts)
+    assert result["ok"], result["errors"]
+    assert result["latency_ms"]["count"] > 0
+    assert result["check"]["lost"] == 0
+
+
+async def test_chat_mode_reports_the_servers_refusals(make_chat) -> None:
+    """With the default rate limit the senders get 'rate_limited' errors: reported, not hidden."""
+    server = await make_chat(rate=5, burst=5)
+    result = await fanout(
+        small_room(server, protocol="hubbub.v1", clients=5, senders=1, duration=0.5)
+    )
+    assert not result["ok"]
+    assert result["check"]["malformed"] > 0
+    assert any("rate_limited" in e for e in result["errors"])
+
+
+async def test_protocols_run_only_their_scenarios(seed_server: Server) -> None:
+    from hubbub.bench.scenarios import BenchError, run_scenarios
+
+    opts = small_room(seed_server, protocol="hubbub.v1")
+    with pytest.raises(BenchError, match=r"not available with --protocol hubbub\.v1"):
+        await run_scenarios(opts, ["idle"])

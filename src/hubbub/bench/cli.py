@@ -9,7 +9,15 @@ import sys
 from typing import Any
 
 from . import proc
-from .scenarios import ALL_ORDER, SCENARIOS, BenchError, Options, run_scenarios
+from .scenarios import (
+    ALL_ORDER,
+    PROTOCOL_SCENARIOS,
+    PROTOCOLS,
+    SCENARIOS,
+    BenchError,
+    Options,
+    run_scenarios,
+)
 
 EXAMPLES = """\
 examples:
@@ -43,6 +51,18 @@ def build_parser() -> argparse.ArgumentParser:
         default="all",
         choices=[*SCENARIOS, "all"],
         help="what to run (default all: " + ", ".join(ALL_ORDER) + ")",
+    )
+    p.add_argument(
+        "--protocol",
+        default=d.protocol,
+        choices=PROTOCOLS,
+        help="what the clients speak: seed (plain text, any seed-style server), hubbub.v1 "
+        "(hubbub's JSON protocol: join, send, ack, message; fanout and latency only) or "
+        "socket.io (the same work as socket.io events, by Node socket.io-client workers; "
+        "needs `npm install --prefix bench/peers/socketio_node`) (default %(default)s)",
+    )
+    p.add_argument(
+        "--room", default=d.room, help="room to join (hubbub.v1, socket.io; default %(default)s)"
     )
     p.add_argument(
         "--clients",
@@ -139,6 +159,8 @@ def options_from_args(args: argparse.Namespace) -> Options:
         server_pid=args.server_pid,
         workers=workers,
         generator_cpus=gen_cpus,
+        protocol=args.protocol,
+        room=args.room,
         label=args.label,
         progress=not args.quiet,
     )
@@ -162,7 +184,10 @@ def main(argv: list[str] | None = None) -> int:
         opts.validate()
     except ValueError as exc:
         parser.error(str(exc))
-    names = list(ALL_ORDER) if args.scenario == "all" else [args.scenario]
+    if args.scenario == "all":
+        names = [n for n in ALL_ORDER if n in PROTOCOL_SCENARIOS[opts.protocol]]
+    else:
+        names = [args.scenario]
     if opts.server_pid is None:
         if args.scenario == "idle":
             parser.error("the idle scenario needs --server-pid (it reads the server's VmRSS)")

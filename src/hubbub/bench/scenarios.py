@@ -25,6 +25,19 @@ from . import proc
 from .checker import MAX_SENDERS, MIN_SIZE
 
 SCENARIOS = ("fanout", "latency", "idle", "connect")
+#: What the clients speak. ``seed``: the seed's plain text (any plain
+#: WebSocket chat server). ``hubbub.v1``: hubbub's JSON protocol (join a
+#: room, ``send`` with a client id, ``ack``, ``message``): the product's real
+#: path, durable history included. ``socket.io``: the same work as
+#: socket.io events (``join``, ``send`` with an ack, ``message``), generated
+#: by Node socket.io-client workers (:mod:`hubbub.bench.nodegen`).
+PROTOCOLS = ("seed", "hubbub.v1", "socket.io")
+#: Scenarios each protocol can run (idle and connect measure the seed path).
+PROTOCOL_SCENARIOS = {
+    "seed": SCENARIOS,
+    "hubbub.v1": ("fanout", "latency"),
+    "socket.io": ("fanout", "latency"),
+}
 #: Order of ``--scenario all``: idle first, on a server that has not yet
 #: allocated (and kept) memory for other work.
 ALL_ORDER = ("idle", "fanout", "latency", "connect")
@@ -59,6 +72,10 @@ class Options:
     generator_cpus: set[int] | None = None
     sample_interval: float = 0.25
     connect_concurrency_per_worker: int = 128
+    #: One of :data:`PROTOCOLS`.
+    protocol: str = "seed"
+    #: The room the clients join (hubbub.v1 and socket.io).
+    room: str = "bench"
     label: str = ""
     progress: bool = True
     stream: TextIO = field(default_factory=lambda: sys.stderr)
@@ -78,6 +95,8 @@ class Options:
             raise ValueError("--rate must be positive")
         if self.workers < 1:
             raise ValueError("--workers must be at least 1")
+        if self.protocol not in PROTOCOLS:
+            raise ValueError(f"--protocol must be one of {', '.join(PROTOCOLS)}")
         if self.idle_clients < 1 or self.connect_concurrency < 1:
             raise ValueError("--idle-clients and --connect-concurrency must be positive")
 
@@ -406,6 +425,10 @@ async def _connect_room(run: _Run, latency: bool) -> tuple[list[dict[str, Any]],
                 "nsenders": opts.senders,
                 "size": opts.size,
                 "concurrency": opts.connect_concurrency_per_worker,
+                "protocol": opts.protocol,
+                "room": opts.room,
+                # Globally unique client numbers (nicknames), worker by worker.
+                "first": sum(counts[:w]),
             }
             for w in range(gen.n)
         ],
@@ -415,10 +438,19 @@ async def _connect_room(run: _Run, latency: bool) -> tuple[list[dict[str, Any]],
     return res, connected
 
 
+def make_generator(opts: Options) -> Generator:
+    """The generator processes for ``opts.protocol``."""
+    if opts.protocol == "socket.io":
+        from .nodegen import NodeGenerator
+
+        return NodeGenerator(opts)
+    return Generator(opts)
+
+
 async def room(opts: Options, *, latency: bool) -> dict[str, Any]:
     """The fan-out scenario (window of messages in flight) or the latency one (fixed rate)."""
     name = "latency" if latency else "fanout"
-    async with Generator(opts) as gen:
+    async with make_generator(opts) as gen:
         run = _Run(opts, gen, name)
         conn_res, connected = await _connect_room(run, latency)
         errors = [e for r in conn_res for e in r["errors"]]
@@ -493,6 +525,7 @@ async def room(opts: Options, *, latency: bool) -> dict[str, Any]:
         "scenario": name,
         "label": opts.label,
         "url": opts.url,
+        "protocol": opts.protocol,
         "clients": opts.clients,
         "connected": connected,
         "senders": opts.senders,
@@ -706,6 +739,13 @@ RUNNERS = {"fanout": fanout, "latency": latency, "idle": idle, "connect": connec
 async def run_scenarios(opts: Options, names: list[str]) -> list[dict[str, Any]]:
     """Run the named scenarios in order against one server; one result each."""
     opts.validate()
+    allowed = PROTOCOL_SCENARIOS[opts.protocol]
+    for name in names:
+        if name not in allowed:
+            raise BenchError(
+                f"scenario {name!r} is not available with --protocol {opts.protocol} "
+                f"(it has: {', '.join(allowed)})"
+            )
     results = []
     for name in names:
         results.append(await RUNNERS[name](opts))

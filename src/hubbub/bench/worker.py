@@ -8,7 +8,10 @@ everything that was sent, then report the ordering check), ``churn``
 (connect / greet / close in a loop), ``close`` and ``exit``.
 
 Fan-out and latency clients are picows clients (Cython frame parsing, one
-Python callback per received frame). The connection-rate client is a raw
+Python callback per received frame). They speak the seed's plain text
+(:class:`Client`) or hubbub's JSON protocol, ``hubbub.v1``
+(:class:`ChatClient`: join a room, ``send`` with a client id, wait for the
+``ack``; receivers check the ``message`` frames). The connection-rate client is a raw
 asyncio protocol: it writes a fixed upgrade request, checks the 101 answer
 and ``Sec-WebSocket-Accept``, reads the greeting frame, sends a masked Close
 frame and waits for the server's Close and end of stream.
@@ -28,6 +31,7 @@ from multiprocessing.connection import Connection
 from typing import Any
 from urllib.parse import urlsplit
 
+import msgspec
 import uvloop
 from picows import WSCloseCode, WSFrame, WSListener, WSMsgType, WSTransport, ws_connect
 
@@ -204,6 +208,129 @@ class Client(WSListener):  # type: ignore[misc]
             self.sender.running = False
 
 
+class ChatSender(Sender):
+    """A hubbub.v1 sender: ``send`` frames whose client id is ``<nonce>.<sender>-<seq>``.
+
+    The nonce (random per sender) keeps ids unique across runs against the
+    same server: the server acks an id it has already stored as a duplicate
+    and does not deliver it again (its retry dedupe), which would otherwise
+    make a second run look like message loss.
+    """
+
+    __slots__ = ("prefix",)
+
+    def __init__(self, sid: int, head: bytes, room: str) -> None:
+        super().__init__(sid, head)
+        # The filler is plain ASCII without quotes or backslashes: it needs no
+        # JSON escaping, so the frame is built with one bytes format.
+        nonce = os.urandom(6).hex().encode()
+        self.prefix = b'{"type":"send","room":"%s","id":"%s.%d-' % (room.encode(), nonce, sid)
+
+    def send(self) -> None:
+        seq = self.seq = self.seq + 1
+        self.inflight += 1
+        frame = self.prefix + b'%d","text":"%s%020d|%04d|%010d"}' % (
+            seq,
+            self.head,
+            monotonic_ns(),
+            self.sid,
+            seq,
+        )
+        self.transport.send(TEXT, frame)  # type: ignore[union-attr]
+
+
+class _Frame(msgspec.Struct):
+    """The fields of a hubbub.v1 server frame the generator looks at (others are ignored)."""
+
+    type: str
+    text: str = ""
+    id: str = ""
+    seq: int = 0
+    code: str = ""
+    message: str = ""
+
+
+_decode_frame = msgspec.json.Decoder(_Frame).decode
+
+
+class ChatClient(Client):
+    """A hubbub.v1 client: joins the room on connect; checks ``message`` frames.
+
+    Besides the per-sender check, every receiver checks the room's sequence
+    numbers: each ``message`` must carry a higher ``seq`` than the one
+    before (the server's total order), else it counts as malformed.
+    """
+
+    __slots__ = ("join", "room_seq")
+
+    def __init__(
+        self, shared: Shared, senders: int, sender: Sender | None, room: str, nick: str
+    ) -> None:
+        super().__init__(shared, senders, sender)
+        self.join = b'{"type":"join","room":"%s","nick":"%s"}' % (room.encode(), nick.encode())
+        self.room_seq = 0
+
+    def on_ws_connected(self, transport: WSTransport) -> None:
+        super().on_ws_connected(transport)
+        transport.send(TEXT, self.join)
+
+    def on_ws_frame(self, transport: WSTransport, frame: WSFrame) -> None:
+        if frame.msg_type != TEXT or not frame.fin:
+            self._other(transport, frame)
+            return
+        data = frame.get_payload_as_bytes()
+        try:
+            f = _decode_frame(data)
+            kind = f.type
+            if kind == "message":
+                text = f.text
+                s = int(text[-15:-11])
+                q = int(text[-10:])
+                chk = self.chk
+                last = chk.last
+                if q == last[s] + 1:
+                    last[s] = q
+                else:
+                    chk.irregular(s, q)
+                if f.seq <= self.room_seq:
+                    self.malformed += 1
+                    self.shared.error(f"room seq {f.seq} after {self.room_seq}")
+                self.room_seq = f.seq
+                self.count += 1
+                lat = self.shared.lat
+                if lat is not None:
+                    ts = int(text[-36:-16])
+                    if ts >= self.shared.lat_from:
+                        lat.append(monotonic_ns() - ts)
+                return
+            if kind == "ack" and self.sender is not None:
+                self.sender.echo(int(f.id[f.id.rindex("-") + 1 :]))
+                return
+            if kind in ("joined", "left", "welcome"):
+                return
+            if kind == "room" and not self.greeted:
+                self.greeted = True
+                sh = self.shared
+                sh.greeted += 1
+                if sh.greeted >= sh.greet_target and sh.greeted_event is not None:
+                    sh.greeted_event.set()
+                return
+            if kind == "error":
+                self.malformed += 1
+                self.shared.error(f"error frame: {f.code}: {f.message}")
+                sender = self.sender
+                if sender is not None and f.id:
+                    # One of ours was refused (e.g. rate_limited): no ack will
+                    # come for it, and the server would refuse more; stop.
+                    sender.inflight -= 1
+                    sender.running = False
+                return
+        except (ValueError, IndexError, msgspec.DecodeError):
+            pass
+        self.malformed += 1
+        self.shared.error(f"unexpected frame: {data[:60]!r}")
+
+
 class Handshake(asyncio.Protocol):
     """Connect, upgrade, read the greeting, close: one connection-rate cycle."""
 
@@ -355,8 +482,20 @@ class Worker:
         concurrency: int = 128,
         read_buffer: int = 16 * 1024,
         wait_s: float = 30.0,
+        protocol: str = "seed",
+        room: str = "bench",
+        first: int = 0,
     ) -> dict[str, Any]:
-        """Open ``count`` clients; client i sends as sender ``senders[i]``."""
+        """Open ``count`` clients; client i sends as sender ``senders[i]``.
+
+        ``protocol`` ``hubbub.v1``: each client asks for that subprotocol and
+        joins ``room`` as nickname ``c<first + i>``; it counts as greeted
+        once the server's ``room`` frame (the join's answer) arrives.
+        """
+        chat = protocol == "hubbub.v1"
+        if protocol not in ("seed", "hubbub.v1"):
+            raise ValueError(f"this worker speaks seed or hubbub.v1, not {protocol!r}")
+        headers = {"Sec-WebSocket-Protocol": "hubbub.v1"} if chat else None
         head = filler(size) if senders else b""
         sh = self.shared
         sh.greeted_event = asyncio.Event()
@@ -368,11 +507,15 @@ class Worker:
 
         async def one(i: int) -> None:
             nonlocal failed
-            sender = None
+            sender: Sender | None = None
             if i in senders:
-                sender = Sender(senders[i], head)
+                sender = ChatSender(senders[i], head, room) if chat else Sender(senders[i], head)
                 self.senders.append(sender)
-            client = Client(sh, nsenders, sender)
+            client = (
+                ChatClient(sh, nsenders, sender, room, f"c{first + i}")
+                if chat
+                else Client(sh, nsenders, sender)
+            )
             async with sem:
                 try:
                     await ws_connect(
@@ -380,6 +523,7 @@ class Worker:
                         url,
                         websocket_handshake_timeout=wait_s,
                         read_buffer_init_size=read_buffer,
+                        extra_headers=headers,
                     )
                 except Exception as exc:
                     failed += 1
@@ -397,7 +541,11 @@ class Worker:
             try:
                 await asyncio.wait_for(sh.greeted_event.wait(), wait_s)
             except TimeoutError:
-                sh.error("not every client got the greeting 'Hello, welcome\\n'")
+                sh.error(
+                    "not every client got the answer to its join (a 'room' frame)"
+                    if chat
+                    else "not every client got the greeting 'Hello, welcome\\n'"
+                )
         return {
             "connected": connected,
             "failed": failed,
