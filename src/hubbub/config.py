@@ -93,6 +93,13 @@ class Settings:
         "Worker processes for server.task() (Swoole's task workers), started on first use.",
         default=2,
     )
+    gc_freeze: bool = _doc(
+        "Once listening, move every object alive (modules, the app) out of the cyclic "
+        "garbage collector's reach (gc.freeze): later collections no longer scan them, "
+        "which shortens the pauses they cause (the latency tail). Only Server.start() "
+        "(hubbub serve) does this.",
+        default=True,
+    )
 
     # -- the chat product (hubbub.v1) ----------------------------------------
     db: str = _doc(

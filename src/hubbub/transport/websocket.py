@@ -136,7 +136,8 @@ class WebSocketConnection(asyncio.Protocol):
         self.transport = transport
         # Bytes written during this event-loop tick, sent in one transport
         # write when the tick ends (see write()).
-        self.out: list[bytes] | None = None
+        #: This tick's outgoing bytes: None, one bytes object, or a list of them.
+        self.out: bytes | list[bytes] | None = None
         self.loop = asyncio.get_running_loop()
         self.compressed = bool(proto.extensions)
         self.open = True
@@ -316,10 +317,15 @@ class WebSocketConnection(asyncio.Protocol):
         """
         out = self.out
         if out is None:
-            self.out = [data]
+            # The common case (one frame per tick) allocates no list: bytes
+            # are not tracked by the cyclic GC, so a broadcast to thousands
+            # of clients adds nothing to its next collection.
+            self.out = data
             self.endpoint.mark_dirty(self)
-        else:
+        elif type(out) is list:
             out.append(data)
+        else:
+            self.out = [out, data]  # type: ignore[list-item]
 
     def flush_out(self) -> None:
         """Hand this tick's bytes to the transport (Server calls it at the end of the tick)."""
@@ -327,7 +333,7 @@ class WebSocketConnection(asyncio.Protocol):
         if out is not None:
             self.out = None
             if not self.closed and not self.transport.is_closing():
-                self.transport.write(out[0] if len(out) == 1 else b"".join(out))
+                self.transport.write(b"".join(out) if type(out) is list else out)
 
     def send_frame_bytes(
         self, frame: bytes, data: str | bytes, opcode: Opcode | None = None
