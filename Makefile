@@ -9,7 +9,7 @@ PORT   ?= 9502
 APT_PACKAGES := chromium
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: install run test lint system-deps conformance bench clean
+.PHONY: install run test lint system-deps node-deps conformance bench clean
 
 install: $(STAMP)
 
@@ -33,7 +33,13 @@ system-deps:
 		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends $(APT_PACKAGES); \
 	fi
 
-test: install system-deps lint
+# The benchmark peers' Node packages (from the lock files; the npm registry only).
+node-deps:
+	@command -v npm >/dev/null 2>&1 || { echo "needs Node.js and npm (apt-get install nodejs npm)"; exit 1; }
+	npm install --prefix bench/peers/node_ws --no-audit --no-fund --silent
+	npm install --prefix bench/peers/socketio_node --no-audit --no-fund --silent
+
+test: install system-deps node-deps lint
 	$(BIN)/pytest
 
 # Full Autobahn|Testsuite run (sections 1-7, 9, 10, 12, 13) against
@@ -46,10 +52,7 @@ conformance: install
 # 13 minutes); writes docs/benchmarks.md and docs/img/*.png.
 # `make bench BENCH_ARGS=--quick` is a 2-minute smoke run into reports/bench/.
 BENCH_ARGS ?=
-bench: install
-	@command -v node >/dev/null 2>&1 || { echo "make bench needs Node.js (apt-get install nodejs npm)"; exit 1; }
-	npm install --prefix bench/peers/node_ws --no-audit --no-fund --silent
-	npm install --prefix bench/peers/socketio_node --no-audit --no-fund --silent
+bench: install node-deps
 	$(BIN)/python bench/run.py $(BENCH_ARGS)
 
 clean:
