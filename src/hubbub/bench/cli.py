@@ -14,6 +14,7 @@ from .scenarios import (
     PROTOCOL_SCENARIOS,
     PROTOCOLS,
     SCENARIOS,
+    SOCKETIO_CLIENTS,
     BenchError,
     Options,
     run_scenarios,
@@ -58,7 +59,16 @@ def build_parser() -> argparse.ArgumentParser:
         choices=PROTOCOLS,
         help="what the clients speak: seed (plain text, any seed-style server), hubbub.v1 "
         "(hubbub's JSON protocol: join, send, ack, message; fanout and latency only) or "
-        "socket.io (the same work as socket.io events, by Node socket.io-client workers; "
+        "socket.io (the same work as socket.io events over Engine.IO v4 / Socket.IO v5; "
+        "see --socketio-client) (default %(default)s)",
+    )
+    p.add_argument(
+        "--socketio-client",
+        default=d.socketio_client,
+        choices=SOCKETIO_CLIENTS,
+        help="who generates --protocol socket.io: picows (the generator's own Python workers "
+        "speaking the protocol directly: the fastest, so the generator is not what saturates "
+        "first) or node (the reference socket.io-client in Node workers, as a cross-check; "
         "needs `npm install --prefix bench/peers/socketio_node`) (default %(default)s)",
     )
     p.add_argument(
@@ -161,6 +171,7 @@ def options_from_args(args: argparse.Namespace) -> Options:
         generator_cpus=gen_cpus,
         protocol=args.protocol,
         room=args.room,
+        socketio_client=args.socketio_client,
         label=args.label,
         progress=not args.quiet,
     )

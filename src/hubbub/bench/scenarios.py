@@ -30,8 +30,17 @@ SCENARIOS = ("fanout", "latency", "idle", "connect")
 #: room, ``send`` with a client id, ``ack``, ``message``): the product's real
 #: path, durable history included. ``socket.io``: the same work as
 #: socket.io events (``join``, ``send`` with an ack, ``message``), generated
-#: by Node socket.io-client workers (:mod:`hubbub.bench.nodegen`).
+#: by the picows workers speaking Engine.IO v4 / Socket.IO v5 themselves
+#: (:class:`hubbub.bench.worker.SocketIOClient`) or, with
+#: ``Options.socketio_client = "node"``, by Node socket.io-client workers
+#: (:mod:`hubbub.bench.nodegen`).
 PROTOCOLS = ("seed", "hubbub.v1", "socket.io")
+#: Who generates ``--protocol socket.io``. ``picows``: the Python workers
+#: (picows + msgspec), the cheaper per delivery, so the generator is not the
+#: side that saturates first. ``node``: the reference client, socket.io-client
+#: in Node, as a cross-check of the picows one (about twice the CPU per
+#: delivery of the Node socket.io server itself).
+SOCKETIO_CLIENTS = ("picows", "node")
 #: Scenarios each protocol can run (idle and connect measure the seed path).
 PROTOCOL_SCENARIOS = {
     "seed": SCENARIOS,
@@ -76,6 +85,8 @@ class Options:
     protocol: str = "seed"
     #: The room the clients join (hubbub.v1 and socket.io).
     room: str = "bench"
+    #: socket.io only, one of :data:`SOCKETIO_CLIENTS`: picows workers or Node ones.
+    socketio_client: str = "picows"
     label: str = ""
     progress: bool = True
     stream: TextIO = field(default_factory=lambda: sys.stderr)
@@ -97,6 +108,8 @@ class Options:
             raise ValueError("--workers must be at least 1")
         if self.protocol not in PROTOCOLS:
             raise ValueError(f"--protocol must be one of {', '.join(PROTOCOLS)}")
+        if self.socketio_client not in SOCKETIO_CLIENTS:
+            raise ValueError(f"--socketio-client must be one of {', '.join(SOCKETIO_CLIENTS)}")
         if self.idle_clients < 1 or self.connect_concurrency < 1:
             raise ValueError("--idle-clients and --connect-concurrency must be positive")
 
@@ -439,8 +452,8 @@ async def _connect_room(run: _Run, latency: bool) -> tuple[list[dict[str, Any]],
 
 
 def make_generator(opts: Options) -> Generator:
-    """The generator processes for ``opts.protocol``."""
-    if opts.protocol == "socket.io":
+    """The generator processes for ``opts.protocol`` (and ``opts.socketio_client``)."""
+    if opts.protocol == "socket.io" and opts.socketio_client == "node":
         from .nodegen import NodeGenerator
 
         return NodeGenerator(opts)
@@ -526,6 +539,7 @@ async def room(opts: Options, *, latency: bool) -> dict[str, Any]:
         "label": opts.label,
         "url": opts.url,
         "protocol": opts.protocol,
+        **({"socketio_client": opts.socketio_client} if opts.protocol == "socket.io" else {}),
         "clients": opts.clients,
         "connected": connected,
         "senders": opts.senders,
