@@ -985,7 +985,7 @@ def render(
             "| server CPU per connection set-up | errors |"
         )
         w("|---|---:|---:|---:|---:|---|")
-        for name in names:
+        for name in (n for n in names if "idle" in SERVERS[n].scenarios):
             a = agg[name].get("idle", {})
             b = base.get("idle", {})
             rss = a.get("rss_after_kib")
@@ -1019,7 +1019,7 @@ def render(
             "| server CPU | generator CPU | saturated | errors |"
         )
         w("|---|---:|---:|---:|---:|---:|---|---|")
-        for name in names:
+        for name in (n for n in names if "connect" in SERVERS[n].scenarios):
             a = agg[name].get("connect", {})
             b = base.get("connect", {})
             w(
