@@ -250,7 +250,8 @@ class Server:
         conn = self._all.get(fd)
         if conn is None:
             return None
-        peer = conn.peer or ("", 0)
+        # Read once, by the HTTP layer, when the connection was made.
+        peer = conn.request.remote or ("", 0)
         return {
             "fd": fd,
             "remote_ip": peer[0],
@@ -487,11 +488,14 @@ class Server:
         return None
 
     def ws_opened(
-        self, transport: asyncio.Transport, proto: Any, request: Request
+        self, transport: asyncio.Transport, proto: Any, request: Request, head: bytes
     ) -> WebSocketConnection:
         fd = next(self._fds)
         request.fd = fd
         conn = WebSocketConnection(self, fd, proto, transport, request)
+        # The 101 answer goes first; every later byte for this connection
+        # is queued behind it by conn.write, so nothing can overtake it.
+        conn.write(head)
         self._all[fd] = conn
         self._open[fd] = conn
         self._targets = None

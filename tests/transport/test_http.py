@@ -605,3 +605,57 @@ async def test_rejected_handshake_names_the_supported_version(make_server):
     assert reply.status in (400, 426)
     assert reply.headers["sec-websocket-version"] == "13"
     writer.close()
+
+
+class _CountingTransport:
+    """Forwards to a real transport, counting write() calls."""
+
+    def __init__(self, transport: asyncio.Transport) -> None:
+        self._transport = transport
+        self.writes: list[bytes] = []
+
+    def write(self, data: bytes) -> None:
+        self.writes.append(bytes(data))
+        self._transport.write(data)
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._transport, name)
+
+
+async def test_the_101_answer_and_the_greeting_leave_in_one_write():
+    transports: list[_CountingTransport] = []
+
+    class CountingServer(Server):
+        def ws_opened(self, transport, proto, request, head):  # type: ignore[no-untyped-def]
+            counting = _CountingTransport(transport)
+            transports.append(counting)
+            return super().ws_opened(counting, proto, request, head)
+
+    server = CountingServer("127.0.0.1", 0)
+
+    @server.on("open")
+    def greet(server: Server, request: object) -> None:
+        server.push(request.fd, "Hello, welcome\n")  # type: ignore[attr-defined]
+        server.push(request.fd, "second")  # type: ignore[attr-defined]
+
+    await server.listen()
+    try:
+        reader, writer = await open_conn(server)
+        # A ping in the same segment as the handshake: its pong must follow
+        # the 101 and the open handler's frames, never overtake them.
+        ping = bytes([0x89, 0x80 | 2]) + b"\0\0\0\0" + b"hi"
+        writer.write(
+            b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+            + ping
+        )
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), TIMEOUT)
+        assert head.startswith(b"HTTP/1.1 101 Switching Protocols\r\n")
+        assert b"Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n" in head
+        frames = b"\x81\x0fHello, welcome\n" + b"\x81\x06second" + b"\x8a\x02hi"
+        assert await asyncio.wait_for(reader.readexactly(len(frames)), TIMEOUT) == frames
+        (counting,) = transports
+        assert counting.writes == [head + frames]
+        writer.close()
+    finally:
+        await server.shutdown()

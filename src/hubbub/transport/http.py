@@ -153,8 +153,9 @@ class HttpEndpoint:
         raise NotImplementedError
 
     def ws_opened(
-        self, transport: asyncio.Transport, proto: Any, request: Request
+        self, transport: asyncio.Transport, proto: Any, request: Request, head: bytes
     ) -> WebSocketConnection:
+        """Make the WebSocket; ``head`` (the 101 answer) must be its first bytes out."""
         raise NotImplementedError
 
     def http_connection_made(self, conn: HttpConnection) -> None: ...
@@ -439,8 +440,13 @@ class HttpConnection(asyncio.Protocol):
         if protocol_header is not None:
             head += ("\r\nSec-WebSocket-Protocol: ", protocol_header)
         head.append("\r\n\r\n")
-        self.transport.write("".join(head).encode("latin-1"))
-        conn = self.endpoint.ws_opened(self.transport, proto, request)
+        # Not written here: the connection queues it as its first bytes, so
+        # the 101 and whatever the open handler pushes (the greeting) leave
+        # in one write at the end of this tick (one system call, one TCP
+        # segment, instead of two).
+        conn = self.endpoint.ws_opened(
+            self.transport, proto, request, "".join(head).encode("latin-1")
+        )
         self.transport.set_protocol(conn)
         # This object's job is done: the WebSocket owns the transport now.
         self.endpoint.http_connection_lost(self)

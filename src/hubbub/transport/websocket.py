@@ -112,7 +112,6 @@ class WebSocketConnection(asyncio.Protocol):
         "loop",
         "open",
         "out",
-        "peer",
         "pending",
         "ping_sent",
         "proto",
@@ -145,7 +144,6 @@ class WebSocketConnection(asyncio.Protocol):
         self.closed = False
         self.last_rx = self.loop.time()
         self.ping_sent = False
-        self.peer = transport.get_extra_info("peername")
         self._abort_handle: asyncio.TimerHandle | None = None
         # Message being assembled from fragments (RFC 6455 5.4).
         self._parts: list[bytes] | None = None
