@@ -22,28 +22,15 @@ from hubbub.bench.checker import (
 from hubbub.bench.scenarios import Options, connect, fanout, latency, percentile
 
 from ..conftest import ws_url
+from . import room_options
 
 pytest.importorskip("picows", reason="the bench extra is not installed")
 
 
 def small_room(server: Server, **overrides: object) -> Options:
-    opts = Options(
-        url=ws_url(server),
-        clients=50,
-        senders=3,
-        window=4,
-        size=100,
-        duration=2.0,
-        warmup=0.3,
-        server_pid=os.getpid(),  # the server runs in this process, on this event loop
-        workers=1,
-        generator_cpus=None,
-        progress=False,
-    )
-    for key, value in overrides.items():
-        setattr(opts, key, value)
-    opts.validate()
-    return opts
+    # The server runs in this process, on this event loop.
+    fields: dict[str, object] = {"clients": 50, "senders": 3, "duration": 2.0, "warmup": 0.3}
+    return room_options(url=ws_url(server), server_pid=os.getpid(), **{**fields, **overrides})
 
 
 # -- the ordering checker -----------------------------------------------------

@@ -20,10 +20,10 @@ from hubbub.bench.scenarios import Generator, Options, fanout, latency, make_gen
 from hubbub.bench.worker import socketio_url
 
 from ..conftest import free_port, ws_url
+from . import SOCKETIO_PEER, socketio_room
 
 pytest.importorskip("picows", reason="the bench extra is not installed")
 
-PEER = "bench/peers/python_socketio_peer.py"
 
 
 @pytest.fixture
@@ -31,30 +31,12 @@ def socketio_peer(spawn) -> tuple[str, int]:
     """bench/peers/python_socketio_peer.py on a free port: (url, pid)."""
     pytest.importorskip("socketio", reason="the bench extra is not installed")
     port = free_port()
-    proc = spawn(PEER, str(port), port=port)
+    proc = spawn(SOCKETIO_PEER, str(port), port=port)
     return f"ws://127.0.0.1:{port}/", proc.pid
 
 
 def tiny_room(url: str, pid: int, **overrides: object) -> Options:
-    opts = Options(
-        protocol="socket.io",
-        url=url,
-        clients=20,
-        senders=2,
-        window=4,
-        size=100,
-        duration=0.5,
-        warmup=0.2,
-        rate=40.0,
-        server_pid=pid,
-        workers=1,
-        generator_cpus=None,
-        progress=False,
-    )
-    for key, value in overrides.items():
-        setattr(opts, key, value)
-    opts.validate()
-    return opts
+    return socketio_room(url, pid, **overrides)
 
 
 def test_the_url_path_becomes_the_engine_io_endpoint() -> None:

@@ -158,35 +158,47 @@ class Client(WSListener):  # type: ignore[misc]
         try:
             first = data[0]
             if first == 102:  # b"from <fd>: <body>": one delivery
-                s = int(data[-15:-11])
-                q = int(data[-10:])
-                chk = self.chk
-                last = chk.last
-                if q == last[s] + 1:
-                    last[s] = q
-                else:
-                    chk.irregular(s, q)
-                self.count += 1
-                lat = self.shared.lat
-                if lat is not None:
-                    ts = int(data[-36:-16])
-                    if ts >= self.shared.lat_from:
-                        lat.append(monotonic_ns() - ts)
+                self._delivery(data)
                 return
             if first == 115 and self.sender is not None and data.startswith(ECHO_PREFIX):
                 self.sender.echo(int(data[-10:]))
                 return
             if not self.greeted and data == GREETING:
-                self.greeted = True
-                sh = self.shared
-                sh.greeted += 1
-                if sh.greeted >= sh.greet_target and sh.greeted_event is not None:
-                    sh.greeted_event.set()
+                self._greet()
                 return
         except (ValueError, IndexError):
             pass
         self.malformed += 1
         self.shared.error(f"unexpected frame: {data[:60]!r}")
+
+    def _delivery(self, body: str | bytes) -> None:
+        """One message of the run received; ``body`` ends ``<send ns>|<sender>|<seq>``.
+
+        Checks the sender's sequence (lost, duplicated, reordered), counts the
+        delivery and, in the latency window, records its latency.
+        """
+        s = int(body[-15:-11])
+        q = int(body[-10:])
+        chk = self.chk
+        last = chk.last
+        if q == last[s] + 1:
+            last[s] = q
+        else:
+            chk.irregular(s, q)
+        self.count += 1
+        lat = self.shared.lat
+        if lat is not None:
+            ts = int(body[-36:-16])
+            if ts >= self.shared.lat_from:
+                lat.append(monotonic_ns() - ts)
+
+    def _greet(self) -> None:
+        """This client is ready (greeting, join answer or join ack received)."""
+        self.greeted = True
+        sh = self.shared
+        sh.greeted += 1
+        if sh.greeted >= sh.greet_target and sh.greeted_event is not None:
+            sh.greeted_event.set()
 
     def _other(self, transport: WSTransport, frame: WSFrame) -> None:
         if frame.msg_type == CLOSE:
@@ -285,25 +297,11 @@ class ChatClient(Client):
             f = _decode_frame(data)
             kind = f.type
             if kind == "message":
-                text = f.text
-                s = int(text[-15:-11])
-                q = int(text[-10:])
-                chk = self.chk
-                last = chk.last
-                if q == last[s] + 1:
-                    last[s] = q
-                else:
-                    chk.irregular(s, q)
                 if f.seq <= self.room_seq:
                     self.malformed += 1
                     self.shared.error(f"room seq {f.seq} after {self.room_seq}")
                 self.room_seq = f.seq
-                self.count += 1
-                lat = self.shared.lat
-                if lat is not None:
-                    ts = int(text[-36:-16])
-                    if ts >= self.shared.lat_from:
-                        lat.append(monotonic_ns() - ts)
+                self._delivery(f.text)
                 return
             if kind == "ack" and self.sender is not None:
                 self.sender.echo(int(f.id[f.id.rindex("-") + 1 :]))
@@ -311,11 +309,7 @@ class ChatClient(Client):
             if kind in ("joined", "left", "welcome"):
                 return
             if kind == "room" and not self.greeted:
-                self.greeted = True
-                sh = self.shared
-                sh.greeted += 1
-                if sh.greeted >= sh.greet_target and sh.greeted_event is not None:
-                    sh.greeted_event.set()
+                self._greet()
                 return
             if kind == "error":
                 self.malformed += 1
@@ -459,25 +453,11 @@ class SocketIOClient(Client):
         try:
             if data.startswith(_SIO_MESSAGE):
                 m = _decode_sio_event(data[2:]).data
-                text = m.text
-                s = int(text[-15:-11])
-                q = int(text[-10:])
-                chk = self.chk
-                last = chk.last
-                if q == last[s] + 1:
-                    last[s] = q
-                else:
-                    chk.irregular(s, q)
                 if m.seq <= self.room_seq or m.room != self.room:
                     self.malformed += 1
                     self.shared.error(f"room {m.room!r} seq {m.seq} after {self.room_seq}")
                 self.room_seq = m.seq
-                self.count += 1
-                lat = self.shared.lat
-                if lat is not None:
-                    ts = int(text[-36:-16])
-                    if ts >= self.shared.lat_from:
-                        lat.append(monotonic_ns() - ts)
+                self._delivery(m.text)
                 return
             if data.startswith(_SIO_ACK):
                 if self._ack(data):
@@ -505,11 +485,7 @@ class SocketIOClient(Client):
             (join,) = _decode_sio_join_ack(data[start:])
             if self.greeted or join.room != self.room:
                 return False
-            self.greeted = True
-            sh = self.shared
-            sh.greeted += 1
-            if sh.greeted >= sh.greet_target and sh.greeted_event is not None:
-                sh.greeted_event.set()
+            self._greet()
             return True
         if sender is None:
             return False
