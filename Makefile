@@ -49,7 +49,7 @@ conformance: install
 
 # hubbub against Node ws, websockets, aiohttp and picows (seed mode) and Node
 # socket.io and python-socketio (chat mode), same generator, same run (about
-# 13 minutes); writes docs/benchmarks.md and docs/img/*.png.
+# 14 minutes); writes docs/benchmarks.md and docs/img/*.png.
 # `make bench BENCH_ARGS=--quick` is a 2-minute smoke run into reports/bench/.
 BENCH_ARGS ?=
 bench: install node-deps

@@ -1,7 +1,7 @@
 """Run the Autobahn|Testsuite (via kosoku) against examples/echo_server.py.
 
     python -m tools.conformance            # sections 1-7 (the fast subset)
-    python -m tools.conformance --all      # 1-7, 9, 10, 12, 13 (about 5 minutes)
+    python -m tools.conformance --all      # 1-7, 9, 10, 12, 13 (4 to 7 minutes)
 
 Writes Autobahn's index.json / index.html under --outdir, prints a table of
 verdicts per section, and exits 1 if any case FAILED.
