@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from hubbub.bench.scenarios import Options
+from hubbub.bench.scenarios import Options, fanout, latency
 
 #: The python-socketio peer, started by the socket.io generator tests.
 SOCKETIO_PEER = "bench/peers/python_socketio_peer.py"
@@ -32,3 +32,32 @@ def socketio_room(url: str, pid: int, **overrides: object) -> Options:
         "server_pid": pid,
     }
     return room_options(**{**fields, **overrides})
+
+
+async def check_socketio_runs(url: str, pid: int, socketio_client: str) -> None:
+    """A fan-out then a latency run against a socket.io server: nothing lost, all counted."""
+    result = await fanout(socketio_room(url, pid, socketio_client=socketio_client))
+    assert result["errors"] == []
+    assert result["ok"]
+    assert result["protocol"] == "socket.io"
+    assert result["socketio_client"] == socketio_client
+    assert result["connected"] == 20
+    chk = result["check"]
+    assert chk["lost"] == chk["duplicated"] == chk["reordered"] == 0
+    assert chk["malformed"] == chk["disconnected"] == chk["echo_errors"] == 0
+    assert result["messages_sent"] > 0
+    # Every client received every message, the senders included.
+    assert chk["deliveries"] == chk["expected"] == 20 * result["messages_sent"]
+    assert result["deliveries_per_server_cpu_s"] > 0
+    assert result["generator_cpu_s"] > 0
+
+    # Same server, same room, same nicknames: a second run is clean too (the
+    # room's seq goes on from where it was; each receiver only needs it to grow).
+    result = await latency(socketio_room(url, pid, socketio_client=socketio_client))
+    assert result["ok"], result["errors"]
+    assert result["check"]["lost"] == 0
+    assert result["check"]["malformed"] == 0
+    lat = result["latency_ms"]
+    # Only deliveries of messages sent in the window are timed, none of the warm-up.
+    assert 0 < lat["count"] < result["check"]["deliveries"]
+    assert 0 < lat["p50"] <= lat["p99"] <= lat["max"] < 5_000

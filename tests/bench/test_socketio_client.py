@@ -16,11 +16,11 @@ from typing import Any
 import pytest
 
 from hubbub import Server
-from hubbub.bench.scenarios import Generator, Options, fanout, latency, make_generator
+from hubbub.bench.scenarios import Generator, Options, fanout, make_generator
 from hubbub.bench.worker import socketio_url
 
 from ..conftest import free_port, ws_url
-from . import SOCKETIO_PEER, socketio_room
+from . import SOCKETIO_PEER, check_socketio_runs, socketio_room
 
 pytest.importorskip("picows", reason="the bench extra is not installed")
 
@@ -33,10 +33,6 @@ def socketio_peer(spawn) -> tuple[str, int]:
     port = free_port()
     proc = spawn(SOCKETIO_PEER, str(port), port=port)
     return f"ws://127.0.0.1:{port}/", proc.pid
-
-
-def tiny_room(url: str, pid: int, **overrides: object) -> Options:
-    return socketio_room(url, pid, **overrides)
 
 
 def test_the_url_path_becomes_the_engine_io_endpoint() -> None:
@@ -77,32 +73,7 @@ def test_the_cli_passes_socketio_client() -> None:
 async def test_fanout_and_latency_against_python_socketio_lose_nothing(
     socketio_peer: tuple[str, int],
 ) -> None:
-    url, pid = socketio_peer
-    result = await fanout(tiny_room(url, pid))
-    assert result["errors"] == []
-    assert result["ok"]
-    assert result["protocol"] == "socket.io"
-    assert result["socketio_client"] == "picows"
-    assert result["connected"] == 20
-    chk = result["check"]
-    assert chk["lost"] == chk["duplicated"] == chk["reordered"] == 0
-    assert chk["malformed"] == chk["disconnected"] == chk["echo_errors"] == 0
-    assert result["messages_sent"] > 0
-    # Every client received every message, the senders included.
-    assert chk["deliveries"] == chk["expected"] == 20 * result["messages_sent"]
-    assert result["deliveries_per_server_cpu_s"] > 0
-    assert result["generator_cpu_s"] > 0
-
-    # Same server, same room, same nicknames: a second run is clean too (the
-    # room's seq goes on from where it was; each receiver only needs it to grow).
-    result = await latency(tiny_room(url, pid))
-    assert result["ok"], result["errors"]
-    assert result["check"]["lost"] == 0
-    assert result["check"]["malformed"] == 0
-    lat = result["latency_ms"]
-    # Only deliveries of messages sent in the window are timed, none of the warm-up.
-    assert 0 < lat["count"] < result["check"]["deliveries"]
-    assert 0 < lat["p50"] <= lat["p99"] <= lat["max"] < 5_000
+    await check_socketio_runs(*socketio_peer, "picows")
 
 
 # -- an imitation socket.io server that misbehaves ------------------------------
@@ -177,7 +148,7 @@ class FakeSocketIO:
 async def test_pings_are_answered_and_unexpected_events_counted(make_server) -> None:
     fake = FakeSocketIO(typing_every=10)
     server = await make_server(setup=fake.setup)
-    opts = tiny_room(ws_url(server, "/anything"), os.getpid(), clients=10, duration=0.5)
+    opts = socketio_room(ws_url(server, "/anything"), os.getpid(), clients=10, duration=0.5)
     result = await fanout(opts)
     assert fake.pongs == 10  # one ping per client, each answered
     assert fake.typing_sent > 0
@@ -202,7 +173,7 @@ async def test_a_room_seq_that_does_not_grow_is_malformed(make_server) -> None:
         original(server, frame)
 
     server.on("message", on_message)
-    result = await fanout(tiny_room(ws_url(server), os.getpid(), clients=5, senders=1))
+    result = await fanout(socketio_room(ws_url(server), os.getpid(), clients=5, senders=1))
     chk = result["check"]
     # All but each receiver's first message.
     assert chk["malformed"] == 5 * (result["messages_sent"] - 1) > 0

@@ -104,8 +104,15 @@ class Sender:
     def send(self) -> None:
         seq = self.seq = self.seq + 1
         self.inflight += 1
-        body = self.head + b"%020d|%04d|%010d" % (monotonic_ns(), self.sid, seq)
-        self.transport.send(TEXT, body)  # type: ignore[union-attr]
+        self.transport.send(TEXT, self.frame(seq))  # type: ignore[union-attr]
+
+    def body(self, seq: int) -> bytes:
+        """Message ``seq``'s text: the filler, then ``<send ns>|<sender>|<seq>``."""
+        return self.head + b"%020d|%04d|%010d" % (monotonic_ns(), self.sid, seq)
+
+    def frame(self, seq: int) -> bytes:
+        """The text frame's payload that carries message ``seq`` (the seed: the body itself)."""
+        return self.body(seq)
 
     def echo(self, seq: int) -> None:
         self.echoes += 1
@@ -240,17 +247,8 @@ class ChatSender(Sender):
         nonce = os.urandom(6).hex().encode()
         self.prefix = b'{"type":"send","room":"%s","id":"%s.%d-' % (room.encode(), nonce, sid)
 
-    def send(self) -> None:
-        seq = self.seq = self.seq + 1
-        self.inflight += 1
-        frame = self.prefix + b'%d","text":"%s%020d|%04d|%010d"}' % (
-            seq,
-            self.head,
-            monotonic_ns(),
-            self.sid,
-            seq,
-        )
-        self.transport.send(TEXT, frame)  # type: ignore[union-attr]
+    def frame(self, seq: int) -> bytes:
+        return b'%s%d","text":"%s"}' % (self.prefix, seq, self.body(seq))
 
 
 class _Frame(msgspec.Struct):
@@ -408,19 +406,8 @@ class SocketIOSender(Sender):
         # JSON escaping, so the frame is built with one bytes format.
         self.prefix = b'["send",{"room":%s,"id":"' % msgspec.json.encode(room)
 
-    def send(self) -> None:
-        seq = self.seq = self.seq + 1
-        self.inflight += 1
-        frame = b'42%d%s%d","text":"%s%020d|%04d|%010d"}]' % (
-            seq,
-            self.prefix,
-            seq,
-            self.head,
-            monotonic_ns(),
-            self.sid,
-            seq,
-        )
-        self.transport.send(TEXT, frame)  # type: ignore[union-attr]
+    def frame(self, seq: int) -> bytes:
+        return b'42%d%s%d","text":"%s"}]' % (seq, self.prefix, seq, self.body(seq))
 
 
 class SocketIOClient(Client):
