@@ -69,6 +69,41 @@ async def test_serve_shuts_down_gracefully(spawn, sig):
     assert "Traceback" not in out
 
 
+SLOW_START = """
+import asyncio
+from hubbub import Server
+server = Server("127.0.0.1", 0)
+@server.on("start")
+async def on_start(server):
+    print("starting", flush=True)
+    await asyncio.sleep(1)
+    print("started", flush=True)
+@server.on("shutdown")
+def on_shutdown(server):
+    print("shut down", flush=True)
+server.start()
+"""
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_during_start_up_is_a_graceful_shutdown(sig):
+    proc = subprocess.Popen(
+        [sys.executable, "-c", SLOW_START], stdout=subprocess.PIPE, text=True, cwd=ROOT
+    )
+    try:
+        assert proc.stdout is not None
+        assert proc.stdout.readline() == "starting\n"
+        proc.send_signal(sig)
+        out, _ = proc.communicate(timeout=10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    # Not killed by the signal: start-up finished, then a graceful shutdown.
+    assert proc.returncode == 0
+    assert out == "started\nshut down\n"
+
+
 async def test_seed_chat_example_ports_socket_php(spawn):
     port = free_port()
     proc = spawn(str(ROOT / "examples" / "seed_chat.py"), str(port), port=port)

@@ -188,6 +188,36 @@ async def test_timers_registered_before_listen_start_with_the_server():
         await server.shutdown()
 
 
+async def test_no_connection_is_accepted_before_the_start_handler_is_done():
+    server = Server("127.0.0.1", 0)
+    release = asyncio.Event()
+    ready: list[bool] = []
+
+    @server.on("start")
+    async def on_start(server: Server) -> None:
+        await release.wait()
+        ready.append(True)
+
+    @server.on("open")
+    def on_open(server: Server, request: object) -> None:
+        server.push(request.fd, f"ready={bool(ready)}")  # type: ignore[attr-defined]
+
+    listening = asyncio.ensure_future(server.listen())
+    try:
+        await asyncio.sleep(0.1)
+        assert not listening.done()
+        assert server.port != 0  # bound, so the port is known, but not accepting yet
+        with pytest.raises(OSError):
+            await asyncio.open_connection("127.0.0.1", server.port)
+        release.set()
+        await asyncio.wait_for(listening, 5)
+        async with connect(ws_url(server)) as ws:
+            assert await recv_all(ws, 1) == ["ready=True"]
+    finally:
+        release.set()
+        await server.shutdown()
+
+
 async def test_task_runs_in_a_worker_process(make_server):
     server = await make_server(task_workers=1)
     results: list[tuple[int, int]] = []

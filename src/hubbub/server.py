@@ -350,6 +350,23 @@ class Server:
         uvloop.run(self._run_forever())
 
     async def _run_forever(self) -> None:
+        loop = asyncio.get_running_loop()
+        # Installed before listening: a SIGTERM that arrives while the start
+        # handler runs (or right after the port opens) must mean a graceful
+        # shutdown, not the default action, which kills the process at once.
+        # listen() creates _stop_event before its first await, so stop()
+        # always finds it; a stop during start-up lets the start handler
+        # finish and then shuts down without accepting a connection.
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, self.stop)
+        try:
+            await self._serve_until_stopped()
+        finally:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.remove_signal_handler(sig)
+            await self.shutdown()
+
+    async def _serve_until_stopped(self) -> None:
         await self.listen()
         if self.settings.gc_freeze:
             # What is alive now lives as long as the process: a full
@@ -358,25 +375,27 @@ class Server:
             # collected, so this happens once, after start-up garbage is gone.
             gc.collect()
             gc.freeze()
-        loop = asyncio.get_running_loop()
         assert self._stop_event is not None
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, self.stop)
-        try:
-            await self._stop_event.wait()
-        finally:
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                loop.remove_signal_handler(sig)
-            await self.shutdown()
+        await self._stop_event.wait()
 
     async def listen(self) -> int:
-        """Start listening (port 0 picks a free one); returns the bound port."""
+        """Start listening (port 0 picks a free one); returns the bound port.
+
+        The ``start`` handler runs (and, if it is a coroutine, finishes)
+        before the first connection is accepted: what it sets up (the chat
+        app opens its store there) is ready for every client.
+        """
         loop = asyncio.get_running_loop()
         self._loop = loop
         self._stop_event = asyncio.Event()
         self._closed_event = asyncio.Event()
         self._server = await loop.create_server(
-            lambda: HttpConnection(self), self.host, self.port, reuse_address=True, backlog=4096
+            lambda: HttpConnection(self),
+            self.host,
+            self.port,
+            reuse_address=True,
+            backlog=4096,
+            start_serving=False,
         )
         sock = self._server.sockets[0]
         self.port = sock.getsockname()[1]
@@ -385,12 +404,18 @@ class Server:
             if timer.handle is None:
                 self._schedule(timer)
         self._arm_heartbeat()
-        log.info("hubbub listening on %s:%d", self.host, self.port)
         handler = self._handlers.get("start")
         if handler is not None:
             result = handler(self)
             if inspect.isawaitable(result):
                 await result
+        if self._stopping or self._stop_event.is_set():
+            # shutdown() or stop() (a signal) came while the start handler
+            # ran: it was let finish (so that what it set up can be torn down
+            # by the shutdown handler), but the port is never opened.
+            return self.port
+        await self._server.start_serving()
+        log.info("hubbub listening on %s:%d", self.host, self.port)
         return self.port
 
     def stop(self) -> None:
