@@ -57,8 +57,23 @@ class Store(Protocol):
         oldest first, and whether older ones exist."""
         ...
 
-    async def room(self, room: str) -> RoomMeta:
-        """The room's epoch and sequence range (created on first use)."""
+    async def room(self, room: str) -> RoomMeta | None:
+        """The room's epoch and sequence range, or None if there is no such room.
+
+        Reading never creates a room (a GET of any name must not leave a row behind).
+        """
+        ...
+
+    async def create_room(self, room: str) -> RoomMeta:
+        """The room's epoch and sequence range, creating the room if it does not exist
+        (idempotent: a join creates its room; ``append`` creates rooms too)."""
+        ...
+
+    async def delete_room(self, room: str) -> bool:
+        """Delete a room and all its history; False if there was no such room.
+
+        A room created again later starts a new epoch (clients resuming into it get
+        ``reset``)."""
         ...
 
     async def rooms(self) -> list[RoomMeta]: ...
