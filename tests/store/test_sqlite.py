@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import sqlite3
+import sys
 import tempfile
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -12,8 +14,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from hubbub.errors import StartupError
 from hubbub.store import PendingMessage, StoreError
-from hubbub.store.sqlite import SCHEMA_VERSION, SQLiteStore
+from hubbub.store.sqlite import SCHEMA_VERSION, SQLiteStore, StoreLocked
 
 
 def pm(
@@ -77,7 +80,7 @@ async def test_append_keeps_message_fields(store: SQLiteStore) -> None:
 
 
 async def test_room_meta_tracks_seq(store: SQLiteStore) -> None:
-    empty = await store.room("lobby")
+    empty = await store.create_room("lobby")
     assert (empty.name, empty.seq, empty.oldest) == ("lobby", 0, 1)
     await fill(store, "lobby", 4)
     meta = await store.room("lobby")
@@ -235,7 +238,7 @@ async def test_page_exact_fit_has_no_more(store: SQLiteStore) -> None:
 async def test_rooms_lists_rooms(store: SQLiteStore) -> None:
     await fill(store, "zeta", 1)
     await fill(store, "alpha", 3)
-    await store.room("empty")  # created on first use
+    await store.create_room("empty")  # a join creates its room before any message
     rooms = await store.rooms()
     assert [(r.name, r.seq) for r in rooms] == [("alpha", 3), ("empty", 0), ("zeta", 1)]
 
@@ -429,6 +432,128 @@ async def _check_interleaving(
             assert len(cids) == len(set(cids))
             assert {(room, c) for c in cids} == {k for k in first if k[0] == room}
             assert len({m.epoch for m in stored}) <= 1
-            assert (await store.room(room)).seq == count[room]
+            meta = await store.room(room)
+            if count[room] == 0:
+                assert meta is None  # never written to: never created
+            else:
+                assert meta is not None and meta.seq == count[room]
     finally:
         await store.close()
+
+
+# ---------------------------------------------------------------------------
+# rooms: reading never creates; create and delete
+
+
+async def test_reading_a_missing_room_creates_nothing(store: SQLiteStore, db_path: Path) -> None:
+    for name in ("nothing", "nothing", "other"):
+        assert await store.room(name) is None
+        assert await store.since(name, 0, 10) == []
+        assert await store.page(name, None, 10) == ([], False)
+    assert await store.rooms() == []
+    with sqlite3.connect(db_path) as raw:
+        assert raw.execute("SELECT COUNT(*) FROM rooms").fetchone()[0] == 0
+
+
+async def test_create_room_is_idempotent_and_append_creates_rooms(store: SQLiteStore) -> None:
+    first = await store.create_room("lobby")
+    again = await store.create_room("lobby")
+    assert (again.epoch, again.seq) == (first.epoch, 0)
+    assert await store.room("lobby") == first
+    [(msg, _)] = await store.append([pm("new")])
+    assert (await store.room("new")).epoch == msg.epoch
+    assert [r.name for r in await store.rooms()] == ["lobby", "new"]
+
+
+async def test_delete_room_removes_history_and_a_new_room_gets_a_new_epoch(
+    store: SQLiteStore, db_path: Path
+) -> None:
+    await fill(store, "a", 3)
+    await fill(store, "b", 2)
+    old = await store.room("a")
+    assert await store.delete_room("a") is True
+    assert await store.room("a") is None
+    assert await store.since("a", 0, 10) == []
+    assert [r.name for r in await store.rooms()] == ["b"]
+    assert await store.delete_room("a") is False
+    assert await store.delete_room("never") is False
+    # Created again: a new epoch, numbering from 1, old client ids forgotten.
+    [(msg, dup)] = await store.append([pm("a", "a-1")])
+    assert (msg.seq, dup) == (1, False) and msg.epoch != old.epoch
+    assert [m.seq for m in await store.since("b", 0, 10)] == [1, 2]
+    await store.close()
+    reopened = SQLiteStore(db_path)
+    await reopened.open()
+    try:
+        assert [(r.name, r.seq) for r in await reopened.rooms()] == [("a", 1), ("b", 2)]
+    finally:
+        await reopened.close()
+        await store.open()  # for the fixture's close
+
+
+# ---------------------------------------------------------------------------
+# one process per database file
+
+
+async def test_a_second_store_on_the_same_file_is_refused_naming_the_holder(
+    db_path: Path,
+) -> None:
+    first = SQLiteStore(db_path)
+    await first.open()
+    second = SQLiteStore(db_path)
+    try:
+        with pytest.raises(StoreLocked) as info:
+            await second.open()
+        err = info.value
+        assert isinstance(err, StoreError) and isinstance(err, StartupError)
+        assert err.pid == os.getpid()
+        assert str(err) == (
+            f"{db_path} is in use by another hubbub process (pid {os.getpid()}); "
+            "stop it or use another --db"
+        )
+        assert "\n" not in str(err)
+        with pytest.raises(StoreError, match="not open"):
+            await second.since("a", 0, 1)  # the refused store stays closed
+    finally:
+        await first.close()
+    # Released on close: the next one gets it.
+    await second.open()
+    await second.append([pm("a")])
+    await second.close()
+
+
+async def test_the_lock_dies_with_its_process(db_path: Path) -> None:
+    # A holder killed with SIGKILL never cleans up; the kernel drops its lock.
+    code = (
+        "import asyncio, sys, time\n"
+        "from hubbub.store.sqlite import SQLiteStore\n"
+        "async def main():\n"
+        f"    s = SQLiteStore({str(db_path)!r})\n"
+        "    await s.open()\n"
+        "    print('open', flush=True)\n"
+        "    time.sleep(60)\n"
+        "asyncio.run(main())\n"
+    )
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", code, stdout=asyncio.subprocess.PIPE
+    )
+    try:
+        assert proc.stdout is not None
+        assert await asyncio.wait_for(proc.stdout.readline(), 30) == b"open\n"
+        with pytest.raises(StoreLocked, match=f"pid {proc.pid}\\)"):
+            await SQLiteStore(db_path).open()
+    finally:
+        proc.kill()
+        await proc.wait()
+    s = SQLiteStore(db_path)
+    await s.open()  # the pid left in the file does not matter
+    await s.close()
+
+
+async def test_memory_databases_take_no_lock(tmp_path: Path) -> None:
+    a, b = SQLiteStore(":memory:"), SQLiteStore(":memory:")
+    await a.open()
+    await b.open()
+    await a.close()
+    await b.close()
+    assert os.listdir(tmp_path) == []

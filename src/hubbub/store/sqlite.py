@@ -6,6 +6,12 @@ of messages is committed in one transaction (the group commit that
 :class:`hubbub.apps.journal.Journal` feeds), which is what keeps durability
 from capping throughput.
 
+One process per database file: :meth:`SQLiteStore.open` takes an exclusive
+advisory lock (``flock``) on ``<db>.lock`` next to the database, holding the
+owner's pid, and refuses to open a file another live process holds
+(:class:`StoreLocked`). Room epochs and sequence numbers are cached in the
+process, so a second writer would number messages from a stale cache.
+
 Durability: ``synchronous=NORMAL`` in WAL mode survives a crash or ``kill -9``
 of the server (every committed transaction is in the WAL file before the
 commit returns); ``synchronous=FULL`` also survives power loss, at the cost of
@@ -15,6 +21,8 @@ an fsync per commit.
 from __future__ import annotations
 
 import asyncio
+import fcntl
+import os
 import sqlite3
 import time
 import uuid
@@ -23,6 +31,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
+from ..errors import StartupError
 from ..protocol import Message
 from .base import PendingMessage, RoomMeta, StoreError
 
@@ -62,6 +71,65 @@ def _new_epoch() -> str:
     return uuid.uuid4().hex[:12]
 
 
+class StoreLocked(StoreError, StartupError):
+    """Another live process has the database open; ``str()`` is one line for the operator."""
+
+    def __init__(self, path: str, pid: int | None) -> None:
+        self.path = path
+        self.pid = pid
+        holder = f"pid {pid}" if pid is not None else "pid unknown"
+        super().__init__(
+            f"{path} is in use by another hubbub process ({holder}); stop it or use another --db"
+        )
+
+
+class _FileLock:
+    """An exclusive ``flock`` on ``<db>.lock``, holding the owner's pid.
+
+    The kernel releases a ``flock`` when its process dies (even by ``kill -9``),
+    so a held lock always means a live holder and a stale file never blocks.
+    """
+
+    def __init__(self, db_path: str) -> None:
+        self.path = db_path + ".lock"
+        self.db_path = db_path
+        self._fd: int | None = None
+
+    def acquire(self) -> None:
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            pid = _read_pid(fd)
+            os.close(fd)
+            raise StoreLocked(self.db_path, pid) from None
+        except BaseException:
+            os.close(fd)
+            raise
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self._fd = fd
+
+    def release(self) -> None:
+        if self._fd is None:
+            return
+        fd, self._fd = self._fd, None
+        # The file stays: removing it would let a third process lock a new
+        # inode while a second one still waits on the old one.
+        try:
+            os.ftruncate(fd, 0)
+        finally:
+            os.close(fd)  # closing the descriptor releases the lock
+
+
+def _read_pid(fd: int) -> int | None:
+    try:
+        raw = os.pread(fd, 32, 0)
+        return int(raw.strip() or b"x")
+    except (OSError, ValueError):
+        return None
+
+
 class SQLiteStore:
     def __init__(self, path: str | Path, synchronous: str = "NORMAL") -> None:
         self.path = str(path)
@@ -70,6 +138,7 @@ class SQLiteStore:
         self.synchronous = synchronous.upper()
         self._executor: ThreadPoolExecutor | None = None
         self._db: sqlite3.Connection | None = None
+        self._lock: _FileLock | None = None
         # Room epoch and last seq, owned by the store thread.
         self._rooms: dict[str, RoomMeta] = {}
 
@@ -85,12 +154,24 @@ class SQLiteStore:
             raise StoreError(f"sqlite: {exc}") from exc
 
     async def open(self) -> None:
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hubbub-sqlite")
-        await self._run(self._open)
-
-    def _open(self) -> None:
+        """Open (creating or migrating) the database; :class:`StoreLocked` if another
+        live process has it open."""
         if self.path != ":memory:":
             Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+            lock = _FileLock(self.path)
+            try:
+                lock.acquire()
+            except OSError as exc:
+                raise StoreError(f"cannot lock {lock.path}: {exc.strerror or exc}") from exc
+            self._lock = lock
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hubbub-sqlite")
+        try:
+            await self._run(self._open)
+        except BaseException:
+            await self.close()
+            raise
+
+    def _open(self) -> None:
         db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         version = db.execute("PRAGMA user_version").fetchone()[0]
         if version > SCHEMA_VERSION:
@@ -120,11 +201,16 @@ class SQLiteStore:
                 raise
 
     async def close(self) -> None:
-        if self._executor is None:
-            return
-        await self._run(self._close)
-        self._executor.shutdown(wait=True)
-        self._executor = None
+        if self._executor is not None:
+            try:
+                await self._run(self._close)
+            finally:
+                self._executor.shutdown(wait=True)
+                self._executor = None
+                self._rooms.clear()
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
 
     def _close(self) -> None:
         if self._db is not None:
@@ -228,9 +314,9 @@ class SQLiteStore:
 
     def _row(self, row: tuple[Any, ...]) -> Message:
         room, seq, mid, client_id, nick, text, ts = row
-        meta = self._rooms.get(room)
-        epoch = meta.epoch if meta else self._meta(room).epoch  # type: ignore[union-attr]
-        return Message(room, seq, epoch, mid, nick, text, ts, client_id)
+        meta = self._rooms.get(room) or self._meta(room, create=False)
+        assert meta is not None  # a stored message's room exists
+        return Message(room, seq, meta.epoch, mid, nick, text, ts, client_id)
 
     async def reset(self, room: str) -> RoomMeta:
         return await self._run(self._reset, room)
@@ -249,6 +335,22 @@ class SQLiteStore:
             raise
         meta = self._rooms[room] = RoomMeta(room, epoch, 0, 1)
         return meta
+
+    async def delete_room(self, room: str) -> bool:
+        return await self._run(self._delete_room, room)
+
+    def _delete_room(self, room: str) -> bool:
+        db = self.db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            db.execute("DELETE FROM messages WHERE room = ?", (room,))
+            deleted = db.execute("DELETE FROM rooms WHERE name = ?", (room,)).rowcount > 0
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        self._rooms.pop(room, None)
+        return deleted
 
     async def enforce_retention(self, max_count: int, max_age: float, now: float) -> int:
         return await self._run(self._retention, max_count, max_age, now)
@@ -300,12 +402,18 @@ class SQLiteStore:
         has_more = len(rows) > limit
         return [self._row(r) for r in reversed(rows[:limit])], has_more
 
-    async def room(self, room: str) -> RoomMeta:
-        return await self._run(self._room, room)
+    async def room(self, room: str) -> RoomMeta | None:
+        return await self._run(self._room, room, False)
 
-    def _room(self, room: str) -> RoomMeta:
-        meta = self._meta(room)
+    async def create_room(self, room: str) -> RoomMeta:
+        meta = await self._run(self._room, room, True)
         assert meta is not None
+        return meta
+
+    def _room(self, room: str, create: bool) -> RoomMeta | None:
+        meta = self._meta(room, create)
+        if meta is None:
+            return None
         return RoomMeta(meta.name, meta.epoch, meta.seq, meta.oldest)
 
     async def rooms(self) -> list[RoomMeta]:
@@ -313,4 +421,4 @@ class SQLiteStore:
 
     def _all_rooms(self) -> list[RoomMeta]:
         names = [r[0] for r in self.db.execute("SELECT name FROM rooms ORDER BY name")]
-        return [self._room(n) for n in names]
+        return [m for n in names if (m := self._room(n, False)) is not None]
