@@ -182,7 +182,55 @@ def test_schema_violations_are_bad_frame_naming_the_field(
     err = _decode_error(frame)
     assert err.code == p.E_BAD_FRAME
     assert err.ref == frame["type"]
-    assert f"`{field}`" in err.message or f"$.{field}" in err.message, err.message
+    assert err.field == field
+    # In words: no regular expression, no msgspec type names or JSON paths.
+    for jargon in ("regex", "\\", "`", "$.", "Expected", "[^", "Object "):
+        assert jargon not in err.message, err.message
+    rule = p.field_rules(p._TAGS[frame["type"]]).get(field)
+    assert f"'{field}'" in err.message or err.message == rule, err.message
+
+
+def test_a_bad_nickname_is_explained_in_words() -> None:
+    err = _decode_error({"type": "nick", "nick": "bad nick!"})
+    assert err.message == (
+        "a nickname is 1-32 letters, digits, '.', '-' or '_' and starts with a letter or digit"
+    )
+    assert (err.code, err.ref, err.field) == (p.E_BAD_FRAME, "nick", "nick")
+    assert _decode_error({"type": "join", "room": "a b"}).message == p.ROOM_RULE
+    assert _decode_error({"type": "history", "room": "x", "limit": 0}).message == (
+        "'limit' must be a whole number from 1 to 200"
+    )
+    assert _decode_error({"type": "send", "room": "x", "id": "1", "text": ""}).message == (
+        "a message is 1-8000 characters"
+    )
+    assert _decode_error({"type": "send", "room": "x", "id": "", "text": "t"}).message == (
+        "'id' must be 1-64 characters"
+    )
+    assert _decode_error({"type": "join"}).message == "'room' is required"
+    assert _decode_error({"type": "join", "room": "x", "colour": 1}).message == (
+        "unknown field 'colour'"
+    )
+    assert _decode_error({"type": "typing", "room": "x", "active": 1}).message == (
+        "'active' must be true or false"
+    )
+    assert _decode_error([1]).message == "a frame must be a JSON object with a string 'type'"
+
+
+def _constrained(tp: Any) -> bool:
+    from typing import Annotated, get_args, get_origin
+
+    if get_origin(tp) is Annotated:
+        return any(isinstance(m, msgspec.Meta) for m in tp.__metadata__)
+    return any(_constrained(a) for a in get_args(tp))
+
+
+def test_every_constrained_field_has_a_rule_in_words() -> None:
+    for struct in p._TAGS.values():
+        rules = p.field_rules(struct)
+        for info in msgspec.structs.fields(struct):
+            if _constrained(info.type):
+                rule = rules.get(info.encode_name)
+                assert rule and "{" not in rule and "\\" not in rule, (struct, info.name)
 
 
 @pytest.mark.parametrize(
@@ -309,5 +357,13 @@ def test_encode_history_page_nests_messages() -> None:
 
 def test_protocol_error_attributes() -> None:
     exc = p.ProtocolError("bad_frame", "nope", "join")
-    assert (exc.code, exc.message, exc.ref) == ("bad_frame", "nope", "join")
+    assert (exc.code, exc.message, exc.ref, exc.field) == ("bad_frame", "nope", "join", None)
     assert str(exc) == "nope"
+
+
+def test_encode_error_field_and_left_room_reason() -> None:
+    err = json.loads(p.encode(p.Error("bad_frame", "words", ref="nick", field="nick")))
+    assert err["field"] == "nick"
+    assert json.loads(p.encode(p.Left_("lobby"))) == {"type": "left_room", "room": "lobby"}
+    deleted = json.loads(p.encode(p.Left_("lobby", reason="deleted")))
+    assert deleted == {"type": "left_room", "room": "lobby", "reason": "deleted"}

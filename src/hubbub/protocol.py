@@ -10,22 +10,58 @@ A client opts in by asking for the WebSocket subprotocol ``hubbub.v1``
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+import re
+from typing import Annotated, Any, Literal, get_args, get_origin
 
 import msgspec
 
 SUBPROTOCOL = "hubbub.v1"
 VERSION = 1
 
+# Every constrained field's rule, in words: what a user reads when a value is
+# refused (never the pattern). The wording sits next to the definition it
+# describes (``Meta.description``); ``{field}`` is replaced by the field's name.
+ROOM_RULE = (
+    "a room name is 1-64 characters: ASCII letters, digits, '.', '-' or '_', "
+    "starting with a letter or digit"
+)
 RoomName = Annotated[
-    str, msgspec.Meta(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]*\Z")
+    str,
+    msgspec.Meta(
+        min_length=1,
+        max_length=64,
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]*\Z",
+        description=ROOM_RULE,
+    ),
 ]
-Nick = Annotated[str, msgspec.Meta(min_length=1, max_length=32, pattern=r"^[^\W_][\w.\-]*\Z")]
-ClientId = Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
+NICK_RULE = (
+    "a nickname is 1-32 letters, digits, '.', '-' or '_' and starts with a letter or digit"
+)
+Nick = Annotated[
+    str,
+    msgspec.Meta(min_length=1, max_length=32, pattern=r"^[^\W_][\w.\-]*\Z", description=NICK_RULE),
+]
+ClientId = Annotated[
+    str,
+    msgspec.Meta(min_length=1, max_length=64, description="{field} must be 1-64 characters"),
+]
 MAX_TEXT = 8000
-Text = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_TEXT)]
-Seq = Annotated[int, msgspec.Meta(ge=0)]
-PageLimit = Annotated[int, msgspec.Meta(ge=1, le=200)]
+Text = Annotated[
+    str,
+    msgspec.Meta(
+        min_length=1,
+        max_length=MAX_TEXT,
+        description=f"a message is 1-{MAX_TEXT} characters",
+    ),
+]
+Seq = Annotated[int, msgspec.Meta(ge=0, description="{field} must be a whole number, 0 or more")]
+PageLimit = Annotated[
+    int, msgspec.Meta(ge=1, le=200, description="{field} must be a whole number from 1 to 200")
+]
+Epoch = Annotated[
+    str,
+    msgspec.Meta(max_length=64, description="{field} must be a string of at most 64 characters"),
+]
 
 
 # ---------------------------------------------------------------------------
@@ -38,7 +74,7 @@ class Join(msgspec.Struct, tag="join", forbid_unknown_fields=True):
     room: RoomName
     nick: Nick | None = None
     since: Seq | None = None
-    epoch: str | None = None
+    epoch: Epoch | None = None
 
 
 class Leave(msgspec.Struct, tag="leave", forbid_unknown_fields=True):
@@ -223,10 +259,12 @@ class Members(msgspec.Struct, tag="members"):
     members: list[str]
 
 
-class Left_(msgspec.Struct, tag="left_room"):
-    """Answer to ``leave``."""
+class Left_(msgspec.Struct, tag="left_room", omit_defaults=True):
+    """Answer to ``leave``; also sent, with ``reason: "deleted"``, to every member of a
+    room an operator deletes."""
 
     room: str
+    reason: Literal["deleted"] | None = None
 
 
 class Pong(msgspec.Struct, tag="pong"):
@@ -242,6 +280,8 @@ class Error(msgspec.Struct, tag="error", omit_defaults=True):
     ref: str | None = None
     room: str | None = None
     id: str | None = None
+    #: For ``bad_frame``: the name of the field refused (when there is one).
+    field: str | None = None
 
 
 # Error codes (machine-readable ``code`` of an ``error`` frame).
@@ -254,6 +294,8 @@ E_NO_NICK = "nick_required"
 E_NOT_IN_ROOM = "not_in_room"
 E_ALREADY_IN_ROOM = "already_joined"
 E_NO_SUCH_MEMBER = "no_such_member"
+E_NO_SUCH_ROOM = "no_such_room"
+E_DM_SELF = "dm_self"
 E_RATE_LIMITED = "rate_limited"
 E_TOO_MANY_ROOMS = "too_many_rooms"
 E_UNAVAILABLE = "unavailable"
@@ -287,11 +329,20 @@ _encoder = msgspec.json.Encoder()
 class ProtocolError(Exception):
     """An incoming frame that does not fit the schema; ``code`` is the error code."""
 
-    def __init__(self, code: str, message: str, ref: str | None = None) -> None:
+    def __init__(
+        self, code: str, message: str, ref: str | None = None, field: str | None = None
+    ) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
         self.ref = ref
+        self.field = field
+
+
+_TAGS: dict[str, type[msgspec.Struct]] = {
+    str(t.__struct_config__.tag): t
+    for t in (Join, Leave, Send, SetNick, Direct, Typing, History, ListRooms, Who, Ping)
+}
 
 
 def decode(data: str | bytes) -> ClientFrame:
@@ -300,15 +351,88 @@ def decode(data: str | bytes) -> ClientFrame:
         return _decoder.decode(data)
     except msgspec.ValidationError as exc:
         ref = _peek_type(data)
-        if ref is None or ref not in CLIENT_TYPES:
-            if ref is None:
-                raise ProtocolError(
-                    E_BAD_FRAME, f"frame must be an object with a 'type': {exc}"
-                ) from None
+        if ref is None:
+            raise ProtocolError(
+                E_BAD_FRAME, "a frame must be a JSON object with a string 'type'"
+            ) from None
+        struct = _TAGS.get(ref)
+        if struct is None:
             raise ProtocolError(E_UNKNOWN_TYPE, f"unknown frame type {ref!r}", ref) from None
-        raise ProtocolError(E_BAD_FRAME, str(exc), ref) from None
+        message, field = explain(exc, struct)
+        raise ProtocolError(E_BAD_FRAME, message, ref, field) from None
     except msgspec.DecodeError as exc:
         raise ProtocolError(E_BAD_JSON, f"invalid JSON: {exc}") from None
+
+
+# -- validation errors in words ----------------------------------------------
+
+_AT = re.compile(r"^(?P<what>.*?)(?: - at `\$(?P<path>[^`]*)`)?$", re.S)
+_FIELD = re.compile(r"^\.([A-Za-z_]\w*)")
+_QUOTED = re.compile(r"`([^`]*)`")
+_TYPE_WORDS = {
+    "str": "a string",
+    "int": "a whole number",
+    "float": "a number",
+    "bool": "true or false",
+    "null": "null",
+    "object": "an object",
+    "array": "an array",
+}
+_rules_cache: dict[type, dict[str, str]] = {}
+
+
+def field_rules(struct: type[msgspec.Struct]) -> dict[str, str]:
+    """Wire field name -> its rule in words, for the fields of ``struct`` that have one."""
+    rules = _rules_cache.get(struct)
+    if rules is None:
+        rules = {}
+        for info in msgspec.structs.fields(struct):
+            rule = _description(info.type)
+            if rule is not None:
+                rules[info.encode_name] = rule.replace("{field}", f"'{info.encode_name}'")
+        _rules_cache[struct] = rules
+    return rules
+
+
+def _description(tp: Any) -> str | None:
+    if get_origin(tp) is Annotated:
+        for meta in tp.__metadata__:
+            if isinstance(meta, msgspec.Meta) and meta.description:
+                return meta.description
+        return _description(get_args(tp)[0])
+    for arg in get_args(tp):  # Optional[...] and other unions
+        found = _description(arg)
+        if found is not None:
+            return found
+    return None
+
+
+def explain(exc: msgspec.ValidationError, struct: type[msgspec.Struct]) -> tuple[str, str | None]:
+    """A validation error of ``struct`` in words, and the field concerned (or None).
+
+    msgspec's messages show types and regular expressions; users get the
+    field's rule instead (``Meta.description`` of its type).
+    """
+    m = _AT.match(str(exc))
+    assert m is not None  # the pattern matches any string
+    what, path = m.group("what"), m.group("path") or ""
+    named = _FIELD.match(path)
+    field = named.group(1) if named else None
+    quoted = _QUOTED.findall(what)
+    if what.startswith("Object missing required field") and quoted:
+        return f"'{quoted[0]}' is required", field or quoted[0]
+    if what.startswith("Object contains unknown field") and quoted:
+        name = quoted[0]
+        return f"unknown field '{name}'", field or name
+    if field is None:
+        return "the frame does not fit the protocol", None
+    rule = field_rules(struct).get(field)
+    if rule is not None:
+        return rule, field
+    if what.startswith("Expected") and quoted:
+        kinds = [_TYPE_WORDS.get(k.strip(), k.strip()) for k in quoted[0].split("|")]
+        return f"'{field}' must be {' or '.join(kinds)}", field
+    return f"'{field}' is invalid", field
 
 
 def _peek_type(data: str | bytes) -> str | None:

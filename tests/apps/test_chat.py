@@ -385,9 +385,9 @@ class SlowReads:
     def __getattr__(self, name: str) -> Any:
         return getattr(self.inner, name)
 
-    async def room(self, room: str) -> Any:
+    async def create_room(self, room: str) -> Any:
         await asyncio.sleep(random.random() * 0.005)
-        return await self.inner.room(room)
+        return await self.inner.create_room(room)
 
     async def since(self, room: str, seq: int, limit: int) -> Any:
         result = await self.inner.since(room, seq, limit)
@@ -483,7 +483,8 @@ async def test_acked_messages_survive_kill_9(spawn, tmp_path):
 
 
 class FlakyRoomReads:
-    """A store whose first ``room()`` read fails, like a database that blipped."""
+    """A store whose first ``create_room()`` (a join's read) fails, like a database that
+    blipped."""
 
     def __init__(self, inner: SQLiteStore) -> None:
         self.inner = inner
@@ -492,11 +493,11 @@ class FlakyRoomReads:
     def __getattr__(self, name: str) -> Any:
         return getattr(self.inner, name)
 
-    async def room(self, room: str) -> Any:
+    async def create_room(self, room: str) -> Any:
         if self.failures:
             self.failures -= 1
             raise StoreError("database is locked")
-        return await self.inner.room(room)
+        return await self.inner.create_room(room)
 
 
 async def test_a_join_the_store_cannot_serve_is_undone_so_it_can_be_retried(tmp_path):

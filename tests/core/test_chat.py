@@ -332,12 +332,15 @@ def test_dm_reaches_target_and_sender(core: ChatCore) -> None:
     assert json.loads(p.encode(dm))["from"] == "ann"
 
 
-def test_dm_to_self_is_delivered_once(core: ChatCore) -> None:
-    connect(core, 1)
+def test_dm_to_self_is_refused(core: ChatCore) -> None:
+    connect(core, 1, 2)
     join(core, 1, "lobby", "ann")
-    effects = core.handle(1, p.Direct("lobby", "ann", "note"))
-    assert len(effects) == 1
-    assert isinstance(effects[0], Reply) and effects[0].fd == 1
+    join(core, 2, "lobby", "bob")
+    for to in ("ann", "ANN"):  # however it is typed
+        err = only_error(core.handle(1, p.Direct("lobby", to, "note", id="d2")), 1)
+        assert err.code == p.E_DM_SELF == "dm_self"
+        assert (err.ref, err.room, err.id) == ("dm", "lobby", "d2")
+        assert "yourself" in err.message
 
 
 def test_dm_to_unknown_nick(core: ChatCore) -> None:
@@ -487,6 +490,52 @@ def test_error_from_protocol_error(core: ChatCore) -> None:
     assert core.error(1, exc) == [
         Reply(1, p.Error(p.E_UNKNOWN_TYPE, "unknown frame type 'x'", "x"))
     ]
+    bad = p.ProtocolError(p.E_BAD_FRAME, p.NICK_RULE, "nick", "nick")
+    assert core.error(1, bad) == [
+        Reply(1, p.Error(p.E_BAD_FRAME, p.NICK_RULE, "nick", field="nick"))
+    ]
+
+
+# ---------------------------------------------------------------------------
+# deleting a room
+
+
+def test_a_closing_room_refuses_joins_and_sends_until_reopened(core: ChatCore) -> None:
+    connect(core, 1, 2)
+    join(core, 1, "lobby", "ann")
+    core.close_room("lobby")
+    err = only_error(core.handle(1, p.Send("lobby", "c1", "hi")), 1)
+    assert (err.code, err.ref, err.id) == (p.E_UNAVAILABLE, "send", "c1")
+    assert "being deleted" in err.message
+    err = only_error(core.handle(2, p.Join("lobby", nick="bob")), 2)
+    assert (err.code, err.ref, err.room) == (p.E_UNAVAILABLE, "join", "lobby")
+    assert core.members("lobby") == ["ann"] and core.sessions[2].nick == "user-2"
+    # Other rooms are not affected.
+    assert any(isinstance(e, Catchup) for e in join(core, 2, "other", "bob"))
+    core.reopen_room("lobby")
+    assert core.handle(1, p.Send("lobby", "c1", "hi")) == [
+        Persist(1, "lobby", "c1", "ann", "hi")
+    ]
+
+
+def test_remove_room_tells_every_member_and_forgets_the_room(core: ChatCore) -> None:
+    connect(core, 1, 2, 3)
+    join(core, 2, "lobby", "bob")
+    join(core, 1, "lobby", "ann")
+    join(core, 1, "other", "ann")
+    join(core, 3, "other", "cat")
+    assert core.remove_room("lobby") == [
+        Reply(1, p.Left_("lobby", reason="deleted")),
+        Reply(2, p.Left_("lobby", reason="deleted")),
+    ]
+    assert "lobby" not in core.member_counts() and core.live_fds("lobby") == ()
+    assert core.sessions[1].rooms == {"other"} and core.sessions[2].rooms == set()
+    assert only_error(core.handle(1, p.Send("lobby", "c", "x")), 1).code == p.E_NOT_IN_ROOM
+    assert core.remove_room("lobby") == []
+    # Joining again is a fresh join; disconnecting later publishes nothing for lobby.
+    assert any(isinstance(e, Catchup) for e in join(core, 2, "lobby", "bob"))
+    assert core.members("lobby") == ["bob"]
+    assert core.disconnect(1) == [Publish("other", p.Left("other", "ann", WALL))]
 
 
 # ---------------------------------------------------------------------------

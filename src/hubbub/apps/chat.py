@@ -14,6 +14,13 @@ replay already had (by sequence number), and only then, with no ``await``
 in between, the member goes live. A message is published only after its
 commit, so it is either in the replay (committed before the read) or in the
 buffer (published after the registration), or both: never neither.
+
+Rooms. Reading a room (``history``, ``GET .../messages``) never creates it;
+a join or a message does. Deleting a room (``DELETE /api/rooms/{room}``)
+first closes it (joins and sends refused), waits for the catch-ups and
+messages already accepted, deletes it from the store, then tells every
+member (``left_room`` with ``reason: "deleted"``). Created again later, it
+has a new epoch: a client resuming with the old one gets ``reset``.
 """
 
 from __future__ import annotations
@@ -65,8 +72,8 @@ _TYPES = {
     ".ico": "image/x-icon",
     ".json": "application/json",
 }
-_ROOM_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}\Z")
 _API_MESSAGES = re.compile(r"^/api/rooms/([^/]+)/messages$")
+_API_ROOM = re.compile(r"^/api/rooms/([^/]+)$")
 RETENTION_PERIOD = 60.0
 
 
@@ -120,6 +127,9 @@ class ChatApp:
         self.seed = SeedRoom(server)
         self.v1: set[int] = set()
         self.catching_up: dict[str, dict[int, _Catchup]] = {}
+        # Catch-up tasks per room (a delete waits for them).
+        self._catchup_tasks: dict[str, set[asyncio.Task[Any]]] = {}
+        self._delete_lock = asyncio.Lock()
         self.api_key = s.api_key or os.environ.get("HUBBUB_API_KEY", "")
         self.pages = _static_files()
         self.limits = {
@@ -173,10 +183,11 @@ class ChatApp:
         if deleted:
             log.info("retention: deleted %d old messages", deleted)
 
-    def _spawn(self, coro: Any) -> None:
+    def _spawn(self, coro: Any) -> asyncio.Task[Any]:
         task = asyncio.ensure_future(coro)
         self._tasks.add(task)
         task.add_done_callback(self._task_done)
+        return task
 
     def _task_done(self, task: asyncio.Task[Any]) -> None:
         self._tasks.discard(task)
@@ -295,12 +306,22 @@ class ChatApp:
     def _start_catchup(self, effect: Catchup) -> None:
         # Registered synchronously, before any await: see the module docstring.
         self.catching_up.setdefault(effect.room, {})[effect.fd] = _Catchup()
-        self._spawn(self._catchup(effect))
+        task = self._spawn(self._catchup(effect))
+        tasks = self._catchup_tasks.setdefault(effect.room, set())
+        tasks.add(task)
+        task.add_done_callback(lambda t, room=effect.room: self._catchup_done(room, t))
+
+    def _catchup_done(self, room: str, task: asyncio.Task[Any]) -> None:
+        tasks = self._catchup_tasks.get(room)
+        if tasks is not None:
+            tasks.discard(task)
+            if not tasks:
+                del self._catchup_tasks[room]
 
     async def _catchup(self, e: Catchup) -> None:
         fd, room = e.fd, e.room
         try:
-            meta = await self.store.room(room)
+            meta = await self.store.create_room(room)  # a join creates its room
             state = self.core.room_state(fd, room, meta.epoch, meta.seq)
             if state is None or not self.core.is_member(fd, room):
                 self._end_catchup(fd, room)
@@ -376,6 +397,12 @@ class ChatApp:
     async def _history(self, e: LoadHistory) -> None:
         try:
             meta = await self.store.room(e.room)
+            if meta is None:
+                self.reply(
+                    e.fd,
+                    p.Error(p.E_NO_SUCH_ROOM, f"no room called {e.room!r}", "history", e.room),
+                )
+                return
             messages, has_more = await self.store.page(e.room, e.before, e.limit)
         except StoreError as exc:
             log.error("history of %s failed: %s", e.room, exc)
@@ -396,6 +423,32 @@ class ChatApp:
             self.reply(fd, p.Error(p.E_UNAVAILABLE, "room list unavailable", "rooms"))
             return
         self.reply(fd, p.RoomList(rooms))
+
+    # -- deleting a room -------------------------------------------------------
+
+    async def delete_room(self, room: str) -> tuple[bool, int]:
+        """Delete a room, its history and its members' membership.
+
+        Returns whether the room existed and how many members were told. A
+        :class:`StoreError` leaves the room as it was (open again, members in).
+        """
+        async with self._delete_lock:
+            self.core.close_room(room)  # from here, no join and no send for it
+            try:
+                pending = self._catchup_tasks.get(room)
+                if pending:
+                    # Joins accepted before the close finish first (their
+                    # create_room must not run after the delete).
+                    await asyncio.wait(set(pending))
+                await self.journal.barrier()  # messages accepted before the close
+                existed = await self.store.delete_room(room)
+            finally:
+                self.core.reopen_room(room)
+            removed = self.core.remove_room(room)
+            self.run(removed)
+        if existed or removed:
+            log.info("room %s deleted (%d members removed)", room, len(removed))
+        return existed or bool(removed), len(removed)
 
     # -- HTTP ----------------------------------------------------------------
 
@@ -425,12 +478,21 @@ class ChatApp:
                     return _json_error(response, 405, "method not allowed")
                 rooms = await self._room_list()
                 return _json(response, 200, {"rooms": rooms})
+            match = _API_ROOM.match(path)
+            if match is not None:
+                room = match.group(1)
+                if request.method != "DELETE":
+                    response.header("Allow", "DELETE")
+                    return _json_error(response, 405, "method not allowed")
+                if not _valid_room(room):
+                    return _json_error(response, 400, f"invalid room name: {p.ROOM_RULE}")
+                return await self._api_delete(request, response, room)
             match = _API_MESSAGES.match(path)
             if match is None:
                 return _json_error(response, 404, "no such endpoint")
             room = match.group(1)
-            if not _ROOM_RE.match(room):
-                return _json_error(response, 400, "invalid room name")
+            if not _valid_room(room):
+                return _json_error(response, 400, f"invalid room name: {p.ROOM_RULE}")
             if request.method == "GET":
                 return await self._api_history(request, response, room)
             if request.method == "POST":
@@ -453,6 +515,8 @@ class ChatApp:
         if before is not None and before < 0:
             return _json_error(response, 400, "before must not be negative")
         meta = await self.store.room(room)
+        if meta is None:
+            return _json_error(response, 404, f"no room called {room!r}")
         messages, has_more = await self.store.page(room, before, limit)
         return _json(
             response,
@@ -465,20 +529,40 @@ class ChatApp:
             },
         )
 
-    async def _api_post(self, request: Request, response: Response, room: str) -> None:
+    def _authorized(self, request: Request, response: Response, what: str) -> bool:
+        """Check the API key; answer 401/403 and return False if it is not right."""
         if not self.api_key:
-            return _json_error(response, 403, "publishing over HTTP is disabled (no api key set)")
+            _json_error(response, 403, f"{what} over HTTP is disabled (no api key set)")
+            return False
         auth = request.headers.get("authorization", "")
         scheme, _, key = auth.partition(" ")
         if scheme.lower() != "bearer" or not key:
             response.header("WWW-Authenticate", "Bearer")
-            return _json_error(response, 401, "missing 'Authorization: Bearer <api key>'")
+            _json_error(response, 401, "missing 'Authorization: Bearer <api key>'")
+            return False
         if not hmac.compare_digest(key.strip().encode(), self.api_key.encode()):
-            return _json_error(response, 403, "invalid api key")
+            _json_error(response, 403, "invalid api key")
+            return False
+        return True
+
+    async def _api_delete(self, request: Request, response: Response, room: str) -> None:
+        if not self._authorized(request, response, "deleting rooms"):
+            return None
+        existed, members = await self.delete_room(room)
+        if not existed:
+            return _json_error(response, 404, f"no room called {room!r}")
+        return _json(response, 200, {"deleted": room, "members_removed": members})
+
+    async def _api_post(self, request: Request, response: Response, room: str) -> None:
+        if not self._authorized(request, response, "publishing"):
+            return None
         try:
             body = msgspec.json.decode(request.body, type=PostBody)
-        except (msgspec.ValidationError, msgspec.DecodeError) as exc:
-            return _json_error(response, 400, f"invalid body: {exc}")
+        except msgspec.ValidationError as exc:
+            message, field = p.explain(exc, PostBody)
+            return _json(response, 400, {"error": f"invalid body: {message}", "field": field})
+        except msgspec.DecodeError as exc:
+            return _json_error(response, 400, f"invalid body: not JSON ({exc})")
         future: asyncio.Future[tuple[p.Message, bool]] = asyncio.get_running_loop().create_future()
         if not self.journal.submit(
             PendingMessage(room, body.id, body.nick, body.text, time.time()), future
@@ -488,6 +572,14 @@ class ChatApp:
         return _json(
             response, 200 if duplicate else 201, {"message": message, "duplicate": duplicate}
         )
+
+
+def _valid_room(name: str) -> bool:
+    try:
+        msgspec.convert(name, p.RoomName)
+    except msgspec.ValidationError:
+        return False
+    return True
 
 
 def _plain(response: Response, status: int, text: str) -> None:

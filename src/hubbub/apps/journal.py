@@ -47,6 +47,10 @@ class Journal:
         #: Counters for metrics and benchmarks.
         self.committed = 0
         self.batches = 0
+        # For barrier(): messages accepted, and messages written or failed, so far.
+        self._accepted = 0
+        self._settled = 0
+        self._barriers: list[tuple[int, asyncio.Future[None]]] = []
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._writer(), name="hubbub-journal")
@@ -56,8 +60,31 @@ class Journal:
         if self._closing or len(self._queue) >= self.max_queue:
             return False
         self._queue.append((pending, token))
+        self._accepted += 1
         self._wakeup.set()
         return True
+
+    async def barrier(self) -> None:
+        """Wait until every message submitted before this call is stored (or failed).
+
+        Deleting a room waits here, so that no message accepted before the delete
+        is written after it (which would create the room again).
+        """
+        target = self._accepted
+        if self._settled >= target or self._task is None or self._task.done():
+            return
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._barriers.append((target, future))
+        await future
+
+    def _settle(self, count: int) -> None:
+        self._settled += count
+        waiting, self._barriers = self._barriers, []
+        for target, future in waiting:
+            if self._settled < target:
+                self._barriers.append((target, future))
+            elif not future.done():
+                future.set_result(None)
 
     @property
     def backlog(self) -> int:
@@ -75,6 +102,7 @@ class Journal:
                 except Exception as exc:
                     log.error("could not store %d messages: %s", len(batch), exc)
                     self._safe(self.on_failure, batch, exc)
+                    self._settle(len(batch))
                     continue
                 self.batches += 1
                 self.committed += len(batch)
@@ -85,7 +113,13 @@ class Journal:
                         for (msg, dup), (_, token) in zip(results, batch, strict=True)
                     ],
                 )
+                self._settle(len(batch))
             if self._closing:
+                self._settle(0)
+                for _, future in self._barriers:
+                    if not future.done():
+                        future.set_result(None)
+                self._barriers.clear()
                 return
 
     @staticmethod

@@ -83,6 +83,8 @@ class ChatCore:
         self.wallclock = wallclock
         self.sessions: dict[int, Session] = {}
         self.rooms: dict[str, Room] = {}
+        #: Rooms being deleted: joins and sends are refused until the delete is done.
+        self.closing: set[str] = set()
 
     # -- connections -------------------------------------------------------
 
@@ -117,7 +119,7 @@ class ChatCore:
 
     def error(self, fd: int, exc: p.ProtocolError) -> list[Effect]:
         """The effects of a frame that failed to decode."""
-        return [Reply(fd, p.Error(exc.code, exc.message, exc.ref))]
+        return [Reply(fd, p.Error(exc.code, exc.message, exc.ref, field=exc.field))]
 
     def _error(
         self, fd: int, code: str, message: str, frame: p.ClientFrame, room: str | None = None
@@ -140,6 +142,8 @@ class ChatCore:
                     f,
                 )
             ]
+        if f.room in self.closing:
+            return [self._error(s.fd, p.E_UNAVAILABLE, f"room {f.room!r} is being deleted", f)]
         room = self.rooms.get(f.room)
         nick = f.nick if f.nick is not None else s.nick
         # Check the room first: a refused join must leave the nickname as it was.
@@ -194,6 +198,29 @@ class ChatCore:
             return []
         return self._remove_member(room_name, fd, session.nick)
 
+    # -- deleting a room (an operator's decision, carried out by the service) --
+
+    def close_room(self, room_name: str) -> None:
+        """A delete of the room begins: refuse joins and sends until :meth:`reopen_room`."""
+        self.closing.add(room_name)
+
+    def reopen_room(self, room_name: str) -> None:
+        self.closing.discard(room_name)
+
+    def remove_room(self, room_name: str) -> list[Effect]:
+        """The room was deleted: every member is out of it and told so (``left_room``
+        with ``reason: "deleted"``); nobody receives ``left`` for the others."""
+        room = self.rooms.pop(room_name, None)
+        if room is None:
+            return []
+        out: list[Effect] = []
+        for fd in sorted(room.members):
+            session = self.sessions.get(fd)
+            if session is not None:
+                session.rooms.discard(room_name)
+            out.append(Reply(fd, p.Left_(room_name, reason="deleted")))
+        return out
+
     def live_fds(self, room_name: str) -> tuple[int, ...]:
         room = self.rooms.get(room_name)
         return room.live_fds() if room is not None else ()
@@ -224,6 +251,9 @@ class ChatCore:
     def _send(self, s: Session, f: p.Send) -> list[Effect]:
         if f.room not in s.rooms:
             return [self._error(s.fd, p.E_NOT_IN_ROOM, f"join {f.room!r} before sending to it", f)]
+        if f.room in self.closing:
+            # Nothing may be stored after the delete: the message would recreate the room.
+            return [self._error(s.fd, p.E_UNAVAILABLE, f"room {f.room!r} is being deleted", f)]
         return [Persist(s.fd, f.room, f.id, s.nick, f.text)]
 
     def _nick(self, s: Session, f: p.SetNick) -> list[Effect]:
@@ -262,14 +292,13 @@ class ChatCore:
             return [
                 self._error(s.fd, p.E_NO_SUCH_MEMBER, f"nobody called {f.to!r} in {f.room!r}", f)
             ]
+        if target == s.fd:
+            return [self._error(s.fd, p.E_DM_SELF, "you cannot send yourself a direct message", f)]
         member = self.rooms[f.room].members[target]
         dm = p.DirectMessage(
             f.room, uuid.uuid4().hex, member.nick, f.text, self.wallclock(), f.id, sender=s.nick
         )
-        out: list[Effect] = [Reply(target, dm)]
-        if target != s.fd:
-            out.append(Reply(s.fd, dm))
-        return out
+        return [Reply(target, dm), Reply(s.fd, dm)]
 
     def _typing(self, s: Session, f: p.Typing) -> list[Effect]:
         if f.room not in s.rooms:
