@@ -549,3 +549,223 @@ async def test_traffic_beyond_the_buffer_during_a_replay_gives_reset_not_resumed
             await c.close()
     finally:
         await server.shutdown()
+
+
+# -- rooms: reads never create them; an operator can delete them --------------
+
+
+async def test_reading_a_room_that_does_not_exist_creates_nothing(make_chat, tmp_path):
+    server = await make_chat(rate=0)
+    ann = await Client.open(server, "ann", "lobby")
+    status, before = await http(server, "GET", "/api/rooms")
+    assert status == 200 and [r["name"] for r in before["rooms"]] == ["lobby"]
+    for i in range(200):
+        status, body = await http(server, "GET", f"/api/rooms/ghost-{i}/messages")
+        assert status == 404 and body["error"] == f"no room called 'ghost-{i}'"
+    for name in ("ghost-0", "other"):
+        await ann.send(type="history", room=name)
+        await ann.expect("error", code="no_such_room", ref="history", room=name)
+    await ann.send(type="rooms")
+    assert [r["name"] for r in (await ann.expect("rooms"))["rooms"]] == ["lobby"]
+    assert await http(server, "GET", "/api/rooms") == (200, before)
+    await ann.close()
+    await server.shutdown()
+    # Nothing was written either: a restarted server lists the same rooms.
+    again = await make_chat(rate=0)
+    status, body = await http(again, "GET", "/api/rooms")
+    assert [r["name"] for r in body["rooms"]] == ["lobby"]
+
+
+async def test_a_join_or_a_post_creates_a_room(make_chat):
+    server = await make_chat(api_key="k")
+    ann = await Client.open(server, "ann", "fresh")
+    await ann.send(type="history", room="fresh")
+    page = await ann.expect("history", room="fresh", messages=[], has_more=False)
+    status, body = await http(server, "POST", "/api/rooms/posted/messages", {"text": "x"}, key="k")
+    assert status == 201
+    status, body = await http(server, "GET", "/api/rooms/fresh/messages")
+    assert status == 200 and body["epoch"] == page["epoch"]
+    status, body = await http(server, "GET", "/api/rooms")
+    assert [r["name"] for r in body["rooms"]] == ["fresh", "posted"]
+    await ann.close()
+
+
+async def test_an_operator_deletes_a_room_and_its_members_are_told(make_chat, monkeypatch):
+    monkeypatch.delenv("HUBBUB_API_KEY", raising=False)
+    server = await make_chat(rate=0, api_key="s3cret")
+    ann = await Client.open(server, "ann", "doomed")
+    bob = await Client.open(server, "bob", "doomed")
+    await ann.expect("joined", nick="bob")
+    await ann.join("keep")
+    await ann.send(type="send", room="doomed", id="d1", text="soon gone")
+    old = await ann.expect("message", seq=1)
+    await ann.expect("ack", id="d1")
+    await bob.expect("message", seq=1)
+    path = "/api/rooms/doomed"
+    status, body = await http(server, "DELETE", path)
+    assert status == 401 and "Bearer" in body["error"]
+    status, _ = await http(server, "DELETE", path, key="wrong")
+    assert status == 403
+    status, body = await http(server, "DELETE", "/api/rooms/never", key="s3cret")
+    assert status == 404 and "never" in body["error"]
+    status, body = await http(server, "DELETE", "/api/rooms/bad%20name", key="s3cret")
+    assert status == 400 and "room name" in body["error"]
+    status, _ = await http(server, "GET", path)
+    assert status == 405
+
+    status, body = await http(server, "DELETE", path, key="s3cret")
+    assert status == 200 and body == {"deleted": "doomed", "members_removed": 2}
+    await ann.expect("left_room", room="doomed", reason="deleted")
+    await bob.expect("left_room", room="doomed", reason="deleted")
+    await ann.silent()  # no `left` for the others: everybody left at once
+    status, body = await http(server, "GET", "/api/rooms")
+    assert [r["name"] for r in body["rooms"]] == ["keep"]
+    assert (await http(server, "GET", "/api/rooms/doomed/messages"))[0] == 404
+    await ann.send(type="send", room="doomed", id="d2", text="too late")
+    await ann.expect("error", code="not_in_room", id="d2")
+    assert (await http(server, "DELETE", path, key="s3cret"))[0] == 404
+
+    # Joining again creates a new room: a new epoch, numbering from 1, and a
+    # client resuming with the old epoch is told to reload.
+    await bob.close()
+    bob = await Client.open(server)
+    state = await bob.join("doomed", "bob", since=1, epoch=old["epoch"])
+    assert state["epoch"] != old["epoch"] and state["seq"] == 0
+    await bob.expect("reset", reason="epoch", seq=0)
+    await bob.send(type="send", room="doomed", id="d1", text="new life")
+    await bob.expect("message", seq=1, epoch=state["epoch"], text="new life")
+    await bob.expect("ack", id="d1", duplicate=False)  # the old client id is gone too
+    await ann.close()
+    await bob.close()
+
+
+class SlowAppend:
+    """A store whose writes take a while, and that says when one begins."""
+
+    def __init__(self, inner: SQLiteStore) -> None:
+        self.inner = inner
+        self.appending = asyncio.Event()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    async def append(self, batch: Any) -> Any:
+        self.appending.set()
+        await asyncio.sleep(0.3)
+        return await self.inner.append(batch)
+
+
+async def test_messages_accepted_before_a_delete_are_stored_first_not_after(tmp_path):
+    # Without the journal barrier the delete runs before the slow write, which
+    # then creates the room again behind the operator's back.
+    store = SlowAppend(SQLiteStore(tmp_path / "d.db"))
+    settings_ = Settings(db=str(tmp_path / "d.db"), rate=0, api_key="k")
+    server = create_app("127.0.0.1", 0, settings_, store=store)
+    await server.listen()
+    try:
+        ann = await Client.open(server, "ann", "doomed")
+        await ann.send(type="send", room="doomed", id="m1", text="in flight")
+        await asyncio.wait_for(store.appending.wait(), 5)
+        status, body = await http(server, "DELETE", "/api/rooms/doomed", key="k")
+        assert status == 200 and body["members_removed"] == 1
+        frames = [await ann.recv() for _ in range(3)]
+        assert [f["type"] for f in frames] == ["message", "ack", "left_room"]
+        status, body = await http(server, "GET", "/api/rooms")
+        assert body["rooms"] == []
+        assert await store.inner.room("doomed") is None
+        await ann.close()
+    finally:
+        await server.shutdown()
+
+
+class FailingDelete:
+    def __init__(self, inner: SQLiteStore) -> None:
+        self.inner = inner
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    async def delete_room(self, room: str) -> bool:
+        raise StoreError("disk I/O error")
+
+
+async def test_a_delete_the_store_refuses_leaves_the_room_as_it_was(tmp_path):
+    store = FailingDelete(SQLiteStore(tmp_path / "f.db"))
+    server = create_app(
+        "127.0.0.1", 0, Settings(db=str(tmp_path / "f.db"), api_key="k"), store=store
+    )
+    await server.listen()
+    try:
+        ann = await Client.open(server, "ann", "lobby")
+        status, body = await http(server, "DELETE", "/api/rooms/lobby", key="k")
+        assert status == 503 and body["error"] == "storage unavailable"
+        await ann.send(type="send", room="lobby", id="s1", text="still open")
+        await ann.expect("message", text="still open")
+        bob = await Client.open(server, "bob", "lobby")  # joins work again too
+        await ann.expect("ack", id="s1")
+        await ann.expect("joined", nick="bob")
+        for c in (ann, bob):
+            await c.close()
+    finally:
+        await server.shutdown()
+
+
+# -- clear refusals -------------------------------------------------------------
+
+
+async def test_a_dm_to_yourself_is_refused(make_chat):
+    server = await make_chat()
+    ann = await Client.open(server, "ann", "lobby")
+    bob = await Client.open(server, "bob", "lobby")
+    await ann.expect("joined", nick="bob")
+    await ann.send(type="dm", room="lobby", to="Ann", text="note to self", id="n1")
+    err = await ann.expect("error", code="dm_self", ref="dm", room="lobby", id="n1")
+    assert "yourself" in err["message"]
+    await bob.silent()
+    for c in (ann, bob):
+        await c.close()
+
+
+async def test_validation_errors_are_words_not_regular_expressions(make_chat):
+    server = await make_chat(api_key="k")
+    ann = await Client.open(server)
+    await ann.send(type="nick", nick="bad nick!")
+    err = await ann.expect("error", code="bad_frame", ref="nick", field="nick")
+    assert err["message"] == (
+        "a nickname is 1-32 letters, digits, '.', '-' or '_' and starts with a letter or digit"
+    )
+    path = "/api/rooms/news/messages"
+    status, body = await http(server, "POST", path, {"text": "hi", "nick": "bad nick!"}, key="k")
+    assert status == 400 and body["field"] == "nick"
+    assert body["error"] == "invalid body: " + err["message"]
+    status, body = await http(server, "POST", path, {"text": ""}, key="k")
+    assert (status, body["error"]) == (400, "invalid body: a message is 1-8000 characters")
+    status, body = await http(server, "GET", "/api/rooms/-x/messages")
+    assert (
+        status == 400
+        and "regex" not in body["error"]
+        and "starting with a letter" in (body["error"])
+    )
+    await ann.close()
+
+
+# -- one process per database --------------------------------------------------
+
+
+async def test_a_second_server_on_the_same_database_refuses_to_start(spawn, tmp_path):
+    db = tmp_path / "shared.db"
+    port1, port2 = free_port(), free_port()
+    first = spawn(*serve_args(port1, "--db", str(db)), port=port1)
+    second = spawn(*serve_args(port2, "--db", str(db)))
+    out, _ = await asyncio.to_thread(second.communicate, timeout=30)
+    assert second.returncode != 0, out
+    assert f"{db} is in use by another hubbub process (pid {first.pid})" in out, out
+    # The first one serves on, and numbers its messages alone.
+    ann = await Client.open(f"ws://127.0.0.1:{port1}/", "ann", "lobby")
+    await ann.send(type="send", room="lobby", id="x", text="still mine")
+    await ann.expect("message", seq=1)
+    await ann.close()
+    first.send_signal(signal.SIGTERM)
+    await asyncio.to_thread(first.communicate, timeout=30)
+    # Once it is gone, the database is free.
+    spawn(*serve_args(port2, "--db", str(db)), port=port2)
