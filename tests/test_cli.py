@@ -3,16 +3,23 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import signal
+import socket
 import subprocess
 import sys
 import time
+import urllib.request
 
 import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
+from hubbub import Server
+from hubbub.apps import chat as chat_app
+from hubbub.cli import main
 from hubbub.config import setting_fields
+from hubbub.errors import StartupError
 
 from .conftest import ROOT, free_port, recv_all, serve_args
 
@@ -37,8 +44,10 @@ def test_bad_flag_values_are_refused_with_a_message():
         timeout=30,
     )
     assert proc.returncode == 2
-    assert "max_message_size must be positive" in proc.stderr
-    assert "Traceback" not in proc.stderr
+    assert proc.stderr == (
+        "hubbub serve: error: argument --max-message-size: must be positive "
+        "(see hubbub serve --help)\n"
+    )
 
 
 async def _closed_code(ws) -> int | None:
@@ -128,3 +137,133 @@ def test_seed_chat_example_is_about_twenty_lines():
         if line.strip() and not line.strip().startswith("#")
     ]
     assert len(code) <= 25
+
+
+# -- start-up failures: one line, an exit status, no traceback ----------------------
+
+
+def run_serve(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "hubbub", "serve", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+    )
+
+
+def assert_one_line(proc: subprocess.CompletedProcess[str], status: int, expected: str) -> None:
+    assert proc.returncode == status, proc.stderr
+    assert "Traceback" not in proc.stderr
+    lines = proc.stderr.splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert expected in lines[0], lines[0]
+
+
+def test_port_in_use_is_one_line_and_status_1(tmp_path):
+    with socket.socket() as other:
+        other.bind(("127.0.0.1", 0))
+        other.listen()
+        port = other.getsockname()[1]
+        proc = run_serve(*serve_args(port, "--db", str(tmp_path / "h.db"))[3:])
+    assert_one_line(
+        proc,
+        1,
+        f"hubbub: error: port {port} on 127.0.0.1 is already in use; "
+        "stop the other server or pick another --port",
+    )
+    assert proc.stdout == ""
+
+
+def test_address_not_available_is_one_line(tmp_path):
+    # 203.0.113.0/24 is reserved for documentation: no machine has it.
+    proc = run_serve("--host", "203.0.113.77", "--port", "0", "--db", str(tmp_path / "h.db"))
+    assert_one_line(proc, 1, "hubbub: error: address 203.0.113.77 is not available")
+
+
+def test_a_bad_setting_names_the_flag_and_the_allowed_values(tmp_path):
+    proc = run_serve("--sqlite-synchronous", "bogus", "--db", str(tmp_path / "h.db"))
+    assert_one_line(
+        proc,
+        2,
+        "hubbub serve: error: argument --sqlite-synchronous: must be one of "
+        "OFF, NORMAL, FULL, EXTRA, got 'bogus'",
+    )
+    assert not (tmp_path / "h.db").exists()
+
+
+def test_argparse_errors_are_one_line_too():
+    assert_one_line(run_serve("--port", "99999"), 2, "argument --port: must be 0 to 65535")
+    assert_one_line(run_serve("--no-such-flag"), 2, "unrecognized arguments: --no-such-flag")
+
+
+def test_a_store_that_cannot_open_is_one_line(tmp_path):
+    # A directory where the database file should be: SQLite cannot open it.
+    port = free_port()
+    proc = run_serve(*serve_args(port, "--db", str(tmp_path))[3:])
+    assert_one_line(proc, 1, f"hubbub: error: cannot open the history store --db {tmp_path}")
+
+
+@pytest.mark.parametrize(
+    ("error", "expected"),
+    [
+        (StartupError("hubbub.db is used by another hubbub (pid 42); stop it"), "hubbub.db is"),
+        (RuntimeError("boom\nsecond line"), "cannot start: RuntimeError: boom second line"),
+    ],
+)
+def test_an_error_of_the_start_handler_reaches_the_cli_as_one_line(
+    monkeypatch, capsys, error, expected
+):
+    class Locked(StartupError):
+        pass
+
+    if isinstance(error, StartupError):
+        error = Locked(str(error))  # a subclass, as the store raises (StoreLocked)
+    servers: list[Server] = []
+
+    def create_app(host: str, port: int, settings: object) -> Server:
+        server = Server("127.0.0.1", 0)
+
+        @server.on("start")
+        async def on_start(server: Server) -> None:
+            raise error
+
+        servers.append(server)
+        return server
+
+    monkeypatch.setattr(chat_app, "create_app", create_app)
+    status = main(["serve", "--host", "127.0.0.1", "--port", "0", "--log-level", "error"])
+    err = capsys.readouterr().err
+    assert status == 1
+    (line,) = err.splitlines()
+    assert line.startswith("hubbub: error: ") and expected in line
+    # The port it had bound is closed again.
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", servers[0].port))
+
+
+async def test_listening_line_links_and_access_log_lines(spawn):
+    port = free_port()
+    proc = spawn(*serve_args(port), port=port)
+    status, _ = await asyncio.to_thread(_http_get, port, "/healthz?probe=1")
+    assert status == 200
+    proc.send_signal(signal.SIGTERM)
+    out, _ = await asyncio.to_thread(proc.communicate, timeout=10)
+    assert f"INFO hubbub: hubbub listening on http://127.0.0.1:{port}/\n" in out
+    assert re.search(r'INFO hubbub\.access: 127\.0\.0\.1:\d+ "GET /healthz" 200 3 [\d.]+ms\n', out)
+
+
+async def test_no_access_log_flag(spawn):
+    port = free_port()
+    proc = spawn(*serve_args(port, "--no-access-log"), port=port)
+    status, _ = await asyncio.to_thread(_http_get, port, "/healthz")
+    assert status == 200
+    proc.send_signal(signal.SIGTERM)
+    out, _ = await asyncio.to_thread(proc.communicate, timeout=10)
+    assert "hubbub listening on" in out
+    assert "hubbub.access" not in out
+
+
+def _http_get(port: int, path: str) -> tuple[int, bytes]:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=10) as response:
+        return response.status, response.read()

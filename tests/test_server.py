@@ -3,16 +3,21 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import random
+import socket
+import subprocess
+import sys
 
 import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
 from hubbub import Server
+from hubbub.errors import StartupError
 
-from .conftest import recv_all, ws_url
+from .conftest import ROOT, free_port, recv_all, ws_url
 
 
 def heavy_sum(n: int) -> tuple[int, int]:
@@ -247,3 +252,103 @@ def test_settings_are_validated():
         Server("127.0.0.1", 0, max_message_size=0)
     with pytest.raises(TypeError):
         Server("127.0.0.1", 0, no_such_limit=1)
+
+
+# -- start-up: what the operator sees --------------------------------------------
+
+
+def _bound_socket() -> socket.socket:
+    """A listening socket on a free 127.0.0.1 port (someone else's server)."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen()
+    return sock
+
+
+def _port_is_free(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
+async def test_listen_on_a_port_in_use_is_a_one_line_startup_error():
+    with _bound_socket() as other:
+        port = other.getsockname()[1]
+        server = Server("127.0.0.1", port)
+        with pytest.raises(StartupError) as info:
+            await server.listen()
+        await server.shutdown()
+    assert str(info.value) == (
+        f"port {port} on 127.0.0.1 is already in use; stop the other server or pick another --port"
+    )
+    assert isinstance(info.value.__cause__, OSError)
+
+
+@pytest.mark.parametrize("error", [StartupError("the store is locked"), RuntimeError("bug")])
+async def test_a_failing_start_handler_closes_the_port(error):
+    server = Server("127.0.0.1", 0)
+    shut: list[bool] = []
+
+    @server.on("start")
+    async def on_start(server: Server) -> None:
+        raise error
+
+    server.on("shutdown", lambda s: shut.append(True))
+    with pytest.raises(type(error)) as info:
+        await server.listen()
+    assert info.value is error
+    # The port is closed at once: another server can have it.
+    assert _port_is_free(server.port)
+    await server.shutdown()
+    assert shut == [True]
+
+
+async def test_the_listening_line_is_a_link_with_the_real_port(caplog):
+    caplog.set_level(logging.INFO, logger="hubbub")
+    server = Server("127.0.0.1", 0)
+    await server.listen()
+    try:
+        assert server.port != 0
+        lines = [r.getMessage() for r in caplog.records if "listening" in r.getMessage()]
+        assert lines == [f"hubbub listening on http://127.0.0.1:{server.port}/"]
+    finally:
+        await server.shutdown()
+
+
+FAILING_START = """
+import sys
+from hubbub import Server
+from hubbub.errors import StartupError
+server = Server("127.0.0.1", int(sys.argv[1]))
+@server.on("start")
+def on_start(server):
+    raise StartupError("cannot start: the store is locked")
+@server.on("shutdown")
+def on_shutdown(server):
+    print("shut down", flush=True)
+    raise RuntimeError("teardown of a half-started app fails too")
+try:
+    server.start()
+except StartupError as exc:
+    print("start failed:", exc, flush=True)
+"""
+
+
+def test_start_raises_the_start_handlers_error_after_tearing_down(tmp_path):
+    port = free_port()
+    proc = subprocess.run(
+        [sys.executable, "-c", FAILING_START, str(port)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        cwd=ROOT,
+    )
+    assert proc.returncode == 0, proc.stderr
+    # The shutdown handler ran; its own failure does not hide the real error.
+    assert proc.stdout == "shut down\nstart failed: cannot start: the store is locked\n"
+    assert "hubbub stopped" not in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert _port_is_free(port)

@@ -1,17 +1,56 @@
-"""Command line: ``hubbub serve``."""
+"""Command line: ``hubbub serve``, ``hubbub chat``.
+
+A start-up failure is one line on stderr, ``hubbub: error: <what is wrong
+and what to do>``, and exit status 1; a bad flag is one line too, with
+argparse's status 2. Never a traceback (``--log-level debug`` logs it for an
+unexpected error).
+"""
 
 from __future__ import annotations
 
 import argparse
 import logging
 import sys
+from typing import NoReturn
 
 from . import __version__
-from .config import Settings, setting_fields
+from .config import SettingError, Settings, setting_fields
+from .errors import StartupError
+from .store.base import StoreError
+
+log = logging.getLogger("hubbub")
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line (the usage is in ``--help``)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, _usage_line(self.prog, message))
+
+
+def _usage_line(prog: str, message: str) -> str:
+    return f"{prog}: error: {message} (see {prog} --help)\n"
+
+
+def _port(text: str) -> int:
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"must be 0 to 65535 (0 picks a free one), got {port}")
+    return port
+
+
+def fail(message: str, status: int = 1) -> int:
+    """Print a start-up failure as one line on stderr; returns the exit status."""
+    line = " ".join(message.split())  # one line, whatever the message holds
+    print(f"hubbub: error: {line}", file=sys.stderr, flush=True)
+    return status
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="hubbub",
         description="hubbub: a real-time chat server (the Swoole chat room, done properly).",
     )
@@ -26,7 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     serve.add_argument("--host", default="0.0.0.0", help="address to listen on")
-    serve.add_argument("--port", type=int, default=9502, help="TCP port (0 picks a free one)")
+    serve.add_argument("--port", type=_port, default=9502, help="TCP port (0 picks a free one)")
     serve.add_argument(
         "--log-level",
         default="info",
@@ -72,19 +111,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 0
     if args.command == "serve":
-        logging.basicConfig(
-            level=args.log_level.upper(),
-            format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-            stream=sys.stderr,
-        )
-        try:
-            settings = Settings(**{name: getattr(args, name) for name, *_ in setting_fields()})
-        except ValueError as exc:
-            parser.error(str(exc))
-        from .apps.chat import create_app
-
-        create_app(args.host, args.port, settings).start()
-        return 0
+        return serve(args)
     if args.command == "chat":
         import uvloop
 
@@ -97,3 +124,35 @@ def main(argv: list[str] | None = None) -> int:
             return 0
     parser.error(f"unknown command {args.command}")
     return 2
+
+
+def serve(args: argparse.Namespace) -> int:
+    logging.basicConfig(
+        level=args.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        settings = Settings(**{name: getattr(args, name) for name, *_ in setting_fields()})
+    except SettingError as exc:
+        flag = "--" + exc.field.replace("_", "-")
+        sys.stderr.write(_usage_line("hubbub serve", f"argument {flag}: {exc.problem}"))
+        return 2
+    from .apps.chat import create_app
+
+    try:
+        create_app(args.host, args.port, settings).start()
+    except StartupError as exc:
+        return fail(str(exc))
+    except StoreError as exc:
+        return fail(f"cannot open the history store --db {settings.db}: {exc}")
+    except Exception as exc:
+        # Not foreseen (a bug, or a cause worth a StartupError of its own):
+        # still one line; the traceback is there with --log-level debug.
+        log.debug("start-up failed", exc_info=True)
+        what = str(exc) or "no details"
+        return fail(
+            f"cannot start: {type(exc).__name__}: {what} (--log-level debug shows where)"
+        )
+    return 0
+

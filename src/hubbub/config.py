@@ -6,11 +6,15 @@ Each field documents what it bounds and what it costs, and becomes a
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 KiB = 1024
 MiB = 1024 * KiB
+
+#: SQLite's synchronous modes (https://sqlite.org/pragma.html#pragma_synchronous).
+SQLITE_SYNCHRONOUS = ("OFF", "NORMAL", "FULL", "EXTRA")
 
 
 def _doc(text: str, **kw: Any) -> Any:
@@ -93,6 +97,12 @@ class Settings:
         "Worker processes for server.task() (Swoole's task workers), started on first use.",
         default=2,
     )
+    access_log: bool = _doc(
+        "Log one line per HTTP request at INFO on the 'hubbub.access' logger: "
+        "client address, method, path (no query string), status, body bytes and "
+        "milliseconds; a WebSocket handshake is a 101 line.",
+        default=True,
+    )
     gc_freeze: bool = _doc(
         "Once listening, move every object alive (modules, the app) out of the cyclic "
         "garbage collector's reach (gc.freeze): later collections no longer scan them, "
@@ -155,19 +165,56 @@ class Settings:
     def __post_init__(self) -> None:
         for f in fields(self):
             value = getattr(self, f.name)
-            if isinstance(value, bool | str):
+            kind = _TYPES[str(f.type)]
+            if kind is bool:
+                if not isinstance(value, bool):
+                    raise SettingError(f.name, f"must be true or false, got {value!r}")
                 continue
+            if kind is str:
+                if not isinstance(value, str):
+                    raise SettingError(f.name, f"must be a string, got {value!r}")
+                continue
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise SettingError(f.name, f"must be a number, got {value!r}")
+            if kind is int and not isinstance(value, int):
+                raise SettingError(f.name, f"must be a whole number, got {value!r}")
+            if not math.isfinite(value):
+                raise SettingError(f.name, f"must be a finite number, got {value!r}")
             if value < 0:
-                raise ValueError(f"{f.name} must not be negative, got {value!r}")
+                raise SettingError(f.name, f"must not be negative, got {value!r}")
         for name in ("max_message_size", "max_send_buffer", "max_header_size"):
             if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be positive")
+                raise SettingError(name, "must be positive")
+        mode = self.sqlite_synchronous.upper()
+        if mode not in SQLITE_SYNCHRONOUS:
+            raise SettingError(
+                "sqlite_synchronous",
+                f"must be one of {', '.join(SQLITE_SYNCHRONOUS)}, got {self.sqlite_synchronous!r}",
+            )
+        object.__setattr__(self, "sqlite_synchronous", mode)
+        if not self.db:
+            raise SettingError("db", "must name a file (or ':memory:')")
+
+
+class SettingError(ValueError):
+    """A setting has a value hubbub cannot run with.
+
+    ``str(exc)`` reads ``max_message_size must be positive``; ``field`` is the
+    setting's name, ``problem`` the rest (the CLI names the flag instead).
+    """
+
+    def __init__(self, name: str, problem: str) -> None:
+        super().__init__(f"{name} {problem}")
+        self.field = name
+        self.problem = problem
+
+
+_TYPES: dict[str, type] = {"int": int, "float": float, "bool": bool, "str": str}
 
 
 def setting_fields() -> list[tuple[str, type, Any, str]]:
     """(name, type, default, help) for each setting: the CLI is built from this."""
-    types = {"int": int, "float": float, "bool": bool, "str": str}
     out = []
     for f in fields(Settings):
-        out.append((f.name, types[str(f.type)], f.default, f.metadata["help"]))
+        out.append((f.name, _TYPES[str(f.type)], f.default, f.metadata["help"]))
     return out

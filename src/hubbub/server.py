@@ -46,7 +46,9 @@ import uvloop
 from websockets.frames import CloseCode, Opcode
 
 from .config import Settings
+from .errors import StartupError
 from .transport.http import HttpConnection, Request, Response
+from .transport.listen import bind_error, listening_line
 from .transport.websocket import WebSocketConnection, encode_frame
 
 log = logging.getLogger("hubbub")
@@ -138,6 +140,7 @@ class Server:
         self._server: asyncio.Server | None = None
         self._heartbeat: asyncio.TimerHandle | None = None
         self._stopping = False
+        self._start_failed = False
         self._all_gone: asyncio.Event | None = None
         # Handler tasks in flight (a reference keeps them from being collected).
         self._tasks: set[asyncio.Future[Any]] = set()
@@ -344,7 +347,13 @@ class Server:
     # Running
 
     def start(self) -> None:
-        """Listen and serve until SIGINT or SIGTERM, then shut down gracefully."""
+        """Listen and serve until SIGINT or SIGTERM, then shut down gracefully.
+
+        If the server cannot start (the port is taken, the ``start`` handler
+        fails), what was set up is torn down, the port is closed and the
+        error is raised: a :class:`~hubbub.errors.StartupError` for the
+        foreseeable causes, whose ``str()`` is one line for the operator.
+        """
         if not logging.getLogger().handlers:
             logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
         uvloop.run(self._run_forever())
@@ -361,10 +370,21 @@ class Server:
             loop.add_signal_handler(sig, self.stop)
         try:
             await self._serve_until_stopped()
+        except BaseException:
+            # Start-up failed: undo what the start handler set up, but the
+            # error the caller sees is the one that stopped the start, not
+            # one from tearing down a half-started app.
+            self._start_failed = True
+            try:
+                await self.shutdown()
+            except Exception:
+                log.debug("shutdown after a failed start-up failed too", exc_info=True)
+            raise
+        else:
+            await self.shutdown()
         finally:
             for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.remove_signal_handler(sig)
-            await self.shutdown()
 
     async def _serve_until_stopped(self) -> None:
         await self.listen()
@@ -384,19 +404,34 @@ class Server:
         The ``start`` handler runs (and, if it is a coroutine, finishes)
         before the first connection is accepted: what it sets up (the chat
         app opens its store there) is ready for every client.
+
+        Raises :class:`~hubbub.errors.StartupError` when the address cannot
+        be listened on; an exception of the start handler propagates. Either
+        way the port is closed again (call :meth:`shutdown` to undo the rest).
         """
         loop = asyncio.get_running_loop()
         self._loop = loop
         self._stop_event = asyncio.Event()
         self._closed_event = asyncio.Event()
-        self._server = await loop.create_server(
-            lambda: HttpConnection(self),
-            self.host,
-            self.port,
-            reuse_address=True,
-            backlog=4096,
-            start_serving=False,
-        )
+        try:
+            self._server = await loop.create_server(
+                lambda: HttpConnection(self),
+                self.host,
+                self.port,
+                reuse_address=True,
+                backlog=4096,
+                start_serving=False,
+            )
+        except (OSError, OverflowError) as exc:
+            raise StartupError(bind_error(self.host, self.port, exc)) from exc
+        try:
+            return await self._start_serving()
+        except BaseException:
+            self._server.close()
+            raise
+
+    async def _start_serving(self) -> int:
+        assert self._server is not None and self._stop_event is not None
         sock = self._server.sockets[0]
         self.port = sock.getsockname()[1]
         self.started_at = time.time()
@@ -415,7 +450,7 @@ class Server:
             # by the shutdown handler), but the port is never opened.
             return self.port
         await self._server.start_serving()
-        log.info("hubbub listening on %s:%d", self.host, self.port)
+        log.info("%s", listening_line(self.host, self.port))
         return self.port
 
     def stop(self) -> None:
@@ -458,7 +493,8 @@ class Server:
         if self._pool is not None:
             self._pool.shutdown(wait=False, cancel_futures=True)
             self._pool = None
-        log.info("hubbub stopped")
+        if not self._start_failed:
+            log.info("hubbub stopped")
 
     # ------------------------------------------------------------------
     # Heartbeat (RFC 6455 5.5.2 ping, 5.5.3 pong)

@@ -16,9 +16,11 @@ plain-text body and ``Connection: close``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import email.utils
 import inspect
 import logging
+import re
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
@@ -38,8 +40,13 @@ if TYPE_CHECKING:
     from ..config import Settings
 
 log = logging.getLogger("hubbub.http")
+#: One INFO line per answered request (Settings.access_log).
+access_log = logging.getLogger("hubbub.access")
 
 MAX_HEADERS = 100
+#: Longest path written to the access log (the request head may be 16 KiB).
+ACCESS_PATH_MAX = 200
+_UNSAFE = re.compile(r'[\x00-\x1f\x7f-\x9f"\\]')
 
 
 class Request:
@@ -174,6 +181,24 @@ def _date() -> str:
     return _date_cache[1]
 
 
+def log_safe(text: str, limit: int = ACCESS_PATH_MAX) -> str:
+    """``text`` for a log line: at most ``limit`` characters (then "..."), and
+    control characters, quotes and backslashes escaped as ``\\xNN``, so that
+    what a client sends can neither start a forged log line nor end a field."""
+    if len(text) > limit:
+        text = text[:limit] + "..."
+    if text.isprintable() and '"' not in text and "\\" not in text:
+        return text
+    return _UNSAFE.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
+
+
+def _peer_text(peer: Any) -> str:
+    if not peer:
+        return "-"
+    host, port = peer[0], peer[1]
+    return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
+
+
 def _is_websocket(headers: dict[str, str]) -> bool:
     return "websocket" in headers.get("upgrade", "").lower()
 
@@ -187,7 +212,11 @@ class HttpConnection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.parser = httptools.HttpRequestParser(self)
         self.loop = asyncio.get_running_loop()
-        self.queue: deque[tuple[Request, bool]] = deque()
+        # Parsed requests waiting for their turn: (request, keep-alive, began).
+        self.queue: deque[tuple[Request, bool, float]] = deque()
+        # The request being answered and when its head began (the access log).
+        self.answering: tuple[Request, float] | None = None
+        self.began = 0.0
         self.busy = False
         self.closing = False
         self.upgraded = False
@@ -246,6 +275,7 @@ class HttpConnection(asyncio.Protocol):
     # -- httptools callbacks -------------------------------------------------
 
     def on_message_begin(self) -> None:
+        self.began = self.loop.time()
         self.in_head = True
         self.head_size = 0
         self.pending_head = 0
@@ -310,14 +340,15 @@ class HttpConnection(asyncio.Protocol):
             b"".join(self.body_parts),
             self.peer,
         )
-        self.queue.append((request, self.parser.should_keep_alive()))
+        self.queue.append((request, self.parser.should_keep_alive(), self.began))
         self._reset()
 
     # -- request processing ------------------------------------------------
 
     def _process(self, leftover: bytes = b"") -> None:
         while self.queue and not self.busy and not self.closing:
-            request, keep_alive = self.queue.popleft()
+            request, keep_alive, began = self.queue.popleft()
+            self.answering = (request, began)
             if _is_websocket(request.headers):
                 self.queue.clear()
                 self._handshake(request, leftover)
@@ -447,6 +478,7 @@ class HttpConnection(asyncio.Protocol):
         conn = self.endpoint.ws_opened(
             self.transport, proto, request, "".join(head).encode("latin-1")
         )
+        self._log_access(101, 0)
         self.transport.set_protocol(conn)
         # This object's job is done: the WebSocket owns the transport now.
         self.endpoint.http_connection_lost(self)
@@ -498,10 +530,37 @@ class HttpConnection(asyncio.Protocol):
         lines.append("Connection: keep-alive" if keep_alive else "Connection: close")
         head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
         self.transport.write(head if method == "HEAD" else head + body)
+        self._log_access(status, 0 if method == "HEAD" else len(body))
         if keep_alive:
             self._arm_timer()
         else:
             self._linger()
+
+    def _log_access(self, status: int, nbytes: int) -> None:
+        """One access-log line for the response just written (then forget the request)."""
+        answering, self.answering = self.answering, None
+        if not self.settings.access_log or not access_log.isEnabledFor(logging.INFO):
+            return
+        if answering is not None:
+            request, began = answering
+            method, path = request.method, request.path
+        else:
+            # Refused before the request was complete (400, 408, 413, 431).
+            began = self.began
+            method, path = "-", "-"
+            if self.url:  # the method came before it: the parser knows it
+                with contextlib.suppress(Exception):
+                    method = self.parser.get_method().decode("latin-1")
+                path = self.url.partition(b"?")[0].decode("latin-1")
+        access_log.info(
+            '%s "%s %s" %d %d %.1fms',
+            _peer_text(self.peer),
+            log_safe(method, 20),
+            log_safe(path),
+            status,
+            nbytes,
+            (self.loop.time() - began) * 1000 if began else 0.0,
+        )
 
     def _linger(self) -> None:
         """Close after a response with ``Connection: close``.

@@ -1,0 +1,40 @@
+"""Settings: every value hubbub cannot run with is refused with its name."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from hubbub.config import SettingError, Settings
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"sqlite_synchronous": "bogus"}, "sqlite_synchronous must be one of OFF, NORMAL, FULL, "),
+        ({"max_message_size": 0}, "max_message_size must be positive"),
+        ({"ping_interval": -1.0}, "ping_interval must not be negative"),
+        ({"ping_timeout": math.nan}, "ping_timeout must be a finite number"),
+        ({"shutdown_timeout": math.inf}, "shutdown_timeout must be a finite number"),
+        ({"max_connections": 1.5}, "max_connections must be a whole number"),
+        ({"compression": "yes"}, "compression must be true or false"),
+        ({"db": ""}, "db must name a file"),
+    ],
+)
+def test_bad_values_are_refused_naming_the_setting(changes, message):
+    with pytest.raises(SettingError) as info:
+        Settings(**changes)
+    assert str(info.value).startswith(message)
+    assert info.value.field == next(iter(changes))
+    assert isinstance(info.value, ValueError)
+
+
+def test_sqlite_synchronous_is_case_insensitive_and_normalised():
+    assert Settings(sqlite_synchronous="full").sqlite_synchronous == "FULL"
+    assert Settings().sqlite_synchronous == "NORMAL"
+
+
+def test_access_log_is_on_by_default():
+    assert Settings().access_log is True
+    assert Settings(access_log=False).access_log is False
