@@ -80,6 +80,8 @@ def pg_schema() -> Iterator[str]:
 
 
 def postgres_store(schema: str, **kwargs: Any) -> PostgresStore:
+    """A store in ``schema``; its connections are named ``hubbub-<schema>``."""
+    kwargs.setdefault("application_name", f"hubbub-{schema}")
     return PostgresStore(PG_DSN, schema=schema, **kwargs)
 
 

@@ -387,17 +387,20 @@ async def test_closed_store_refuses_work(backend: Backend) -> None:
     await s.open()
     await s.close()
     await s.close()  # idempotent
-    for call in (
-        s.since("a", 0, 1),
-        s.page("a", None, 1),
-        s.room("a"),
-        s.create_room("a"),
-        s.rooms(),
-        s.append([pm("a")]),
-        s.append([]),
-    ):
+    calls = [
+        lambda: s.since("a", 0, 1),
+        lambda: s.page("a", None, 1),
+        lambda: s.room("a"),
+        lambda: s.create_room("a"),
+        lambda: s.delete_room("a"),
+        lambda: s.reset("a"),
+        lambda: s.rooms(),
+        lambda: s.enforce_retention(1, 0, 0.0),
+        lambda: s.append([pm("a")]),
+    ]
+    for call in calls:
         with pytest.raises(StoreError, match="not open"):
-            await call
+            await call()
 
 
 # ---------------------------------------------------------------------------

@@ -117,12 +117,14 @@ def _message(row: Any) -> Message:
 
 
 class PostgresStore:
-    """``PostgresStore(dsn, schema=None, min_size=1, max_size=4, timeout=10.0)``.
+    """``PostgresStore(dsn, *, schema=None, min_size=1, max_size=4, timeout=10.0,
+    application_name="hubbub")``.
 
     ``dsn`` is a libpq URL (``postgresql://user@host:5432/db``); ``schema`` the
     PostgreSQL schema for hubbub's tables (letters, digits, ``_``; default: the
     server's ``search_path``); ``min_size``/``max_size`` bound the pool;
-    ``timeout`` bounds connecting and every statement, in seconds.
+    ``timeout`` bounds connecting and every statement, in seconds;
+    ``application_name`` names the connections in ``pg_stat_activity``.
     """
 
     def __init__(
@@ -133,6 +135,7 @@ class PostgresStore:
         min_size: int = 1,
         max_size: int = 4,
         timeout: float = 10.0,
+        application_name: str = "hubbub",
     ) -> None:
         if schema is not None and not _SCHEMA_NAME.fullmatch(schema):
             raise ValueError(f"schema must be letters, digits and _ (at most 63), not {schema!r}")
@@ -145,6 +148,7 @@ class PostgresStore:
         self.min_size = min_size
         self.max_size = max_size
         self.timeout = timeout
+        self.application_name = application_name
         self._pool: asyncpg.Pool | None = None
 
     def _where(self) -> str:
@@ -158,7 +162,7 @@ class PostgresStore:
         reached or holds a schema newer than this code."""
         if self._pool is not None:
             return
-        settings = {"application_name": "hubbub"}
+        settings = {"application_name": self.application_name}
         if self.schema is not None:
             settings["search_path"] = self.schema
         try:
