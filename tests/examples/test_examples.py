@@ -347,3 +347,97 @@ async def test_http_bot_needs_a_key(monkeypatch):
     monkeypatch.delenv("HUBBUB_API_KEY", raising=False)
     code, _, err = await run_bot("--url", "http://127.0.0.1:1", "hi")
     assert code == 2 and "an API key is needed" in err
+
+
+# -- ws_bot.py ----------------------------------------------------------------
+
+
+class Relay:
+    """A TCP relay between the bot and hubbub that the test can cut and restore."""
+
+    def __init__(self, upstream_port: int) -> None:
+        self.upstream_port = upstream_port
+        self.port = 0
+        self.server: asyncio.Server | None = None
+        self.writers: set[asyncio.StreamWriter] = set()
+
+    async def open(self) -> None:
+        self.server = await asyncio.start_server(
+            self.handle, "127.0.0.1", self.port, reuse_address=True
+        )
+        self.port = int(self.server.sockets[0].getsockname()[1])
+
+    async def cut(self) -> None:
+        """Stop listening and drop every relayed connection."""
+        assert self.server is not None
+        self.server.close()
+        for writer in list(self.writers):
+            writer.transport.abort()
+        await self.server.wait_closed()
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.upstream_port)
+        self.writers |= {writer, up_writer}
+
+        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+            try:
+                while data := await src.read(65536):
+                    dst.write(data)
+                    await dst.drain()
+            except OSError:
+                pass
+            finally:
+                dst.transport.abort()
+                self.writers.discard(dst)
+
+        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+
+
+async def v1_send(ws: ClientConnection, text: str, msg_id: str) -> None:
+    await ws.send(json.dumps({"type": "send", "room": "bots", "id": msg_id, "text": text}))
+
+
+def frame_is(kind: str, **fields: Any) -> Callable[[str], bool]:
+    """A read_until condition: a hubbub.v1 frame of this type with these fields."""
+
+    def done(raw: str) -> bool:
+        frame = json.loads(raw)
+        return frame["type"] == kind and all(frame.get(k) == v for k, v in fields.items())
+
+    return done
+
+
+async def test_ws_bot_answers_and_resumes_after_a_lost_connection(spawn, tmp_path):
+    port = free_port()
+    spawn(*serve_args(port, "--db", str(tmp_path / "h.db"), "--api-key", API_KEY), port=port)
+    relay = Relay(port)
+    await relay.open()
+    async with connect(f"ws://127.0.0.1:{port}/", subprotocols=["hubbub.v1"]) as ann:
+        await ann.send(json.dumps({"type": "join", "room": "bots", "nick": "ann"}))
+        await read_until(ann, frame_is("room"))
+        bot = spawn(
+            str(EXAMPLES / "ws_bot.py"), "--url", f"ws://127.0.0.1:{relay.port}/",
+            "--room", "bots", "--max-delay", "0.2",
+        )  # fmt: skip
+        await read_until(ann, frame_is("joined", nick="bot"))
+        await v1_send(ann, "!roll 3d6", "c-1")
+        text = json.loads((await read_until(ann, frame_is("message", nick="bot")))[-1])["text"]
+        roll = re.fullmatch(r"ann rolled 3d6: (\d) \+ (\d) \+ (\d) = (\d+)", text)
+        assert roll, text
+        dice = [int(d) for d in roll.groups()]
+        assert all(1 <= d <= 6 for d in dice[:3]) and sum(dice[:3]) == dice[3]
+        await v1_send(ann, "!echo one", "c-2")
+        await read_until(ann, frame_is("message", nick="bot", text="one"))
+
+        # The bot loses its connection; a command arrives while it is away.
+        await relay.cut()
+        await read_until(ann, frame_is("left", nick="bot"))
+        await v1_send(ann, "!echo while you were away", "c-3")
+        await relay.open()
+        # It reconnects, resumes after the last seq it saw and answers.
+        away = frame_is("message", nick="bot", text="while you were away")
+        await read_until(ann, away, within=8)
+    messages = await history(f"http://127.0.0.1:{port}", "bots")
+    replies = [m["text"] for m in messages if m["nick"] == "bot"]
+    assert replies[1:] == ["one", "while you were away"]  # each answered once
+    assert bot.poll() is None
