@@ -22,7 +22,7 @@ from hubbub.bench.checker import (
 from hubbub.bench.scenarios import Options, connect, fanout, latency, percentile
 
 from ..conftest import ws_url
-from . import room_options
+from .helpers import room_options
 
 pytest.importorskip("picows", reason="the bench extra is not installed")
 

@@ -14,7 +14,7 @@ from hubbub.bench.nodegen import NPM_HINT, WORKER_ENV, WORKER_JS, NodeGenerator,
 from hubbub.bench.scenarios import BenchError, Options
 
 from ..conftest import free_port
-from . import SOCKETIO_PEER, check_socketio_runs
+from .helpers import SOCKETIO_PEER, check_socketio_runs
 
 pytest.importorskip("socketio", reason="the bench extra is not installed")
 

@@ -20,7 +20,7 @@ from hubbub.bench.scenarios import Generator, Options, fanout, make_generator
 from hubbub.bench.worker import socketio_url
 
 from ..conftest import free_port, ws_url
-from . import SOCKETIO_PEER, check_socketio_runs, socketio_room
+from .helpers import SOCKETIO_PEER, check_socketio_runs, socketio_room
 
 pytest.importorskip("picows", reason="the bench extra is not installed")
 
