@@ -24,7 +24,7 @@ from hubbub import Server
 
 MAX_N = 10**15  # trial division up to sqrt(MAX_N): a few seconds of one worker at most
 MAX_HASHES = 4  # hash tasks one connection may have running at once
-ROUNDS = 1_000_000
+ROUNDS = 500_000
 SALT = b"hubbub-example"
 
 
