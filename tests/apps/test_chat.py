@@ -769,3 +769,42 @@ async def test_a_second_server_on_the_same_database_refuses_to_start(spawn, tmp_
     await asyncio.to_thread(first.communicate, timeout=30)
     # Once it is gone, the database is free.
     spawn(*serve_args(port2, "--db", str(db)), port=port2)
+
+
+class SlowCreate:
+    """A store whose ``create_room`` (a join's first read) takes a while."""
+
+    def __init__(self, inner: SQLiteStore) -> None:
+        self.inner = inner
+        self.creating = asyncio.Event()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    async def create_room(self, room: str) -> Any:
+        self.creating.set()
+        await asyncio.sleep(0.3)
+        return await self.inner.create_room(room)
+
+
+async def test_a_join_in_progress_when_a_delete_begins_does_not_bring_the_room_back(tmp_path):
+    # Without waiting for the join's catch-up, the delete runs first and the
+    # join's create_room then creates the room again behind the operator's back.
+    store = SlowCreate(SQLiteStore(tmp_path / "j.db"))
+    server = create_app(
+        "127.0.0.1", 0, Settings(db=str(tmp_path / "j.db"), api_key="k"), store=store
+    )
+    await server.listen()
+    try:
+        ann = await Client.open(server)
+        await ann.send(type="join", room="doomed", nick="ann")
+        await asyncio.wait_for(store.creating.wait(), 5)
+        status, body = await http(server, "DELETE", "/api/rooms/doomed", key="k")
+        assert status == 200 and body == {"deleted": "doomed", "members_removed": 1}
+        await ann.expect("room", room="doomed")
+        await ann.expect("left_room", room="doomed", reason="deleted")
+        assert await store.inner.room("doomed") is None
+        assert (await http(server, "GET", "/api/rooms"))[1] == {"rooms": []}
+        await ann.close()
+    finally:
+        await server.shutdown()
