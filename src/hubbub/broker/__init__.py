@@ -1,10 +1,10 @@
 """Brokers: how a room's frames reach every node that has members in it.
 
-The default is in-process (one node); the interface is what a Redis broker
-implements for scale-out.
+The default is in-process (one node); :class:`hubbub.broker.redis.RedisBroker`
+carries frames between nodes over Redis pub/sub.
 """
 
-from .base import Broker, Deliver
+from .base import Broker, BrokerError, Deliver
 from .local import LocalBroker
 
-__all__ = ["Broker", "Deliver", "LocalBroker"]
+__all__ = ["Broker", "BrokerError", "Deliver", "LocalBroker"]

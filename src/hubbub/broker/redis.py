@@ -1,0 +1,480 @@
+"""Fan-out between nodes over Redis pub/sub.
+
+Each room is one channel, ``<prefix>{<room>}``: the braces are a Redis Cluster
+hash tag, so a room's channel always hashes to one slot (ready for sharded
+pub/sub). A node subscribes only to the rooms it has members in.
+
+Every frame on the wire is a fixed binary header, then the encoded frame::
+
+    byte 0      0xB1 (magic and version)
+    byte 1      flags: bit 0 set when a seq follows
+    bytes 2-9   seq, unsigned 64-bit big-endian (0 when there is none)
+    byte 10     n, the length of the origin node id (1-64)
+    11 .. 11+n  origin node id (ASCII)
+
+Frames a node publishes are delivered to its own members inside ``publish``
+(they do not wait for Redis, and keep flowing while Redis is down); the copy
+that comes back from Redis is recognised by its origin and dropped.
+
+Connections are redis-py asyncio connections driven by hubbub's own loops, not
+by redis-py's pub/sub object (whose reconnects have lost subscriptions: redis-py
+#2089, #2417, #3203):
+
+* the **subscriber** owns one connection: one task reads it, one writes the
+  SUBSCRIBE/UNSUBSCRIBE commands that bring Redis in line with the wanted set. It
+  PINGs when the connection has been silent for ``health_interval`` seconds and
+  gives it up if the PONG does not come within as long again. After a loss it
+  reconnects with exponential back-off (with jitter, up to ``backoff_max``),
+  resubscribes every wanted room and, once Redis has confirmed them all, calls
+  ``on_reconnect()``: frames published meanwhile were lost, so the app re-reads
+  positions from the store.
+* the **publisher** owns another: one task sends the outgoing queue in order,
+  pipelined (``PUBLISH`` x up to 256 per round trip), so one node's frames of one
+  room reach Redis, and so every subscriber, in publication order. ``publish``
+  never blocks: it appends to a queue bounded in frames (``max_queue``) and bytes
+  (``max_queue_bytes``). **When the queue is full the oldest frames are dropped**
+  (counted in ``dropped``, logged once per outage): other nodes miss them and see
+  a gap in ``seq``, which the app fills from the store. A round trip that fails is
+  sent again after the reconnect, so another node may receive a frame twice
+  (at-least-once; ``seq`` tells).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import struct
+import uuid
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+from redis.asyncio.connection import AbstractConnection, ConnectionPool
+from redis.exceptions import RedisError
+
+from .base import BrokerError, Deliver
+
+log = logging.getLogger("hubbub.broker.redis")
+
+MAGIC = 0xB1
+_HEAD = struct.Struct(">BBQB")
+_HAS_SEQ = 0x01
+#: How many channels one SUBSCRIBE/UNSUBSCRIBE names, and frames one round trip sends.
+_CHUNK = 256
+
+#: What a lost or broken connection raises.
+_IO_ERRORS: tuple[type[BaseException], ...] = (RedisError, OSError, TimeoutError, EOFError)
+
+
+def encode_frame(node: bytes, payload: bytes, seq: int | None) -> bytes:
+    """The wire form of one frame: header, origin node id, payload."""
+    flags = _HAS_SEQ if seq is not None else 0
+    return _HEAD.pack(MAGIC, flags, seq or 0, len(node)) + node + payload
+
+
+def decode_frame(data: bytes) -> tuple[bytes, bytes, int | None]:
+    """``(origin, payload, seq)``; ValueError for anything that is not a frame."""
+    if len(data) < _HEAD.size:
+        raise ValueError("frame shorter than its header")
+    magic, flags, seq, n = _HEAD.unpack_from(data)
+    if magic != MAGIC:
+        raise ValueError(f"unknown frame version 0x{magic:02x}")
+    if flags & ~_HAS_SEQ or not 1 <= n <= 64 or len(data) < _HEAD.size + n:
+        raise ValueError("malformed frame header")
+    start = _HEAD.size + n
+    return data[_HEAD.size : start], data[start:], seq if flags & _HAS_SEQ else None
+
+
+class RedisBroker:
+    """``RedisBroker(url, *, prefix="hubbub:", node_id=None, on_reconnect=None, ...)``.
+
+    ``url``: ``redis://[user:password@]host:port/db`` (``rediss://`` for TLS,
+    ``unix://`` for a socket). ``prefix`` starts every channel name (no braces).
+    ``node_id`` names this node in frame headers (1-64 ASCII characters; random by
+    default; must differ between nodes). ``on_reconnect()`` is called after the
+    subscriptions were restored following a connection loss.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        prefix: str = "hubbub:",
+        node_id: str | None = None,
+        on_reconnect: Callable[[], None] | None = None,
+        max_queue: int = 10_000,
+        max_queue_bytes: int = 16 * 1024 * 1024,
+        max_payload: int = 1024 * 1024,
+        subscribe_timeout: float = 5.0,
+        health_interval: float = 5.0,
+        io_timeout: float = 5.0,
+        backoff_min: float = 0.05,
+        backoff_max: float = 5.0,
+    ) -> None:
+        if "{" in prefix or "}" in prefix:
+            raise ValueError("prefix must not contain braces (the room is the hash tag)")
+        node = node_id if node_id is not None else uuid.uuid4().hex[:16]
+        if not 1 <= len(node) <= 64 or not node.isascii() or not node.isprintable():
+            raise ValueError("node_id must be 1-64 printable ASCII characters")
+        if min(max_queue, max_queue_bytes, max_payload) < 1:
+            raise ValueError("queue and payload limits must be positive")
+        if min(subscribe_timeout, health_interval, io_timeout, backoff_min) <= 0:
+            raise ValueError("timeouts and back-off must be positive")
+        self.url = url
+        self.prefix = prefix
+        self.node_id = node
+        self.on_reconnect = on_reconnect
+        self.max_queue = max_queue
+        self.max_queue_bytes = max_queue_bytes
+        self.max_payload = max_payload
+        self.subscribe_timeout = subscribe_timeout
+        self.health_interval = health_interval
+        self.io_timeout = io_timeout
+        self.backoff_min = backoff_min
+        self.backoff_max = max(backoff_max, backoff_min)
+        self._node = node.encode()
+        self._deliver: Deliver | None = None
+        self._pool: ConnectionPool | None = None
+        self._closing = False
+        self._tasks: list[asyncio.Task[None]] = []
+        # Subscriptions: counts per room, the wanted channels, confirmations.
+        self._counts: dict[str, int] = {}
+        self._channels: dict[bytes, str] = {}
+        self._confirmed: dict[bytes, asyncio.Event] = {}
+        self._pending: dict[bytes, int] = {}  # SUBSCRIBEs sent, not yet confirmed
+        self._sent: set[bytes] = set()  # what this connection was told to subscribe
+        self._dirty = asyncio.Event()
+        self._notify_after_resubscribe = False
+        # Outgoing frames.
+        self._queue: deque[tuple[bytes, bytes]] = deque()
+        self._queue_bytes = 0
+        self._wake = asyncio.Event()
+        self._overflowing = False
+        #: Counters, for metrics and tests.
+        self.published = 0
+        self.delivered = 0
+        self.dropped = 0
+        self.bad_frames = 0
+        self.reconnects = 0
+
+    # -- lifecycle ----------------------------------------------------------------
+
+    async def start(self, deliver: Deliver) -> None:
+        if self._deliver is not None:
+            raise BrokerError("broker already started")
+        self._pool = ConnectionPool.from_url(
+            self.url,
+            protocol=2,
+            socket_connect_timeout=self.io_timeout,
+            socket_timeout=self.io_timeout,
+            socket_keepalive=True,
+        )
+        try:
+            sub = await self._connect("sub")
+            pub = await self._connect("pub")
+        except _IO_ERRORS as exc:
+            await self._pool.disconnect()
+            raise BrokerError(f"cannot reach Redis at {self._where()}: {exc}") from exc
+        self._deliver = deliver
+        self._tasks = [
+            asyncio.create_task(self._subscriber(sub), name="hubbub-redis-sub"),
+            asyncio.create_task(self._publisher(pub), name="hubbub-redis-pub"),
+        ]
+
+    async def close(self) -> None:
+        """Send what is queued (for at most ``io_timeout`` seconds), then stop."""
+        if self._deliver is None or self._closing:
+            return
+        self._closing = True
+        self._wake.set()
+        sub_task, pub_task = self._tasks
+        sub_task.cancel()
+        try:
+            await asyncio.wait_for(pub_task, self.io_timeout)
+        except TimeoutError:
+            log.warning("redis broker closed with %d frames unsent", len(self._queue))
+        with contextlib.suppress(asyncio.CancelledError):
+            await sub_task
+        if self._pool is not None:
+            await self._pool.disconnect()
+        self._deliver = None
+        self._tasks = []
+
+    def _where(self) -> str:
+        pool = self._pool
+        kw = pool.connection_kwargs if pool is not None else {}
+        if "path" in kw:
+            return f"unix:{kw['path']}"
+        return f"{kw.get('host', '?')}:{kw.get('port', '?')}"
+
+    async def _connect(self, role: str) -> AbstractConnection:
+        assert self._pool is not None
+        conn = self._pool.make_connection()
+        conn.client_name = f"hubbub-{self.node_id}-{role}"
+        try:
+            await conn.connect()
+        except BaseException:
+            await conn.disconnect(nowait=True)
+            raise
+        return conn
+
+    async def _reconnect(self, role: str) -> AbstractConnection | None:
+        """Connect with back-off until it works; None once the broker closes."""
+        delay = self.backoff_min
+        while not self._closing:
+            await asyncio.sleep(delay * random.uniform(0.5, 1.0))
+            try:
+                return await self._connect(role)
+            except _IO_ERRORS as exc:
+                log.debug("redis %s: reconnect failed: %s", role, exc)
+            delay = min(delay * 2, self.backoff_max)
+        return None
+
+    # -- subscriptions --------------------------------------------------------------
+
+    def channel(self, room: str) -> bytes:
+        return f"{self.prefix}{{{room}}}".encode()
+
+    @property
+    def subscribed(self) -> frozenset[str]:
+        return frozenset(self._counts)
+
+    async def subscribe(self, room: str) -> None:
+        if self._deliver is None or self._closing:
+            raise BrokerError("broker is not started")
+        ch = self.channel(room)
+        count = self._counts.get(room, 0)
+        self._counts[room] = count + 1
+        if count == 0:
+            self._channels[ch] = room
+            self._confirmed[ch] = asyncio.Event()
+            self._dirty.set()
+        confirmed = self._confirmed[ch]
+        try:
+            await asyncio.wait_for(confirmed.wait(), self.subscribe_timeout)
+        except TimeoutError:
+            self.unsubscribe(room)
+            raise BrokerError(
+                f"Redis at {self._where()} did not confirm the subscription to {room!r} "
+                f"within {self.subscribe_timeout}s"
+            ) from None
+
+    def unsubscribe(self, room: str) -> None:
+        count = self._counts.get(room, 0)
+        if count > 1:
+            self._counts[room] = count - 1
+            return
+        if count == 0:
+            return
+        del self._counts[room]
+        ch = self.channel(room)
+        self._channels.pop(ch, None)
+        self._confirmed.pop(ch, None)
+        self._dirty.set()
+
+    async def _subscriber(self, conn: AbstractConnection | None) -> None:
+        while not self._closing:
+            if conn is None:
+                conn = await self._reconnect("sub")
+                if conn is None:
+                    return
+                self.reconnects += 1
+                self._notify_after_resubscribe = True
+                log.info("redis subscriber reconnected to %s", self._where())
+            commander = asyncio.create_task(self._commander(conn), name="hubbub-redis-subcmd")
+            try:
+                await self._read(conn, commander)
+            except _IO_ERRORS as exc:
+                if not self._closing:
+                    log.warning("redis subscriber lost its connection: %s", exc)
+            finally:
+                commander.cancel()
+                with contextlib.suppress(asyncio.CancelledError, *_IO_ERRORS):
+                    await commander
+                await conn.disconnect(nowait=True)
+                conn = None
+                self._sent = set()
+                self._pending.clear()
+                for event in self._confirmed.values():
+                    event.clear()
+
+    async def _commander(self, conn: AbstractConnection) -> None:
+        """Bring this connection's subscriptions in line with the wanted set."""
+        self._dirty.set()
+        while True:
+            await self._dirty.wait()
+            self._dirty.clear()
+            want = set(self._channels)
+            add = sorted(want - self._sent)
+            drop = sorted(self._sent - want)
+            for i in range(0, len(add), _CHUNK):
+                chunk = add[i : i + _CHUNK]
+                for ch in chunk:
+                    self._pending[ch] = self._pending.get(ch, 0) + 1
+                self._sent.update(chunk)
+                await conn.send_command("SUBSCRIBE", *chunk)
+            for i in range(0, len(drop), _CHUNK):
+                chunk = drop[i : i + _CHUNK]
+                self._sent.difference_update(chunk)
+                await conn.send_command("UNSUBSCRIBE", *chunk)
+            self._check_resubscribed()
+
+    async def _read(self, conn: AbstractConnection, commander: asyncio.Task[None]) -> None:
+        pinged = False
+        while not self._closing:
+            reply = await conn.read_response(timeout=self.health_interval)
+            if commander.done():
+                commander.result()  # a failed write: raise its error here
+            if reply is None:  # silent for health_interval
+                if pinged:
+                    raise TimeoutError(f"no answer to PING within {self.health_interval}s")
+                await conn.send_command("PING")
+                pinged = True
+                continue
+            pinged = False
+            if not isinstance(reply, list) or not reply:
+                continue  # PONG outside subscribed mode
+            kind = reply[0]
+            if kind == b"message" and len(reply) == 3:
+                self._on_message(reply[1], reply[2])
+            elif kind == b"subscribe":
+                self._on_subscribed(reply[1])
+
+    def _on_subscribed(self, ch: bytes) -> None:
+        left = self._pending.get(ch, 0) - 1
+        if left > 0:
+            self._pending[ch] = left
+            return
+        self._pending.pop(ch, None)
+        event = self._confirmed.get(ch)
+        if event is not None and ch in self._sent:
+            event.set()
+        self._check_resubscribed()
+
+    def _check_resubscribed(self) -> None:
+        if not self._notify_after_resubscribe or self._pending:
+            return
+        if not all(ch in self._sent for ch in self._channels):
+            return
+        self._notify_after_resubscribe = False
+        if self.on_reconnect is not None:
+            try:
+                self.on_reconnect()
+            except Exception:
+                log.exception("on_reconnect callback failed")
+
+    def _on_message(self, ch: bytes, data: bytes) -> None:
+        room = self._channels.get(ch)
+        if room is None:
+            return  # in flight when we unsubscribed
+        try:
+            origin, payload, seq = decode_frame(data)
+        except ValueError as exc:
+            self.bad_frames += 1
+            if self.bad_frames == 1 or self.bad_frames % 1000 == 0:
+                log.warning("dropped %d malformed frame(s) on %r: %s", self.bad_frames, ch, exc)
+            return
+        if origin == self._node:
+            return  # delivered locally when it was published
+        if len(payload) > self.max_payload:
+            self.bad_frames += 1
+            return
+        self._deliver_safely(room, payload, seq)
+
+    def _deliver_safely(self, room: str, payload: bytes, seq: int | None) -> None:
+        if self._deliver is None:
+            return
+        self.delivered += 1
+        try:
+            self._deliver(room, payload, seq)
+        except Exception:
+            log.exception("deliver failed for a frame of room %r", room)
+
+    # -- publishing -----------------------------------------------------------------
+
+    def publish(self, room: str, payload: bytes, seq: int | None = None) -> None:
+        if self._deliver is None or self._closing:
+            return
+        self._deliver_safely(room, payload, seq)
+        if len(payload) > self.max_payload:
+            self.dropped += 1
+            log.error("frame of %d bytes for %r not sent to other nodes", len(payload), room)
+            return
+        if seq is not None and not 0 <= seq < 2**64:
+            raise ValueError(f"seq out of range: {seq}")
+        frame = encode_frame(self._node, payload, seq)
+        self._queue.append((self.channel(room), frame))
+        self._queue_bytes += len(frame)
+        self.published += 1
+        self._trim()
+        self._wake.set()
+
+    def _trim(self) -> None:
+        while len(self._queue) > self.max_queue or self._queue_bytes > self.max_queue_bytes:
+            _, frame = self._queue.popleft()
+            self._queue_bytes -= len(frame)
+            self.dropped += 1
+            if not self._overflowing:
+                self._overflowing = True
+                log.warning(
+                    "redis outgoing queue full (%d frames, %d bytes): dropping the oldest",
+                    self.max_queue,
+                    self.max_queue_bytes,
+                )
+
+    @property
+    def backlog(self) -> int:
+        """Frames waiting to be sent to Redis."""
+        return len(self._queue)
+
+    async def _publisher(self, conn: AbstractConnection | None) -> None:
+        while True:
+            if not self._queue:
+                if self._closing:
+                    break
+                self._overflowing = False
+                await self._wake.wait()
+                self._wake.clear()
+                continue
+            if conn is None:
+                conn = await self._reconnect("pub")
+                if conn is None:
+                    break
+                log.info("redis publisher reconnected to %s", self._where())
+            batch = [self._queue.popleft() for _ in range(min(_CHUNK, len(self._queue)))]
+            self._queue_bytes -= sum(len(f) for _, f in batch)
+            try:
+                await conn.send_packed_command(
+                    conn.pack_commands([("PUBLISH", ch, f) for ch, f in batch]),
+                    check_health=False,
+                )
+                for _ in batch:
+                    if await conn.read_response(timeout=self.io_timeout) is None:
+                        raise TimeoutError(f"no answer to PUBLISH within {self.io_timeout}s")
+            except _IO_ERRORS as exc:
+                log.warning("redis publisher lost its connection: %s", exc)
+                await conn.disconnect(nowait=True)
+                conn = None
+                # Unknown how much of the batch went out: send it all again (at-least-once).
+                self._queue.extendleft(reversed(batch))
+                self._queue_bytes += sum(len(f) for _, f in batch)
+                self._trim()
+                if self._closing:
+                    break
+        if conn is not None:
+            await conn.disconnect(nowait=True)
+
+    # -- introspection for tests ------------------------------------------------------
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "published": self.published,
+            "delivered": self.delivered,
+            "dropped": self.dropped,
+            "bad_frames": self.bad_frames,
+            "reconnects": self.reconnects,
+            "backlog": len(self._queue),
+            "subscribed": len(self._counts),
+        }
