@@ -366,7 +366,8 @@ def server_order(servers: list[str], round_index: int) -> list[str]:
 def run_one(
     spec: ServerSpec, scenario: str, plan: Plan, tmp: Path, round_index: int
 ) -> dict[str, Any]:
-    from hubbub.bench.scenarios import RUNNERS, BenchError, Options
+    from hubbub.bench.options import BenchError, Options
+    from hubbub.bench.scenarios import RUNNERS
 
     server = ServerProcess(spec, tmp)
     label = f"{spec.name} r{round_index + 1}"
@@ -425,7 +426,7 @@ def machine_busy_pct(seconds: float) -> float:
 
 def wait_quiet(log: Callable[[str], None], limit: float = 30.0) -> None:
     """Wait (up to ``limit`` s) until other processes leave the CPUs alone."""
-    from hubbub.bench.scenarios import NOISY_PCT
+    from hubbub.bench.options import NOISY_PCT
 
     deadline = time.monotonic() + limit
     warned = False
@@ -1174,7 +1175,7 @@ def render(
 
 
 def noisy_pct() -> float:
-    from hubbub.bench.scenarios import NOISY_PCT
+    from hubbub.bench.options import NOISY_PCT
 
     return NOISY_PCT
 

@@ -7,7 +7,8 @@ import sys
 from pathlib import Path
 from types import ModuleType
 
-from hubbub.bench.scenarios import Options, fanout, latency
+from hubbub.bench.options import Options
+from hubbub.bench.scenarios import fanout, latency
 
 ROOT = Path(__file__).resolve().parents[2]
 #: ``make bench``'s script; it imports the modules next to it, as when run as a script.

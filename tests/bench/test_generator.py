@@ -19,7 +19,9 @@ from hubbub.bench.checker import (
     make_body,
     parse_tail,
 )
-from hubbub.bench.scenarios import Options, connect, fanout, latency, percentile
+from hubbub.bench.measure import percentile
+from hubbub.bench.options import Options
+from hubbub.bench.scenarios import connect, fanout, latency
 
 from ..conftest import ws_url
 from .helpers import room_options
@@ -226,7 +228,8 @@ async def test_chat_mode_reports_the_servers_refusals(make_chat) -> None:
 
 
 async def test_protocols_run_only_their_scenarios(seed_server: Server) -> None:
-    from hubbub.bench.scenarios import BenchError, run_scenarios
+    from hubbub.bench.options import BenchError
+    from hubbub.bench.scenarios import run_scenarios
 
     opts = small_room(seed_server, protocol="hubbub.v1")
     with pytest.raises(BenchError, match=r"not available with --protocol hubbub\.v1"):

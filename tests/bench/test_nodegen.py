@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from hubbub.bench.nodegen import NPM_HINT, WORKER_ENV, WORKER_JS, NodeGenerator, check_node
-from hubbub.bench.scenarios import BenchError, Options
+from hubbub.bench.options import BenchError, Options
 
 from ..conftest import free_port
 from .helpers import SOCKETIO_PEER, check_socketio_runs

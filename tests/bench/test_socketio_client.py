@@ -16,7 +16,9 @@ from typing import Any
 import pytest
 
 from hubbub import Server
-from hubbub.bench.scenarios import Generator, Options, fanout, make_generator
+from hubbub.bench.generator import Generator
+from hubbub.bench.options import Options
+from hubbub.bench.scenarios import fanout, make_generator
 from hubbub.bench.worker import socketio_url
 
 from ..conftest import free_port, ws_url

@@ -10,7 +10,8 @@ every receiver got every message once and in order), ``latency`` (same room
 at a fixed rate; p50/p99/p99.9), ``idle`` (server RSS per idle connection)
 and ``connect`` (handshakes per server CPU-second).
 
-Use :func:`main` (the CLI) or :func:`hubbub.bench.scenarios.run_scenarios`.
+Use :func:`main` (the CLI) or :func:`hubbub.bench.scenarios.run_scenarios`
+(with :class:`hubbub.bench.options.Options`).
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ import sys
 from typing import Any
 
 from . import proc
-from .scenarios import (
+from .options import (
     ALL_ORDER,
     PROTOCOL_SCENARIOS,
     PROTOCOLS,
@@ -17,8 +17,8 @@ from .scenarios import (
     SOCKETIO_CLIENTS,
     BenchError,
     Options,
-    run_scenarios,
 )
+from .scenarios import run_scenarios
 
 EXAMPLES = """\
 examples:

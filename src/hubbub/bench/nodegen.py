@@ -40,7 +40,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .scenarios import BenchError, Generator, Options
+from .generator import Generator
+from .options import BenchError, Options
 
 #: The repository's worker (src/hubbub/bench/nodegen.py -> repository root).
 WORKER_JS = Path(__file__).resolve().parents[3] / "bench" / "peers" / "socketio_node" / "worker.js"
@@ -128,7 +129,7 @@ class _Stderr(asyncio.Protocol):
 class NodeGenerator(Generator):
     """``opts.workers`` Node worker processes (an async context manager).
 
-    The interface of :class:`hubbub.bench.scenarios.Generator`: ``n``,
+    The interface of :class:`hubbub.bench.generator.Generator`: ``n``,
     ``pids``, ``total()``, ``snap()``, ``send()``, ``wait()``, ``call()``.
     The workers are pinned to ``opts.generator_cpus``, every thread of
     them (Node's GC and I/O threads included), and get the hard open-file
