@@ -249,7 +249,11 @@ class RedisBroker:
         self._counts[room] = count + 1
         if count == 0:
             self._channels[ch] = room
-            self._confirmed[ch] = asyncio.Event()
+            event = self._confirmed[ch] = asyncio.Event()
+            if ch in self._sent and ch not in self._pending:
+                # Unsubscribed and subscribed again before the UNSUBSCRIBE went out:
+                # Redis still has (and confirmed) the subscription.
+                event.set()
             self._dirty.set()
         confirmed = self._confirmed[ch]
         try:
