@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import signal
+import socket
 import sys
 from typing import Any
 
 import pexpect
 import pytest
 from websockets.sync.client import connect
+
+from hubbub.client.terminal import TerminalChat, describe_error
 
 from ..conftest import ROOT, free_port, serve_args
 
@@ -130,6 +134,7 @@ def test_reconnects_resumes_and_sends_what_was_typed_offline(server, spawn):
         screen = term.logfile_read.getvalue()
         assert screen.count("<ann> typed while offline") == 1
         assert screen.count("<bob> after restart") == 1
+        assert "missed message" not in screen  # your own message was not missed
         bob.send(type="history", room="lobby")
         texts = [m["text"] for m in bob.until("history")["messages"]]
         assert texts == ["typed while offline", "after restart"]
@@ -152,3 +157,107 @@ def test_plain_mode_against_a_plain_websocket_server(spawn):
         term.expect(pexpect.EOF)
     finally:
         term.close(force=True)
+
+
+def test_connection_refused_is_named_with_the_address_and_backs_off():
+    port = free_port()  # nothing listens there
+    url = f"ws://127.0.0.1:{port}"
+    term = chat(url, "--room", "lobby")
+    try:
+        pattern = re.escape(f"! cannot connect to {url} (connection refused); retrying in ")
+        delays = []
+        for _ in range(3):
+            term.expect(pattern + r"(\d+\.\d)s")
+            delays.append(float(term.match.group(1)))
+        # Doubling from 0.5 s with jitter: 0.25-0.5, 0.5-1, 1-2.
+        assert 0.2 <= delays[0] <= 0.5 and 0.5 <= delays[1] <= 1.0 and 1.0 <= delays[2] <= 2.0
+        term.sendline("/quit")
+        term.expect(pexpect.EOF, timeout=5)  # not after the back-off: at once
+        term.close()
+        assert term.exitstatus == 0
+        assert "disconnected" not in term.logfile_read.getvalue()
+    finally:
+        term.close(force=True)
+
+
+def test_backoff_is_capped():
+    t = TerminalChat("ws://127.0.0.1:9", None, None, lambda _: None, max_backoff=10.0)
+    delays = [t.backoff(n) for n in range(200)]
+    assert all(0 < d <= 10.0 for d in delays)
+    assert min(delays[10:]) >= 5.0  # at the cap: half of it, plus jitter
+
+
+@pytest.mark.parametrize(
+    ("exc", "text"),
+    [
+        (ConnectionRefusedError(111, "Connection refused"), "connection refused"),
+        (socket.gaierror(-2, "Name or service not known"), "cannot resolve the host"),
+        (TimeoutError(), "timed out"),
+        (OSError(113, "No route to host"), "no route to host"),
+    ],
+)
+def test_connection_errors_are_named(exc, text):
+    assert text in describe_error(exc)
+
+
+def test_prompt_shows_the_current_room(server):
+    term = chat(server["url"], "--room", "lobby", "--nick", "ann")
+    try:
+        term.expect_exact("joined #lobby as ann")
+        # (prompt_toolkit draws the prompt's trailing space as a cursor move)
+        term.expect_exact("#lobby>")
+        term.sendline("/join dev")
+        term.expect_exact("joined #dev as ann")
+        term.expect_exact("#dev>")
+        term.sendline("/switch lobby")
+        term.expect_exact("* now in #lobby")
+        term.expect_exact("#lobby>")
+        term.sendline("/leave")
+        term.expect_exact("* left #lobby")
+        term.expect_exact("#dev>")
+        term.sendline("/quit")
+        term.expect(pexpect.EOF)
+    finally:
+        term.close(force=True)
+
+
+async def _resume(chat_: TerminalChat, replayed: list[dict[str, Any]]) -> None:
+    """The frames of a reconnect that resumes #lobby after seq 5 (epoch e1)."""
+    await chat_._on_frame({"type": "welcome", "protocol": "hubbub.v1", "fd": 2, "nick": "ann"})
+    await chat_._on_frame(
+        {"type": "room", "room": "lobby", "nick": "ann", "epoch": "e1", "seq": 7, "members": []}
+    )
+    for frame in replayed:
+        await chat_._on_frame(frame)
+    await chat_._on_frame(
+        {"type": "resumed", "room": "lobby", "epoch": "e1", "since": 5, "seq": 7,
+         "count": len(replayed)}
+    )  # fmt: skip
+
+
+def _message(seq: int, nick: str, text: str, client_id: str) -> dict[str, Any]:
+    return {"type": "message", "room": "lobby", "seq": seq, "epoch": "e1", "id": f"m{seq}",
+            "nick": nick, "text": text, "ts": 1.0, "client_id": client_id}  # fmt: skip
+
+
+async def test_your_own_messages_are_not_counted_as_missed_after_a_reconnect():
+    shown: list[str] = []
+    term = TerminalChat("ws://127.0.0.1:9", "lobby", "ann", shown.append)
+    view = term.state.rooms["lobby"]
+    view.epoch, view.last_seq = "e1", 5  # joined before the connection dropped
+    await term.handle_line("typed while offline")  # queued: no connection
+    (cid,) = term.state.pending
+    await _resume(term, [_message(6, "ann", "typed while offline", cid)])
+    assert not any("missed" in line for line in shown), shown
+    assert sum("<ann> typed while offline" in line for line in shown) == 1
+    assert not term.state.pending
+
+    # Someone else's message in the replay was missed; yours beside it was not.
+    shown.clear()
+    await term.handle_line("mine")
+    (cid,) = term.state.pending
+    view.last_seq = 6
+    await _resume(
+        term, [_message(7, "bob", "while you were away", "b-1"), _message(8, "ann", "mine", cid)]
+    )
+    assert [line for line in shown if "missed" in line] == ["* #lobby: 1 missed message(s) above"]

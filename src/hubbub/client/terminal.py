@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import json
 import random
+import socket
 import sys
 import time
 import uuid
@@ -23,7 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
+from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
 
 SUBPROTOCOL = "hubbub.v1"
 HELP = """commands:
@@ -39,8 +40,38 @@ HELP = """commands:
 anything else is sent to the current room"""
 
 
+#: Client ids of this client's own messages remembered (to tell them from others').
+MAX_OWN_IDS = 10_000
+
+
 def _clock(ts: float) -> str:
     return time.strftime("%H:%M", time.localtime(ts))
+
+
+def describe_error(exc: BaseException) -> str:
+    """Why a connection attempt failed or a connection ended, in a few words."""
+    if isinstance(exc, ConnectionRefusedError):
+        return "connection refused"
+    if isinstance(exc, socket.gaierror):
+        return f"cannot resolve the host: {exc.strerror}"
+    if isinstance(exc, TimeoutError):
+        return "timed out"
+    if isinstance(exc, InvalidStatus):
+        return f"HTTP {exc.response.status_code}: not a WebSocket endpoint, or refused"
+    if isinstance(exc, InvalidHandshake):
+        return f"handshake failed: {exc}"
+    if isinstance(exc, ConnectionClosed):
+        rcvd = exc.rcvd
+        return _close_text(rcvd.code, rcvd.reason) if rcvd is not None else "connection lost"
+    if isinstance(exc, OSError):
+        return (exc.strerror or str(exc) or type(exc).__name__).lower()
+    return str(exc) or type(exc).__name__
+
+
+def _close_text(code: int | None, reason: str) -> str:
+    if code is None:
+        return "connection lost"
+    return f"closed by the server: {code}" + (f" {reason}" if reason else "")
 
 
 @dataclass
@@ -51,6 +82,10 @@ class RoomView:
     oldest_seen: int | None = None
     #: Sequence numbers already printed (history and live can overlap).
     shown: set[int] = field(default_factory=set)
+    #: Between a resuming join and its `resumed` frame: the replay is arriving.
+    resuming: bool = False
+    #: Messages of others in that replay (your own are not "missed").
+    replayed_others: int = 0
 
 
 @dataclass
@@ -85,41 +120,68 @@ class TerminalChat:
         self.plain = False
         self.quitting = False
         self.connected = asyncio.Event()
+        self._quit = asyncio.Event()
+        #: Client ids of messages this client sent (insertion-ordered, bounded).
+        self.own_ids: dict[str, None] = {}
+        #: Called when the prompt changes (the current room); the input line redraws.
+        self.redraw: Callable[[], None] = lambda: None
+
+    def prompt(self) -> str:
+        """The input prompt: the current room, ``#lobby> ``."""
+        current = self.state.current
+        return f"#{current}> " if current and not self.plain else "> "
+
+    def _set_current(self, room: str | None) -> None:
+        self.state.current = room
+        self.redraw()
+
+    def backoff(self, attempt: int) -> float:
+        """Seconds before reconnect ``attempt`` (0, 1, ...): doubling from 0.5 s up to
+        ``max_backoff``, with jitter so that clients of a restarted server spread out."""
+        base = min(self.max_backoff, 0.5 * 2 ** min(attempt, 16))
+        return base / 2 + random.uniform(0, base / 2)
 
     # -- connection loop -----------------------------------------------------
 
     async def run(self) -> int:
         attempt = 0
         while not self.quitting:
+            was_connected = False
             try:
                 async with connect(
                     self.url, subprotocols=[SUBPROTOCOL], open_timeout=10, max_size=2**22
                 ) as ws:
                     self.ws = ws
+                    was_connected = True
                     self.plain = ws.subprotocol != SUBPROTOCOL
                     attempt = 0
                     if self.plain:
                         self.show(f"* connected to {self.url} (plain text mode)")
+                        self.redraw()
                     self.connected.set()
                     await self._receive(ws)
+                reason = _close_text(ws.close_code, ws.close_reason or "")
             except (InvalidURI, ValueError) as exc:
                 self.show(f"! {exc}")
                 return 2
             except (OSError, InvalidHandshake, ConnectionClosed, TimeoutError) as exc:
                 if self.quitting:
                     break
-                if isinstance(exc, InvalidHandshake) and attempt == 0 and self.ws is None:
-                    self.show(f"! cannot connect: {exc}")
+                reason = describe_error(exc)
             finally:
                 self.connected.clear()
                 self.ws = None
             if self.quitting:
                 break
-            # Exponential backoff with full jitter.
-            delay = random.uniform(0, min(self.max_backoff, 0.5 * 2**attempt))
+            delay = self.backoff(attempt)
             attempt += 1
-            self.show(f"* disconnected; reconnecting in {delay:.1f}s")
-            await asyncio.sleep(delay)
+            if was_connected:
+                self.show(f"* disconnected ({reason}); reconnecting in {delay:.1f}s")
+            else:
+                self.show(f"! cannot connect to {self.url} ({reason}); retrying in {delay:.1f}s")
+            # /quit ends the wait at once.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._quit.wait(), delay)
         return 0
 
     async def _receive(self, ws: ClientConnection) -> None:
@@ -158,6 +220,7 @@ class TerminalChat:
             resuming = view.epoch == f["epoch"]
             if not resuming:
                 view.shown.clear()
+                view.resuming = False  # a new epoch: no replay comes, history does
             view.epoch = f["epoch"]
             s.nick = f["nick"]
             if not resuming:
@@ -172,6 +235,8 @@ class TerminalChat:
                 if f["seq"] <= view.last_seq and view.epoch == f["epoch"]:
                     return  # already shown
                 view.last_seq = f["seq"]
+                if view.resuming and f.get("client_id") not in self.own_ids:
+                    view.replayed_others += 1
             s.pending.pop(f.get("client_id") or "", None)
             self._message(f)
         elif kind == "history":
@@ -188,13 +253,23 @@ class TerminalChat:
         elif kind == "ack":
             s.pending.pop(f["id"], None)
         elif kind == "resumed":
-            if f["count"]:
-                self.show(f"* #{f['room']}: {f['count']} missed message(s) above")
+            view = s.rooms.get(f["room"])
+            missed = f["count"]
+            if view is not None:
+                # The server counts every message replayed; yours (sent just
+                # before the connection dropped, or resent on reconnect) were
+                # not missed.
+                missed = view.replayed_others if view.resuming else 0
+                view.resuming = False
+                view.replayed_others = 0
+            if missed:
+                self.show(f"* #{f['room']}: {missed} missed message(s) above")
         elif kind == "reset":
             view = s.rooms.get(f["room"])
             if view is not None:
                 view.epoch, view.last_seq = f["epoch"], f["seq"]
                 view.shown.clear()
+                view.resuming = False
             self.show(f"* #{f['room']}: history cannot be resumed ({f['reason']}); reloading")
             await self.send(type="history", room=f["room"], limit=20)
         elif kind == "joined":
@@ -209,7 +284,7 @@ class TerminalChat:
         elif kind == "left_room":
             s.rooms.pop(f["room"], None)
             if s.current == f["room"]:
-                s.current = next(iter(s.rooms), None)
+                self._set_current(next(iter(s.rooms), None))
             self.show(f"* left #{f['room']}")
         elif kind == "dm":
             self.show(f"[{_clock(f['ts'])}] *{f['from']} → {f['to']}* {f['text']}")
@@ -242,6 +317,8 @@ class TerminalChat:
         if view.epoch is not None:
             frame["since"] = view.last_seq
             frame["epoch"] = view.epoch
+            view.resuming = True
+            view.replayed_others = 0
         await self.send(**frame)
 
     # -- user input ------------------------------------------------------------
@@ -273,6 +350,9 @@ class TerminalChat:
             return
         cid = uuid.uuid4().hex
         s.pending[cid] = (s.current, line)
+        self.own_ids[cid] = None
+        if len(self.own_ids) > MAX_OWN_IDS:
+            del self.own_ids[next(iter(self.own_ids))]
         if self.ws is None:
             self.show("* offline: message queued, sent on reconnect")
             return
@@ -284,14 +364,14 @@ class TerminalChat:
             self.show(HELP)
         elif cmd == "join" and arg:
             room = arg.lstrip("#")
-            s.current = room
+            self._set_current(room)
             if room not in s.rooms:
                 s.rooms[room] = RoomView(room)
                 await self._join(s.rooms[room])
         elif cmd == "switch" and arg:
             room = arg.lstrip("#")
             if room in s.rooms:
-                s.current = room
+                self._set_current(room)
                 self.show(f"* now in #{room}")
             else:
                 self.show(f"! not in #{room}")
@@ -321,6 +401,7 @@ class TerminalChat:
 
     async def quit(self) -> None:
         self.quitting = True
+        self._quit.set()
         if self.ws is not None:
             await self.ws.close()
 
@@ -333,10 +414,12 @@ async def _read_lines(chat: TerminalChat) -> None:
         from prompt_toolkit.patch_stdout import patch_stdout
 
         session: PromptSession[str] = PromptSession()
+        chat.redraw = session.app.invalidate
         with patch_stdout(raw=True):
             while not chat.quitting:
                 try:
-                    line = await session.prompt_async("> ")
+                    # A callable: the prompt follows /join, /switch and /leave.
+                    line = await session.prompt_async(chat.prompt)
                 except (EOFError, KeyboardInterrupt):
                     await chat.quit()
                     return
