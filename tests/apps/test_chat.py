@@ -808,3 +808,49 @@ async def test_a_join_in_progress_when_a_delete_begins_does_not_bring_the_room_b
         await ann.close()
     finally:
         await server.shutdown()
+
+
+class HeldDelete:
+    """A store whose ``delete_room`` waits until the test lets it go."""
+
+    def __init__(self, inner: SQLiteStore) -> None:
+        self.inner = inner
+        self.deleting = asyncio.Event()
+        self.go = asyncio.Event()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    async def delete_room(self, room: str) -> bool:
+        self.deleting.set()
+        await self.go.wait()
+        return await self.inner.delete_room(room)
+
+
+async def test_while_a_delete_runs_the_room_takes_no_joins_sends_or_posts(tmp_path):
+    store = HeldDelete(SQLiteStore(tmp_path / "h.db"))
+    settings_ = Settings(db=str(tmp_path / "h.db"), api_key="k", rate=0)
+    server = create_app("127.0.0.1", 0, settings_, store=store)
+    await server.listen()
+    try:
+        ann = await Client.open(server, "ann", "doomed")
+        bob = await Client.open(server)
+        delete = asyncio.create_task(http(server, "DELETE", "/api/rooms/doomed", key="k"))
+        await asyncio.wait_for(store.deleting.wait(), 5)
+        await ann.send(type="send", room="doomed", id="s1", text="now?")
+        err = await ann.expect("error", code="unavailable", ref="send", id="s1")
+        assert "being deleted" in err["message"]
+        await bob.send(type="join", room="doomed", nick="bob")
+        await bob.expect("error", code="unavailable", ref="join", room="doomed")
+        status, body = await http(server, "POST", "/api/rooms/doomed/messages", {"text": "x"}, "k")
+        assert status == 503 and "being deleted" in body["error"]
+        store.go.set()
+        assert (await delete)[0] == 200
+        await ann.expect("left_room", reason="deleted")
+        assert await store.inner.room("doomed") is None
+        await bob.join("doomed", "bob")  # afterwards: a new room
+        for c in (ann, bob):
+            await c.close()
+    finally:
+        store.go.set()
+        await server.shutdown()

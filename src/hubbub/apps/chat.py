@@ -556,6 +556,8 @@ class ChatApp:
     async def _api_post(self, request: Request, response: Response, room: str) -> None:
         if not self._authorized(request, response, "publishing"):
             return None
+        if room in self.core.closing:
+            return _json_error(response, 503, f"room {room!r} is being deleted, retry")
         try:
             body = msgspec.json.decode(request.body, type=PostBody)
         except msgspec.ValidationError as exc:
