@@ -295,8 +295,8 @@ class RedisBroker:
                     log.warning("redis subscriber lost its connection: %s", exc)
             finally:
                 commander.cancel()
-                with contextlib.suppress(asyncio.CancelledError, *_IO_ERRORS):
-                    await commander
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await commander  # its failure, if any, ended the connection
                 await conn.disconnect(nowait=True)
                 conn = None
                 self._sent = set()
@@ -313,6 +313,8 @@ class RedisBroker:
             want = set(self._channels)
             add = sorted(want - self._sent)
             drop = sorted(self._sent - want)
+            if (add or drop) and not conn.is_connected:
+                raise ConnectionError("subscriber connection closed")
             for i in range(0, len(add), _CHUNK):
                 chunk = add[i : i + _CHUNK]
                 for ch in chunk:
