@@ -19,7 +19,7 @@ from hubbub import Server
 from hubbub.bench.generator import Generator
 from hubbub.bench.options import Options
 from hubbub.bench.scenarios import fanout, make_generator
-from hubbub.bench.worker import socketio_url
+from hubbub.bench.sioclients import socketio_url
 
 from ..conftest import free_port, ws_url
 from .helpers import SOCKETIO_PEER, check_socketio_runs, socketio_room

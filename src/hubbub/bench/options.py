@@ -17,7 +17,7 @@ SCENARIOS = ("fanout", "latency", "idle", "connect")
 #: path, durable history included. ``socket.io``: the same work as
 #: socket.io events (``join``, ``send`` with an ack, ``message``), generated
 #: by the picows workers speaking Engine.IO v4 / Socket.IO v5 themselves
-#: (:class:`hubbub.bench.worker.SocketIOClient`) or, with
+#: (:class:`hubbub.bench.sioclients.SocketIOClient`) or, with
 #: ``Options.socketio_client = "node"``, by Node socket.io-client workers
 #: (:mod:`hubbub.bench.nodegen`).
 PROTOCOLS = ("seed", "hubbub.v1", "socket.io")
@@ -42,7 +42,6 @@ SATURATED_PCT = 90.0
 #: measured window above which the result is marked noisy. On a quiet machine
 #: it stays within a few percent.
 NOISY_PCT = 15.0
-
 
 
 class BenchError(RuntimeError):
