@@ -2,27 +2,49 @@
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
-STAMP  := $(VENV)/.installed
+PIP    := $(BIN)/pip install --quiet --disable-pip-version-check
 HOST   ?= 0.0.0.0
 PORT   ?= 9502
+# What is installed into $(VENV), one stamp each: `make run` needs only the
+# server's own dependencies; `make test` adds the dev and bench extras (the
+# test suite drives the benchmark generator too), `make bench` the bench
+# extras. Each stamp is redone when pyproject.toml changes.
+RUNTIME_STAMP := $(VENV)/.installed-runtime
+DEV_STAMP     := $(VENV)/.installed-dev
+BENCH_STAMP   := $(VENV)/.installed-bench
 # Debian packages the test suite needs (headless Chromium for the browser tests).
 APT_PACKAGES := chromium
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: install run test lint system-deps node-deps conformance bench clean
+.PHONY: install install-dev install-bench run test lint system-deps node-deps conformance bench clean
 
-install: $(STAMP)
+install: $(RUNTIME_STAMP)
+install-dev: $(DEV_STAMP)
+install-bench: $(BENCH_STAMP)
 
-$(STAMP): pyproject.toml
+$(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --disable-pip-version-check --upgrade pip
-	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[dev,bench]'
-	touch $(STAMP)
+
+# An install with extras also installs the runtime dependencies (and dev
+# includes bench): those stamps are touched too, so that `make run` after
+# `make test` installs nothing again.
+$(RUNTIME_STAMP): pyproject.toml | $(BIN)/python
+	$(PIP) -e .
+	touch $@
+
+$(BENCH_STAMP): pyproject.toml | $(BIN)/python
+	$(PIP) -e '.[bench]'
+	touch $@ $(RUNTIME_STAMP)
+
+$(DEV_STAMP): pyproject.toml | $(BIN)/python
+	$(PIP) -e '.[dev,bench]'
+	touch $@ $(BENCH_STAMP) $(RUNTIME_STAMP)
 
 run: install
 	$(BIN)/hubbub serve --host $(HOST) --port $(PORT)
 
-lint: install
+lint: install-dev
 	$(BIN)/ruff check src tests examples tools bench
 
 # Debian's chromium (never `playwright install`: nothing is downloaded at run time).
@@ -33,18 +55,22 @@ system-deps:
 		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends $(APT_PACKAGES); \
 	fi
 
-# The benchmark peers' Node packages (from the lock files; the npm registry only).
+# The benchmark peers' Node packages, and the browser tests' (axe-core) when
+# tests/browser has a package.json (from the lock files; the npm registry only).
 node-deps:
 	@command -v npm >/dev/null 2>&1 || { echo "needs Node.js and npm (apt-get install nodejs npm)"; exit 1; }
 	npm install --prefix bench/peers/node_ws --no-audit --no-fund --silent
 	npm install --prefix bench/peers/socketio_node --no-audit --no-fund --silent
+	if [ -f tests/browser/package.json ]; then \
+		npm install --prefix tests/browser --no-audit --no-fund --silent; \
+	fi
 
-test: install system-deps node-deps lint
+test: install-dev system-deps node-deps lint
 	$(BIN)/pytest
 
 # Full Autobahn|Testsuite run (sections 1-7, 9, 10, 12, 13) against
 # examples/echo_server.py; reports land in reports/conformance/.
-conformance: install
+conformance: install-dev
 	$(BIN)/python -m tools.conformance --all --outdir reports/conformance
 
 # hubbub against Node ws, websockets, aiohttp and picows (seed mode) and Node
@@ -52,7 +78,7 @@ conformance: install
 # 14 minutes); writes docs/benchmarks.md and docs/img/*.png.
 # `make bench BENCH_ARGS=--quick` is a 2-minute smoke run into reports/bench/.
 BENCH_ARGS ?=
-bench: install node-deps
+bench: install-bench node-deps
 	$(BIN)/python bench/run.py $(BENCH_ARGS)
 
 clean:
