@@ -46,6 +46,13 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=lambda prog: argparse.RawDescriptionHelpFormatter(prog, width=100),
     )
     d = Options()
+    _what_to_run(p, d)
+    _load(p, d)
+    _processes_and_output(p)
+    return p
+
+
+def _what_to_run(p: argparse.ArgumentParser, d: Options) -> None:
     p.add_argument("--url", default=d.url, help=f"server URL (default {d.url})")
     p.add_argument(
         "--scenario",
@@ -74,6 +81,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--room", default=d.room, help="room to join (hubbub.v1, socket.io; default %(default)s)"
     )
+
+
+def _load(p: argparse.ArgumentParser, d: Options) -> None:
     p.add_argument(
         "--clients",
         type=int,
@@ -122,6 +132,9 @@ def build_parser() -> argparse.ArgumentParser:
         default=d.connect_concurrency,
         help="connect: handshakes in progress at once (default %(default)s)",
     )
+
+
+def _processes_and_output(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--server-pid", type=int, help="server process, for its CPU time and memory (/proc/PID)"
     )
@@ -148,7 +161,6 @@ def build_parser() -> argparse.ArgumentParser:
         "--plot", metavar="DIR", help="write PNG charts (throughput over time, latency CDF, RSS)"
     )
     p.add_argument("--quiet", action="store_true", help="no live progress line")
-    return p
 
 
 def options_from_args(args: argparse.Namespace) -> Options:

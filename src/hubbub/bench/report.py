@@ -24,84 +24,102 @@ def rows(result: Mapping[str, Any]) -> list[tuple[str, str]]:
     name = result["scenario"]
     out: list[tuple[str, str]] = []
     if name in ("fanout", "latency"):
-        chk = result["check"]
-        out += [
-            ("clients connected", f"{result['connected']:,} of {result['clients']:,}"),
-            (
-                "senders",
-                f"{result['senders']} x "
-                + (
-                    f"window {result['window']}"
-                    if name == "fanout"
-                    else f"{result['rate_msgs_per_s'] / result['senders']:g} msg/s"
-                ),
-            ),
-            ("message size", fmt(result["size"], unit="bytes")),
-            ("messages sent", fmt(result["messages_sent"])),
-            ("deliveries/s", fmt(result["deliveries_per_s"])),
-            ("deliveries per server CPU-s", fmt(result["deliveries_per_server_cpu_s"])),
-        ]
-        if name == "latency":
-            lat = result["latency_ms"]
-            out += [
-                ("latency p50", fmt(lat["p50"], 3, "ms")),
-                ("latency p99", fmt(lat["p99"], 3, "ms")),
-                ("latency p99.9", fmt(lat["p99.9"], 3, "ms")),
-                ("latency max", fmt(lat["max"], 3, "ms")),
-                ("latency samples", fmt(lat["count"])),
-            ]
-        out += [
-            (
-                "received / expected",
-                f"{chk['deliveries']:,} / {chk['expected']:,}",
-            ),
-            (
-                "lost / duplicated / reordered",
-                f"{chk['lost']:,} / {chk['duplicated']:,} / {chk['reordered']:,}",
-            ),
-        ]
+        out += _room_rows(result)
     elif name == "idle":
-        out += [
-            ("idle connections", f"{result['connected']:,} of {result['clients']:,}"),
-            ("server RSS before", fmt(result["rss_before_kib"] / 1024, 1, "MiB")),
-            ("server RSS after", fmt(result["rss_after_kib"] / 1024, 1, "MiB")),
-            ("RSS per idle connection", fmt(result["rss_per_connection_kib"], 2, "KiB")),
-            ("RSS slope (least squares)", fmt(result["rss_slope_kib"], 2, "KiB/conn")),
-            (
-                "server CPU per connection",
-                fmt(result["server_cpu_per_connection_ms"], 3, "ms"),
-            ),
-        ]
+        out += _idle_rows(result)
     elif name == "connect":
-        out += [
-            ("concurrent connectors", fmt(result["concurrency"])),
-            ("handshakes/s", fmt(result["handshakes_per_s"])),
-            ("handshakes per server CPU-s", fmt(result["handshakes_per_server_cpu_s"])),
-            ("unclean closes", fmt(result["unclean_closes"])),
-        ]
+        out += _connect_rows(result)
     if "server_cpu_pct" in result:
-        out += [
-            (
-                "server CPU",
-                f"{fmt(result['server_cpu_s'], 2, 's')} ({fmt(result['server_cpu_pct'], 0)}%)",
-            ),
-            (
-                "generator CPU",
-                f"{fmt(result['generator_cpu_s'], 2, 's')} ({fmt(result['generator_cpu_pct'], 0)}%"
-                f" of {result['generator_cores']} core"
-                f"{'s' if result['generator_cores'] != 1 else ''}, "
-                f"{result['generator_processes']} process"
-                f"{'es' if result['generator_processes'] != 1 else ''})",
-            ),
-            ("saturated", result["saturated"]),
-            (
-                "other CPU on the machine",
-                fmt(result.get("other_cpu_pct"), 0, "% of a core")
-                + (" (NOISY: other processes competed for CPU)" if result.get("noisy") else ""),
-            ),
-        ]
+        out += _cpu_rows(result)
     out.append(("result", "OK" if result["ok"] else "ERRORS: " + "; ".join(result["errors"])))
     return out
+
+
+def _room_rows(result: Mapping[str, Any]) -> list[tuple[str, str]]:
+    name = result["scenario"]
+    chk = result["check"]
+    out = [
+        ("clients connected", f"{result['connected']:,} of {result['clients']:,}"),
+        (
+            "senders",
+            f"{result['senders']} x "
+            + (
+                f"window {result['window']}"
+                if name == "fanout"
+                else f"{result['rate_msgs_per_s'] / result['senders']:g} msg/s"
+            ),
+        ),
+        ("message size", fmt(result["size"], unit="bytes")),
+        ("messages sent", fmt(result["messages_sent"])),
+        ("deliveries/s", fmt(result["deliveries_per_s"])),
+        ("deliveries per server CPU-s", fmt(result["deliveries_per_server_cpu_s"])),
+    ]
+    if name == "latency":
+        lat = result["latency_ms"]
+        out += [
+            ("latency p50", fmt(lat["p50"], 3, "ms")),
+            ("latency p99", fmt(lat["p99"], 3, "ms")),
+            ("latency p99.9", fmt(lat["p99.9"], 3, "ms")),
+            ("latency max", fmt(lat["max"], 3, "ms")),
+            ("latency samples", fmt(lat["count"])),
+        ]
+    out += [
+        (
+            "received / expected",
+            f"{chk['deliveries']:,} / {chk['expected']:,}",
+        ),
+        (
+            "lost / duplicated / reordered",
+            f"{chk['lost']:,} / {chk['duplicated']:,} / {chk['reordered']:,}",
+        ),
+    ]
+    return out
+
+
+def _idle_rows(result: Mapping[str, Any]) -> list[tuple[str, str]]:
+    return [
+        ("idle connections", f"{result['connected']:,} of {result['clients']:,}"),
+        ("server RSS before", fmt(result["rss_before_kib"] / 1024, 1, "MiB")),
+        ("server RSS after", fmt(result["rss_after_kib"] / 1024, 1, "MiB")),
+        ("RSS per idle connection", fmt(result["rss_per_connection_kib"], 2, "KiB")),
+        ("RSS slope (least squares)", fmt(result["rss_slope_kib"], 2, "KiB/conn")),
+        (
+            "server CPU per connection",
+            fmt(result["server_cpu_per_connection_ms"], 3, "ms"),
+        ),
+    ]
+
+
+def _connect_rows(result: Mapping[str, Any]) -> list[tuple[str, str]]:
+    return [
+        ("concurrent connectors", fmt(result["concurrency"])),
+        ("handshakes/s", fmt(result["handshakes_per_s"])),
+        ("handshakes per server CPU-s", fmt(result["handshakes_per_server_cpu_s"])),
+        ("unclean closes", fmt(result["unclean_closes"])),
+    ]
+
+
+def _cpu_rows(result: Mapping[str, Any]) -> list[tuple[str, str]]:
+    return [
+        (
+            "server CPU",
+            f"{fmt(result['server_cpu_s'], 2, 's')} ({fmt(result['server_cpu_pct'], 0)}%)",
+        ),
+        (
+            "generator CPU",
+            f"{fmt(result['generator_cpu_s'], 2, 's')} ({fmt(result['generator_cpu_pct'], 0)}%"
+            f" of {result['generator_cores']} core"
+            f"{'s' if result['generator_cores'] != 1 else ''}, "
+            f"{result['generator_processes']} process"
+            f"{'es' if result['generator_processes'] != 1 else ''})",
+        ),
+        ("saturated", result["saturated"]),
+        (
+            "other CPU on the machine",
+            fmt(result.get("other_cpu_pct"), 0, "% of a core")
+            + (" (NOISY: other processes competed for CPU)" if result.get("noisy") else ""),
+        ),
+    ]
 
 
 def table(results: Iterable[Mapping[str, Any]]) -> str:

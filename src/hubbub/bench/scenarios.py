@@ -18,7 +18,7 @@ import time
 from typing import Any
 
 from . import proc
-from .generator import Generator
+from .generator import Generator, Snap
 from .measure import (
     Run,
     cdf_points,
@@ -70,6 +70,22 @@ def make_generator(opts: Options) -> Generator:
     return Generator(opts)
 
 
+#: The receivers' counters that ``finish`` reports, summed over the workers.
+_CHECK_KEYS = (
+    "expected",
+    "deliveries",
+    "lost",
+    "duplicated",
+    "reordered",
+    "malformed",
+    "disconnected",
+    "echo_errors",
+    "incomplete",
+)
+#: The ones that are errors when not zero.
+_CHECK_ERRORS = ("lost", "duplicated", "reordered", "malformed", "disconnected", "echo_errors")
+
+
 async def room(opts: Options, *, latency: bool) -> dict[str, Any]:
     """The fan-out scenario (window of messages in flight) or the latency one (fixed rate)."""
     name = "latency" if latency else "fanout"
@@ -84,26 +100,7 @@ async def room(opts: Options, *, latency: bool) -> dict[str, Any]:
         t_start = time.monotonic_ns() + 200_000_000
         t0 = t_start + int(opts.warmup * 1e9)
         t_end = t0 + int(opts.duration * 1e9)
-        interval = opts.senders / opts.rate
-        args = {
-            "t_start": t_start,
-            "warmup": opts.warmup,
-            "duration": opts.duration,
-            "dt": opts.sample_interval,
-            "window": 0 if latency else opts.window,
-            "interval": interval,
-            "offsets": {s: s / opts.rate for s in range(opts.senders)},
-            "latency": latency,
-        }
-        gen.send("run", [args] * gen.n)
-        task = asyncio.ensure_future(gen.wait("run"))
-        try:
-            s0, s1 = await run.watch(t0, t_end, task, "deliveries")
-            run.show("draining")
-            runs = await task
-        finally:
-            if not task.done():
-                task.cancel()
+        runs, s0, s1 = await _send_room(run, latency, t_start, t0, t_end)
         sent = [0] * opts.senders
         for r in runs:
             for sid, n in r["sent"].items():
@@ -119,31 +116,17 @@ async def room(opts: Options, *, latency: bool) -> dict[str, Any]:
     line, counts = timeline(runs, t0)
     deliveries = counts[-1] - counts[i0] if len(counts) > i0 else 0
     cpu = cpu_fields(s0, s1, run.gen_cores, gen.n)
-    check = {
-        k: sum(f[k] for f in fin)
-        for k in (
-            "expected",
-            "deliveries",
-            "lost",
-            "duplicated",
-            "reordered",
-            "malformed",
-            "disconnected",
-            "echo_errors",
-            "incomplete",
-        )
-    }
+    check = {k: sum(f[k] for f in fin) for k in _CHECK_KEYS}
     errors += [e for f in fin for e in f["errors"] if e not in errors]
     if connected < opts.clients:
         errors.insert(0, f"only {connected} of {opts.clients} clients connected")
     if greeted < connected:
         errors.insert(0, f"{connected - greeted} clients got no greeting")
-    for key in ("lost", "duplicated", "reordered", "malformed", "disconnected", "echo_errors"):
+    for key in _CHECK_ERRORS:
         if check[key]:
             errors.append(f"{check[key]:,} {key.replace('_', ' ')}")
     if sum(sent) == 0:
         errors.append("no message was sent (did the server answer 'server: ...'?)")
-    wall = opts.duration
     result: dict[str, Any] = {
         "scenario": name,
         "label": opts.label,
@@ -158,7 +141,7 @@ async def room(opts: Options, *, latency: bool) -> dict[str, Any]:
         "warmup_s": opts.warmup,
         "messages_sent": sum(sent),
         "deliveries": deliveries,
-        "deliveries_per_s": deliveries / wall,
+        "deliveries_per_s": deliveries / opts.duration,
         **cpu,
         "deliveries_per_server_cpu_s": (
             deliveries / cpu["server_cpu_s"] if cpu["server_cpu_s"] else None
@@ -167,34 +150,67 @@ async def room(opts: Options, *, latency: bool) -> dict[str, Any]:
         "timeline": line,
     }
     if latency:
-        raw = b"".join(f["latencies"] for f in fin)
-        values = array.array("q")
-        values.frombytes(raw)
-        ms = sorted(v / 1e6 for v in values)
-        result.update(
-            {
-                "rate_msgs_per_s": opts.rate,
-                "target_deliveries_per_s": opts.rate * connected,
-                "latency_ms": {
-                    "count": len(ms),
-                    "mean": sum(ms) / len(ms) if ms else math.nan,
-                    "p50": percentile(ms, 50),
-                    "p90": percentile(ms, 90),
-                    "p99": percentile(ms, 99),
-                    "p99.9": percentile(ms, 99.9),
-                    "max": ms[-1] if ms else math.nan,
-                },
-                "send_lag_max_ms": max(r["send_lag_max_ns"] for r in runs) / 1e6,
-                "cdf": cdf_points(ms),
-            }
-        )
-        if not ms:
+        result.update(_latency_fields(opts, connected, runs, fin))
+        if not result["latency_ms"]["count"]:
             errors.append("no latency sample was recorded")
     else:
         result["window"] = opts.window
     result["errors"] = errors
     result["ok"] = not errors
     return result
+
+
+async def _send_room(
+    run: Run, latency: bool, t_start: int, t0: int, t_end: int
+) -> tuple[list[dict[str, Any]], Snap, Snap]:
+    """The workers' ``run`` (senders from ``t_start`` to ``t_end``), watched; their answers
+    and the snapshots at the edges of the measured window (``t0`` to ``t_end``)."""
+    opts, gen = run.opts, run.gen
+    args = {
+        "t_start": t_start,
+        "warmup": opts.warmup,
+        "duration": opts.duration,
+        "dt": opts.sample_interval,
+        "window": 0 if latency else opts.window,
+        "interval": opts.senders / opts.rate,
+        "offsets": {s: s / opts.rate for s in range(opts.senders)},
+        "latency": latency,
+    }
+    gen.send("run", [args] * gen.n)
+    task = asyncio.ensure_future(gen.wait("run"))
+    try:
+        s0, s1 = await run.watch(t0, t_end, task, "deliveries")
+        run.show("draining")
+        runs = await task
+    finally:
+        if not task.done():
+            task.cancel()
+    return runs, s0, s1
+
+
+def _latency_fields(
+    opts: Options, connected: int, runs: list[dict[str, Any]], fin: list[dict[str, Any]]
+) -> dict[str, Any]:
+    """The latency scenario's own figures, from the workers' recorded latencies (ns)."""
+    raw = b"".join(f["latencies"] for f in fin)
+    values = array.array("q")
+    values.frombytes(raw)
+    ms = sorted(v / 1e6 for v in values)
+    return {
+        "rate_msgs_per_s": opts.rate,
+        "target_deliveries_per_s": opts.rate * connected,
+        "latency_ms": {
+            "count": len(ms),
+            "mean": sum(ms) / len(ms) if ms else math.nan,
+            "p50": percentile(ms, 50),
+            "p90": percentile(ms, 90),
+            "p99": percentile(ms, 99),
+            "p99.9": percentile(ms, 99.9),
+            "max": ms[-1] if ms else math.nan,
+        },
+        "send_lag_max_ms": max(r["send_lag_max_ns"] for r in runs) / 1e6,
+        "cdf": cdf_points(ms),
+    }
 
 
 async def fanout(opts: Options) -> dict[str, Any]:
