@@ -204,6 +204,16 @@ def test_a_store_that_cannot_open_is_one_line(tmp_path):
     assert_one_line(proc, 1, f"hubbub: error: cannot open the history store --db {tmp_path}")
 
 
+def test_a_second_server_on_the_same_database_is_one_line(spawn, tmp_path):
+    db = str(tmp_path / "h.db")
+    first = free_port()
+    proc = spawn(*serve_args(first, "--db", db), port=first)
+    second = run_serve(*serve_args(free_port(), "--db", db)[3:])
+    assert_one_line(
+        second, 1, f"hubbub: error: {db} is in use by another hubbub process (pid {proc.pid})"
+    )
+
+
 @pytest.mark.parametrize(
     ("error", "expected"),
     [
