@@ -1,0 +1,540 @@
+"""The report template: docs/benchmarks.md (or reports/bench/quick.md) from aggregated results.
+
+The document is the list :data:`SECTIONS`: each section is a function of one
+:class:`Context` that returns its markdown lines (none when the run did not
+measure it). The fixed prose is in :mod:`benchrun.template`, with
+``str.format`` fields for the run's figures; the tables are built here, row
+by row.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from .running import Plan
+from .servers import (
+    BASELINE,
+    CHAT_SCENARIOS,
+    GENERATOR_CPU,
+    NOFILE,
+    ROOT,
+    SERVER_CPU,
+    SERVERS,
+)
+from .template import (
+    CHAT_FANOUT,
+    CHAT_LATENCY,
+    CHAT_SUMMARY,
+    CONNECT,
+    DASH,
+    FANOUT,
+    IDLE,
+    INTRO,
+    LATENCY,
+    METHOD,
+    PEERS,
+    PER_CPU_NOTE,
+    REPRODUCE,
+    TIMES,
+)
+
+PER_CPU = "deliveries_per_server_cpu_s"
+HS_CPU = "handshakes_per_server_cpu_s"
+#: Copied into the report as it is (profiles measured by hand).
+FINDINGS = ROOT / "bench" / "findings.md"
+
+
+@dataclass
+class Context:
+    """What the report is made of: the plan and its results, aggregated, and where it goes."""
+
+    plan: Plan
+    agg: dict[str, Any]
+    charts: dict[str, Path]
+    doc: Path
+    facts: dict[str, str]
+    elapsed: float
+    command: str
+
+    @property
+    def base(self) -> dict[str, Any]:
+        """Node ws's figures, the baseline of every ratio."""
+        return self.agg.get(BASELINE, {})  # type: ignore[no-any-return]
+
+    def names(self, scenario: str) -> list[str]:
+        """The servers of the run that take part in ``scenario``, in the run's order."""
+        return [n for n in self.plan.servers if scenario in SERVERS[n].scenarios]
+
+    def chart(self, scenario: str, alt: str) -> list[str]:
+        if scenario not in self.charts:
+            return []
+        return [f"![{alt}]({os.path.relpath(self.charts[scenario], self.doc.parent)})", ""]
+
+
+def render(
+    plan: Plan,
+    agg: dict[str, Any],
+    charts: dict[str, Path],
+    doc: Path,
+    facts: dict[str, str],
+    elapsed: float,
+    command: str,
+) -> str:
+    """The markdown report; chart links are relative to ``doc``'s folder."""
+    ctx = Context(plan, agg, charts, doc, facts, elapsed, command)
+    lines: list[str] = []
+    for section in SECTIONS:
+        lines += section(ctx)
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------
+# Cells
+
+
+def _f(value: float | None, digits: int = 0) -> str:
+    if value is None:
+        return "n/a"
+    return f"{value:,.{digits}f}"
+
+
+def _ratio(value: float | None, base: float | None) -> str:
+    if value is None or base is None or base == 0:
+        return "n/a"
+    return f"{value / base:.2f}{TIMES}"
+
+
+def _spread(agg: dict[str, Any], path: str, digits: int = 0, scale: float = 1.0) -> str:
+    sp = agg.get(path + "#spread")
+    if not sp or agg["rounds"] < 2:
+        return ""
+    return f" ({_f(sp[0] * scale, digits)}{DASH}{_f(sp[1] * scale, digits)})"
+
+
+def _sat(agg: dict[str, Any]) -> str:
+    values = [s for s in agg.get("saturated", []) if s]
+    if not values:
+        return "n/a"
+    return max(set(values), key=values.count)
+
+
+def _errors_cell(agg: dict[str, Any]) -> str:
+    chk = agg.get("check")
+    cells = []
+    if chk is not None:
+        cells.append(f"{chk['lost']}/{chk['duplicated']}/{chk['reordered']}")
+        extra = {k: chk[k] for k in ("malformed", "disconnected", "echo_errors") if chk[k]}
+        cells += [f"{v} {k.replace('_', ' ')}" for k, v in extra.items()]
+    if agg["ok_rounds"] < agg["rounds"]:
+        cells.append(f"**{agg['rounds'] - agg['ok_rounds']} round(s) with errors**")
+    return ", ".join(cells) if cells else "none"
+
+
+def noisy_pct() -> float:
+    from hubbub.bench.options import NOISY_PCT
+
+    return NOISY_PCT
+
+
+def _dist(name: str) -> str:
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return "?"
+
+
+# ---------------------------------------------------------------------------
+# Sections, in the order of the document
+
+
+def _intro(ctx: Context) -> list[str]:
+    plan = ctx.plan
+    text = INTRO.format(
+        quick=" (**quick smoke run: not representative**)" if plan.quick else "",
+        date=time.strftime("%Y-%m-%d"),
+        rounds=plan.rounds,
+        spread=f" with (min{DASH}max) over the rounds" if plan.rounds > 1 else "",
+    )
+    return ["# Benchmarks", "", text, ""]
+
+
+def _targets(agg: dict[str, Any], plan: Plan) -> list[tuple[str, str, bool]]:
+    """(target, measured, met) for each of the issue's targets this run measured."""
+    hub = agg.get("hubbub", {})
+    base = agg.get(BASELINE, {})
+    out: list[tuple[str, str, bool]] = []
+
+    def ratio(scenario: str, path: str, base_scenario: str | None = None) -> float | None:
+        a = hub.get(scenario, {}).get(path)
+        b = base.get(base_scenario or scenario, {}).get(path)
+        return a / b if a is not None and b else None
+
+    r = ratio("fanout", PER_CPU)
+    if r is not None:
+        out.append(
+            (f"seed fan-out per server CPU-s ≥ 1.5{TIMES} Node ws", f"{r:.2f}{TIMES}", r >= 1.5)
+        )
+    r = ratio("chat_fanout", PER_CPU, "fanout")
+    if r is not None:
+        out.append(
+            (
+                f"chat-mode fan-out per server CPU-s ≥ 1.0{TIMES} Node ws plain fan-out",
+                f"{r:.2f}{TIMES}",
+                r >= 1.0,
+            )
+        )
+    p99 = hub.get("latency", {}).get("latency_ms/p99")
+    if p99 is not None:
+        peers = {
+            SERVERS[n].title: v
+            for n, per in agg.items()
+            if n != "hubbub"
+            for v in [per.get("latency", {}).get("latency_ms/p99")]
+            if v is not None
+        }
+        best = min(peers.items(), key=lambda kv: kv[1]) if peers else None
+        text = f"{p99:.2f} ms" + (f" (best peer: {best[0]} {best[1]:.2f} ms)" if best else "")
+        out.append(
+            (
+                "seed latency p99 ≤ 10 ms and below every peer",
+                text,
+                p99 <= 10.0 and (best is None or p99 < best[1]),
+            )
+        )
+    kib = hub.get("idle", {}).get("rss_per_connection_kib")
+    if kib is not None:
+        out.append(("idle memory ≤ 8 KiB per connection", f"{kib:.2f} KiB", kib <= 8.0))
+    r = ratio("connect", HS_CPU)
+    if r is not None:
+        out.append(
+            (f"handshakes per server CPU-s ≥ 1.5{TIMES} Node ws", f"{r:.2f}{TIMES}", r >= 1.5)
+        )
+    return out
+
+
+def _targets_section(ctx: Context) -> list[str]:
+    targets = _targets(ctx.agg, ctx.plan)
+    if not targets:
+        return []
+    return [
+        "## Targets",
+        "",
+        "The issue's targets, as ratios against Node ws measured in this same run.",
+        "",
+        "| target | measured | met |",
+        "|---|---|---|",
+        *(
+            f"| {label} | {measured} | {'yes' if met else '**no**'} |"
+            for label, measured, met in targets
+        ),
+        "",
+    ]
+
+
+#: The seed-mode summary's columns: (scenario, figure, digits, unit).
+_SUMMARY_CELLS = (
+    ("fanout", "deliveries_per_server_cpu_s", 0, ""),
+    ("latency", "latency_ms/p99", 2, " ms"),
+    ("idle", "rss_per_connection_kib", 2, " KiB"),
+    ("connect", "handshakes_per_server_cpu_s", 0, ""),
+)
+
+
+def _summary(ctx: Context) -> list[str]:
+    agg, base = ctx.agg, ctx.base
+    out = [
+        "## Summary",
+        "",
+        "Seed mode: every server speaks the seed's plain text protocol.",
+        "",
+        "| server | fan-out deliveries / server CPU-s | latency p99 | "
+        "RSS per idle connection | handshakes / server CPU-s |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for name in ctx.names("fanout"):
+        row = [SERVERS[name].title]
+        for scenario, path, digits, unit in _SUMMARY_CELLS:
+            value = agg[name].get(scenario, {}).get(path)
+            ratio = _ratio(value, base.get(scenario, {}).get(path))
+            row.append(f"{_f(value, digits)}{unit} ({ratio})" if value is not None else "n/a")
+        out.append("| " + " | ".join(row) + " |")
+    out.append("")
+    chat_names = ctx.names("chat_fanout")
+    if chat_names and any(s in ctx.plan.scenarios for s in CHAT_SCENARIOS):
+        out += [
+            CHAT_SUMMARY,
+            "",
+            "| server | chat fan-out deliveries / server CPU-s | chat latency p99 |",
+            "|---|---:|---:|",
+        ]
+        sio = agg.get("socketio_node", {}).get("chat_latency", {})
+        for name in chat_names:
+            a = agg[name]
+            value = a.get("chat_fanout", {}).get(PER_CPU)
+            p99 = a.get("chat_latency", {}).get("latency_ms/p99")
+            out.append(
+                f"| {SERVERS[name].title} "
+                f"| {_f(value)} ({_ratio(value, base.get('fanout', {}).get(PER_CPU))}) "
+                f"| {_f(p99, 2)} ms ({_ratio(p99, sio.get('latency_ms/p99'))}) |"
+            )
+        out.append("")
+    return [*out, PER_CPU_NOTE, ""]
+
+
+def _fanout_table(ctx: Context, scenario: str, servers: list[str]) -> list[str]:
+    out = [
+        "| server | deliveries/s | vs Node ws | deliveries per server CPU-s | vs Node ws "
+        "| server CPU | generator CPU | saturated | lost/dup/reordered |",
+        "|---|---:|---:|---:|---:|---:|---:|---|---|",
+    ]
+    # Chat mode is compared with Node ws's *plain* fan-out (the issue's target).
+    b = ctx.base.get("fanout", {})
+    for name in servers:
+        a = ctx.agg[name].get(scenario, {})
+        out.append(
+            f"| {SERVERS[name].title} "
+            f"| {_f(a.get('deliveries_per_s'))}{_spread(a, 'deliveries_per_s')} "
+            f"| {_ratio(a.get('deliveries_per_s'), b.get('deliveries_per_s'))} "
+            f"| {_f(a.get('deliveries_per_server_cpu_s'))}"
+            f"{_spread(a, 'deliveries_per_server_cpu_s')} "
+            f"| {_ratio(a.get(PER_CPU), b.get(PER_CPU))} "
+            f"| {_f(a.get('server_cpu_pct'))}% | {_f(a.get('generator_cpu_pct'))}% "
+            f"| {_sat(a)} | {_errors_cell(a)} |"
+        )
+    return [*out, ""]
+
+
+def _latency_table(ctx: Context, scenario: str, servers: list[str], base_name: str) -> list[str]:
+    base_title = SERVERS[base_name].title if base_name in SERVERS else base_name
+    out = [
+        f"| server | p50 ms | p99 ms | p99.9 ms | p99 vs {base_title} | server CPU | "
+        "generator CPU | lost/dup/reordered |",
+        "|---|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    b = ctx.agg.get(base_name, {}).get(scenario, {})
+    for name in servers:
+        a = ctx.agg[name].get(scenario, {})
+        out.append(
+            f"| {SERVERS[name].title} "
+            f"| {_f(a.get('latency_ms/p50'), 2)}{_spread(a, 'latency_ms/p50', 2)} "
+            f"| {_f(a.get('latency_ms/p99'), 2)}{_spread(a, 'latency_ms/p99', 2)} "
+            f"| {_f(a.get('latency_ms/p99.9'), 2)}{_spread(a, 'latency_ms/p99.9', 2)} "
+            f"| {_ratio(a.get('latency_ms/p99'), b.get('latency_ms/p99'))} "
+            f"| {_f(a.get('server_cpu_pct'))}% | {_f(a.get('generator_cpu_pct'))}% "
+            f"| {_errors_cell(a)} |"
+        )
+    return [*out, ""]
+
+
+def _room_fields(o: dict[str, Any]) -> dict[str, Any]:
+    """A room scenario's options, with the full run's values where a run left them out."""
+    clients = o.get("clients", 1000)
+    return {
+        "clients": clients,
+        "senders": o.get("senders", 10),
+        "size": o.get("size", 100),
+        "window": o.get("window", 4),
+        "warmup": o.get("warmup"),
+        "duration": o.get("duration"),
+        "rate": o.get("rate"),
+        "deliveries": o["rate"] * clients if "rate" in o else None,
+    }
+
+
+def _fanout(ctx: Context) -> list[str]:
+    if "fanout" not in ctx.plan.scenarios:
+        return []
+    text = FANOUT.format(**_room_fields(ctx.plan.options["fanout"]))
+    return [
+        "## Fan-out",
+        "",
+        text,
+        "",
+        *_fanout_table(ctx, "fanout", ctx.names("fanout")),
+        *ctx.chart("fanout", "fan-out throughput over time"),
+    ]
+
+
+def _latency(ctx: Context) -> list[str]:
+    if "latency" not in ctx.plan.scenarios:
+        return []
+    text = LATENCY.format(**_room_fields(ctx.plan.options["latency"]))
+    return [
+        "## Latency",
+        "",
+        text,
+        "",
+        *_latency_table(ctx, "latency", ctx.names("fanout"), BASELINE),
+        *ctx.chart("latency", "latency CDF"),
+    ]
+
+
+def _chat_fanout(ctx: Context) -> list[str]:
+    if "chat_fanout" not in ctx.plan.scenarios:
+        return []
+    text = CHAT_FANOUT.format(**_room_fields(ctx.plan.options["chat_fanout"]))
+    return [
+        "## Chat mode: fan-out",
+        "",
+        text,
+        "",
+        *_fanout_table(ctx, "chat_fanout", ctx.names("chat_fanout")),
+        *ctx.chart("chat_fanout", "chat fan-out throughput over time"),
+    ]
+
+
+def _chat_latency(ctx: Context) -> list[str]:
+    if "chat_latency" not in ctx.plan.scenarios:
+        return []
+    text = CHAT_LATENCY.format(**_room_fields(ctx.plan.options["chat_latency"]))
+    return [
+        "## Chat mode: latency",
+        "",
+        text,
+        "",
+        *_latency_table(ctx, "chat_latency", ctx.names("chat_fanout"), "socketio_node"),
+        *ctx.chart("chat_latency", "chat latency CDF"),
+    ]
+
+
+def _idle(ctx: Context) -> list[str]:
+    if "idle" not in ctx.plan.scenarios:
+        return []
+    out = [
+        "## Idle connections",
+        "",
+        IDLE.format(**ctx.plan.options["idle"]),
+        "",
+        "| server | KiB per idle connection | vs Node ws | RSS with all connections "
+        "| server CPU per connection set-up | errors |",
+        "|---|---:|---:|---:|---:|---|",
+    ]
+    b = ctx.base.get("idle", {})
+    for name in ctx.names("idle"):
+        a = ctx.agg[name].get("idle", {})
+        rss = a.get("rss_after_kib")
+        out.append(
+            f"| {SERVERS[name].title} "
+            f"| {_f(a.get('rss_per_connection_kib'), 2)}"
+            f"{_spread(a, 'rss_per_connection_kib', 2)} "
+            f"| {_ratio(a.get('rss_per_connection_kib'), b.get('rss_per_connection_kib'))} "
+            f"| {_f(rss / 1024 if rss else None, 1)} MiB "
+            f"| {_f(a.get('server_cpu_per_connection_ms'), 3)} ms "
+            f"| {_errors_cell(a)} |"
+        )
+    return [*out, "", *ctx.chart("idle", "RSS over idle connections")]
+
+
+def _connect(ctx: Context) -> list[str]:
+    if "connect" not in ctx.plan.scenarios:
+        return []
+    out = [
+        "## Connection rate",
+        "",
+        CONNECT.format(**ctx.plan.options["connect"]),
+        "",
+        "| server | handshakes/s | handshakes per server CPU-s | vs Node ws "
+        "| server CPU | generator CPU | saturated | errors |",
+        "|---|---:|---:|---:|---:|---:|---|---|",
+    ]
+    b = ctx.base.get("connect", {})
+    for name in ctx.names("connect"):
+        a = ctx.agg[name].get("connect", {})
+        out.append(
+            f"| {SERVERS[name].title} "
+            f"| {_f(a.get('handshakes_per_s'))}{_spread(a, 'handshakes_per_s')} "
+            f"| {_f(a.get('handshakes_per_server_cpu_s'))}"
+            f"{_spread(a, 'handshakes_per_server_cpu_s')} "
+            f"| {_ratio(a.get(HS_CPU), b.get(HS_CPU))} "
+            f"| {_f(a.get('server_cpu_pct'))}% | {_f(a.get('generator_cpu_pct'))}% "
+            f"| {_sat(a)} | {_errors_cell(a)} |"
+        )
+    return [*out, "", *ctx.chart("connect", "connection rate over time")]
+
+
+def _errors(ctx: Context) -> list[str]:
+    errors = [
+        f"- {SERVERS[name].title}, {scenario}: {e}"
+        for name in ctx.plan.servers
+        for scenario, a in ctx.agg[name].items()
+        for e in a.get("errors", [])
+    ]
+    return ["## Errors reported", "", *errors, ""] if errors else []
+
+
+def _findings(ctx: Context) -> list[str]:
+    if not FINDINGS.exists():
+        return []
+    return [FINDINGS.read_text().rstrip(), ""]
+
+
+def _servers(ctx: Context) -> list[str]:
+    hubbub_results = [r for per in ctx.plan.results.get("hubbub", {}).values() for r in per]
+    sources = sorted({r["hubbub_source"] for r in hubbub_results if "hubbub_source" in r})
+    changed = any(r.get("hubbub_source_changed") for r in hubbub_results)
+    out = ["## Servers", ""]
+    if len(sources) == 1 and not changed:
+        out += [f"hubbub measured at git {sources[0]}.", ""]
+    elif sources:
+        out += [
+            "**Warning: hubbub's source changed while the benchmark ran; its results mix "
+            "versions:** " + "; ".join(sources) + ".",
+            "",
+        ]
+    out += ["| server | what runs | versions |", "|---|---|---|"]
+    for name in ctx.plan.servers:
+        spec = SERVERS[name]
+        out.append(f"| {spec.title} | {spec.notes} | {spec.versions()} |")
+    return [*out, "", PEERS, ""]
+
+
+def _method(ctx: Context) -> list[str]:
+    facts, agg = ctx.facts, ctx.agg
+    fields = {
+        "cpu": facts.get("cpu", "?"),
+        "cpu_mhz": facts.get("cpu_mhz", "?"),
+        "nproc": facts.get("nproc", "?"),
+        "memory": facts.get("memory", "?"),
+        "vm": ", a virtual machine" if facts.get("virtual_machine") == "yes" else "",
+        "kernel": facts.get("kernel", "?"),
+        "python": facts.get("python", "?"),
+        "server_cpu": SERVER_CPU,
+        "generator_cpu": GENERATOR_CPU,
+        "nofile": NOFILE,
+        "picows": _dist("picows"),
+        "uvloop": _dist("uvloop"),
+        "noisy_pct": noisy_pct(),
+        "retries": ctx.plan.retries,
+        "repeats": sum(a.get("repeats", 0) for per in agg.values() for a in per.values()),
+        "noisy": sum(a.get("noisy_rounds", 0) for per in agg.values() for a in per.values()),
+        "minutes": ctx.elapsed / 60,
+    }
+    return ["## Method and machine", "", *(line.format(**fields) for line in METHOD), ""]
+
+
+def _reproduce(ctx: Context) -> list[str]:
+    return [REPRODUCE.format(command=ctx.command)]
+
+
+SECTIONS: tuple[Callable[[Context], list[str]], ...] = (
+    _intro,
+    _targets_section,
+    _summary,
+    _fanout,
+    _latency,
+    _chat_fanout,
+    _chat_latency,
+    _idle,
+    _connect,
+    _errors,
+    _findings,
+    _servers,
+    _method,
+    _reproduce,
+)

@@ -1,0 +1,228 @@
+"""Planning and running: which server runs which scenario with which options, in what order,
+each measurement in a fresh server process, again when the machine was busy."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .servers import (
+    CHAT_SCENARIOS,
+    GENERATOR_CPU,
+    SERVERS,
+    ServerProcess,
+    ServerSpec,
+    hubbub_source,
+)
+
+
+@dataclass
+class Plan:
+    rounds: int
+    servers: list[str]
+    scenarios: list[str]
+    options: dict[str, dict[str, Any]]
+    quick: bool
+    retries: int = 2
+    budget_s: float = 540.0
+    results: dict[str, dict[str, list[dict[str, Any]]]] = field(default_factory=dict)
+
+
+def make_plan(args: argparse.Namespace) -> Plan:
+    if args.quick:
+        room = {"clients": 200, "senders": 4, "window": 4, "duration": 2.0, "warmup": 0.5}
+        options = {
+            "fanout": room,
+            "latency": {**room, "rate": 20.0},
+            "idle": {"idle_clients": 2000, "idle_steps": 4},
+            "connect": {"duration": 2.0, "warmup": 0.5, "connect_concurrency": 32},
+            "chat_fanout": room,
+            "chat_latency": {**room, "rate": 20.0},
+        }
+    else:
+        room = {"clients": 1000, "senders": 10, "window": 4, "size": 100}
+        options = {
+            "fanout": {**room, "duration": args.duration, "warmup": 1.5},
+            "latency": {**room, "rate": 20.0, "duration": args.duration, "warmup": 1.0},
+            "idle": {"idle_clients": 10_000, "idle_steps": 10},
+            # Node's JIT needs about 2 s of this load to reach its steady rate
+            # (seen in the connection-rate chart); measured before that, Node ws,
+            # the baseline of every ratio, would look slower than it is.
+            "connect": {"duration": args.duration, "warmup": 3.0, "connect_concurrency": 64},
+            "chat_fanout": {**room, "duration": args.duration, "warmup": 1.5},
+            "chat_latency": {**room, "rate": 20.0, "duration": args.duration, "warmup": 1.0},
+        }
+    return Plan(
+        rounds=args.rounds if args.rounds else (1 if args.quick else 3),
+        servers=args.servers,
+        scenarios=args.scenarios,
+        options=options,
+        quick=args.quick,
+        retries=args.retries,
+        budget_s=args.budget,
+    )
+
+
+def server_order(servers: list[str], round_index: int) -> list[str]:
+    """Round 0 as given, round 1 reversed, round 2 rotated by one, ... ."""
+    k = round_index % len(servers)
+    order = servers[k:] + servers[:k]
+    if round_index % 2 == 1:
+        order.reverse()
+    return order
+
+
+def run_one(
+    spec: ServerSpec, scenario: str, plan: Plan, tmp: Path, round_index: int
+) -> dict[str, Any]:
+    from hubbub.bench.options import BenchError, Options
+    from hubbub.bench.scenarios import RUNNERS
+
+    server = ServerProcess(spec, tmp)
+    label = f"{spec.name} r{round_index + 1}"
+    source = hubbub_source() if spec.name == "hubbub" else None
+    try:
+        server.start()
+        assert server.proc is not None
+        chat = scenario in CHAT_SCENARIOS
+        opts = Options(
+            protocol=spec.chat_protocol if chat else "seed",
+            url=server.url,
+            server_pid=server.proc.pid,
+            workers=1,
+            generator_cpus={GENERATOR_CPU},
+            label=label,
+            progress=sys.stderr.isatty(),
+            **plan.options[scenario],
+        )
+        opts.validate()
+        result: dict[str, Any] = asyncio.run(RUNNERS[scenario.removeprefix("chat_")](opts))
+        result["scenario"] = scenario
+        if not server.alive():
+            result["errors"].append("the server process died during the run")
+            result["ok"] = False
+    except (BenchError, RuntimeError, OSError) as exc:
+        result = {
+            "scenario": scenario,
+            "label": label,
+            "ok": False,
+            "errors": [f"{type(exc).__name__}: {exc}"],
+            "failed_to_run": True,
+        }
+        tail = server.tail()
+        if tail:
+            result["errors"].append("server log: " + tail[-600:])
+    finally:
+        server.stop()
+    result["server"] = spec.name
+    result["round"] = round_index + 1
+    if source is not None:
+        result["hubbub_source"] = source
+        if hubbub_source() != source:
+            result["hubbub_source_changed"] = True
+    return result
+
+
+def machine_busy_pct(seconds: float) -> float:
+    """CPU use of the whole machine over ``seconds``, in percent of one core."""
+    from hubbub.bench import proc
+
+    b0, t0 = proc.machine_busy_seconds(), time.monotonic()
+    time.sleep(seconds)
+    b1, t1 = proc.machine_busy_seconds(), time.monotonic()
+    return 100.0 * (b1 - b0) / (t1 - t0)
+
+
+def wait_quiet(log: Callable[[str], None], limit: float = 30.0) -> None:
+    """Wait (up to ``limit`` s) until other processes leave the CPUs alone."""
+    from hubbub.bench.options import NOISY_PCT
+
+    deadline = time.monotonic() + limit
+    warned = False
+    while True:
+        busy = machine_busy_pct(0.3)
+        if busy < NOISY_PCT:
+            return
+        if time.monotonic() > deadline:
+            log(f"  the machine is still busy ({busy:.0f}% of a core): going on anyway")
+            return
+        if not warned:
+            log(f"  other processes use {busy:.0f}% of a core: waiting for a quiet machine")
+            warned = True
+        time.sleep(1.0)
+
+
+def execute(plan: Plan, tmp: Path, log: Callable[[str], None]) -> None:
+    # Past the budget, no more waiting for a quiet machine and no repeats, so
+    # that a busy machine cannot stretch the run much beyond it.
+    budget_end = time.monotonic() + plan.budget_s
+    for name in plan.servers:
+        plan.results[name] = {s: [] for s in plan.scenarios if s in SERVERS[name].scenarios}
+    for r in range(plan.rounds):
+        order = server_order(plan.servers, r)
+        log(f"round {r + 1}/{plan.rounds}: {', '.join(order)}")
+        for name in order:
+            for scenario in plan.scenarios:
+                if scenario not in SERVERS[name].scenarios:
+                    continue
+                t = time.monotonic()
+                for attempt in range(1 + plan.retries):
+                    in_budget = time.monotonic() < budget_end
+                    if in_budget:
+                        wait_quiet(log)
+                    result = run_one(SERVERS[name], scenario, plan, tmp, r)
+                    result["attempts"] = attempt + 1
+                    if not result.get("noisy"):
+                        break
+                    again = attempt < plan.retries and time.monotonic() < budget_end
+                    log(
+                        f"  {name:<10} {scenario:<8} noisy: other processes used "
+                        f"{result['other_cpu_pct']:.0f}% of a core"
+                        + ("; running it again" if again else "; keeping it")
+                    )
+                    if not again:
+                        break
+                plan.results[name][scenario].append(result)
+                log(f"  {name:<10} {scenario:<8} {summary(result)}  ({time.monotonic() - t:.0f}s)")
+
+
+def summary(result: dict[str, Any]) -> str:
+    from hubbub.bench.report import fmt
+
+    s = result["scenario"].removeprefix("chat_")
+    if result.get("failed_to_run"):
+        return "FAILED: " + "; ".join(result["errors"])[:300]
+    if s == "fanout":
+        text = (
+            f"{fmt(result['deliveries_per_s'])} deliveries/s, "
+            f"{fmt(result['deliveries_per_server_cpu_s'])} per server CPU-s, "
+            f"CPU server {fmt(result['server_cpu_pct'])}% generator "
+            f"{fmt(result['generator_cpu_pct'])}%"
+        )
+    elif s == "latency":
+        lat = result["latency_ms"]
+        text = (
+            f"p50 {fmt(lat['p50'], 2)} ms, p99 {fmt(lat['p99'], 2)} ms, "
+            f"p99.9 {fmt(lat['p99.9'], 2)} ms, server CPU {fmt(result['server_cpu_pct'])}%"
+        )
+    elif s == "idle":
+        text = (
+            f"{fmt(result['rss_per_connection_kib'], 2)} KiB per idle connection "
+            f"({result['connected']:,} connections)"
+        )
+    else:
+        text = (
+            f"{fmt(result['handshakes_per_s'])} handshakes/s, "
+            f"{fmt(result['handshakes_per_server_cpu_s'])} per server CPU-s, "
+            f"CPU server {fmt(result['server_cpu_pct'])}% generator "
+            f"{fmt(result['generator_cpu_pct'])}%"
+        )
+    if not result["ok"]:
+        text += "  ERRORS: " + "; ".join(result["errors"])[:300]
+    return text

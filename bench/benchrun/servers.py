@@ -1,0 +1,265 @@
+"""The servers ``make bench`` compares, and how one is started, checked and stopped."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import resource
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+
+#: The repository (bench/benchrun/servers.py -> ..).
+ROOT = Path(__file__).resolve().parents[2]
+PEERS = ROOT / "bench" / "peers"
+NODE_DIR = PEERS / "node_ws"
+BASELINE = "node_ws"
+SEED_SCENARIOS = ("idle", "fanout", "latency", "connect")
+CHAT_SCENARIOS = ("chat_fanout", "chat_latency")
+SCENARIO_ORDER = SEED_SCENARIOS + CHAT_SCENARIOS
+SOCKETIO_DIR = PEERS / "socketio_node"
+SERVER_CPU = 1
+GENERATOR_CPU = 0
+NOFILE = 20_000
+
+
+@dataclass
+class ServerSpec:
+    name: str
+    title: str
+    argv: Callable[[int, Path], list[str]]
+    versions: Callable[[], str]
+    notes: str = ""
+    #: Scenarios this server takes part in.
+    scenarios: tuple[str, ...] = SEED_SCENARIOS
+    #: What the generator speaks to it in the chat scenarios.
+    chat_protocol: str = "socket.io"
+
+
+def _py_versions(*dists: str) -> Callable[[], str]:
+    def get() -> str:
+        parts = []
+        for dist in dists:
+            try:
+                parts.append(f"{dist} {metadata.version(dist)}")
+            except metadata.PackageNotFoundError:
+                parts.append(f"{dist} (not installed)")
+        return ", ".join(parts) + f", CPython {platform.python_version()}"
+
+    return get
+
+
+def hubbub_source() -> str:
+    """Git revision of hubbub plus a hash of its sources (excluding the bench package).
+
+    Recorded with every hubbub measurement: if the server's code changes while
+    the benchmark runs, the report says so instead of mixing versions silently.
+    """
+    digest = hashlib.sha256()
+    src = ROOT / "src" / "hubbub"
+    for path in sorted(src.rglob("*")):
+        if path.is_file() and "bench" not in path.relative_to(src).parts[:1]:
+            if path.suffix in (".py", ".html", ".js", ".css"):
+                digest.update(str(path.relative_to(src)).encode())
+                digest.update(path.read_bytes())
+    try:
+        rev = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        # Dirty only if hubbub's own sources differ from the commit.
+        changes = subprocess.run(
+            ["git", "status", "--porcelain", "--", "src/hubbub", ":!src/hubbub/bench"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        if changes:
+            rev += " + uncommitted changes"
+    except (OSError, subprocess.CalledProcessError):
+        rev = "no git"
+    return f"{rev} (sources {digest.hexdigest()[:12]})"
+
+
+def _node_versions(folder: Path, packages: tuple[str, ...]) -> Callable[[], str]:
+    return lambda: _node_package_versions(folder, packages)
+
+
+def _node_package_versions(folder: Path, packages: tuple[str, ...]) -> str:
+    parts = []
+    try:
+        node = subprocess.run(["node", "--version"], capture_output=True, text=True, check=True)
+        parts.append(f"Node {node.stdout.strip()}")
+    except (OSError, subprocess.CalledProcessError):
+        parts.append("Node (not found)")
+    for pkg in packages:
+        manifest = folder / "node_modules" / pkg / "package.json"
+        try:
+            parts.append(f"{pkg} {json.loads(manifest.read_text())['version']}")
+        except (OSError, ValueError, KeyError):
+            parts.append(f"{pkg} (not installed)")
+    return ", ".join(parts)
+
+
+SERVERS: dict[str, ServerSpec] = {
+    spec.name: spec
+    for spec in (
+        ServerSpec(
+            "hubbub",
+            "hubbub",
+            lambda port, tmp: [
+                sys.executable,
+                "-m",
+                "hubbub",
+                "serve",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--log-level",
+                "warning",
+                "--max-connections",
+                str(NOFILE),
+                "--db",
+                str(tmp / "hubbub.db"),
+                # The chat scenarios' senders send far more than the default
+                # 20 messages/s per connection.
+                "--rate",
+                "0",
+            ],
+            _py_versions("hubbub", "websockets", "httptools", "uvloop", "msgspec"),
+            "`hubbub serve` (the full chat app with its SQLite store; plain clients get the "
+            "seed room; `--rate 0`: no per-connection rate limit)",
+            SCENARIO_ORDER,
+            "hubbub.v1",
+        ),
+        ServerSpec(
+            "node_ws",
+            "Node ws",
+            lambda port, tmp: ["node", str(NODE_DIR / "server.js"), str(port)],
+            _node_versions(NODE_DIR, ("ws", "bufferutil")),
+            "bench/peers/node_ws/server.js",
+        ),
+        ServerSpec(
+            "websockets",
+            "websockets",
+            lambda port, tmp: [sys.executable, str(PEERS / "websockets_peer.py"), str(port)],
+            _py_versions("websockets", "uvloop"),
+            "bench/peers/websockets_peer.py (asyncio server, `broadcast()`)",
+        ),
+        ServerSpec(
+            "aiohttp",
+            "aiohttp",
+            lambda port, tmp: [sys.executable, str(PEERS / "aiohttp_peer.py"), str(port)],
+            _py_versions("aiohttp", "uvloop"),
+            "bench/peers/aiohttp_peer.py (`send_frame` to each client)",
+        ),
+        ServerSpec(
+            "picows",
+            "picows",
+            lambda port, tmp: [sys.executable, str(PEERS / "picows_peer.py"), str(port)],
+            _py_versions("picows", "uvloop"),
+            "bench/peers/picows_peer.py (`WSTransport.send` to each client)",
+        ),
+        ServerSpec(
+            "socketio_node",
+            "Node socket.io",
+            lambda port, tmp: ["node", str(SOCKETIO_DIR / "server.js"), str(port)],
+            _node_versions(SOCKETIO_DIR, ("socket.io", "socket.io-client", "bufferutil")),
+            "bench/peers/socketio_node/server.js (`io.to(room).emit`, ack callback)",
+            CHAT_SCENARIOS,
+        ),
+        ServerSpec(
+            "python_socketio",
+            "python-socketio",
+            lambda port, tmp: [sys.executable, str(PEERS / "python_socketio_peer.py"), str(port)],
+            _py_versions("python-socketio", "aiohttp", "uvloop"),
+            "bench/peers/python_socketio_peer.py (aiohttp, uvloop, `emit(..., room=...)`)",
+            CHAT_SCENARIOS,
+        ),
+    )
+}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _server_preexec() -> None:
+    os.sched_setaffinity(0, {SERVER_CPU})
+    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = NOFILE if hard == resource.RLIM_INFINITY else min(max(NOFILE, _soft), hard)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+    os.setsid()
+
+
+class ServerProcess:
+    def __init__(self, spec: ServerSpec, tmp: Path) -> None:
+        self.spec = spec
+        self.port = free_port()
+        self.log = tmp / f"{spec.name}.log"
+        self.argv = spec.argv(self.port, tmp)
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}/"
+
+    def start(self, timeout: float = 20.0) -> None:
+        with open(self.log, "ab") as log:
+            self.proc = subprocess.Popen(
+                self.argv,
+                cwd=ROOT,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                preexec_fn=_server_preexec,
+                env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"{self.spec.name} exited at start:\n{self.tail()}")
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
+                    time.sleep(0.3)  # let start-up work (e.g. hubbub opening its store) finish
+                    return
+            except OSError:
+                time.sleep(0.05)
+        self.stop()
+        raise RuntimeError(f"{self.spec.name} did not listen within {timeout}s:\n{self.tail()}")
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def stop(self) -> None:
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(8)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        self.proc = None
+
+    def tail(self, lines: int = 15) -> str:
+        try:
+            return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
