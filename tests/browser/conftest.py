@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+import urllib.request
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -31,6 +32,10 @@ CHROMIUM_ARGS = [
 ]
 DESKTOP = {"width": 1280, "height": 800}
 PHONE = {"width": 390, "height": 844}
+# axe-core from the npm registry (tests/browser/package.json), installed by `make node-deps`.
+AXE = Path(__file__).parent / "node_modules" / "axe-core" / "axe.min.js"
+# Served to the page under test from its own origin (the page's CSP allows 'self' scripts only).
+AXE_URL = "/__tests__/axe.min.js"
 
 # What the page shows, read in the page (never through innerHTML).
 _TEXTS = """sel => Array.from(document.querySelectorAll(
@@ -150,8 +155,11 @@ async def open_page(browser: Any) -> AsyncIterator[Callable[..., Awaitable[ChatP
         rooms: list[str] | None = None,
         wait: bool = True,
         route: Callable[[Any], Any] | None = None,
+        color_scheme: str = "light",
     ) -> ChatPage:
-        context = await browser.new_context(viewport=viewport, reduced_motion="reduce")
+        context = await browser.new_context(
+            viewport=viewport, reduced_motion="reduce", color_scheme=color_scheme
+        )
         setup = []
         if nick is not None:
             setup.append(f"localStorage.setItem('hubbub.nick', {json.dumps(nick)});")
@@ -221,3 +229,74 @@ class V1Client:
 
     async def close(self) -> None:
         await self.ws.close()
+
+
+async def wait_until(probe: Callable[[], Awaitable[Any]], what: str, within: float = 10.0) -> Any:
+    """Poll ``probe`` until it returns something truthy (and return that)."""
+    deadline = time.monotonic() + within
+    while not (got := await probe()):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"still not {what} after {within}s (last: {got!r})")
+        await asyncio.sleep(0.05)
+    return got
+
+
+async def settled(page: Any) -> None:
+    """Wait until the page has rendered two frames: scroll and resize handlers have run."""
+    await page.evaluate(
+        "() => new Promise(r => requestAnimationFrame(() => requestAnimationFrame(() => r())))"
+    )
+
+
+async def stored_texts(port: int, room: str) -> list[str]:
+    """The texts the server stored in ``room``, oldest first (GET /api/rooms/{room}/messages)."""
+
+    def get() -> Any:
+        url = f"http://127.0.0.1:{port}/api/rooms/{room}/messages?limit=200"
+        with urllib.request.urlopen(url, timeout=10) as response:
+            return json.load(response)
+
+    page = await asyncio.to_thread(get)
+    return [m["text"] for m in page["messages"]]
+
+
+# Rules are axe-core's defaults plus the experimental "label in name" check (WCAG 2.5.3).
+_AXE_OPTIONS = {
+    "resultTypes": ["violations"],
+    "rules": {"label-content-name-mismatch": {"enabled": True}},
+}
+BLOCKING = ("serious", "critical")
+
+
+@pytest.fixture
+def axe() -> Callable[[Any, str], Awaitable[list[dict[str, Any]]]]:
+    """``await axe(page, "what is shown")``: run axe-core on the page as it is now and fail
+    on any serious or critical violation; returns all violations (for milder checks)."""
+    if not AXE.exists():
+        pytest.fail(
+            f"{AXE.relative_to(Path(__file__).parent.parent.parent)} is missing: run "
+            "`make node-deps` (npm install --prefix tests/browser) to install axe-core "
+            "for the accessibility tests",
+            pytrace=False,
+        )
+
+    async def audit(page: Any, state: str) -> list[dict[str, Any]]:
+        if not await page.evaluate("() => typeof window.axe === 'object'"):
+            await page.route(
+                f"**{AXE_URL}",
+                lambda route: route.fulfill(path=str(AXE), content_type="text/javascript"),
+            )
+            await page.add_script_tag(url=AXE_URL)
+        result = await page.evaluate("options => axe.run(document, options)", _AXE_OPTIONS)
+        violations: list[dict[str, Any]] = result["violations"]
+        blocking = [v for v in violations if v["impact"] in BLOCKING]
+        lines = []
+        for v in blocking:
+            lines.append(f"{v['impact']} {v['id']}: {v['help']} ({v['helpUrl']})")
+            for node in v["nodes"][:5]:
+                summary = " ".join(node.get("failureSummary", "").split())
+                lines.append(f"    {node['target']}: {summary}")
+        assert not blocking, f"accessibility violations ({state}):\n" + "\n".join(lines)
+        return violations
+
+    return audit

@@ -77,7 +77,7 @@ async def test_two_people_chat_and_a_late_joiner_sees_the_history(make_chat, ope
     assert await cat.seqs() == [1, 2]
 
     # A direct message: cat clicks bob in the member list.
-    await cat.page.get_by_role("button", name="bob: send a direct message").click()
+    await cat.page.get_by_role("button", name="bob – direct message").click()
     assert await cat.page.text_content("#conv-name") == "bob"
     await cat.send("psst, bob")
     await cat.wait_texts(["psst, bob"])

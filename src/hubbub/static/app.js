@@ -23,7 +23,7 @@ const URL_RE = /\bhttps?:\/\/[^\s<>"'`]+/gi;
 const GROUP_WINDOW = 5 * 60; // seconds: consecutive messages of one author are grouped
 const BACKOFF_BASE = 500; // ms
 const BACKOFF_CAP = 30000; // ms
-const STABLE_AFTER = 10000; // ms a connection must live before the backoff resets
+const STABLE_AFTER = 10000; // ms a connection must live before it no longer counts as a flap
 const PING_AFTER = 25000; // ms of silence before an application ping
 const DEAD_AFTER = 45000; // ms of silence after which the connection is presumed dead
 const CONNECT_TIMEOUT = 10000; // ms for the handshake and the welcome frame
@@ -34,6 +34,10 @@ const TYPING_SHOWN = 6000; // ms a remote typing indicator lives without renewal
 const GHOST_WAIT = 60000; // ms to wait for our own dead connection to release the nick
 const KEEP_MAX = 1500; // messages kept per room in a page open all day...
 const KEEP_AFTER_PRUNE = 1000; // ...when the reader is at the bottom (older ones reload on scroll)
+const SLOW_LINGER = 2000; // ms the "slow down" note stays after the last message held back
+const RETRY_SEND = [1000, 2000]; // ms before a send refused as unavailable is tried again
+// The server's limits until its welcome frame tells the real ones (docs/protocol.md).
+const DEFAULT_LIMITS = { max_message_size: 65536, rate: 0, burst: 0, max_text: 8000, max_nick: 32, max_room: 64 };
 const KEYS = {
   nick: "hubbub.nick",
   rooms: "hubbub.rooms",
@@ -175,7 +179,8 @@ const S = {
   ws: null,
   welcomed: false,
   status: "connecting",
-  attempt: 0,
+  attempt: 0, // failed connection attempts since the last welcome
+  flaps: 0, // welcomed connections in a row that died young (not a server restart)
   retryAt: 0,
   retryTimer: null,
   openedAt: 0,
@@ -186,6 +191,15 @@ const S = {
   rooms: new Map(), // name -> Room
   dms: new Map(), // lowercased peer -> Dm
   pending: new Map(), // client id -> pending item, in the order typed
+  limits: { ...DEFAULT_LIMITS },
+  // The server's per-connection token bucket, mirrored: sends wait for a token
+  // instead of being refused (and a refusal pauses all sending until retryAt).
+  bucket: { rate: 0, burst: 0, tokens: 0, at: 0 },
+  pausedUntil: 0, // ms (Date.now): the server said "rate_limited"
+  pumpTimer: null,
+  slowed: false, // messages are waiting for the rate limit
+  slowUntil: 0,
+  nickOk: false, // the server accepted our nickname in a room at least once
   current: null,
   directory: [],
   typing: { room: null, sentAt: 0, idle: null },
@@ -269,7 +283,30 @@ function wsSend(frame) {
   const ws = S.ws;
   if (!ws || ws.readyState !== WebSocket.OPEN || !S.welcomed) return false;
   ws.send(JSON.stringify(frame));
+  takeToken();
   return true;
+}
+
+/** Tokens left in our mirror of the server's rate-limit bucket (Infinity: no limit). */
+function tokens() {
+  const b = S.bucket;
+  if (!(b.rate > 0)) return Infinity;
+  const now = Date.now();
+  b.tokens = Math.min(b.burst, b.tokens + ((now - b.at) / 1000) * b.rate);
+  b.at = now;
+  return b.tokens;
+}
+
+function takeToken() {
+  if (tokens() !== Infinity) S.bucket.tokens -= 1; // every frame costs one, as on the server
+}
+
+/** ms until a message may go out without being refused (0: now). */
+function sendWait() {
+  const paused = S.pausedUntil - Date.now();
+  if (paused > 0) return paused;
+  const left = tokens();
+  return left >= 1 ? 0 : Math.ceil(((1 - left) / S.bucket.rate) * 1000);
 }
 
 function connect() {
@@ -309,18 +346,26 @@ function connect() {
     }
     if (frame && typeof frame.type === "string") handle(frame);
   });
-  ws.addEventListener("close", () => {
-    if (S.ws === ws) disconnected();
+  ws.addEventListener("close", (ev) => {
+    if (S.ws === ws) disconnected(ev.code);
   });
 }
 
 /** The connection is gone (closed, failed, or presumed dead): prepare the resume. */
-function disconnected() {
+function disconnected(code = 0) {
   const ws = S.ws;
   S.ws = null;
-  const stable = S.welcomed && Date.now() - S.openedAt > STABLE_AFTER;
+  if (S.welcomed) {
+    // It worked: the first retry comes quickly (a server restart is back in a
+    // second or two). Only connections that keep dying young, without the
+    // server saying it is going away (1001), back off further and further.
+    const stable = Date.now() - S.openedAt > STABLE_AFTER || code === 1001;
+    S.flaps = stable ? 0 : S.flaps + 1;
+    S.attempt = 0;
+  } else {
+    S.attempt += 1;
+  }
   S.welcomed = false;
-  S.attempt = stable ? 0 : S.attempt + 1;
   if (ws && ws.readyState < WebSocket.CLOSING) {
     try {
       ws.close();
@@ -340,6 +385,9 @@ function disconnected() {
   for (const item of S.pending.values()) {
     if (item.state === "sent") item.state = "queued";
   }
+  clearTimeout(S.pumpTimer);
+  S.pumpTimer = null;
+  setSlowed(false);
   S.typing.room = null;
   renderPendingStates();
   renderTyping();
@@ -350,9 +398,15 @@ function disconnected() {
   scheduleReconnect();
 }
 
+/** ms before the next connection attempt: exponential in consecutive failures, with jitter. */
+function reconnectDelay() {
+  const failures = S.attempt + S.flaps;
+  const ceiling = Math.min(BACKOFF_CAP, BACKOFF_BASE * 2 ** Math.max(0, failures - 1));
+  return ceiling / 2 + Math.random() * (ceiling / 2); // jitter: no thundering herd
+}
+
 function scheduleReconnect() {
-  const ceiling = Math.min(BACKOFF_CAP, BACKOFF_BASE * 2 ** Math.max(0, S.attempt - 1));
-  const delay = ceiling / 2 + Math.random() * (ceiling / 2); // jitter: no thundering herd
+  const delay = reconnectDelay();
   S.retryAt = Date.now() + delay;
   clearTimeout(S.retryTimer);
   S.retryTimer = setTimeout(connect, delay);
@@ -465,6 +519,14 @@ function onWelcome(f) {
   S.welcomed = true;
   S.me = f.nick;
   S.pingSentAt = 0;
+  S.limits = { ...DEFAULT_LIMITS, ...(f.limits && typeof f.limits === "object" ? f.limits : {}) };
+  const rate = Number(S.limits.rate) || 0;
+  const burst = Math.max(1, Number(S.limits.burst) || 1);
+  // A new connection starts with a full bucket; keep two tokens in hand for
+  // joins and history requests so that a burst of messages never starves them.
+  S.bucket = { rate, burst: Math.max(1, burst - 2), tokens: Math.max(1, burst - 2), at: Date.now() };
+  S.pausedUntil = 0;
+  renderCounter();
   setStatus("connected");
   for (const room of S.rooms.values()) join(room);
   wsSend({ type: "rooms" });
@@ -492,8 +554,8 @@ function onRoom(f) {
   room.everJoined = true;
   room.nickWaitSince = 0;
   room.problem = null;
+  confirmNick(f.nick, true); // first: the member list must know which entry is us
   setMembers(room, f.members || []);
-  confirmNick(f.nick);
   if (!room.resuming) {
     if (room.epoch !== null && room.epoch !== f.epoch) clearRoom(room);
     room.epoch = f.epoch;
@@ -568,7 +630,7 @@ function resolvePending(clientId, room) {
   S.pending.delete(clientId);
   item.el.remove();
   savePending();
-  renderStatus();
+  pump(); // the next message of this conversation may go now
   return true;
 }
 
@@ -697,13 +759,14 @@ function onDm(f) {
   const mine = same(from, S.me);
   const peer = mine ? f.to : from;
   const dm = ensureDm(peer);
+  if (!dm) return;
   if (S.rooms.has(f.room)) dm.room = f.room;
   if (mine && f.client_id) {
     const item = S.pending.get(f.client_id);
     if (item && item.kind === "dm") {
       S.pending.delete(f.client_id);
       item.el.remove();
-      renderStatus();
+      pump();
     }
   }
   // Not stored on the server, so not numbered: de-duplicate by the server's id
@@ -717,24 +780,28 @@ function onDm(f) {
   placeAtEnd(dm, el);
   liveArrival(dm, el, mine, `Direct message from ${from}: ${f.text}`);
   if (!mine && S.current !== dm) {
-    toast(`New direct message from ${from}`, "info", { label: "Open", run: () => show(dm) });
+    toast(`New direct message from ${from}`, "info", { label: "Open", run: () => show(dm) }, dm);
   }
 }
 
 function onNickSet(f) {
-  confirmNick(f.nick);
+  confirmNick(f.nick, true);
   const dialog = $("nick-dialog");
-  if (dialog.open) dialog.close();
+  if (dialog.open) closeNickDialog();
 }
 
-function confirmNick(nick) {
+/** The server calls us ``nick`` (accepted: a room joined or a rename done). */
+function confirmNick(nick, accepted = false) {
   if (!nick) return;
+  const changed = S.me !== nick;
   S.me = nick;
   if (S.wantNick && same(nick, S.wantNick)) {
     S.wantNick = nick;
     store.set(KEYS.nick, nick);
+    if (accepted) S.nickOk = true;
   }
   renderMe();
+  if (changed) renderMembers(); // our own entry is not a "direct message" button
 }
 
 function onError(f) {
@@ -750,7 +817,10 @@ function onError(f) {
       return flush(room);
     }
     if (f.code === "bad_frame" && /nick/i.test(f.message || "")) {
-      return askNick("That nickname is not allowed. Choose another one.");
+      room.problem = "nickname not allowed";
+      renderRoomHeader();
+      renderPendingStates();
+      return askNick("That nickname is not allowed. Choose another one.", !anyJoined());
     }
     if (f.code === "unavailable" || f.code === "rate_limited") {
       room.retryTimer = setTimeout(() => join(room), 2000 + Math.random() * 2000);
@@ -760,22 +830,27 @@ function onError(f) {
     return removeRoom(room);
   }
   if ((f.ref === "send" || f.ref === "dm") && item) {
-    if (["rate_limited", "unavailable", "not_in_room"].includes(f.code)) {
+    if (f.code === "rate_limited") {
+      // Nothing was stored. Its conversation sends nothing else until it is
+      // resent, first, once the server has a token for it again.
       item.state = "queued";
-      const target = item.kind === "send" ? S.rooms.get(item.room) : null;
-      setTimeout(() => (target ? flush(target) : flushDms()), 1000 + Math.random() * 1000);
+      S.pausedUntil = Date.now() + retryAfter(f);
+      S.bucket.tokens = Math.min(S.bucket.tokens, 0);
+      S.bucket.at = Date.now();
+    } else if (["unavailable", "not_in_room"].includes(f.code)) {
+      item.state = "queued";
+      item.notBefore = Date.now() + RETRY_SEND[0] + Math.random() * (RETRY_SEND[1] - RETRY_SEND[0]);
     } else {
       item.state = "failed";
       item.error = f.code === "no_such_member" ? `${item.to} is not here any more` : f.message;
       savePending();
     }
-    renderPendingStates();
+    pump();
     return;
   }
   if (f.ref === "nick") {
-    return showNickError(
-      f.code === "nick_taken" ? `That nickname is taken${f.room ? ` in #${f.room}` : ""}.` : "That is not a valid nickname.",
-    );
+    const text = f.code === "nick_taken" ? `That nickname is taken${f.room ? ` in #${f.room}` : ""}.` : "That is not a valid nickname.";
+    return $("nick-dialog").open ? showNickError(text) : askNick(text);
   }
   if (f.code === "rate_limited" && f.ref !== "history") return; // typing, rooms: harmless
   if (f.ref === "history" && room) {
@@ -803,8 +878,23 @@ function onJoinNickTaken(room, f) {
   room.nickWaitSince = 0;
   room.problem = `“${S.wantNick}” is taken here`;
   renderRoomHeader();
-  askNick(`“${S.wantNick}” is already taken in #${room.name}. Choose another nickname.`);
+  renderPendingStates();
+  // Not in any room yet (a first visit, say): a nickname is needed before anything else.
+  askNick(`“${S.wantNick}” is already taken in #${room.name}. Choose another nickname.`, !anyJoined());
   void f;
+}
+
+const anyJoined = () => [...S.rooms.values()].some((r) => r.joined === "yes");
+
+/** ms the server asked us to wait after "rate_limited" (its message says "retry in 0.35s"). */
+function retryAfter(f) {
+  let secs = Number(f.retry_after);
+  if (!(secs > 0)) {
+    const m = /retry in ([0-9.]+)\s*s/i.exec(f.message || "");
+    secs = m ? Number(m[1]) : 0;
+  }
+  if (!(secs > 0)) secs = S.bucket.rate > 0 ? 1 / S.bucket.rate : 1;
+  return Math.min(10000, Math.max(50, secs * 1000));
 }
 
 // ---------------------------------------------------------------------------
@@ -860,33 +950,91 @@ function restorePending() {
   }
 }
 
-/** Send what waits for this room, in the order it was typed. */
+/** Send what waits, in the order it was typed (the room's own argument is kept for callers). */
 function flush(room) {
-  if (!(room instanceof Room) || room.joined !== "yes" || room.resuming) return;
-  for (const item of S.pending.values()) {
-    if (item.kind !== "send" || item.room !== room.name || item.state !== "queued") continue;
-    if (!wsSend({ type: "send", room: item.room, id: item.id, text: item.text })) break;
-    item.state = "sent";
-  }
-  flushDms();
-  renderPendingStates();
+  void room;
+  pump();
 }
 
 function flushDms() {
+  pump();
+}
+
+/** The conversation a pending message belongs to: its messages go out one at a time, in order. */
+function laneOf(item) {
+  return item.kind === "send" ? `#${item.room}` : `@${item.to.toLowerCase()}`;
+}
+
+/**
+ * Send what waits. Within one conversation only one message is on its way at
+ * a time: the next goes when the server has acknowledged (or echoed) the one
+ * before, so a refused message is resent before anything typed after it and
+ * the server stores them in the order typed. Messages also wait for a token of
+ * the server's rate limit (mirrored here) instead of being refused.
+ */
+function pump() {
+  clearTimeout(S.pumpTimer);
+  S.pumpTimer = null;
+  const busy = new Set();
+  let wake = Infinity; // ms until something held back may go
+  let slowed = false;
+  const now = Date.now();
   for (const item of S.pending.values()) {
-    if (item.kind !== "dm" || item.state !== "queued") continue;
-    const room = dmRoute(item.dm);
-    if (!room) {
-      if (S.welcomed && [...S.rooms.values()].every((r) => r.joined === "yes")) {
-        item.state = "failed";
-        item.error = `${item.dm.peer} is not in any of your rooms`;
-      }
+    item.held = false;
+    if (item.state === "failed") continue;
+    const lane = laneOf(item);
+    if (busy.has(lane)) continue;
+    busy.add(lane);
+    if (item.state !== "queued") continue; // on its way: the rest of its conversation waits
+    if (item.notBefore > now) {
+      wake = Math.min(wake, item.notBefore - now);
       continue;
     }
-    if (!wsSend({ type: "dm", room: room.name, to: item.dm.peer, text: item.text, id: item.id })) break;
+    let frame;
+    if (item.kind === "send") {
+      const room = S.rooms.get(item.room);
+      if (!room || room.joined !== "yes" || room.resuming) continue;
+      frame = { type: "send", room: item.room, id: item.id, text: item.text };
+    } else {
+      const room = dmRoute(item.dm);
+      if (!room) {
+        if (S.welcomed && [...S.rooms.values()].every((r) => r.joined === "yes")) {
+          item.state = "failed";
+          item.error = `${item.dm.peer} is not in any of your rooms`;
+        }
+        continue;
+      }
+      frame = { type: "dm", room: room.name, to: item.dm.peer, text: item.text, id: item.id };
+    }
+    if (!S.welcomed) continue;
+    const wait = sendWait();
+    if (wait > 0) {
+      item.held = true;
+      slowed = true;
+      wake = Math.min(wake, wait);
+      continue;
+    }
+    if (!wsSend(frame)) continue;
     item.state = "sent";
   }
+  // The note stays while the queue drains (messages alternate between waiting
+  // for a token and being on their way), instead of flickering on and off.
+  if (slowed) S.slowUntil = now + SLOW_LINGER;
+  const waiting = [...S.pending.values()].some((p) => p.state !== "failed");
+  const show = slowed || (waiting && S.slowUntil > now);
+  if (show && !slowed) wake = Math.min(wake, S.slowUntil - now);
+  if (wake !== Infinity) S.pumpTimer = setTimeout(pump, Math.max(20, wake));
+  setSlowed(show);
   renderPendingStates();
+}
+
+/** Tell the user that their messages wait for the server's rate limit (and when that is over). */
+function setSlowed(on) {
+  if (on === S.slowed) return;
+  S.slowed = on;
+  const note = $("send-note");
+  note.hidden = !on;
+  note.textContent = on ? "Slow down: you are sending faster than the server allows. Your messages go out one by one, in order." : "";
 }
 
 /** A joined room the DM peer is in: the one the conversation used, else any. */
@@ -910,10 +1058,17 @@ function renderPendingStates() {
       label = `Not delivered: ${item.error}`;
       name = "alert";
       item.el.classList.add("failed");
-    } else if (item.state === "sent" || S.status === "connected") {
+    } else if (item.state === "sent") {
       label = "Sending…";
-    } else {
+    } else if (S.status !== "connected") {
       label = "Waiting for connection";
+    } else if (item.held) {
+      label = "Slowed down: waiting to send";
+    } else if (item.kind === "send" && S.rooms.get(item.room)?.joined !== "yes") {
+      const problem = S.rooms.get(item.room)?.problem;
+      label = problem ? `Not sent: ${problem}` : `Waiting to join #${item.room}`;
+    } else {
+      label = "Waiting to send";
     }
     status.replaceChildren(icon(name), h("span", { text: label }));
   }
@@ -960,6 +1115,7 @@ function ensureRoom(name) {
 }
 
 function ensureDm(peer) {
+  if (same(peer, S.me)) return null; // no conversation with oneself
   const key = peer.toLowerCase();
   let dm = S.dms.get(key);
   if (!dm) {
@@ -1026,11 +1182,16 @@ function show(view) {
     prev.draft = $("input").value;
     $("input").value = view.draft;
     autosize();
+    renderCounter();
     if (S.typing.room) stopTyping();
   }
   S.current = view;
   view.el.hidden = false;
   view.unread = 0;
+  // A "new direct message… Open" toast is done once its conversation is open.
+  for (const el of $("toasts").querySelectorAll(".toast[data-view]")) {
+    if (el.dataset.view === viewKey(view)) el.remove();
+  }
   if (view.stick) scrollToBottom(view);
   else view.el.scrollTop = view.savedTop;
   store.set(KEYS.current, view instanceof Room ? `#${view.name}` : `@${view.peer}`);
@@ -1164,8 +1325,16 @@ function renderHistoryTop(room) {
   if (!(room instanceof Room)) return;
   const top = room.top;
   top.replaceChildren();
+  // "Load earlier messages" and "Loading messages…" take the same slot of the
+  // same height: starting a load must not move what the reader is looking at.
   if (room.historyBusy) {
-    top.append(h("div", { class: "history-note" }, h("span", { class: "spinner", "aria-hidden": "true" }), h("span", { text: "Loading messages…" })));
+    top.append(
+      h(
+        "div",
+        { class: "history-slot" },
+        h("div", { class: "history-note", role: "status" }, h("span", { class: "spinner", "aria-hidden": "true" }), h("span", { text: "Loading messages…" })),
+      ),
+    );
   } else if (room.hasMore === false) {
     top.append(
       h(
@@ -1177,7 +1346,13 @@ function renderHistoryTop(room) {
       ),
     );
   } else if (room.hasMore) {
-    top.append(h("button", { type: "button", class: "link-btn load-older", text: "Load earlier messages", onclick: () => loadOlder(room) }));
+    top.append(
+      h(
+        "div",
+        { class: "history-slot" },
+        h("button", { type: "button", class: "link-btn load-older", text: "Load earlier messages", onclick: () => loadOlder(room) }),
+      ),
+    );
   }
 }
 
@@ -1314,7 +1489,8 @@ function renderMenuBadge() {
   for (const v of [...S.rooms.values(), ...S.dms.values()]) if (v !== S.current) total += v.unread;
   const badge = $("menu-badge");
   badge.hidden = total === 0;
-  badge.textContent = total > 99 ? "99+" : String(total);
+  // Visible count, and in the button's name: "Rooms menu 3 unread".
+  badge.replaceChildren(total > 99 ? "99+" : String(total), h("span", { class: "sr-only", text: " unread" }));
   renderTitle();
 }
 
@@ -1342,6 +1518,7 @@ function renderRoomHeader() {
   else sub = room.problem ? `Not joined: ${room.problem}` : "Joining…";
   $("conv-sub").textContent = sub;
   $("members-count").textContent = live ? String(count) : "";
+  $("members-label").textContent = live ? "Members online:" : "Members";
   document.body.classList.toggle("members-stale", !live);
   $("leave-btn").setAttribute("aria-label", isRoom ? `Leave #${view.name}` : `Close conversation with ${view.peer}`);
   $("leave-btn").title = isRoom ? "Leave room" : "Close conversation";
@@ -1375,15 +1552,17 @@ function renderMembers() {
             type: "button",
             class: "member",
             title: `Send ${nick} a direct message`,
-            "aria-label": `${nick}: send a direct message`,
             onclick: () => {
               const dm = ensureDm(nick);
+              if (!dm) return;
               dm.room = room.name;
               show(dm);
               focusComposer();
             },
           },
           ...content,
+          // The name comes from the visible text (so voice control finds "bob"), plus:
+          h("span", { class: "sr-only", text: "– direct message" }),
           icon("chat", "icon member-dm"),
         ),
       );
@@ -1415,9 +1594,13 @@ function renderMe() {
   $("me-avatar").replaceWith(Object.assign(avatar(nick), { id: "me-avatar" }));
 }
 
-function toast(text, kind = "info", action = null) {
+const viewKey = (view) => (view instanceof Room ? `#${view.name}` : `@${view.key}`);
+
+/** A short notice; ``view``: it is about that conversation (and goes when it is opened). */
+function toast(text, kind = "info", action = null, view = null) {
   const box = $("toasts");
   const el = h("div", { class: `toast ${kind}` }, icon(kind === "error" ? "alert" : "chat"), h("span", { text }));
+  if (view) el.dataset.view = viewKey(view);
   if (action) {
     el.append(h("button", { type: "button", class: "link-btn", text: action.label, onclick: () => { el.remove(); action.run(); } }));
   }
@@ -1430,15 +1613,21 @@ function toast(text, kind = "info", action = null) {
 // ---------------------------------------------------------------------------
 // nickname dialog
 
-function askNick(message = null) {
+/**
+ * Open the nickname dialog. ``required``: the page has no accepted nickname to
+ * fall back on (a first visit, or the chosen one is taken everywhere), so the
+ * dialog cannot be cancelled and nothing is sent until a join succeeds.
+ */
+function askNick(message = null, required = !S.wantNick) {
   const dialog = $("nick-dialog");
   const first = !S.wantNick;
-  $("nick-title").textContent = first ? "Welcome to hubbub" : "Your nickname";
+  $("nick-title").textContent = first ? "Welcome to hubbub" : required ? "Choose another nickname" : "Your nickname";
   $("nick-sub").textContent = first
     ? "Choose a nickname to start chatting. It is remembered on this device."
     : "Everyone in your rooms sees this name.";
-  $("nick-ok").textContent = first ? "Start chatting" : "Save";
-  $("nick-cancel").hidden = first;
+  $("nick-ok").textContent = required ? "Start chatting" : "Save";
+  $("nick-cancel").hidden = required;
+  dialog.dataset.required = required ? "true" : "false";
   $("nick-input").value = S.wantNick || "";
   showNickError(message || "");
   if (!dialog.open) dialog.showModal();
@@ -1446,11 +1635,19 @@ function askNick(message = null) {
   $("nick-input").select();
 }
 
+/** Say what is wrong with the nickname (in the dialog, which must be open). */
 function showNickError(text) {
-  const err = $("nick-error");
-  err.textContent = text;
+  $("nick-error").textContent = text;
   $("nick-input").setAttribute("aria-invalid", text ? "true" : "false");
-  if (text && !$("nick-dialog").open) askNick(text);
+}
+
+/** Close the dialog; after a required choice, the user goes on in the message box. */
+function closeNickDialog() {
+  const dialog = $("nick-dialog");
+  const required = dialog.dataset.required === "true";
+  dialog.dataset.required = "false";
+  if (dialog.open) dialog.close();
+  if (required) $("input").focus();
 }
 
 function submitNick(ev) {
@@ -1464,21 +1661,26 @@ function submitNick(ev) {
   S.wantNick = nick;
   store.set(KEYS.nick, nick);
   renderMe();
-  if (!S.welcomed) {
-    $("nick-dialog").close();
-    if (firstTime || !S.ws) connect();
-    return;
-  }
-  const inSome = [...S.rooms.values()].some((r) => r.joined === "yes");
-  if (inSome && !same(nick, S.me)) {
-    wsSend({ type: "nick", nick }); // the answer ("nick" or an error) closes the dialog
-  } else {
-    $("nick-dialog").close();
-  }
   for (const room of S.rooms.values()) {
     room.nickWaitSince = 0;
+    if (room.joined === "no") room.problem = null;
+  }
+  if (!S.welcomed) {
+    closeNickDialog();
+    if (firstTime || !S.ws) connect();
+    renderPendingStates();
+    return;
+  }
+  if (anyJoined() && !same(nick, S.me)) {
+    wsSend({ type: "nick", nick }); // the answer ("nick" or an error) closes the dialog
+  } else {
+    closeNickDialog();
+  }
+  for (const room of S.rooms.values()) {
     if (room.joined === "no") join(room);
   }
+  renderRoomHeader();
+  renderPendingStates();
 }
 
 // ---------------------------------------------------------------------------
@@ -1526,6 +1728,49 @@ function focusComposer() {
   if (finePointer()) $("input").focus();
 }
 
+/** Characters as the server counts them (code points, not UTF-16 units). */
+const textLength = (text) => {
+  let n = 0;
+  for (const _ of text) n += 1;
+  return n;
+};
+
+function tooLong(text) {
+  if (textLength(text) > S.limits.max_text) return true;
+  // The whole frame must fit in the server's largest message (UTF-8 bytes).
+  const frame = JSON.stringify({ type: "send", room: "x".repeat(S.limits.max_room), id: uuid(), text });
+  return new TextEncoder().encode(frame).length > S.limits.max_message_size;
+}
+
+const numberFmt = new Intl.NumberFormat();
+
+/** The length counter under the message box: shown near the limit, an error past it. */
+function renderCounter(refused = false) {
+  const counter = $("char-count");
+  const text = $("input").value.replace(/\s+$/u, "");
+  const max = S.limits.max_text;
+  const length = textLength(text);
+  const over = length > max || (length > max * 0.5 && tooLong(text));
+  const near = length >= max * 0.9;
+  counter.hidden = !(over || near);
+  counter.classList.toggle("over", over);
+  $("input").setAttribute("aria-invalid", over ? "true" : "false");
+  if (counter.hidden) {
+    counter.textContent = "";
+    return;
+  }
+  let note = `${numberFmt.format(length)} / ${numberFmt.format(max)} characters`;
+  if (over) {
+    const extra = length - max;
+    note += extra > 0
+      ? ` · ${numberFmt.format(extra)} too many: shorten the message to send it`
+      : " · too large to send: shorten the message";
+    if (refused) note = `Not sent. ${note}`;
+  }
+  counter.textContent = note;
+  if (refused) announce(note);
+}
+
 function autosize() {
   const input = $("input");
   input.style.height = "auto";
@@ -1542,6 +1787,7 @@ function bindUi() {
   });
   input.addEventListener("input", () => {
     autosize();
+    renderCounter();
     if (input.value) startTyping();
     else if (S.typing.room) stopTyping();
   });
@@ -1549,9 +1795,16 @@ function bindUi() {
     ev.preventDefault();
     const text = input.value.replace(/\s+$/u, "");
     if (!text.trim()) return;
+    if (tooLong(text)) {
+      // Refused here, kept in the box: nothing is cut off behind the user's back.
+      renderCounter(true);
+      input.focus();
+      return;
+    }
     sendText(text);
     input.value = "";
     autosize();
+    renderCounter();
     input.focus();
   });
   $("join-form").addEventListener("submit", (ev) => {
@@ -1580,7 +1833,8 @@ function bindUi() {
   $("nick-form").addEventListener("submit", submitNick);
   $("nick-cancel").addEventListener("click", () => $("nick-dialog").close());
   $("nick-dialog").addEventListener("cancel", (ev) => {
-    if (!S.wantNick) ev.preventDefault(); // the first run needs a nickname
+    // A first run, or a nickname taken everywhere: there is no name to go on with.
+    if ($("nick-dialog").dataset.required === "true") ev.preventDefault();
   });
   $("jump").addEventListener("click", () => {
     if (!S.current) return;
