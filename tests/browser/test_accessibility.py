@@ -87,7 +87,7 @@ async def test_the_member_button_and_entries_are_named_by_their_visible_text(
     )
     # The count one sees is in the name a screen reader or voice control uses.
     assert "2" in (await ann.page.get_by_role("button", name="Members online: 2").inner_text())
-    entry = ann.page.get_by_role("button", name="bob – direct message")
+    entry = ann.page.get_by_role("button", name="bob (direct message)")
     assert (await entry.locator(".member-name").inner_text()) == "bob"
     await bob.close()
 

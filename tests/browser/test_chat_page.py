@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from ..conftest import ROOT, free_port, serve_args
-from .conftest import PHONE, ChatPage, V1Client
+from .conftest import PHONE, ChatPage, V1Client, settled
 
 pytestmark = pytest.mark.timeout(45)
 
@@ -77,7 +77,7 @@ async def test_two_people_chat_and_a_late_joiner_sees_the_history(make_chat, ope
     assert await cat.seqs() == [1, 2]
 
     # A direct message: cat clicks bob in the member list.
-    await cat.page.get_by_role("button", name="bob – direct message").click()
+    await cat.page.get_by_role("button", name="bob (direct message)").click()
     assert await cat.page.text_content("#conv-name") == "bob"
     await cat.send("psst, bob")
     await cat.wait_texts(["psst, bob"])
@@ -87,8 +87,12 @@ async def test_two_people_chat_and_a_late_joiner_sees_the_history(make_chat, ope
     await dm_item.click()
     await bob.wait_texts(["psst, bob"])
     assert await bob.page.locator(".view:not([hidden]) .msg.dm").count() == 1
-    await ann.page.wait_for_timeout(200)
+    # ann never gets it: once she sees dan join (after the DM went out), a DM to
+    # her would already have arrived (the server writes to a socket in order).
+    dan = await V1Client.open(f"ws://127.0.0.1:{server.port}/", "dan", "lobby")
+    await ann.page.locator("#member-list").get_by_text("dan").wait_for()
     assert await ann.page.locator("#dm-list .side-item").count() == 0
+    await dan.close()
     assert await ann.texts() == expected
 
     # A reload remembers the nickname and shows the history again.
@@ -134,7 +138,9 @@ async def test_user_text_is_shown_as_text_and_only_http_links_are_links(make_cha
             " return v.scrollWidth <= v.clientWidth; }"
         )
         assert fits
-    await asyncio.sleep(0.3)  # an onerror handler would have fired by now
+        # No element that could load anything, so no handler can ever fire.
+        handlers = "() => document.querySelectorAll('.views [onerror], .views img').length"
+        assert await page.evaluate(handlers) == 0
     assert ann.dialogs == [] and bob.dialogs == []
 
 
@@ -151,15 +157,24 @@ async def test_scrolling_to_the_top_loads_older_pages_and_keeps_the_position(mak
     view = ann.page.locator(".view:not([hidden])")
     assert await view.evaluate("v => v.scrollHeight - v.scrollTop - v.clientHeight < 2")
 
+    loading = ann.page.locator(".view:not([hidden]) .history-top").get_by_text("Loading messages")
     for shown in (100, 130):
-        first = ann.page.locator(".msg-list .msg").first
-        first_seq = await first.get_attribute("data-seq")
-        await view.evaluate("v => { v.scrollTop = 0; }")
-        anchor = ann.page.locator(f'.msg-list .msg[data-seq="{first_seq}"]')
-        before = (await anchor.bounding_box())["y"]
+        first_seq = await ann.page.locator(".msg-list .msg").first.get_attribute("data-seq")
+        # The text of the oldest message shown (its header may go: grouped with the
+        # older messages of the same author, the message shows no name line any more).
+        anchor = ann.page.locator(f'.msg-list .msg[data-seq="{first_seq}"] .msg-text')
+        # Scroll to the top and read where it is in the same task, before the page
+        # reacts (a "loading" row, the older page, a day separator): nothing the page
+        # does afterwards may move what the reader is looking at.
+        before = await view.evaluate(
+            """(v, seq) => { v.scrollTop = 0; return v.querySelector(
+                 `.msg[data-seq="${seq}"] .msg-text`).getBoundingClientRect().top; }""",
+            first_seq,
+        )
         await ann.wait_texts(every[-shown:])
-        await ann.page.wait_for_timeout(50)
-        after = (await anchor.bounding_box())["y"]
+        await loading.wait_for(state="detached")
+        await settled(ann.page)
+        after = await anchor.evaluate("e => e.getBoundingClientRect().top")
         assert abs(after - before) < 2, (before, after)  # what was read stays in place
     await ann.page.get_by_text("This is the very beginning of #lobby.").wait_for()
     assert await ann.seqs() == list(range(1, 131))
@@ -357,11 +372,16 @@ async def test_unsent_messages_survive_a_reload_of_the_page(make_chat, open_page
     dropping = asyncio.Event()
     dropping.set()
 
+    dropped: list[str] = []
+
     def route(ws: Any) -> None:
         server_ws = ws.connect_to_server()
 
         def up(message: str | bytes) -> None:
-            if not (dropping.is_set() and json.loads(message)["type"] == "send"):
+            frame = json.loads(message)
+            if dropping.is_set() and frame["type"] == "send":
+                dropped.append(frame["text"])
+            else:
                 server_ws.send(message)
 
         ws.on_message(up)
@@ -370,7 +390,11 @@ async def test_unsent_messages_survive_a_reload_of_the_page(make_chat, open_page
     ann = await open_page(url, "ann", route=route)
     bob = await open_page(url, "bob")
     await ann.send("lost in transit")  # the server never gets it
-    await ann.page.wait_for_timeout(200)
+
+    async def was_dropped() -> list[str]:
+        return dropped
+
+    await ann.wait_for(was_dropped, ["lost in transit"])
     assert await ann.pending() == ["lost in transit"]
     assert await bob.texts() == []
     dropping.clear()

@@ -1562,7 +1562,7 @@ function renderMembers() {
           },
           ...content,
           // The name comes from the visible text (so voice control finds "bob"), plus:
-          h("span", { class: "sr-only", text: "– direct message" }),
+          h("span", { class: "sr-only", text: "(direct message)" }),
           icon("chat", "icon member-dm"),
         ),
       );
