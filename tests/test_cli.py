@@ -277,3 +277,41 @@ async def test_no_access_log_flag(spawn):
 def _http_get(port: int, path: str) -> tuple[int, bytes]:
     with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=10) as response:
         return response.status, response.read()
+
+
+def test_rooms_commands_are_wired_into_the_cli(tmp_path):
+    """`hubbub rooms list/delete` run from the real command line."""
+    db = tmp_path / "h.db"
+    store_script = (
+        "import asyncio\n"
+        "from hubbub.store import PendingMessage\n"
+        "from hubbub.store.sqlite import SQLiteStore\n"
+        "async def main():\n"
+        f"    s = SQLiteStore({str(db)!r}); await s.open()\n"
+        "    await s.append([PendingMessage('ops', None, 'ann', 'hi', 1.0)])\n"
+        "    await s.close()\n"
+        "asyncio.run(main())\n"
+    )
+    subprocess.run([sys.executable, "-c", store_script], check=True, timeout=30)
+    hubbub = [sys.executable, "-m", "hubbub"]
+    listed = subprocess.run(
+        [*hubbub, "rooms", "list", "--db", str(db)], capture_output=True, text=True, timeout=30
+    )
+    assert listed.returncode == 0, listed.stderr
+    assert listed.stdout.startswith("ops\t1 message\t")
+    deleted = subprocess.run(
+        [*hubbub, "rooms", "delete", "ops", "--db", str(db)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert deleted.returncode == 0, deleted.stderr
+    again = subprocess.run(
+        [*hubbub, "rooms", "delete", "ops", "--db", str(db)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert again.returncode == 1
+    assert len(again.stderr.strip().splitlines()) == 1
+    assert "Traceback" not in again.stderr

@@ -95,6 +95,9 @@ def build_parser() -> argparse.ArgumentParser:
     chat.add_argument("url", help="server address, e.g. ws://127.0.0.1:9502")
     chat.add_argument("--room", default="lobby", help="room to join on start")
     chat.add_argument("--nick", default=None, help="nickname (default: the server's user-<fd>)")
+    from .apps.admin import add_rooms_command
+
+    add_rooms_command(sub)
     return parser
 
 
@@ -122,6 +125,10 @@ def main(argv: list[str] | None = None) -> int:
             return uvloop.run(run_chat(url, args.room, args.nick))
         except KeyboardInterrupt:
             return 0
+    if args.command == "rooms":
+        from .apps.admin import run_rooms_command
+
+        return run_rooms_command(args)
     parser.error(f"unknown command {args.command}")
     return 2
 
