@@ -6,6 +6,7 @@ import asyncio
 import logging
 import os
 import random
+import signal
 import socket
 import subprocess
 import sys
@@ -244,7 +245,7 @@ def test_on_rejects_unknown_events_and_works_as_decorator():
     def handler(s, frame):
         return None
 
-    assert server._handlers["message"] is handler
+    assert server._endpoint.handlers["message"] is handler
 
 
 def test_settings_are_validated():
@@ -352,3 +353,72 @@ def test_start_raises_the_start_handlers_error_after_tearing_down(tmp_path):
     assert "hubbub stopped" not in proc.stderr
     assert "Traceback" not in proc.stderr
     assert _port_is_free(port)
+
+
+# -- task workers at exit ---------------------------------------------------------
+
+# A hubbub process with a task worker. The task says when it has started (a
+# file) and then runs a little longer, so that it is still running when the
+# server is told to stop. ``wakeup`` of CPython's ProcessPoolExecutor is
+# slowed down between its "is the pipe closed?" check and its write, but only
+# once the interpreter's exit hook runs (``_global_shutdown``): that widens a
+# race which otherwise shows up about one exit in eight, so that a server
+# that leaves the pool shutting down behind it (``shutdown(wait=False)``)
+# gets "Exception ignored ... OSError: [Errno 9] Bad file descriptor" every
+# time, and one that waits for the pool never does.
+TASK_SERVER = """
+import concurrent.futures.process as cfp
+import pathlib
+import sys
+import time
+
+from hubbub import Server
+
+
+def slow_square(n, started):
+    pathlib.Path(started).touch()
+    time.sleep(0.5)
+    return n * n
+
+
+def slow_wakeup(self):
+    if not self._closed:
+        if cfp._global_shutdown:
+            time.sleep(1.0)
+        self._writer.send_bytes(b"")
+
+
+if __name__ == "__main__":
+    cfp._ThreadWakeup.wakeup = slow_wakeup
+    server = Server("127.0.0.1", int(sys.argv[1]), task_workers=1)
+
+    async def on_message(server, frame):
+        n = await server.task(slow_square, int(frame.data), sys.argv[2])
+        server.push(frame.fd, str(n))
+
+    server.on("message", on_message)
+    server.start()
+"""
+
+
+async def test_stopping_with_a_task_running_prints_nothing_from_the_worker_pool(tmp_path, spawn):
+    script = tmp_path / "task_server.py"
+    script.write_text(TASK_SERVER)
+    for attempt in range(3):
+        port = free_port()
+        started = tmp_path / f"started-{attempt}"
+        proc = spawn(str(script), str(port), str(started), port=port)
+        async with connect(f"ws://127.0.0.1:{port}/") as ws:
+            await ws.send("7")
+            for _ in range(200):  # the worker process starts first: up to 10 s
+                if started.exists():
+                    break
+                await asyncio.sleep(0.05)
+            assert started.exists(), "the task did not start"
+            proc.send_signal(signal.SIGTERM)
+            out, _ = await asyncio.to_thread(proc.communicate, timeout=20)
+        assert proc.returncode == 0, out
+        assert "hubbub stopped" in out, out
+        assert "Exception ignored" not in out, out
+        assert "Bad file descriptor" not in out, out
+        assert "Traceback" not in out, out

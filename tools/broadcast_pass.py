@@ -3,10 +3,10 @@
 A profiling aid for the latency scenario of ``make bench`` (see
 ``bench/findings.md``). It runs ``hubbub serve`` with two hooks: the time a
 seed-room message reaches :meth:`SeedRoom.message`, and the end of the
-:meth:`Server._flush_writes` that hands the resulting frames to the
-transports. On exit (SIGTERM or Ctrl-C) it prints the distribution of the
-difference, over passes that wrote to more than ``--min-recipients`` clients,
-and the server's user and system CPU time::
+:meth:`ServerEndpoint.flush_writes` (:mod:`hubbub.endpoint`) that hands the
+resulting frames to the transports. On exit (SIGTERM or Ctrl-C) it prints the
+distribution of the difference, over passes that wrote to more than
+``--min-recipients`` clients, and the server's user and system CPU time::
 
     taskset -c 1 .venv/bin/python -m tools.broadcast_pass --port 9600 &
     .venv/bin/python -m hubbub.bench --url ws://127.0.0.1:9600/ --scenario latency \\
@@ -27,7 +27,7 @@ import time
 
 from hubbub.apps import seed
 from hubbub.cli import main as hubbub_main
-from hubbub.server import Server
+from hubbub.endpoint import ServerEndpoint
 
 
 def install(min_recipients: int) -> list[float]:
@@ -35,14 +35,14 @@ def install(min_recipients: int) -> list[float]:
     samples: list[float] = []
     started = [0.0]
     message = seed.SeedRoom.message
-    flush = Server._flush_writes
+    flush = ServerEndpoint.flush_writes
 
     def timed_message(self: seed.SeedRoom, frame: object) -> None:
         if not started[0]:
             started[0] = time.perf_counter()
         message(self, frame)  # type: ignore[arg-type]
 
-    def timed_flush(self: Server) -> None:
+    def timed_flush(self: ServerEndpoint) -> None:
         recipients = len(self._dirty)
         flush(self)
         if started[0] and recipients > min_recipients:
@@ -50,7 +50,7 @@ def install(min_recipients: int) -> list[float]:
         started[0] = 0.0
 
     seed.SeedRoom.message = timed_message  # type: ignore[method-assign]
-    Server._flush_writes = timed_flush  # type: ignore[method-assign]
+    ServerEndpoint.flush_writes = timed_flush  # type: ignore[method-assign]
     return samples
 
 

@@ -628,13 +628,17 @@ class _CountingTransport:
 async def test_the_101_answer_and_the_greeting_leave_in_one_write():
     transports: list[_CountingTransport] = []
 
-    class CountingServer(Server):
-        def ws_opened(self, transport, proto, request, head):  # type: ignore[no-untyped-def]
-            counting = _CountingTransport(transport)
-            transports.append(counting)
-            return super().ws_opened(counting, proto, request, head)
+    server = Server("127.0.0.1", 0)
+    # The transport calls the server's endpoint (hubbub.endpoint): wrap its ws_opened.
+    endpoint = server._endpoint
+    ws_opened = endpoint.ws_opened
 
-    server = CountingServer("127.0.0.1", 0)
+    def counting_ws_opened(transport, proto, request, head):  # type: ignore[no-untyped-def]
+        counting = _CountingTransport(transport)
+        transports.append(counting)
+        return ws_opened(counting, proto, request, head)
+
+    endpoint.ws_opened = counting_ws_opened  # type: ignore[method-assign]
 
     @server.on("open")
     def greet(server: Server, request: object) -> None:

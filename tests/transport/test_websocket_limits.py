@@ -511,7 +511,7 @@ async def test_slow_consumer_is_dropped_with_1013_and_others_get_everything(make
         i = int(frame.data)
         sent = s.broadcast(payload(i))
         a_fd = a_fd_box[0]
-        conn = s._all.get(a_fd)
+        conn = s._endpoint.all.get(a_fd)
         buffered = conn.transport.get_write_buffer_size() if conn is not None else 0
         steps.append((sent, a_fd in s.connections, buffered))
 
@@ -670,6 +670,8 @@ async def test_closed_websockets_leave_no_http_connection_behind(make_server):
         async with connect(ws_url(server)) as ws:
             await ws.send("x")
             await asyncio.wait_for(ws.recv(), TIMEOUT)
-    await wait_until(lambda: not server._all)
+    # The endpoint's tables (the documented test hook, see hubbub.endpoint).
+    endpoint = server._endpoint
+    await wait_until(lambda: not endpoint.all)
     await asyncio.sleep(0.05)
-    assert len(server._http) == 0, f"{len(server._http)} HttpConnection objects kept"
+    assert len(endpoint.http) == 0, f"{len(endpoint.http)} HttpConnection objects kept"

@@ -25,7 +25,7 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 from http import HTTPStatus
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import parse_qs
 
 import httptools
@@ -146,27 +146,82 @@ def _check_field(text: str, what: str) -> None:
 Handler = Callable[[Request, Response], Awaitable[None] | None]
 
 
-class HttpEndpoint:
-    """What the HTTP layer needs from the server core (see hubbub.server)."""
+class HttpEndpoint(Protocol):
+    """What the HTTP layer needs from the server core (implemented by
+    :class:`hubbub.endpoint.ServerEndpoint`).
 
+    Every method is called from the event loop, in a callback of one
+    :class:`HttpConnection`; none may block.
+    """
+
+    #: The limits; read by each connection when it is made.
     settings: Settings
+    #: Subprotocols offered in the handshake, in preference order; read at
+    #: each handshake (so changing the list affects later handshakes only).
     subprotocols: list[str]
 
+    def http_connection_made(self, conn: HttpConnection) -> None:
+        """A TCP connection was accepted; ``conn`` answers it.
+
+        Caller: once per connection, before any request of it is handled.
+        Implementation: keep ``conn`` until :meth:`http_connection_lost` so
+        that a shutdown can close it (``conn.close()`` when not ``conn.busy``,
+        ``conn.transport.abort()`` after the grace period).
+        """
+        ...
+
+    def http_connection_lost(self, conn: HttpConnection) -> None:
+        """``conn`` is no longer an HTTP connection of the server.
+
+        Caller: once, when its TCP connection is gone, or when it was upgraded
+        (the WebSocket returned by :meth:`ws_opened` owns the transport now).
+        Implementation: forget ``conn`` (it must not be kept: one per
+        WebSocket ever opened would be a leak); tolerate one it does not know.
+        """
+        ...
+
     def http_request(self, request: Request, response: Response) -> Awaitable[None] | None:
-        raise NotImplementedError
+        """Answer one plain HTTP request (not an upgrade).
+
+        Caller: once per complete request (head and body within the
+        ``max_header_size`` / ``max_body_size`` limits), in the order the
+        requests arrived on the connection, one at a time: pipelined requests
+        wait until this one's awaitable, if any, is done, and the connection
+        stops reading meanwhile.
+        Implementation: call ``response.end()`` once, now or in the returned
+        awaitable; if it does not, an empty ``200`` is sent when it returns.
+        An exception (raised, or from the awaitable) is logged and answered
+        with ``500``, never with a traceback to the client.
+        """
+        ...
 
     def ws_admit(self) -> str | None:
-        """None to accept one more WebSocket, or the reason it is refused (503)."""
-        raise NotImplementedError
+        """None to accept one more WebSocket, or the reason it is refused.
+
+        Caller: for each upgrade request, before the handshake is checked.
+        A reason is answered with ``503`` and ``Retry-After``, and the
+        connection closed. Implementation: cheap, no side effect.
+        """
+        ...
 
     def ws_opened(
         self, transport: asyncio.Transport, proto: Any, request: Request, head: bytes
     ) -> WebSocketConnection:
-        """Make the WebSocket; ``head`` (the 101 answer) must be its first bytes out."""
-        raise NotImplementedError
+        """Make the WebSocket of an accepted handshake and return it.
 
-    def http_connection_made(self, conn: HttpConnection) -> None: ...
-    def http_connection_lost(self, conn: HttpConnection) -> None: ...
+        Caller: in the same callback that accepted the handshake, before
+        anything was written to ``transport``; ``proto`` is the
+        :class:`HubbubServerProtocol` in state OPEN with the negotiated
+        extensions and subprotocol (also in ``request.subprotocol``); ``head``
+        is the 101 answer. After it returns, the caller switches
+        ``transport`` to the returned connection and feeds it any bytes that
+        followed the request head.
+        Implementation: queue ``head`` as the connection's first bytes (with
+        ``conn.write``), so that nothing (the open handler's greeting, a
+        pong) can overtake the 101; set ``request.fd``; do not read from or
+        write to ``transport`` directly.
+        """
+        ...
 
 
 _date_cache: tuple[int, str] = (0, "")
@@ -201,6 +256,29 @@ def _peer_text(peer: Any) -> str:
 
 def _is_websocket(headers: dict[str, str]) -> bool:
     return "websocket" in headers.get("upgrade", "").lower()
+
+
+def _switching_protocols(
+    accept: str, extensions_header: str | None, protocol_header: str | None
+) -> bytes:
+    """RFC 6455 4.2.2, step 5: the 101 answer to an accepted handshake.
+
+    Built here rather than by websockets' accept() + Response.serialize(),
+    which cost a third of the server's CPU time per handshake (Headers
+    objects, a Date formatted each time); the values are websockets' own.
+    """
+    head = [
+        "HTTP/1.1 101 Switching Protocols\r\nDate: ",
+        _date(),
+        "\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: ",
+        accept,
+    ]
+    if extensions_header is not None:
+        head += ("\r\nSec-WebSocket-Extensions: ", extensions_header)
+    if protocol_header is not None:
+        head += ("\r\nSec-WebSocket-Protocol: ", protocol_header)
+    head.append("\r\n\r\n")
+    return "".join(head).encode("latin-1")
 
 
 class HttpConnection(asyncio.Protocol):
@@ -403,27 +481,7 @@ class HttpConnection(asyncio.Protocol):
         if refused is not None:
             self.reject(HTTPStatus.SERVICE_UNAVAILABLE, refused, [("Retry-After", "5")])
             return
-        settings = self.settings
-        extensions = (
-            [
-                ServerPerMessageDeflateFactory(
-                    server_max_window_bits=12,
-                    client_max_window_bits=12,
-                    compress_settings={"memLevel": 5},
-                )
-            ]
-            if settings.compression
-            else None
-        )
-        proto = HubbubServerProtocol(
-            extensions=extensions,
-            subprotocols=list(self.endpoint.subprotocols) or None,
-            max_size=settings.max_message_size,
-            logger=_quiet,
-            # The head was parsed by httptools already: the core starts at
-            # the frame stage and is given the parsed request below.
-            state=State.OPEN,
-        )
+        proto = self._ws_protocol()
         # Repeated headers were joined with ", " (RFC 9110 5.3), which is
         # how websockets reads them too.
         wsrequest = WSRequest(
@@ -437,53 +495,64 @@ class HttpConnection(asyncio.Protocol):
             # extensions and subprotocol; the 101 answer is written below.
             accept, extensions_header, protocol_header = proto.process_request(wsrequest)
         except Exception:
-            # Refused: websockets' accept() checks again and builds the
-            # answer (status and a one- or two-line reason in the body).
-            response = proto.accept(wsrequest)
-            body = response.body or b""
-            # RFC 6455 4.2.2: say which protocol version this server speaks.
-            response.headers["Sec-WebSocket-Version"] = "13"
-            self._write_raw_response(
-                response.status_code,
-                response.reason_phrase,
-                list(response.headers.raw_items()),
-                body,
-                False,
-                "GET",
-            )
+            self._refuse_handshake(proto, wsrequest)
             return
         proto.accept_called = True
         request.subprotocol = proto.subprotocol
         self.upgraded = True
         self._cancel_timer()
-        # RFC 6455 4.2.2, step 5: the 101 answer. Built here rather than by
-        # websockets' accept() + Response.serialize(), which cost a third of
-        # the server's CPU time per handshake (Headers objects, a Date
-        # formatted each time); the values are websockets' own.
-        head = [
-            "HTTP/1.1 101 Switching Protocols\r\nDate: ",
-            _date(),
-            "\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: ",
-            accept,
-        ]
-        if extensions_header is not None:
-            head += ("\r\nSec-WebSocket-Extensions: ", extensions_header)
-        if protocol_header is not None:
-            head += ("\r\nSec-WebSocket-Protocol: ", protocol_header)
-        head.append("\r\n\r\n")
+        head = _switching_protocols(accept, extensions_header, protocol_header)
         # Not written here: the connection queues it as its first bytes, so
         # the 101 and whatever the open handler pushes (the greeting) leave
         # in one write at the end of this tick (one system call, one TCP
         # segment, instead of two).
-        conn = self.endpoint.ws_opened(
-            self.transport, proto, request, "".join(head).encode("latin-1")
-        )
+        conn = self.endpoint.ws_opened(self.transport, proto, request, head)
         self._log_access(101, 0)
         self.transport.set_protocol(conn)
         # This object's job is done: the WebSocket owns the transport now.
         self.endpoint.http_connection_lost(self)
         if leftover:
             conn.data_received(leftover)
+
+    def _ws_protocol(self) -> HubbubServerProtocol:
+        """The sans-I/O WebSocket core for this connection's handshake and frames."""
+        settings = self.settings
+        extensions = (
+            [
+                ServerPerMessageDeflateFactory(
+                    server_max_window_bits=12,
+                    client_max_window_bits=12,
+                    compress_settings={"memLevel": 5},
+                )
+            ]
+            if settings.compression
+            else None
+        )
+        return HubbubServerProtocol(
+            extensions=extensions,
+            subprotocols=list(self.endpoint.subprotocols) or None,
+            max_size=settings.max_message_size,
+            logger=_quiet,
+            # The head was parsed by httptools already: the core starts at
+            # the frame stage and is given the parsed request below.
+            state=State.OPEN,
+        )
+
+    def _refuse_handshake(self, proto: HubbubServerProtocol, wsrequest: WSRequest) -> None:
+        # Refused: websockets' accept() checks again and builds the
+        # answer (status and a one- or two-line reason in the body).
+        response = proto.accept(wsrequest)
+        body = response.body or b""
+        # RFC 6455 4.2.2: say which protocol version this server speaks.
+        response.headers["Sec-WebSocket-Version"] = "13"
+        self._write_raw_response(
+            response.status_code,
+            response.reason_phrase,
+            list(response.headers.raw_items()),
+            body,
+            False,
+            "GET",
+        )
 
     # -- writing -------------------------------------------------------------
 

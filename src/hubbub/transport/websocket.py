@@ -53,15 +53,79 @@ def encode_frame(data: str | bytes, opcode: Opcode | None = None) -> bytes:
     return Frame(op, payload).serialize(mask=False)
 
 
-class Endpoint(Protocol):
-    """What a connection reports to: the server core."""
+class WebSocketEndpoint(Protocol):
+    """What a connection reports to: the server core (implemented by
+    :class:`hubbub.endpoint.ServerEndpoint`).
 
+    Every method is called from the event loop, synchronously, inside a
+    callback of the connection (or inside ``conn.write``); none may block.
+    States and the order of calls for one connection::
+
+        ws_message* -> ws_closing -> ws_message* -> ws_closed
+
+    (``mark_dirty`` at any time before ``ws_closed``). Each is called with
+    the connection it concerns.
+    """
+
+    #: The limits; ``max_send_buffer`` is read when a connection is made,
+    #: ``close_timeout`` when a closing handshake starts.
     settings: Settings
 
-    def ws_message(self, conn: WebSocketConnection, data: str | bytes) -> None: ...
-    def ws_closing(self, conn: WebSocketConnection) -> None: ...
-    def ws_closed(self, conn: WebSocketConnection) -> None: ...
-    def mark_dirty(self, conn: WebSocketConnection) -> None: ...
+    def ws_message(self, conn: WebSocketConnection, data: str | bytes) -> None:
+        """A complete message arrived: ``str`` for text (valid UTF-8), ``bytes`` for binary.
+
+        Caller: once per message, in the order the messages arrived, never
+        larger than ``settings.max_message_size``; possibly after
+        :meth:`ws_closing` (messages the peer sent before it saw our Close),
+        never after :meth:`ws_closed`.
+        Implementation: may send, close (``conn.send``, ``conn.close``) or
+        push to other connections from here: those only queue bytes. To keep
+        a connection's messages in order behind a slow handler, it may stop
+        reading with ``conn.transport.pause_reading()`` (not once
+        ``conn.closed``).
+        """
+        ...
+
+    def ws_closing(self, conn: WebSocketConnection) -> None:
+        """``conn`` left the open state; ``conn.open`` is False from now on.
+
+        Caller: exactly once per connection, when a Close frame is sent or
+        received, the connection fails or is dropped (slow reader, ping
+        timeout, abort), or its TCP connection is lost, whichever comes
+        first. This may happen inside ``transport.write`` during the end of
+        tick flush (``pause_writing`` of a slow reader).
+        Implementation: remove ``conn`` from whatever it is pushed to by
+        broadcast (``conn.send`` would return False now); do not write or
+        flush from here.
+        """
+        ...
+
+    def ws_closed(self, conn: WebSocketConnection) -> None:
+        """The TCP connection of ``conn`` is gone (``conn.closed`` is True).
+
+        Caller: exactly once per connection, after :meth:`ws_closing`, from
+        ``connection_lost``; nothing is called for ``conn`` afterwards.
+        Implementation: forget ``conn`` (its fd no longer exists) and fire the
+        ``close`` event; it must not write to ``conn``.
+        """
+        ...
+
+    def mark_dirty(self, conn: WebSocketConnection) -> None:
+        """``conn`` has bytes queued (``conn.out``) for the end of this loop tick.
+
+        Caller: ``conn.write``, when ``conn.out`` goes from empty to not
+        empty: so once per connection until its bytes are flushed (again in
+        the same tick only if they were flushed early: the end of the stream). This is the
+        hot path of a broadcast (one call per recipient).
+        Implementation: O(1), no allocation beyond remembering ``conn``;
+        call ``conn.flush_out()`` once for it later in the same loop
+        iteration (``loop.call_soon``, after the I/O callbacks that queued
+        the bytes), so that one tick's frames leave in one transport write,
+        in the order they were written. ``flush_out`` is a no-op on a closed
+        connection or an empty buffer, so a connection remembered twice or
+        closed meanwhile needs no check.
+        """
+        ...
 
 
 class HubbubServerProtocol(ServerProtocol):
@@ -122,7 +186,7 @@ class WebSocketConnection(asyncio.Protocol):
 
     def __init__(
         self,
-        endpoint: Endpoint,
+        endpoint: WebSocketEndpoint,
         fd: int,
         proto: ServerProtocol,
         transport: asyncio.Transport,
@@ -149,7 +213,7 @@ class WebSocketConnection(asyncio.Protocol):
         self._parts: list[bytes] | None = None
         self._decoder: Any = None
         self._text = False
-        # Messages queued for an async handler (see Server._dispatch_message).
+        # Messages queued for an async handler (see ServerEndpoint._dispatch).
         self.pending: Any = None
         self.running = False
         # Backpressure: pause_writing() fires inside transport.write() as soon
@@ -326,7 +390,7 @@ class WebSocketConnection(asyncio.Protocol):
             self.out = [out, data]  # type: ignore[list-item]
 
     def flush_out(self) -> None:
-        """Hand this tick's bytes to the transport (Server calls it at the end of the tick)."""
+        """Hand this tick's bytes to the transport (the endpoint calls it when the tick ends)."""
         out = self.out
         if out is not None:
             self.out = None

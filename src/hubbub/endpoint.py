@@ -1,0 +1,320 @@
+"""The server's side of the transport: what the connections call back, and what it owns.
+
+Internal. Users see :class:`hubbub.server.Server`, whose methods are the
+Swoole-style API of the README; the transport (:mod:`hubbub.transport.http`,
+:mod:`hubbub.transport.websocket`) talks to one :class:`ServerEndpoint` per
+server, which implements both of its endpoint protocols
+(:class:`~hubbub.transport.http.HttpEndpoint` and
+:class:`~hubbub.transport.websocket.WebSocketEndpoint`; their contracts are
+written there). It owns:
+
+* the connection tables: every WebSocket until its TCP connection is gone
+  (``all``), the established ones (``open``, the broadcast set), the
+  broadcast targets derived from ``open``, and the HTTP connections not
+  upgraded (``http``);
+* the end-of-tick write coalescing (``mark_dirty`` / ``flush_writes``);
+* the heartbeat sweep (RFC 6455 5.5.2 ping, 5.5.3 pong);
+* calling user code: the event handlers, in order per connection.
+
+Ordering invariant: the events of one connection reach the handlers in the
+order they happened (open, messages, close), also when handlers are async:
+an async handler's successors wait in a per-connection queue, and reading
+from that socket pauses once ``max_pending_messages`` are waiting.
+
+For tests: ``server._endpoint`` is a server's endpoint; its tables (``all``,
+``open``, ``http``) and ``handlers`` may be read to check what the public API
+cannot show (e.g. that no HttpConnection outlives its upgrade).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import itertools
+import logging
+from collections import deque
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from websockets.frames import CloseCode, Opcode
+
+from .transport.http import HttpConnection, Request, Response
+from .transport.websocket import WebSocketConnection
+
+if TYPE_CHECKING:
+    from .config import Settings
+
+log = logging.getLogger("hubbub")
+
+#: What ``broadcast`` writes to: the write method of each connection without
+#: an extension (they all get the same bytes), and the connections that
+#: encode for themselves (permessage-deflate).
+Targets = tuple[tuple[Callable[[bytes], None], ...], tuple[WebSocketConnection, ...]]
+
+
+class Frame:
+    """A received WebSocket message (Swoole's ``$frame``)."""
+
+    __slots__ = ("data", "fd", "finish", "opcode")
+
+    def __init__(self, fd: int, data: str | bytes) -> None:
+        self.fd = fd
+        self.data = data
+        self.opcode = Opcode.TEXT if isinstance(data, str) else Opcode.BINARY
+        self.finish = True
+
+    def __repr__(self) -> str:
+        return f"<Frame fd={self.fd} opcode={self.opcode.name} {len(self.data)} bytes>"
+
+
+class ServerEndpoint:
+    """The transport's endpoint for one :class:`~hubbub.server.Server`.
+
+    ``server`` is passed to the event handlers as their first argument;
+    the endpoint uses nothing else of it.
+    """
+
+    def __init__(
+        self,
+        server: object,
+        settings: Settings,
+        subprotocols: list[str],
+        health_path: str | None,
+    ) -> None:
+        self.server = server
+        self.settings = settings
+        #: Subprotocols offered in the handshake (RFC 6455 1.9), in preference order.
+        self.subprotocols = subprotocols
+        self.health_path = health_path
+        #: Event name -> handler (Server.on).
+        self.handlers: dict[str, Callable[..., Any]] = {}
+        self._fds = itertools.count(1)
+        # The tables below are never rebound, only mutated: Server keeps a
+        # reference to ``open`` for its hot paths (push, push_many).
+        #: Every WebSocket until its TCP connection is gone (exist()).
+        self.all: dict[int, WebSocketConnection] = {}
+        #: Established connections, the broadcast set (is_established()).
+        self.open: dict[int, WebSocketConnection] = {}
+        # Broadcast targets derived from ``open``, rebuilt after any change.
+        # Invariant: a broadcast loops over this snapshot synchronously, and
+        # each write only queues bytes (WebSocketConnection.write); the
+        # transport sees them when the tick ends. So nothing inside the loop
+        # can drop a connection or change ``open`` under it.
+        self.targets: Targets | None = None
+        #: TCP connections that are (still) HTTP: accepted and not upgraded.
+        self.http: set[HttpConnection] = set()
+        # Connections with bytes queued this tick (WebSocketConnection.write).
+        self._dirty: list[WebSocketConnection] = []
+        self._flush_scheduled = False
+        self.loop: asyncio.AbstractEventLoop | None = None
+        #: Set by Server.shutdown: no more handshakes, no more heartbeats.
+        self.stopping = False
+        self._all_gone: asyncio.Event | None = None
+        self._heartbeat: asyncio.TimerHandle | None = None
+        # Handler tasks in flight (a reference keeps them from being collected).
+        self._tasks: set[asyncio.Future[Any]] = set()
+
+    def build_targets(self) -> Targets:
+        """The broadcast targets of the current ``open`` set (cached in ``targets``)."""
+        conns = self.open.values()
+        self.targets = (
+            tuple(c.write for c in conns if not c.compressed),
+            tuple(c for c in conns if c.compressed),
+        )
+        return self.targets
+
+    # ------------------------------------------------------------------
+    # HttpEndpoint (see hubbub.transport.http for the contract)
+
+    def http_connection_made(self, conn: HttpConnection) -> None:
+        self.http.add(conn)
+
+    def http_connection_lost(self, conn: HttpConnection) -> None:
+        self.http.discard(conn)
+
+    def http_request(self, request: Request, response: Response) -> Any:
+        if self.health_path is not None and request.path == self.health_path:
+            response.header("Content-Type", "text/plain; charset=utf-8")
+            response.end("ok\n")
+            return None
+        handler = self.handlers.get("request")
+        if handler is None:
+            response.status(404)
+            response.end("Not Found\n")
+            return None
+        return handler(request, response)
+
+    def ws_admit(self) -> str | None:
+        if self.stopping:
+            return "Server is shutting down"
+        if len(self.all) >= self.settings.max_connections:
+            return f"Connection limit reached ({self.settings.max_connections})"
+        return None
+
+    def ws_opened(
+        self, transport: asyncio.Transport, proto: Any, request: Request, head: bytes
+    ) -> WebSocketConnection:
+        fd = next(self._fds)
+        request.fd = fd
+        conn = WebSocketConnection(self, fd, proto, transport, request)
+        # The 101 answer goes first; every later byte for this connection
+        # is queued behind it by conn.write, so nothing can overtake it.
+        conn.write(head)
+        self.all[fd] = conn
+        self.open[fd] = conn
+        self.targets = None
+        handler = self.handlers.get("open")
+        if handler is not None:
+            self._dispatch(conn, handler, (self.server, request))
+        return conn
+
+    # ------------------------------------------------------------------
+    # WebSocketEndpoint (see hubbub.transport.websocket for the contract)
+
+    def ws_message(self, conn: WebSocketConnection, data: str | bytes) -> None:
+        handler = self.handlers.get("message")
+        if handler is not None:
+            self._dispatch(conn, handler, (self.server, Frame(conn.fd, data)))
+
+    def mark_dirty(self, conn: WebSocketConnection) -> None:
+        self._dirty.append(conn)
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self.flush_writes)
+
+    def flush_writes(self) -> None:
+        """Hand every dirty connection's bytes to its transport, once per tick."""
+        # Runs once per tick, after the I/O callbacks that queued the bytes.
+        dirty = self._dirty
+        self._dirty = []
+        self._flush_scheduled = False
+        for conn in dirty:
+            conn.flush_out()
+
+    def ws_closing(self, conn: WebSocketConnection) -> None:
+        if self.open.pop(conn.fd, None) is not None:
+            self.targets = None
+
+    def ws_closed(self, conn: WebSocketConnection) -> None:
+        self.all.pop(conn.fd, None)
+        if self._all_gone is not None and not self.all:
+            self._all_gone.set()
+        handler = self.handlers.get("close")
+        if handler is not None:
+            self._dispatch(conn, handler, (self.server, conn.fd))
+
+    # ------------------------------------------------------------------
+    # Shutting down
+
+    async def close_all(self, grace: float) -> None:
+        """Close every WebSocket with 1001 and idle HTTP connections, wait up to
+        ``grace`` seconds for the WebSockets to go, then abort what is left.
+
+        The caller has set ``stopping`` (no new handshake is admitted)."""
+        if self._heartbeat is not None:
+            self._heartbeat.cancel()
+        for conn in list(self.all.values()):
+            if not conn.close(CloseCode.GOING_AWAY, "server shutting down"):
+                conn._arm_abort()
+        for http in list(self.http):
+            if not http.busy:
+                http.close()
+        if self.all:
+            self._all_gone = asyncio.Event()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._all_gone.wait(), grace)
+        for conn in list(self.all.values()):
+            conn.abort()
+        for http in list(self.http):
+            if http.transport is not None:
+                http.transport.abort()
+        await asyncio.sleep(0)
+
+    # ------------------------------------------------------------------
+    # Heartbeat (RFC 6455 5.5.2 ping, 5.5.3 pong)
+
+    def arm_heartbeat(self) -> None:
+        s = self.settings
+        if s.ping_interval > 0 and self.loop is not None and not self.stopping:
+            period = max(0.05, min(s.ping_interval, s.ping_timeout or s.ping_interval) / 2)
+            self._heartbeat = self.loop.call_later(period, self._sweep)
+
+    def _sweep(self) -> None:
+        """Ping connections silent for ping_interval; drop those silent past ping_timeout too."""
+        assert self.loop is not None
+        now = self.loop.time()
+        s = self.settings
+        for conn in list(self.open.values()):
+            idle = now - conn.last_rx
+            if conn.ping_sent and idle > s.ping_interval + s.ping_timeout:
+                log.info("client-%d dropped: no answer to ping in %.1fs", conn.fd, s.ping_timeout)
+                conn._fail(CloseCode.INTERNAL_ERROR, "keepalive ping timeout")
+                conn.abort()
+            elif not conn.ping_sent and idle >= s.ping_interval:
+                conn.ping()
+        self.arm_heartbeat()
+
+    # ------------------------------------------------------------------
+    # Calling user code
+
+    def _dispatch(
+        self, conn: WebSocketConnection, handler: Callable[..., Any], args: tuple[Any, ...]
+    ) -> None:
+        """Run a handler for ``conn``, keeping its events in order (see module doc)."""
+        if conn.running:
+            if conn.pending is None:
+                conn.pending = deque()
+            conn.pending.append((handler, args))
+            if len(conn.pending) >= self.settings.max_pending_messages and not conn.closed:
+                conn.transport.pause_reading()
+            return
+        result = self.call(handler, args, "handler", awaitable_ok=True)
+        if result is not None:
+            conn.running = True
+            self.spawn(self._drain(conn, result))
+
+    async def _drain(self, conn: WebSocketConnection, first: Any) -> None:
+        try:
+            await self._await(first)
+            while conn.pending:
+                handler, args = conn.pending.popleft()
+                if not conn.closed and len(conn.pending) < self.settings.max_pending_messages // 2:
+                    with contextlib.suppress(Exception):
+                        conn.transport.resume_reading()
+                result = self.call(handler, args, "handler", awaitable_ok=True)
+                if result is not None:
+                    await self._await(result)
+        finally:
+            conn.running = False
+
+    async def _await(self, awaitable: Any) -> None:
+        try:
+            await awaitable
+        except Exception:
+            log.exception("event handler failed")
+
+    def call(
+        self, fn: Callable[..., Any], args: tuple[Any, ...], what: str, awaitable_ok: bool = False
+    ) -> Any:
+        """Call user code; log (never propagate) its exceptions.
+
+        A coroutine it returns is run as a task (its exception logged too),
+        or returned to the caller with ``awaitable_ok``.
+        """
+        try:
+            result = fn(*args)
+        except Exception:
+            log.exception("%s %s failed", what, getattr(fn, "__name__", fn))
+            return None
+        if inspect.isawaitable(result):
+            if awaitable_ok:
+                return result
+            self.spawn(self._await(result))
+        return None
+
+    def spawn(self, coro: Any) -> None:
+        """Run ``coro`` as a task, keeping a reference until it is done."""
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
