@@ -18,34 +18,46 @@ import msgspec
 SUBPROTOCOL = "hubbub.v1"
 VERSION = 1
 
+# Every rule of a name or a size is defined here, once: the schema types below
+# use these constants, the apps and the terminal client import them, and the
+# ``welcome`` frame tells clients the ones they need (:func:`welcome_limits`).
+MAX_ROOM = 64  #: characters in a room name
+MAX_NICK = 32  #: characters in a nickname
+MAX_CLIENT_ID = 64  #: characters in a client's message id
+MAX_EPOCH = 64  #: characters in the ``epoch`` of a ``join``
+MAX_TEXT = 8000  #: characters in a message
+HISTORY_PAGE_MAX = 200  #: messages in one history page (``limit``)
+HISTORY_PAGE_DEFAULT = 50  #: messages in a history page when no ``limit`` is given
+#: Python regular expressions (``re.search``, as msgspec applies them).
+ROOM_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.\-]*\Z"
+NICK_PATTERN = r"^[^\W_][\w.\-]*\Z"
+
 # Every constrained field's rule, in words: what a user reads when a value is
 # refused (never the pattern). The wording sits next to the definition it
 # describes (``Meta.description``); ``{field}`` is replaced by the field's name.
 ROOM_RULE = (
-    "a room name is 1-64 characters: ASCII letters, digits, '.', '-' or '_', "
+    f"a room name is 1-{MAX_ROOM} characters: ASCII letters, digits, '.', '-' or '_', "
     "starting with a letter or digit"
 )
 RoomName = Annotated[
     str,
-    msgspec.Meta(
-        min_length=1,
-        max_length=64,
-        pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]*\Z",
-        description=ROOM_RULE,
-    ),
+    msgspec.Meta(min_length=1, max_length=MAX_ROOM, pattern=ROOM_PATTERN, description=ROOM_RULE),
 ]
 NICK_RULE = (
-    "a nickname is 1-32 letters, digits, '.', '-' or '_' and starts with a letter or digit"
+    f"a nickname is 1-{MAX_NICK} letters, digits, '.', '-' or '_' and starts with a letter or digit"
 )
 Nick = Annotated[
     str,
-    msgspec.Meta(min_length=1, max_length=32, pattern=r"^[^\W_][\w.\-]*\Z", description=NICK_RULE),
+    msgspec.Meta(min_length=1, max_length=MAX_NICK, pattern=NICK_PATTERN, description=NICK_RULE),
 ]
 ClientId = Annotated[
     str,
-    msgspec.Meta(min_length=1, max_length=64, description="{field} must be 1-64 characters"),
+    msgspec.Meta(
+        min_length=1,
+        max_length=MAX_CLIENT_ID,
+        description=f"{{field}} must be 1-{MAX_CLIENT_ID} characters",
+    ),
 ]
-MAX_TEXT = 8000
 Text = Annotated[
     str,
     msgspec.Meta(
@@ -56,19 +68,47 @@ Text = Annotated[
 ]
 Seq = Annotated[int, msgspec.Meta(ge=0, description="{field} must be a whole number, 0 or more")]
 PageLimit = Annotated[
-    int, msgspec.Meta(ge=1, le=200, description="{field} must be a whole number from 1 to 200")
+    int,
+    msgspec.Meta(
+        ge=1,
+        le=HISTORY_PAGE_MAX,
+        description=f"{{field}} must be a whole number from 1 to {HISTORY_PAGE_MAX}",
+    ),
 ]
 Epoch = Annotated[
     str,
-    msgspec.Meta(max_length=64, description="{field} must be a string of at most 64 characters"),
+    msgspec.Meta(
+        max_length=MAX_EPOCH,
+        description=f"{{field}} must be a string of at most {MAX_EPOCH} characters",
+    ),
 ]
+#: The name rules in words, as the ``welcome`` frame carries them (``rules``).
+RULES = {"room": ROOM_RULE, "nick": NICK_RULE}
+
+
+def welcome_limits(
+    max_message_size: int, rate: float, burst: float, max_rooms: int
+) -> dict[str, float]:
+    """The ``limits`` of the ``welcome`` frame: this server's settings that a client
+    needs, and the protocol's own limits (docs/protocol.md, *welcome*)."""
+    return {
+        "max_message_size": max_message_size,
+        "rate": rate,
+        "burst": burst,
+        "max_rooms": max_rooms,
+        "history_page": HISTORY_PAGE_MAX,
+        "max_text": MAX_TEXT,
+        "max_nick": MAX_NICK,
+        "max_room": MAX_ROOM,
+        "max_client_id": MAX_CLIENT_ID,
+    }
 
 
 # ---------------------------------------------------------------------------
 # Client -> server
 
 
-class Join(msgspec.Struct, tag="join", forbid_unknown_fields=True):
+class Join(msgspec.Struct, tag="join", forbid_unknown_fields=True, omit_defaults=True):
     """Join a room; with ``since``, resume from the last sequence number seen."""
 
     room: RoomName
@@ -77,11 +117,11 @@ class Join(msgspec.Struct, tag="join", forbid_unknown_fields=True):
     epoch: Epoch | None = None
 
 
-class Leave(msgspec.Struct, tag="leave", forbid_unknown_fields=True):
+class Leave(msgspec.Struct, tag="leave", forbid_unknown_fields=True, omit_defaults=True):
     room: RoomName
 
 
-class Send(msgspec.Struct, tag="send", forbid_unknown_fields=True):
+class Send(msgspec.Struct, tag="send", forbid_unknown_fields=True, omit_defaults=True):
     """A room message; ``id`` is the client's own id, used to ack and de-duplicate retries."""
 
     room: RoomName
@@ -89,11 +129,11 @@ class Send(msgspec.Struct, tag="send", forbid_unknown_fields=True):
     text: Text
 
 
-class SetNick(msgspec.Struct, tag="nick", forbid_unknown_fields=True):
+class SetNick(msgspec.Struct, tag="nick", forbid_unknown_fields=True, omit_defaults=True):
     nick: Nick
 
 
-class Direct(msgspec.Struct, tag="dm", forbid_unknown_fields=True):
+class Direct(msgspec.Struct, tag="dm", forbid_unknown_fields=True, omit_defaults=True):
     """A direct message to the member called ``to`` in ``room``."""
 
     room: RoomName
@@ -102,28 +142,28 @@ class Direct(msgspec.Struct, tag="dm", forbid_unknown_fields=True):
     id: ClientId | None = None
 
 
-class Typing(msgspec.Struct, tag="typing", forbid_unknown_fields=True):
+class Typing(msgspec.Struct, tag="typing", forbid_unknown_fields=True, omit_defaults=True):
     room: RoomName
     active: bool = True
 
 
-class History(msgspec.Struct, tag="history", forbid_unknown_fields=True):
+class History(msgspec.Struct, tag="history", forbid_unknown_fields=True, omit_defaults=True):
     """A page of a room's history, newest first from ``before`` (exclusive)."""
 
     room: RoomName
     before: Seq | None = None
-    limit: PageLimit = 50
+    limit: PageLimit = HISTORY_PAGE_DEFAULT
 
 
-class ListRooms(msgspec.Struct, tag="rooms", forbid_unknown_fields=True):
+class ListRooms(msgspec.Struct, tag="rooms", forbid_unknown_fields=True, omit_defaults=True):
     pass
 
 
-class Who(msgspec.Struct, tag="who", forbid_unknown_fields=True):
+class Who(msgspec.Struct, tag="who", forbid_unknown_fields=True, omit_defaults=True):
     room: RoomName
 
 
-class Ping(msgspec.Struct, tag="ping", forbid_unknown_fields=True):
+class Ping(msgspec.Struct, tag="ping", forbid_unknown_fields=True, omit_defaults=True):
     id: ClientId | None = None
 
 
@@ -139,7 +179,9 @@ class Welcome(msgspec.Struct, tag="welcome"):
     protocol: str
     fd: int
     nick: str
-    limits: dict[str, float]
+    limits: dict[str, float] = msgspec.field(default_factory=dict)
+    #: The name rules in words (``room``, ``nick``), as ``bad_frame`` errors state them.
+    rules: dict[str, str] = msgspec.field(default_factory=lambda: dict(RULES))
 
 
 class Message(msgspec.Struct, tag="message"):
@@ -447,4 +489,33 @@ def _peek_type(data: str | bytes) -> str | None:
 
 def encode(frame: ServerFrame) -> bytes:
     """Serialize a server frame to JSON bytes (sent as a text frame)."""
+    return _encoder.encode(frame)
+
+
+# -- for clients: server frames ------------------------------------------------
+
+_server_decoder = msgspec.json.Decoder(ServerFrame)
+SERVER_TYPES = frozenset(str(t.__struct_config__.tag) for t in get_args(ServerFrame))
+
+
+def decode_server(data: str | bytes) -> ServerFrame | None:
+    """Parse one server frame, as a client does.
+
+    Returns None for a frame type this version does not know (clients ignore
+    those, see docs/protocol.md); raises :class:`ProtocolError` for anything
+    else that does not fit. Fields a client does not know are ignored.
+    """
+    try:
+        return _server_decoder.decode(data)
+    except msgspec.ValidationError as exc:
+        ref = _peek_type(data)
+        if ref is not None and ref not in SERVER_TYPES:
+            return None
+        raise ProtocolError(E_BAD_FRAME, str(exc), ref) from None
+    except msgspec.DecodeError as exc:
+        raise ProtocolError(E_BAD_JSON, f"invalid JSON: {exc}") from None
+
+
+def encode_client(frame: ClientFrame) -> bytes:
+    """Serialize a client frame to JSON bytes (a client sends it as a text frame)."""
     return _encoder.encode(frame)

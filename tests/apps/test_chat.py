@@ -346,7 +346,7 @@ async def test_resume_says_so_when_history_cannot_be_replayed(make_chat):
         await ann.send(type="send", room="lobby", id=f"x{i}", text=f"{i}")
     for _ in range(10):
         await ann.recv()
-    await server.app._retention()
+    await server.app.retention.run()
     bob = await Client.open(server)
     await bob.join("lobby", "bob", since=1)
     await bob.expect("reset", reason="retention", seq=5, oldest=4)

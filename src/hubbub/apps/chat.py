@@ -2,18 +2,12 @@
 
 Plain WebSocket clients get the seed's room (:mod:`hubbub.apps.seed`).
 Clients that ask for the ``hubbub.v1`` subprotocol speak the JSON protocol
-(:mod:`hubbub.protocol`): the chat core decides, this service carries the
-decisions out with a store (history), a journal (group commit) and a broker
-(fan-out).
-
-Gapless resume. A member that joins with ``since`` is first registered as
-*catching up*: every frame delivered to the room from then on is buffered
-for it. Then the store is read (everything committed so far after
-``since``) and replayed, then the buffer is flushed without the messages the
-replay already had (by sequence number), and only then, with no ``await``
-in between, the member goes live. A message is published only after its
-commit, so it is either in the replay (committed before the read) or in the
-buffer (published after the registration), or both: never neither.
+(:mod:`hubbub.protocol`): the chat core decides, :class:`ChatApp` carries the
+decisions (effects) out with a store (history), a journal (group commit) and
+a broker (fan-out). Around it: gapless catch-up on join
+(:mod:`hubbub.apps.catchup`, where its invariant is argued), the HTTP side
+(:mod:`hubbub.apps.http_api`: the REST API and the static files) and
+retention (:mod:`hubbub.apps.retention`).
 
 Rooms. Reading a room (``history``, ``GET .../messages``) never creates it;
 a join or a message does. Deleting a room (``DELETE /api/rooms/{room}``)
@@ -26,15 +20,11 @@ has a new epoch: a client resuming with the old one gets ``reset``.
 from __future__ import annotations
 
 import asyncio
-import hmac
 import logging
 import os
-import re
 import time
-from importlib import resources
+from collections.abc import Coroutine
 from typing import Any
-
-import msgspec
 
 from .. import protocol as p
 from ..broker import Broker, LocalBroker
@@ -53,96 +43,49 @@ from ..core import (
 from ..server import WEBSOCKET_OPCODE_TEXT, Frame, Server
 from ..store import PendingMessage, Store, StoreError
 from ..store.sqlite import SQLiteStore
-from ..transport.http import Request, Response
+from ..transport.http import Request
+from .catchup import Catchups
+from .http_api import HttpApi
 from .journal import Journal
+from .retention import RETENTION_PERIOD, Retention
 from .seed import SeedRoom
 
 log = logging.getLogger("hubbub.chat")
 
 TEXT = WEBSOCKET_OPCODE_TEXT
-# "/" is the hubbub.v1 browser client; the seed's page (plain text protocol)
-# stays at /seed.html. Other files of the static folder are under /static/.
-_PAGES = {"/": "index.html", "/index.html": "index.html", "/seed.html": "seed.html"}
-_TYPES = {
-    ".html": "text/html; charset=utf-8",
-    ".js": "text/javascript; charset=utf-8",
-    ".css": "text/css; charset=utf-8",
-    ".svg": "image/svg+xml",
-    ".png": "image/png",
-    ".ico": "image/x-icon",
-    ".json": "application/json",
-}
-_API_MESSAGES = re.compile(r"^/api/rooms/([^/]+)/messages$")
-_API_ROOM = re.compile(r"^/api/rooms/([^/]+)$")
-RETENTION_PERIOD = 60.0
-
-
-class PostBody(msgspec.Struct, forbid_unknown_fields=True):
-    """Body of ``POST /api/rooms/{room}/messages``."""
-
-    text: p.Text
-    nick: p.Nick = "api"
-    id: p.ClientId | None = None
-
-
-class _Catchup:
-    __slots__ = ("buffer", "overflow")
-
-    def __init__(self) -> None:
-        self.buffer: list[tuple[int | None, bytes]] = []
-        self.overflow = False
-
-
-def _static_files() -> dict[str, tuple[bytes, str]]:
-    """Every file of the static folder, read once: URL path -> (body, content type)."""
-    files: dict[str, tuple[bytes, str]] = {}
-    folder = resources.files("hubbub").joinpath("static")
-    for entry in folder.iterdir():
-        name = entry.name
-        ctype = _TYPES.get(name[name.rfind(".") :]) if "." in name else None
-        if ctype is None or not entry.is_file():
-            continue
-        files[f"/static/{name}"] = (entry.read_bytes(), ctype)
-    for path, name in _PAGES.items():
-        if f"/static/{name}" in files:
-            files[path] = files[f"/static/{name}"]
-    return files
 
 
 class ChatApp:
-    def __init__(
-        self,
-        server: Server,
-        store: Store | None = None,
-        broker: Broker | None = None,
-    ) -> None:
+    """Where the core's effects meet the store, the journal and the broker."""
+
+    def __init__(self, server: Server, store: Store, broker: Broker) -> None:
         self.server = server
         s = self.settings = server.settings
         self.core = ChatCore(ChatLimits(s.rate, s.burst, s.max_rooms_per_connection))
-        self.store: Store = store or SQLiteStore(s.db, s.sqlite_synchronous)
-        self.broker: Broker = broker or LocalBroker()
+        self.store = store
+        self.broker = broker
         self.journal = Journal(
             self.store, self._committed, self._not_committed, max_queue=s.max_journal_queue
         )
         self.seed = SeedRoom(server)
         self.v1: set[int] = set()
-        self.catching_up: dict[str, dict[int, _Catchup]] = {}
-        # Catch-up tasks per room (a delete waits for them).
-        self._catchup_tasks: dict[str, set[asyncio.Task[Any]]] = {}
-        self._delete_lock = asyncio.Lock()
-        self.api_key = s.api_key or os.environ.get("HUBBUB_API_KEY", "")
-        self.pages = _static_files()
-        self.limits = {
-            "max_message_size": s.max_message_size,
-            "rate": s.rate,
-            "burst": s.burst,
-            "max_rooms": s.max_rooms_per_connection,
-            "history_page": 200,
-            "max_text": p.MAX_TEXT,
-            "max_nick": 32,
-            "max_room": 64,
-        }
         self._tasks: set[asyncio.Task[Any]] = set()
+        self.catchups = Catchups(
+            server, self.core, store, max_resume=s.max_resume, spawn=self._spawn, run=self.run
+        )
+        self.retention = Retention(store, s.retention_count, s.retention_days)
+        self._delete_lock = asyncio.Lock()
+        self.http = HttpApi(
+            self.core,
+            store,
+            self.journal,
+            room_list=self._room_list,
+            delete_room=self.delete_room,
+            api_key=s.api_key or os.environ.get("HUBBUB_API_KEY", ""),
+        )
+        self.limits = p.welcome_limits(
+            s.max_message_size, s.rate, s.burst, s.max_rooms_per_connection
+        )
         if p.SUBPROTOCOL not in server.subprotocols:
             server.subprotocols.append(p.SUBPROTOCOL)
         server.on("start", self.on_start)
@@ -150,7 +93,7 @@ class ChatApp:
         server.on("open", self.on_open)
         server.on("message", self.on_message)
         server.on("close", self.on_close)
-        server.on("request", self.on_request)
+        server.on("request", self.http.on_request)
 
     # -- lifecycle -----------------------------------------------------------
 
@@ -158,8 +101,8 @@ class ChatApp:
         await self.store.open()
         await self.broker.start(self.deliver)
         self.journal.start()
-        await self._retention()
-        server.tick(RETENTION_PERIOD * 1000, lambda _tid: self._spawn(self._retention()))
+        await self.retention.run()
+        server.tick(RETENTION_PERIOD * 1000, lambda _tid: self._spawn(self.retention.run()))
 
     async def on_shutdown(self, server: Server) -> None:
         # Connections are closed by now; write what was accepted, then stop.
@@ -169,21 +112,7 @@ class ChatApp:
         await self.broker.close()
         await self.store.close()
 
-    async def _retention(self) -> None:
-        s = self.settings
-        if s.retention_count <= 0 and s.retention_days <= 0:
-            return
-        try:
-            deleted = await self.store.enforce_retention(
-                s.retention_count, s.retention_days * 86400.0, time.time()
-            )
-        except StoreError as exc:
-            log.error("retention failed: %s", exc)
-            return
-        if deleted:
-            log.info("retention: deleted %d old messages", deleted)
-
-    def _spawn(self, coro: Any) -> asyncio.Task[Any]:
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[Any]:
         task = asyncio.ensure_future(coro)
         self._tasks.add(task)
         task.add_done_callback(self._task_done)
@@ -221,8 +150,7 @@ class ChatApp:
     def on_close(self, server: Server, fd: int) -> None:
         if fd in self.v1:
             self.v1.discard(fd)
-            for waiting in self.catching_up.values():
-                waiting.pop(fd, None)
+            self.catchups.forget(fd)
             self.run(self.core.disconnect(fd))
         else:
             self.seed.close(fd)
@@ -239,38 +167,33 @@ class ChatApp:
             elif isinstance(effect, Publish):
                 self.broker.publish(effect.room, p.encode(effect.frame), None)
             elif isinstance(effect, Persist):
-                pending = PendingMessage(
-                    effect.room, effect.client_id, effect.nick, effect.text, time.time()
-                )
-                if not self.journal.submit(pending, (effect.fd, effect.client_id)):
-                    self.reply(
-                        effect.fd,
-                        p.Error(
-                            p.E_UNAVAILABLE,
-                            "server busy: message not stored, retry",
-                            "send",
-                            effect.room,
-                            effect.client_id,
-                        ),
-                    )
+                self._persist(effect)
             elif isinstance(effect, Catchup):
-                self._start_catchup(effect)
+                self.catchups.start(effect)
             elif isinstance(effect, LoadHistory):
                 self._spawn(self._history(effect))
             elif isinstance(effect, RoomsQuery):
                 self._spawn(self._rooms(effect.fd))
 
+    def _persist(self, effect: Persist) -> None:
+        e = effect
+        pending = PendingMessage(e.room, e.client_id, e.nick, e.text, time.time())
+        if not self.journal.submit(pending, (e.fd, e.client_id)):
+            self.reply(
+                effect.fd,
+                p.Error(
+                    p.E_UNAVAILABLE,
+                    "server busy: message not stored, retry",
+                    "send",
+                    effect.room,
+                    effect.client_id,
+                ),
+            )
+
     def deliver(self, room: str, payload: bytes, seq: int | None) -> None:
         """Broker callback: a room frame for this node's members."""
         self.server.push_many(self.core.live_fds(room), payload, TEXT)
-        waiting = self.catching_up.get(room)
-        if waiting:
-            limit = self.settings.max_resume
-            for state in waiting.values():
-                if len(state.buffer) < limit:
-                    state.buffer.append((seq, payload))
-                else:
-                    state.overflow = True
+        self.catchups.buffer(room, seq, payload)
 
     # -- journal callbacks ---------------------------------------------------
 
@@ -301,98 +224,7 @@ class ChatApp:
                 ),
             )
 
-    # -- catch-up, history, room list ------------------------------------------
-
-    def _start_catchup(self, effect: Catchup) -> None:
-        # Registered synchronously, before any await: see the module docstring.
-        self.catching_up.setdefault(effect.room, {})[effect.fd] = _Catchup()
-        task = self._spawn(self._catchup(effect))
-        tasks = self._catchup_tasks.setdefault(effect.room, set())
-        tasks.add(task)
-        task.add_done_callback(lambda t, room=effect.room: self._catchup_done(room, t))
-
-    def _catchup_done(self, room: str, task: asyncio.Task[Any]) -> None:
-        tasks = self._catchup_tasks.get(room)
-        if tasks is not None:
-            tasks.discard(task)
-            if not tasks:
-                del self._catchup_tasks[room]
-
-    async def _catchup(self, e: Catchup) -> None:
-        fd, room = e.fd, e.room
-        try:
-            meta = await self.store.create_room(room)  # a join creates its room
-            state = self.core.room_state(fd, room, meta.epoch, meta.seq)
-            if state is None or not self.core.is_member(fd, room):
-                self._end_catchup(fd, room)
-                return
-            self.reply(fd, state)
-            last = meta.seq
-            if e.since is not None:
-                replayed = await self._replay(e, meta)
-                if replayed is None or not self.core.is_member(fd, room):
-                    self._end_catchup(fd, room)
-                    return
-                last = replayed
-        except StoreError as exc:
-            # Undo the join, so that the client can simply send it again.
-            log.error("catch-up of %s for client-%d failed: %s", room, fd, exc)
-            self._end_catchup(fd, room)
-            self.run(self.core.drop_membership(fd, room))
-            self.reply(
-                fd, p.Error(p.E_UNAVAILABLE, "history unavailable, join again", "join", room)
-            )
-            return
-        waiting = self._end_catchup(fd, room)
-        if waiting is None or not self.core.is_member(fd, room):
-            return
-        # From here to mark_live: no await (nothing may be delivered in between).
-        if waiting.overflow:
-            # More was published during the replay than the buffer holds: the
-            # client reloads from history (which has it all) and goes live now.
-            self.reply(fd, p.Reset(room, meta.epoch, "too_far", meta.seq, meta.oldest))
-        else:
-            push = self.server.push
-            for seq, payload in waiting.buffer:
-                if seq is None or seq > last:
-                    push(fd, payload, TEXT)
-        self.core.mark_live(fd, room)
-
-    def _end_catchup(self, fd: int, room: str) -> _Catchup | None:
-        waiting_room = self.catching_up.get(room)
-        if waiting_room is None:
-            return None
-        waiting = waiting_room.pop(fd, None)
-        if not waiting_room:
-            del self.catching_up[room]
-        return waiting
-
-    async def _replay(self, e: Catchup, meta: Any) -> int | None:
-        """Send the messages after ``e.since``; return the last seq sent (or reset)."""
-        fd, room, since = e.fd, e.room, e.since
-        assert since is not None
-        reason = None
-        if (e.epoch is not None and e.epoch != meta.epoch) or since > meta.seq:
-            reason = "epoch"
-        elif since + 1 < meta.oldest:
-            reason = "retention"
-        elif meta.seq - since > self.settings.max_resume:
-            reason = "too_far"
-        if reason is not None:
-            self.reply(fd, p.Reset(room, meta.epoch, reason, meta.seq, meta.oldest))
-            return meta.seq
-        missed = await self.store.since(room, since, self.settings.max_resume)
-        if not self.core.is_member(fd, room):
-            return None
-        push = self.server.push
-        for msg in missed:
-            push(fd, p.encode(msg), TEXT)
-        last = missed[-1].seq if missed else since
-        waiting = self.catching_up.get(room, {}).get(fd)
-        if waiting is None or not waiting.overflow:
-            # (On overflow the caller sends `reset` instead: never both.)
-            self.reply(fd, p.Resumed(room, meta.epoch, since, last, len(missed)))
-        return last
+    # -- history, room list ----------------------------------------------------
 
     async def _history(self, e: LoadHistory) -> None:
         try:
@@ -435,11 +267,9 @@ class ChatApp:
         async with self._delete_lock:
             self.core.close_room(room)  # from here, no join and no send for it
             try:
-                pending = self._catchup_tasks.get(room)
-                if pending:
-                    # Joins accepted before the close finish first (their
-                    # create_room must not run after the delete).
-                    await asyncio.wait(set(pending))
+                # Joins accepted before the close finish first (their
+                # create_room must not run after the delete).
+                await self.catchups.wait_room(room)
                 await self.journal.barrier()  # messages accepted before the close
                 existed = await self.store.delete_room(room)
             finally:
@@ -450,155 +280,6 @@ class ChatApp:
             log.info("room %s deleted (%d members removed)", room, len(removed))
         return existed or bool(removed), len(removed)
 
-    # -- HTTP ----------------------------------------------------------------
-
-    def on_request(self, request: Request, response: Response) -> Any:
-        path = request.path
-        if path.startswith("/api/"):
-            return self._api(request, response)
-        page = self.pages.get(path)
-        if page is None:
-            return _plain(response, 404, "Not Found")
-        if request.method not in ("GET", "HEAD"):
-            response.header("Allow", "GET, HEAD")
-            return _plain(response, 405, "Method Not Allowed")
-        body, ctype = page
-        response.header("Content-Type", ctype)
-        response.header("Cache-Control", "no-cache")
-        response.header("X-Content-Type-Options", "nosniff")
-        response.end(body)
-        return None
-
-    async def _api(self, request: Request, response: Response) -> None:
-        path = request.path
-        try:
-            if path == "/api/rooms":
-                if request.method != "GET":
-                    response.header("Allow", "GET")
-                    return _json_error(response, 405, "method not allowed")
-                rooms = await self._room_list()
-                return _json(response, 200, {"rooms": rooms})
-            match = _API_ROOM.match(path)
-            if match is not None:
-                room = match.group(1)
-                if request.method != "DELETE":
-                    response.header("Allow", "DELETE")
-                    return _json_error(response, 405, "method not allowed")
-                if not _valid_room(room):
-                    return _json_error(response, 400, f"invalid room name: {p.ROOM_RULE}")
-                return await self._api_delete(request, response, room)
-            match = _API_MESSAGES.match(path)
-            if match is None:
-                return _json_error(response, 404, "no such endpoint")
-            room = match.group(1)
-            if not _valid_room(room):
-                return _json_error(response, 400, f"invalid room name: {p.ROOM_RULE}")
-            if request.method == "GET":
-                return await self._api_history(request, response, room)
-            if request.method == "POST":
-                return await self._api_post(request, response, room)
-            response.header("Allow", "GET, POST")
-            return _json_error(response, 405, "method not allowed")
-        except StoreError as exc:
-            log.error("API %s failed: %s", path, exc)
-            return _json_error(response, 503, "storage unavailable")
-
-    async def _api_history(self, request: Request, response: Response, room: str) -> None:
-        query = request.get
-        try:
-            before = int(query["before"]) if "before" in query else None
-            limit = int(query.get("limit", "50"))
-        except ValueError:
-            return _json_error(response, 400, "before and limit must be integers")
-        if not 1 <= limit <= 200:
-            return _json_error(response, 400, "limit must be between 1 and 200")
-        if before is not None and before < 0:
-            return _json_error(response, 400, "before must not be negative")
-        meta = await self.store.room(room)
-        if meta is None:
-            return _json_error(response, 404, f"no room called {room!r}")
-        messages, has_more = await self.store.page(room, before, limit)
-        return _json(
-            response,
-            200,
-            {
-                "room": room,
-                "epoch": meta.epoch,
-                "messages": messages,
-                "has_more": has_more,
-            },
-        )
-
-    def _authorized(self, request: Request, response: Response, what: str) -> bool:
-        """Check the API key; answer 401/403 and return False if it is not right."""
-        if not self.api_key:
-            _json_error(response, 403, f"{what} over HTTP is disabled (no api key set)")
-            return False
-        auth = request.headers.get("authorization", "")
-        scheme, _, key = auth.partition(" ")
-        if scheme.lower() != "bearer" or not key:
-            response.header("WWW-Authenticate", "Bearer")
-            _json_error(response, 401, "missing 'Authorization: Bearer <api key>'")
-            return False
-        if not hmac.compare_digest(key.strip().encode(), self.api_key.encode()):
-            _json_error(response, 403, "invalid api key")
-            return False
-        return True
-
-    async def _api_delete(self, request: Request, response: Response, room: str) -> None:
-        if not self._authorized(request, response, "deleting rooms"):
-            return None
-        existed, members = await self.delete_room(room)
-        if not existed:
-            return _json_error(response, 404, f"no room called {room!r}")
-        return _json(response, 200, {"deleted": room, "members_removed": members})
-
-    async def _api_post(self, request: Request, response: Response, room: str) -> None:
-        if not self._authorized(request, response, "publishing"):
-            return None
-        if room in self.core.closing:
-            return _json_error(response, 503, f"room {room!r} is being deleted, retry")
-        try:
-            body = msgspec.json.decode(request.body, type=PostBody)
-        except msgspec.ValidationError as exc:
-            message, field = p.explain(exc, PostBody)
-            return _json(response, 400, {"error": f"invalid body: {message}", "field": field})
-        except msgspec.DecodeError as exc:
-            return _json_error(response, 400, f"invalid body: not JSON ({exc})")
-        future: asyncio.Future[tuple[p.Message, bool]] = asyncio.get_running_loop().create_future()
-        if not self.journal.submit(
-            PendingMessage(room, body.id, body.nick, body.text, time.time()), future
-        ):
-            return _json_error(response, 503, "server busy, retry")
-        message, duplicate = await future
-        return _json(
-            response, 200 if duplicate else 201, {"message": message, "duplicate": duplicate}
-        )
-
-
-def _valid_room(name: str) -> bool:
-    try:
-        msgspec.convert(name, p.RoomName)
-    except msgspec.ValidationError:
-        return False
-    return True
-
-
-def _plain(response: Response, status: int, text: str) -> None:
-    response.status(status)
-    response.header("Content-Type", "text/plain; charset=utf-8")
-    response.end(text + "\n")
-
-
-def _json(response: Response, status: int, obj: Any) -> None:
-    response.status(status)
-    response.header("Content-Type", "application/json")
-    response.end(msgspec.json.encode(obj))
-
-
-def _json_error(response: Response, status: int, message: str) -> None:
-    _json(response, status, {"error": message})
-
 
 def create_app(
     host: str = "0.0.0.0",
@@ -607,7 +288,11 @@ def create_app(
     store: Store | None = None,
     broker: Broker | None = None,
 ) -> Server:
-    """The server ``hubbub serve`` runs."""
+    """The server ``hubbub serve`` runs: by default with the SQLite store of
+    ``settings.db`` and the in-process broker."""
     server = Server(host, port, settings)
-    server.app = ChatApp(server, store, broker)
+    s = server.settings
+    if store is None:
+        store = SQLiteStore(s.db, s.sqlite_synchronous)
+    server.app = ChatApp(server, store, broker if broker is not None else LocalBroker())
     return server

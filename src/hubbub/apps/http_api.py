@@ -1,0 +1,192 @@
+"""The HTTP side of ``hubbub serve``: the REST API under ``/api/`` and the static
+files (everything else).
+
+``GET /api/rooms``, ``GET /api/rooms/{room}/messages?before=&limit=``, and with
+the API key (``Authorization: Bearer <key>``) ``POST /api/rooms/{room}/messages``
+and ``DELETE /api/rooms/{room}``. Answers are JSON; errors are
+``{"error": "<reason>"}`` with a 4xx or 503 status (docs/protocol.md, *HTTP API*).
+Names and limits are the protocol's (:mod:`hubbub.protocol`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+import re
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import msgspec
+
+from .. import protocol as p
+from ..core import ChatCore
+from ..store import PendingMessage, Store, StoreError
+from ..transport.http import Request, Response
+from .journal import Journal
+from .static import StaticFiles
+
+log = logging.getLogger("hubbub.chat")
+
+_API_MESSAGES = re.compile(r"^/api/rooms/([^/]+)/messages$")
+_API_ROOM = re.compile(r"^/api/rooms/([^/]+)$")
+
+
+class PostBody(msgspec.Struct, forbid_unknown_fields=True):
+    """Body of ``POST /api/rooms/{room}/messages``."""
+
+    text: p.Text
+    nick: p.Nick = "api"
+    id: p.ClientId | None = None
+
+
+class HttpApi:
+    """Routes a request to the API or to the static files, and answers the API's."""
+
+    def __init__(
+        self,
+        core: ChatCore,
+        store: Store,
+        journal: Journal,
+        *,
+        room_list: Callable[[], Awaitable[list[p.RoomInfo]]],
+        delete_room: Callable[[str], Awaitable[tuple[bool, int]]],
+        api_key: str,
+    ) -> None:
+        self.core = core
+        self.store = store
+        self.journal = journal
+        self.room_list = room_list
+        self.delete_room = delete_room
+        self.api_key = api_key
+        self.static = StaticFiles()
+
+    def on_request(self, request: Request, response: Response) -> Any:
+        if request.path.startswith("/api/"):
+            return self._api(request, response)
+        return self.static.serve(request, response)
+
+    async def _api(self, request: Request, response: Response) -> None:
+        path = request.path
+        try:
+            if path == "/api/rooms":
+                if request.method != "GET":
+                    response.header("Allow", "GET")
+                    return _json_error(response, 405, "method not allowed")
+                rooms = await self.room_list()
+                return _json(response, 200, {"rooms": rooms})
+            match = _API_ROOM.match(path)
+            if match is not None:
+                room = match.group(1)
+                if request.method != "DELETE":
+                    response.header("Allow", "DELETE")
+                    return _json_error(response, 405, "method not allowed")
+                if not _valid_room(room):
+                    return _json_error(response, 400, f"invalid room name: {p.ROOM_RULE}")
+                return await self._delete(request, response, room)
+            match = _API_MESSAGES.match(path)
+            if match is None:
+                return _json_error(response, 404, "no such endpoint")
+            room = match.group(1)
+            if not _valid_room(room):
+                return _json_error(response, 400, f"invalid room name: {p.ROOM_RULE}")
+            if request.method == "GET":
+                return await self._history(request, response, room)
+            if request.method == "POST":
+                return await self._post(request, response, room)
+            response.header("Allow", "GET, POST")
+            return _json_error(response, 405, "method not allowed")
+        except StoreError as exc:
+            log.error("API %s failed: %s", path, exc)
+            return _json_error(response, 503, "storage unavailable")
+
+    async def _history(self, request: Request, response: Response, room: str) -> None:
+        query = request.get
+        try:
+            before = int(query["before"]) if "before" in query else None
+            limit = int(query.get("limit", str(p.HISTORY_PAGE_DEFAULT)))
+        except ValueError:
+            return _json_error(response, 400, "before and limit must be integers")
+        if not 1 <= limit <= p.HISTORY_PAGE_MAX:
+            return _json_error(response, 400, f"limit must be between 1 and {p.HISTORY_PAGE_MAX}")
+        if before is not None and before < 0:
+            return _json_error(response, 400, "before must not be negative")
+        meta = await self.store.room(room)
+        if meta is None:
+            return _json_error(response, 404, f"no room called {room!r}")
+        messages, has_more = await self.store.page(room, before, limit)
+        return _json(
+            response,
+            200,
+            {
+                "room": room,
+                "epoch": meta.epoch,
+                "messages": messages,
+                "has_more": has_more,
+            },
+        )
+
+    def _authorized(self, request: Request, response: Response, what: str) -> bool:
+        """Check the API key; answer 401/403 and return False if it is not right."""
+        if not self.api_key:
+            _json_error(response, 403, f"{what} over HTTP is disabled (no api key set)")
+            return False
+        auth = request.headers.get("authorization", "")
+        scheme, _, key = auth.partition(" ")
+        if scheme.lower() != "bearer" or not key:
+            response.header("WWW-Authenticate", "Bearer")
+            _json_error(response, 401, "missing 'Authorization: Bearer <api key>'")
+            return False
+        if not hmac.compare_digest(key.strip().encode(), self.api_key.encode()):
+            _json_error(response, 403, "invalid api key")
+            return False
+        return True
+
+    async def _delete(self, request: Request, response: Response, room: str) -> None:
+        if not self._authorized(request, response, "deleting rooms"):
+            return None
+        existed, members = await self.delete_room(room)
+        if not existed:
+            return _json_error(response, 404, f"no room called {room!r}")
+        return _json(response, 200, {"deleted": room, "members_removed": members})
+
+    async def _post(self, request: Request, response: Response, room: str) -> None:
+        if not self._authorized(request, response, "publishing"):
+            return None
+        if room in self.core.closing:
+            return _json_error(response, 503, f"room {room!r} is being deleted, retry")
+        try:
+            body = msgspec.json.decode(request.body, type=PostBody)
+        except msgspec.ValidationError as exc:
+            message, field = p.explain(exc, PostBody)
+            return _json(response, 400, {"error": f"invalid body: {message}", "field": field})
+        except msgspec.DecodeError as exc:
+            return _json_error(response, 400, f"invalid body: not JSON ({exc})")
+        future: asyncio.Future[tuple[p.Message, bool]] = asyncio.get_running_loop().create_future()
+        if not self.journal.submit(
+            PendingMessage(room, body.id, body.nick, body.text, time.time()), future
+        ):
+            return _json_error(response, 503, "server busy, retry")
+        message, duplicate = await future
+        return _json(
+            response, 200 if duplicate else 201, {"message": message, "duplicate": duplicate}
+        )
+
+
+def _valid_room(name: str) -> bool:
+    try:
+        msgspec.convert(name, p.RoomName)
+    except msgspec.ValidationError:
+        return False
+    return True
+
+
+def _json(response: Response, status: int, obj: Any) -> None:
+    response.status(status)
+    response.header("Content-Type", "application/json")
+    response.end(msgspec.json.encode(obj))
+
+
+def _json_error(response: Response, status: int, message: str) -> None:
+    _json(response, status, {"error": message})
