@@ -14,7 +14,8 @@ import pexpect
 import pytest
 from websockets.sync.client import connect
 
-from hubbub.client.terminal import TerminalChat, describe_error
+from hubbub import protocol as p
+from hubbub.client.terminal import RoomView, TerminalChat, describe_error
 
 from ..conftest import ROOT, free_port, serve_args
 
@@ -221,17 +222,24 @@ def test_prompt_shows_the_current_room(server):
         term.close(force=True)
 
 
+async def _feed(chat_: TerminalChat, frame: dict[str, Any]) -> None:
+    """``frame`` as the server sends it: one JSON text frame."""
+    await chat_.on_text(json.dumps(frame))
+
+
 async def _resume(chat_: TerminalChat, replayed: list[dict[str, Any]]) -> None:
     """The frames of a reconnect that resumes #lobby after seq 5 (epoch e1)."""
-    await chat_._on_frame({"type": "welcome", "protocol": "hubbub.v1", "fd": 2, "nick": "ann"})
-    await chat_._on_frame(
-        {"type": "room", "room": "lobby", "nick": "ann", "epoch": "e1", "seq": 7, "members": []}
+    await _feed(chat_, {"type": "welcome", "protocol": "hubbub.v1", "fd": 2, "nick": "ann"})
+    await _feed(
+        chat_,
+        {"type": "room", "room": "lobby", "nick": "ann", "epoch": "e1", "seq": 7, "members": []},
     )
     for frame in replayed:
-        await chat_._on_frame(frame)
-    await chat_._on_frame(
+        await _feed(chat_, frame)
+    await _feed(
+        chat_,
         {"type": "resumed", "room": "lobby", "epoch": "e1", "since": 5, "seq": 7,
-         "count": len(replayed)}
+         "count": len(replayed)},
     )  # fmt: skip
 
 
@@ -261,3 +269,50 @@ async def test_your_own_messages_are_not_counted_as_missed_after_a_reconnect():
         term, [_message(7, "bob", "while you were away", "b-1"), _message(8, "ann", "mine", cid)]
     )
     assert [line for line in shown if "missed" in line] == ["* #lobby: 1 missed message(s) above"]
+
+
+async def test_a_deleted_room_is_reported_as_deleted_not_as_left():
+    shown: list[str] = []
+    term = TerminalChat("ws://127.0.0.1:9", "ops", "ann", shown.append)
+    term.state.rooms["lobby"] = RoomView("lobby")
+    await _feed(term, {"type": "left_room", "room": "ops", "reason": "deleted"})
+    assert shown == ["* #ops was deleted by an operator; you are no longer in it"]
+    assert "ops" not in term.state.rooms and term.state.current == "lobby"
+    shown.clear()
+    await _feed(term, {"type": "left_room", "room": "lobby"})
+    assert shown == ["* left #lobby"]
+    assert term.state.current is None
+
+
+async def test_server_frames_are_decoded_with_the_schema():
+    shown: list[str] = []
+    term = TerminalChat("ws://127.0.0.1:9", "lobby", "ann", shown.append)
+    # A frame type this client does not know (a later server's) is ignored.
+    await _feed(term, {"type": "future_thing", "x": 1})
+    # A known frame that does not fit the schema is reported, and the client goes on.
+    await _feed(term, {"type": "message", "room": "lobby", "seq": "not a number"})
+    await _feed(term, {"type": "joined", "room": "lobby", "nick": "bob", "ts": 1.0, "new": 2})
+    assert len(shown) == 2, shown
+    assert shown[0].startswith("! unreadable frame: ")
+    assert shown[1] == "* bob joined #lobby"  # unknown fields are ignored
+
+
+async def test_client_frames_are_encoded_with_the_schema():
+    sent: list[str] = []
+
+    class Socket:
+        async def send(self, data: str) -> None:
+            sent.append(data)
+
+    term = TerminalChat("ws://127.0.0.1:9", None, None, lambda _: None)
+    term.ws = Socket()  # type: ignore[assignment]
+    await term.handle_line("/join lobby")
+    await term.handle_line("hello")
+    await term.handle_line("/msg bob psst")
+    await term.handle_line("/history")
+    frames = [json.loads(data) for data in sent]
+    assert frames[0] == {"type": "join", "room": "lobby"}
+    assert frames[1]["type"] == "send" and frames[1]["text"] == "hello"
+    assert frames[2]["type"] == "dm" and (frames[2]["to"], frames[2]["text"]) == ("bob", "psst")
+    assert frames[3] == {"type": "history", "room": "lobby", "limit": 20}
+    assert all(p.decode(data) for data in sent)  # every one is a valid client frame

@@ -13,20 +13,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import random
 import socket
 import sys
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
 
-SUBPROTOCOL = "hubbub.v1"
+from .. import protocol as p
+
 HELP = """commands:
   /join ROOM        join a room (and make it current)
   /leave [ROOM]     leave a room (default: current)
@@ -39,6 +39,9 @@ HELP = """commands:
   /quit             leave
 anything else is sent to the current room"""
 
+
+#: Messages asked for when a room is joined, reset, or scrolled back with /history.
+HISTORY_LIMIT = 20
 
 #: Client ids of this client's own messages remembered (to tell them from others').
 MAX_OWN_IDS = 10_000
@@ -149,11 +152,11 @@ class TerminalChat:
             was_connected = False
             try:
                 async with connect(
-                    self.url, subprotocols=[SUBPROTOCOL], open_timeout=10, max_size=2**22
+                    self.url, subprotocols=[p.SUBPROTOCOL], open_timeout=10, max_size=2**22
                 ) as ws:
                     self.ws = ws
                     was_connected = True
-                    self.plain = ws.subprotocol != SUBPROTOCOL
+                    self.plain = ws.subprotocol != p.SUBPROTOCOL
                     attempt = 0
                     if self.plain:
                         self.show(f"* connected to {self.url} (plain text mode)")
@@ -190,136 +193,156 @@ class TerminalChat:
                 text = raw if isinstance(raw, str) else raw.decode("utf-8", "replace")
                 self.show(text.rstrip("\n"))
                 continue
-            try:
-                frame = json.loads(raw)
-            except (TypeError, ValueError):
-                self.show(f"! unreadable frame: {raw!r}"[:200])
-                continue
-            await self._on_frame(frame)
+            await self.on_text(raw)
 
-    async def send(self, **frame: Any) -> None:
+    async def send(self, frame: p.ClientFrame) -> None:
         if self.ws is not None:
             with contextlib.suppress(ConnectionClosed):
-                await self.ws.send(json.dumps(frame))
+                await self.ws.send(p.encode_client(frame).decode())
 
     # -- server frames -------------------------------------------------------
 
-    async def _on_frame(self, f: dict[str, Any]) -> None:
-        kind = f.get("type")
-        s = self.state
-        if kind == "welcome":
-            if s.nick is None:
-                s.nick = f["nick"]
-            self.show(f"* connected as {s.nick}")
-            for view in list(s.rooms.values()):
-                await self._join(view)
-            for cid, (room, text) in list(s.pending.items()):
-                await self.send(type="send", room=room, id=cid, text=text)
-        elif kind == "room":
-            view = s.rooms.setdefault(f["room"], RoomView(f["room"]))
-            resuming = view.epoch == f["epoch"]
-            if not resuming:
-                view.shown.clear()
-                view.resuming = False  # a new epoch: no replay comes, history does
-            view.epoch = f["epoch"]
-            s.nick = f["nick"]
-            if not resuming:
-                view.last_seq = f["seq"]
-                self.show(
-                    f"* joined #{f['room']} as {f['nick']} — members: " + ", ".join(f["members"])
-                )
-                await self.send(type="history", room=f["room"], limit=20)
-        elif kind == "message":
-            view = s.rooms.get(f["room"])
-            if view is not None:
-                if f["seq"] <= view.last_seq and view.epoch == f["epoch"]:
-                    return  # already shown
-                view.last_seq = f["seq"]
-                if view.resuming and f.get("client_id") not in self.own_ids:
-                    view.replayed_others += 1
-            s.pending.pop(f.get("client_id") or "", None)
-            self._message(f)
-        elif kind == "history":
-            view = s.rooms.get(f["room"])
-            messages = f["messages"]
-            if view is not None and messages:
-                view.oldest_seen = messages[0]["seq"]
-            if not messages:
-                self.show(
-                    f"* no {'older ' if view and view.oldest_seen else ''}history in #{f['room']}"
-                )
-            for m in messages:
-                self._message(m)
-        elif kind == "ack":
-            s.pending.pop(f["id"], None)
-        elif kind == "resumed":
-            view = s.rooms.get(f["room"])
-            missed = f["count"]
-            if view is not None:
-                # The server counts every message replayed; yours (sent just
-                # before the connection dropped, or resent on reconnect) were
-                # not missed.
-                missed = view.replayed_others if view.resuming else 0
-                view.resuming = False
-                view.replayed_others = 0
-            if missed:
-                self.show(f"* #{f['room']}: {missed} missed message(s) above")
-        elif kind == "reset":
-            view = s.rooms.get(f["room"])
-            if view is not None:
-                view.epoch, view.last_seq = f["epoch"], f["seq"]
-                view.shown.clear()
-                view.resuming = False
-            self.show(f"* #{f['room']}: history cannot be resumed ({f['reason']}); reloading")
-            await self.send(type="history", room=f["room"], limit=20)
-        elif kind == "joined":
-            self.show(f"* {f['nick']} joined #{f['room']}")
-        elif kind == "left":
-            self.show(f"* {f['nick']} left #{f['room']}")
-        elif kind == "renamed":
-            self.show(f"* {f['old']} is now {f['nick']} in #{f['room']}")
-        elif kind == "nick":
-            s.nick = f["nick"]
-            self.show(f"* you are now {f['nick']}")
-        elif kind == "left_room":
-            s.rooms.pop(f["room"], None)
-            if s.current == f["room"]:
-                self._set_current(next(iter(s.rooms), None))
-            self.show(f"* left #{f['room']}")
-        elif kind == "dm":
-            self.show(f"[{_clock(f['ts'])}] *{f['from']} → {f['to']}* {f['text']}")
-        elif kind == "members":
-            self.show(f"* #{f['room']}: " + ", ".join(f["members"]))
-        elif kind == "rooms":
-            rooms = f["rooms"] or []
-            self.show(
-                "* rooms: " + (", ".join(f"#{r['name']} ({r['members']})" for r in rooms) or "none")
-            )
-        elif kind == "error":
-            self.show(f"! {f.get('code')}: {f.get('message')}")
-        # typing, pong: nothing to print
+    async def on_text(self, raw: str | bytes) -> None:
+        """One frame from the server: decoded with the protocol's schema, then handled
+        by its type. Frame types this client does not know are ignored."""
+        try:
+            frame = p.decode_server(raw)
+        except p.ProtocolError:
+            self.show(f"! unreadable frame: {raw!r}"[:200])
+            return
+        if frame is not None:
+            await self._on_frame(frame)
 
-    def _message(self, f: dict[str, Any]) -> None:
-        view = self.state.rooms.get(f["room"])
+    async def _on_frame(self, frame: p.ServerFrame) -> None:
+        handler = _FRAME_HANDLERS.get(type(frame))
+        if handler is not None:  # typing, pong: nothing to print
+            await handler(self, frame)
+
+    async def _on_welcome(self, f: p.Welcome) -> None:
+        s = self.state
+        if s.nick is None:
+            s.nick = f.nick
+        self.show(f"* connected as {s.nick}")
+        for view in list(s.rooms.values()):
+            await self._join(view)
+        for cid, (room, text) in list(s.pending.items()):
+            await self.send(p.Send(room, cid, text))
+
+    async def _on_room(self, f: p.RoomState) -> None:
+        s = self.state
+        view = s.rooms.setdefault(f.room, RoomView(f.room))
+        resuming = view.epoch == f.epoch
+        if not resuming:
+            view.shown.clear()
+            view.resuming = False  # a new epoch: no replay comes, history does
+        view.epoch = f.epoch
+        s.nick = f.nick
+        if not resuming:
+            view.last_seq = f.seq
+            self.show(f"* joined #{f.room} as {f.nick} — members: " + ", ".join(f.members))
+            await self.send(p.History(f.room, limit=HISTORY_LIMIT))
+
+    async def _on_message(self, f: p.Message) -> None:
+        s = self.state
+        view = s.rooms.get(f.room)
         if view is not None:
-            if f["seq"] in view.shown:
+            if f.seq <= view.last_seq and view.epoch == f.epoch:
+                return  # already shown
+            view.last_seq = f.seq
+            if view.resuming and f.client_id not in self.own_ids:
+                view.replayed_others += 1
+        s.pending.pop(f.client_id or "", None)
+        self._message(f)
+
+    async def _on_history(self, f: p.HistoryPage) -> None:
+        view = self.state.rooms.get(f.room)
+        messages = f.messages
+        if view is not None and messages:
+            view.oldest_seen = messages[0].seq
+        if not messages:
+            self.show(f"* no {'older ' if view and view.oldest_seen else ''}history in #{f.room}")
+        for m in messages:
+            self._message(m)
+
+    async def _on_ack(self, f: p.Ack) -> None:
+        self.state.pending.pop(f.id, None)
+
+    async def _on_resumed(self, f: p.Resumed) -> None:
+        view = self.state.rooms.get(f.room)
+        missed = f.count
+        if view is not None:
+            # The server counts every message replayed; yours (sent just
+            # before the connection dropped, or resent on reconnect) were
+            # not missed.
+            missed = view.replayed_others if view.resuming else 0
+            view.resuming = False
+            view.replayed_others = 0
+        if missed:
+            self.show(f"* #{f.room}: {missed} missed message(s) above")
+
+    async def _on_reset(self, f: p.Reset) -> None:
+        view = self.state.rooms.get(f.room)
+        if view is not None:
+            view.epoch, view.last_seq = f.epoch, f.seq
+            view.shown.clear()
+            view.resuming = False
+        self.show(f"* #{f.room}: history cannot be resumed ({f.reason}); reloading")
+        await self.send(p.History(f.room, limit=HISTORY_LIMIT))
+
+    async def _on_presence(self, f: p.Joined | p.Left | p.Renamed) -> None:
+        if isinstance(f, p.Joined):
+            self.show(f"* {f.nick} joined #{f.room}")
+        elif isinstance(f, p.Left):
+            self.show(f"* {f.nick} left #{f.room}")
+        else:
+            self.show(f"* {f.old} is now {f.nick} in #{f.room}")
+
+    async def _on_nick(self, f: p.NickSet) -> None:
+        self.state.nick = f.nick
+        self.show(f"* you are now {f.nick}")
+
+    async def _on_left_room(self, f: p.Left_) -> None:
+        s = self.state
+        s.rooms.pop(f.room, None)
+        if s.current == f.room:
+            self._set_current(next(iter(s.rooms), None))
+        if f.reason == "deleted":
+            self.show(f"* #{f.room} was deleted by an operator; you are no longer in it")
+        else:
+            self.show(f"* left #{f.room}")
+
+    async def _on_dm(self, f: p.DirectMessage) -> None:
+        self.show(f"[{_clock(f.ts)}] *{f.sender} → {f.to}* {f.text}")
+
+    async def _on_members(self, f: p.Members) -> None:
+        self.show(f"* #{f.room}: " + ", ".join(f.members))
+
+    async def _on_rooms(self, f: p.RoomList) -> None:
+        listed = ", ".join(f"#{r.name} ({r.members})" for r in f.rooms)
+        self.show("* rooms: " + (listed or "none"))
+
+    async def _on_error(self, f: p.Error) -> None:
+        self.show(f"! {f.code}: {f.message}")
+
+    def _message(self, f: p.Message) -> None:
+        view = self.state.rooms.get(f.room)
+        if view is not None:
+            if f.seq in view.shown:
                 return
             if len(view.shown) > 10_000:
                 view.shown.clear()
-            view.shown.add(f["seq"])
-        prefix = "" if f["room"] == self.state.current else f"#{f['room']} "
-        self.show(f"[{_clock(f['ts'])}] {prefix}<{f['nick']}> {f['text']}")
+            view.shown.add(f.seq)
+        prefix = "" if f.room == self.state.current else f"#{f.room} "
+        self.show(f"[{_clock(f.ts)}] {prefix}<{f.nick}> {f.text}")
 
     async def _join(self, view: RoomView) -> None:
-        frame: dict[str, Any] = {"type": "join", "room": view.name}
-        if self.state.nick:
-            frame["nick"] = self.state.nick
+        frame = p.Join(view.name, nick=self.state.nick or None)
         if view.epoch is not None:
-            frame["since"] = view.last_seq
-            frame["epoch"] = view.epoch
+            frame.since = view.last_seq
+            frame.epoch = view.epoch
             view.resuming = True
             view.replayed_others = 0
-        await self.send(**frame)
+        await self.send(frame)
 
     # -- user input ------------------------------------------------------------
 
@@ -356,7 +379,7 @@ class TerminalChat:
         if self.ws is None:
             self.show("* offline: message queued, sent on reconnect")
             return
-        await self.send(type="send", room=s.current, id=cid, text=line)
+        await self.send(p.Send(s.current, cid, line))
 
     async def _command(self, cmd: str, arg: str) -> None:
         s = self.state
@@ -378,24 +401,21 @@ class TerminalChat:
         elif cmd == "leave":
             room = arg.lstrip("#") or s.current
             if room:
-                await self.send(type="leave", room=room)
+                await self.send(p.Leave(room))
         elif cmd == "nick" and arg:
-            await self.send(type="nick", nick=arg)
+            await self.send(p.SetNick(arg))
         elif cmd == "msg" and " " in arg and s.current:
             to, _, text = arg.partition(" ")
-            await self.send(
-                type="dm", room=s.current, to=to, text=text.strip(), id=uuid.uuid4().hex
-            )
+            await self.send(p.Direct(s.current, to, text.strip(), id=uuid.uuid4().hex))
         elif cmd == "who" and s.current:
-            await self.send(type="who", room=s.current)
+            await self.send(p.Who(s.current))
         elif cmd == "rooms":
-            await self.send(type="rooms")
+            await self.send(p.ListRooms())
         elif cmd == "history" and s.current:
             view = s.rooms[s.current]
-            frame: dict[str, Any] = {"type": "history", "room": s.current, "limit": 20}
-            if view.oldest_seen:
-                frame["before"] = view.oldest_seen
-            await self.send(**frame)
+            await self.send(
+                p.History(s.current, before=view.oldest_seen or None, limit=HISTORY_LIMIT)
+            )
         else:
             self.show(f"! unknown or incomplete command /{cmd}; /help lists them")
 
@@ -454,3 +474,23 @@ async def run_chat(url: str, room: str | None, nick: str | None) -> int:
             await reader
         return runner.result()
     return await runner
+
+
+_FRAME_HANDLERS: dict[type, Callable[[TerminalChat, Any], Awaitable[None]]] = {
+    p.Welcome: TerminalChat._on_welcome,
+    p.RoomState: TerminalChat._on_room,
+    p.Message: TerminalChat._on_message,
+    p.HistoryPage: TerminalChat._on_history,
+    p.Ack: TerminalChat._on_ack,
+    p.Resumed: TerminalChat._on_resumed,
+    p.Reset: TerminalChat._on_reset,
+    p.Joined: TerminalChat._on_presence,
+    p.Left: TerminalChat._on_presence,
+    p.Renamed: TerminalChat._on_presence,
+    p.NickSet: TerminalChat._on_nick,
+    p.Left_: TerminalChat._on_left_room,
+    p.DirectMessage: TerminalChat._on_dm,
+    p.Members: TerminalChat._on_members,
+    p.RoomList: TerminalChat._on_rooms,
+    p.Error: TerminalChat._on_error,
+}
