@@ -367,3 +367,58 @@ def test_encode_error_field_and_left_room_reason() -> None:
     assert json.loads(p.encode(p.Left_("lobby"))) == {"type": "left_room", "room": "lobby"}
     deleted = json.loads(p.encode(p.Left_("lobby", reason="deleted")))
     assert deleted == {"type": "left_room", "room": "lobby", "reason": "deleted"}
+
+
+# ---------------------------------------------------------------------------
+# Rules defined once; server frames as a client decodes them
+
+
+def test_every_serverframe_type_round_trips_through_decode_server() -> None:
+    assert {tag for tag, _ in SERVER_FRAMES} == p.SERVER_TYPES
+    for _, frame in SERVER_FRAMES:
+        assert p.decode_server(p.encode(frame)) == frame
+
+
+def test_decode_server_ignores_unknown_types_and_fields_but_refuses_bad_frames() -> None:
+    assert p.decode_server(b'{"type":"from_the_future","x":1}') is None
+    assert p.decode_server(b'{"type":"nick","nick":"ann","extra":true}') == p.NickSet("ann")
+    for bad in (b'{"type":"ack","id":"c"}', b"[1]", b"{", b'{"no":"type"}'):
+        with pytest.raises(p.ProtocolError):
+            p.decode_server(bad)
+
+
+def test_client_frames_encode_without_defaults_and_decode_back() -> None:
+    frames = [p.Join("lobby"), p.Join("lobby", "ann", 4, "e"), p.History("lobby", limit=20)]
+    assert p.encode_client(frames[0]) == b'{"type":"join","room":"lobby"}'
+    assert [p.decode(p.encode_client(f)) for f in frames] == frames
+
+
+def test_the_limits_are_the_schemas_and_the_welcome_frame_carries_them() -> None:
+    room, nick = "r" * p.MAX_ROOM, "n" * p.MAX_NICK
+    assert p.decode(json.dumps({"type": "join", "room": room, "nick": nick})) == p.Join(room, nick)
+    assert _decode_error({"type": "join", "room": room + "r"}).field == "room"
+    assert _decode_error({"type": "nick", "nick": nick + "n"}).field == "nick"
+    cid = "c" * p.MAX_CLIENT_ID
+    assert _decode_error({"type": "send", "room": "r", "id": cid + "c", "text": "t"}).field == "id"
+    assert _decode_error({"type": "send", "room": "r", "id": "c", "text": "t" * 8001}).field == (
+        "text"
+    )
+    page = {"type": "history", "room": "r", "limit": p.HISTORY_PAGE_MAX}
+    assert p.decode(json.dumps(page)) == p.History("r", limit=p.HISTORY_PAGE_MAX)
+    assert _decode_error({**page, "limit": p.HISTORY_PAGE_MAX + 1}).field == "limit"
+    assert p.History("r").limit == p.HISTORY_PAGE_DEFAULT
+    limits = p.welcome_limits(65536, 20.0, 40.0, 50)
+    assert limits == {
+        "max_message_size": 65536,
+        "rate": 20.0,
+        "burst": 40.0,
+        "max_rooms": 50,
+        "history_page": 200,
+        "max_text": 8000,
+        "max_nick": 32,
+        "max_room": 64,
+        "max_client_id": 64,
+    }
+    welcome = json.loads(p.encode(p.Welcome(p.SUBPROTOCOL, 1, "user-1", limits)))
+    assert welcome["rules"] == {"room": p.ROOM_RULE, "nick": p.NICK_RULE}
+    assert "1-64 characters" in p.ROOM_RULE and "1-32 letters" in p.NICK_RULE

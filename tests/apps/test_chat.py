@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 from websockets.asyncio.client import connect
 
 from hubbub.apps.chat import create_app
+from hubbub.broker import LocalBroker
 from hubbub.config import Settings
 from hubbub.store import StoreError
 from hubbub.store.sqlite import SQLiteStore
@@ -854,3 +855,31 @@ async def test_while_a_delete_runs_the_room_takes_no_joins_sends_or_posts(tmp_pa
     finally:
         store.go.set()
         await server.shutdown()
+
+
+async def test_welcome_tells_the_settings_and_the_protocols_limits(make_chat):
+    server = await make_chat(max_message_size=4096, rate=5, burst=7, max_rooms_per_connection=3)
+    ws = await connect(ws_url(server), subprotocols=["hubbub.v1"])
+    welcome = json.loads(await asyncio.wait_for(ws.recv(), 5))
+    assert welcome["limits"] == {
+        "max_message_size": 4096,
+        "rate": 5,
+        "burst": 7,
+        "max_rooms": 3,
+        "history_page": 200,
+        "max_text": 8000,
+        "max_nick": 32,
+        "max_room": 64,
+        "max_client_id": 64,
+    }
+    assert set(welcome["rules"]) == {"room", "nick"}
+    await ws.close()
+
+
+async def test_create_app_builds_the_default_store_and_broker_or_takes_the_given_ones(tmp_path):
+    default = create_app("127.0.0.1", 0, Settings(db=str(tmp_path / "d.db")))
+    assert isinstance(default.app.store, SQLiteStore)
+    assert isinstance(default.app.broker, LocalBroker)
+    store, broker = SQLiteStore(str(tmp_path / "g.db")), LocalBroker()
+    given_ = create_app("127.0.0.1", 0, Settings(db=str(tmp_path / "x.db")), store, broker)
+    assert given_.app.store is store and given_.app.broker is broker
