@@ -118,6 +118,8 @@ async def test_a_room_deleted_while_a_batch_waits_for_its_lock_is_created_again(
     pending = asyncio.ensure_future(a.append([PendingMessage("r", "y", "n", "t", 2.0)]))
 
     async def blocked() -> bool:
+        # Activity is a snapshot per transaction (and admin is in one): take a new one.
+        await admin.execute("SELECT pg_stat_clear_snapshot()")
         n = await admin.fetchval(
             "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
             "AND query LIKE '%FOR UPDATE%' AND pid <> pg_backend_pid()"
@@ -153,6 +155,7 @@ async def test_a_killed_backend_fails_that_batch_and_the_next_one_works(
         pending = asyncio.ensure_future(store.append([PendingMessage("r", "2", "n", "t", 2.0)]))
 
         async def waiting() -> bool:
+            await admin.execute("SELECT pg_stat_clear_snapshot()")
             event = await admin.fetchval(
                 "SELECT wait_event_type FROM pg_stat_activity WHERE pid = $1", pid
             )

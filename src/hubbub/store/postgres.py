@@ -35,6 +35,7 @@ own PostgreSQL schema (``search_path``), created if missing.
 
 from __future__ import annotations
 
+import contextlib
 import re
 import time
 import uuid
@@ -86,6 +87,15 @@ _CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
     asyncpg.AdminShutdownError,
     asyncpg.ConnectionFailureError,
     ConnectionError,
+)
+#: What a pooled connection the server has dropped raises on its next use: the
+#: FATAL of a terminated backend may arrive just before the next query
+#: ("another operation is in progress"). A read, or a transaction that has not
+#: begun, is then safe to run again on a new connection.
+_STALE_ERRORS: tuple[type[BaseException], ...] = (
+    *_CONNECTION_ERRORS,
+    asyncpg.InterfaceError,
+    asyncpg.InternalClientError,
 )
 #: Everything asyncpg (and the network under it) may raise for a failed operation.
 _ERRORS: tuple[type[BaseException], ...] = (
@@ -238,18 +248,18 @@ class PostgresStore:
 
     async def _read(self, fn: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:
         """Run a read; once more on a fresh connection if the first one was dead."""
-        try:
-            async with self.pool.acquire() as conn:
-                return await fn(conn)
-        except _CONNECTION_ERRORS:
-            pass  # a connection the server dropped while it sat in the pool: try a new one
-        except _ERRORS as exc:
-            raise _store_error(exc) from exc
-        try:
-            async with self.pool.acquire() as conn:
-                return await fn(conn)
-        except _ERRORS as exc:
-            raise _store_error(exc) from exc
+        for attempt in (1, 2):
+            try:
+                async with self.pool.acquire() as conn:
+                    try:
+                        return await fn(conn)
+                    except _STALE_ERRORS:
+                        if attempt == 2:
+                            raise
+                        _discard(conn)
+            except _ERRORS as exc:
+                raise _store_error(exc) from exc
+        raise AssertionError("unreachable")
 
     async def _write(self, fn: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:
         """Run ``fn`` in one transaction. Retried on a fresh connection only if the
@@ -260,9 +270,10 @@ class PostgresStore:
                     tx = conn.transaction()
                     try:
                         await tx.start()
-                    except _CONNECTION_ERRORS:
+                    except _STALE_ERRORS:
                         if attempt == 2:
                             raise
+                        _discard(conn)
                         continue
                     try:
                         result = await fn(conn)
@@ -271,7 +282,7 @@ class PostgresStore:
                             try:
                                 await tx.rollback()
                             except _ERRORS:
-                                pass
+                                _discard(conn)
                         raise
                     await tx.commit()
                     return result
@@ -474,6 +485,13 @@ class PostgresStore:
 
 class _RoomVanished(Exception):
     """A room of the batch was deleted between creating and locking it."""
+
+
+def _discard(conn: asyncpg.Connection) -> None:
+    """Close a connection in a doubtful state; the pool opens a new one in its place."""
+    with contextlib.suppress(asyncpg.InterfaceError):
+        if not conn.is_closed():
+            conn.terminate()
 
 
 def _store_error(exc: BaseException) -> StoreError:
