@@ -422,3 +422,29 @@ async def test_stopping_with_a_task_running_prints_nothing_from_the_worker_pool(
         assert "Exception ignored" not in out, out
         assert "Bad file descriptor" not in out, out
         assert "Traceback" not in out, out
+
+
+async def _until(cond, within: float = 10.0) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + within
+    while not cond():
+        assert loop.time() < deadline, "condition not met in time"
+        await asyncio.sleep(0.01)
+
+
+async def test_buffered_counts_queued_bytes_until_the_kernel_takes_them():
+    server = Server("127.0.0.1", 0)
+    port = await server.listen()
+    try:
+        async with connect(f"ws://127.0.0.1:{port}/") as client:
+            await _until(lambda: len(server.connections) == 1)
+            fd = next(iter(server.connections))
+            assert server.buffered(fd) == 0
+            server.push(fd, "x" * 1000)
+            # Queued for this tick: counted before the transport sees it.
+            assert server.buffered(fd) >= 1000
+            assert await client.recv() == "x" * 1000
+            await _until(lambda: server.buffered(fd) == 0)
+        await _until(lambda: server.buffered(fd) is None)
+    finally:
+        await server.shutdown()

@@ -221,6 +221,20 @@ class Server:
         """Live view of the fds of established connections (Swoole's ``$server->connections``)."""
         return self._open.keys()
 
+    def buffered(self, fd: int) -> int | None:
+        """Bytes queued for ``fd`` and not yet taken by the kernel (None if it is gone).
+
+        What a producer paces itself by (a replay, a history page): send the
+        next chunk once this is well below ``settings.max_send_buffer``; a
+        connection whose buffer passes that limit is dropped with 1013.
+        """
+        conn = self._endpoint.open.get(fd)
+        if conn is None:
+            return None
+        out = conn.out
+        pending = 0 if out is None else (len(out) if type(out) is bytes else sum(map(len, out)))
+        return pending + conn.transport.get_write_buffer_size()
+
     def connection_info(self, fd: int) -> dict[str, Any] | None:
         conn = self._endpoint.all.get(fd)
         if conn is None:
