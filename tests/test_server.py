@@ -436,7 +436,7 @@ async def test_buffered_counts_queued_bytes_until_the_kernel_takes_them():
     server = Server("127.0.0.1", 0)
     port = await server.listen()
     try:
-        async with connect(f"ws://127.0.0.1:{port}/") as client:
+        async with connect(f"ws://127.0.0.1:{port}/", compression=None) as client:
             await _until(lambda: len(server.connections) == 1)
             fd = next(iter(server.connections))
             assert server.buffered(fd) == 0
