@@ -35,9 +35,21 @@ class RoomMeta:
 
 
 class Store(Protocol):
-    async def open(self) -> None: ...
+    """Durable room history: the store of record for numbering and duplicates.
 
-    async def close(self) -> None: ...
+    Every implementation passes the same contract suite (tests/store/test_contract.py).
+    Errors of the underlying engine surface as :class:`StoreError`, never as the
+    engine's own exceptions.
+    """
+
+    async def open(self) -> None:
+        """Create or migrate the schema; StoreError if it is newer than this code
+        (nothing is changed then)."""
+        ...
+
+    async def close(self) -> None:
+        """Idempotent; after it, every other call raises StoreError ('... not open')."""
+        ...
 
     async def append(self, batch: list[PendingMessage]) -> list[tuple[Message, bool]]:
         """Make a batch durable in one transaction, in order.
@@ -45,16 +57,23 @@ class Store(Protocol):
         Returns, for each pending message, the stored message and whether it
         was a duplicate (same room and client_id as an earlier one, which is
         returned instead of storing a second copy).
+
+        One transaction: either the whole batch is stored or none of it
+        (StoreError). Numbers are per room, start at 1 and have no gaps, also
+        with several writers on one store; a duplicate takes no number. Creates
+        missing rooms. An empty batch returns [] and creates nothing.
         """
         ...
 
     async def since(self, room: str, seq: int, limit: int) -> list[Message]:
-        """Messages with sequence number > ``seq``, oldest first, at most ``limit``."""
+        """Messages with sequence number > ``seq``, oldest first, at most ``limit``.
+
+        A missing room gives []."""
         ...
 
     async def page(self, room: str, before: int | None, limit: int) -> tuple[list[Message], bool]:
         """Up to ``limit`` messages older than ``before`` (newest page if None),
-        oldest first, and whether older ones exist."""
+        oldest first, and whether older ones exist. A missing room gives ([], False)."""
         ...
 
     async def room(self, room: str) -> RoomMeta | None:
@@ -76,13 +95,17 @@ class Store(Protocol):
         ``reset``)."""
         ...
 
-    async def rooms(self) -> list[RoomMeta]: ...
+    async def rooms(self) -> list[RoomMeta]:
+        """Every room, in byte order of name."""
+        ...
 
     async def reset(self, room: str) -> RoomMeta:
-        """Delete a room's history and start a new epoch."""
+        """Delete a room's history and start a new epoch; creates the room (empty)
+        if it does not exist. Returns its new meta (seq 0, oldest 1)."""
         ...
 
     async def enforce_retention(self, max_count: int, max_age: float, now: float) -> int:
         """Delete messages beyond ``max_count`` per room or older than ``max_age`` seconds
-        (0 means no limit); returns how many were deleted."""
+        (0 means no limit); returns how many were deleted. Rooms stay (an emptied
+        room keeps its seq; oldest = seq + 1)."""
         ...
