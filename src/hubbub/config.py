@@ -10,6 +10,8 @@ import math
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
+from .transport.guard import parse_allowed
+
 KiB = 1024
 MiB = 1024 * KiB
 
@@ -93,6 +95,50 @@ class Settings:
         "until the handler catches up (TCP backpressure).",
         default=64,
     )
+    max_connections_per_ip: int = _doc(
+        "TCP connections (HTTP and WebSocket) one client address may hold; more are "
+        "answered 503 and closed before their request is read. 0 disables. 256 leaves room "
+        "for an office or a campus behind one NAT address (a browser tab holds one "
+        "WebSocket) while one address can hold at most 256 x (max_send_buffer + "
+        "max_message_size), about 272 MiB with the defaults. Addresses in "
+        "unlimited_addresses are not limited.",
+        default=256,
+    )
+    max_pending_handshakes: int = _doc(
+        "TCP connections, across the server, that have not sent a complete HTTP request "
+        "head yet (slowloris); beyond this new connections get a 503 and are closed at "
+        "once. Each costs a few KiB (up to max_header_size while its head arrives); "
+        "handshake_timeout bounds how long one may stay. 0 disables.",
+        default=1024,
+    )
+    max_pending_handshakes_per_ip: int = _doc(
+        "The same, per client address (so one address cannot take all of "
+        "max_pending_handshakes). 0 disables.",
+        default=64,
+    )
+    unlimited_addresses: str = _doc(
+        "Client addresses the per-address limits do not apply to, comma- or "
+        "space-separated: a reverse proxy (every client then has its address) or a "
+        "local load test. Empty: every address is limited.",
+        default="127.0.0.1,::1",
+    )
+    allowed_origins: str = _doc(
+        "Origins (scheme://host[:port], comma- or space-separated) whose pages may "
+        "open a WebSocket or send a POST/PUT/DELETE here, besides the server's own "
+        "(the Host the request came to, https over TLS); '*' allows every origin. "
+        "A request from another origin gets 403; requests without Origin (programs, "
+        "not browser pages) are allowed. Behind a TLS-terminating proxy, list the "
+        "public https:// origin.",
+        default="",
+    )
+    certfile: str = _doc(
+        "PEM certificate chain: serve HTTPS and WSS on the port (with keyfile).",
+        default="",
+    )
+    keyfile: str = _doc(
+        "PEM private key of certfile (may be the same file).",
+        default="",
+    )
     task_workers: int = _doc(
         "Worker processes for server.task() (Swoole's task workers), started on first use.",
         default=2,
@@ -152,6 +198,18 @@ class Settings:
         "'unavailable' (the client retries) instead of queueing without bound.",
         default=50_000,
     )
+    seed_rate: float = _doc(
+        "Messages per second one plain (seed protocol) client may send; each message "
+        "makes the server send 1 + the number of plain clients, so without a limit one "
+        "client makes the server send many times what it sends. Excess messages are "
+        "dropped and the sender gets 'server: rate limited'. 0 (the default) keeps the "
+        "seed's behaviour: no limit.",
+        default=0.0,
+    )
+    seed_burst: float = _doc(
+        "Plain-client messages allowed in a burst when seed_rate is set (bucket size).",
+        default=10.0,
+    )
     api_key: str = _doc(
         "Key for POST /api/rooms/{room}/messages (Authorization: Bearer KEY); "
         "empty disables publishing over HTTP. Also read from HUBBUB_API_KEY.",
@@ -194,6 +252,13 @@ class Settings:
         object.__setattr__(self, "sqlite_synchronous", mode)
         if not self.db:
             raise SettingError("db", "must name a file (or ':memory:')")
+        if bool(self.certfile) != bool(self.keyfile):
+            missing = "keyfile" if self.certfile else "certfile"
+            raise SettingError(missing, "is needed too (TLS needs certfile and keyfile)")
+        try:
+            parse_allowed(self.allowed_origins)
+        except ValueError as exc:
+            raise SettingError("allowed_origins", f"has {exc}") from None
 
 
 class SettingError(ValueError):

@@ -12,6 +12,11 @@ written there). It owns:
   (``all``), the established ones (``open``, the broadcast set), the
   broadcast targets derived from ``open``, and the HTTP connections not
   upgraded (``http``);
+* the admission of TCP connections: counts per client address (``per_ip``,
+  HTTP and WebSocket alike) and of connections that have not sent a
+  complete request head yet (``pending``), against
+  ``max_connections_per_ip``, ``max_pending_handshakes`` and
+  ``max_pending_handshakes_per_ip``;
 * the end-of-tick write coalescing (``mark_dirty`` / ``flush_writes``);
 * the heartbeat sweep (RFC 6455 5.5.2 ping, 5.5.3 pong);
 * calling user code: the event handlers, in order per connection.
@@ -30,6 +35,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import inspect
 import itertools
 import logging
@@ -39,8 +45,10 @@ from typing import TYPE_CHECKING, Any
 
 from websockets.frames import CloseCode, Opcode
 
+from .transport.guard import AddressCounter, RefusalLog
 from .transport.http import HttpConnection, Request, Response
-from .transport.websocket import WebSocketConnection
+from .transport.messages import SECURITY_HEADERS
+from .transport.websocket import HOLD_PENDING, WebSocketConnection
 
 if TYPE_CHECKING:
     from .config import Settings
@@ -51,6 +59,12 @@ log = logging.getLogger("hubbub")
 #: an extension (they all get the same bytes), and the connections that
 #: encode for themselves (permessage-deflate).
 Targets = tuple[tuple[Callable[[bytes], None], ...], tuple[WebSocketConnection, ...]]
+
+
+@functools.lru_cache(maxsize=8)
+def _addresses(setting: str) -> frozenset[str]:
+    """``unlimited_addresses``: the client addresses the per-address limits skip."""
+    return frozenset(setting.replace(",", " ").split())
 
 
 class Frame:
@@ -104,6 +118,13 @@ class ServerEndpoint:
         self.targets: Targets | None = None
         #: TCP connections that are (still) HTTP: accepted and not upgraded.
         self.http: set[HttpConnection] = set()
+        #: TCP connections per client address (HTTP and WebSocket).
+        self.per_ip = AddressCounter()
+        #: Accepted connections without a complete request head, per address.
+        self.pending = AddressCounter()
+        self.refusals = RefusalLog(log)
+        #: Headers every HTTP response gets unless it sets them (Server.security_headers).
+        self.security_headers: tuple[tuple[str, str], ...] = SECURITY_HEADERS
         # Connections with bytes queued this tick (WebSocketConnection.write).
         self._dirty: list[WebSocketConnection] = []
         self._flush_scheduled = False
@@ -127,11 +148,49 @@ class ServerEndpoint:
     # ------------------------------------------------------------------
     # HttpEndpoint (see hubbub.transport.http for the contract)
 
-    def http_connection_made(self, conn: HttpConnection) -> None:
+    def http_connection_made(self, conn: HttpConnection) -> str | None:
+        s = self.settings
+        ip = conn.ip
+        refused = None
+        if s.max_pending_handshakes and self.pending.total >= s.max_pending_handshakes:
+            refused = ("max_pending_handshakes", self.pending.total, s.max_pending_handshakes)
+        elif ip not in _addresses(s.unlimited_addresses):
+            if s.max_pending_handshakes_per_ip and (
+                self.pending.get(ip) >= s.max_pending_handshakes_per_ip
+            ):
+                refused = (
+                    "max_pending_handshakes_per_ip",
+                    self.pending.get(ip),
+                    s.max_pending_handshakes_per_ip,
+                )
+            elif s.max_connections_per_ip and self.per_ip.get(ip) >= s.max_connections_per_ip:
+                refused = ("max_connections_per_ip", self.per_ip.get(ip), s.max_connections_per_ip)
+        if refused is not None:
+            cause, count, limit = refused
+            self.refusals.refused(
+                cause, f"{count} open (limit {limit}), latest from {ip or 'an unknown address'}"
+            )
+            if cause == "max_pending_handshakes":
+                return "Server busy: too many connections opening; retry later"
+            return f"Too many connections from your address (--{cause.replace('_', '-')})"
         self.http.add(conn)
+        self.per_ip.add(ip)
+        self.pending.add(ip)
+        return None
+
+    def http_head_complete(self, conn: HttpConnection) -> None:
+        self.pending.remove(conn.ip)
 
     def http_connection_lost(self, conn: HttpConnection) -> None:
+        if conn not in self.http:
+            return  # refused at connection_made, or already forgotten
         self.http.discard(conn)
+        if conn.pending:
+            conn.pending = False
+            self.pending.remove(conn.ip)
+        if not conn.upgraded:
+            # An upgraded connection's count goes with its WebSocket (ws_closed).
+            self.per_ip.remove(conn.ip)
 
     def http_request(self, request: Request, response: Response) -> Any:
         if self.health_path is not None and request.path == self.health_path:
@@ -197,7 +256,9 @@ class ServerEndpoint:
             self.targets = None
 
     def ws_closed(self, conn: WebSocketConnection) -> None:
-        self.all.pop(conn.fd, None)
+        if self.all.pop(conn.fd, None) is not None:
+            remote = conn.request.remote
+            self.per_ip.remove(str(remote[0]) if remote else "")
         if self._all_gone is not None and not self.all:
             self._all_gone.set()
         handler = self.handlers.get("close")
@@ -266,8 +327,8 @@ class ServerEndpoint:
             if conn.pending is None:
                 conn.pending = deque()
             conn.pending.append((handler, args))
-            if len(conn.pending) >= self.settings.max_pending_messages and not conn.closed:
-                conn.transport.pause_reading()
+            if len(conn.pending) >= self.settings.max_pending_messages:
+                conn.hold(HOLD_PENDING)
             return
         result = self.call(handler, args, "handler", awaitable_ok=True)
         if result is not None:
@@ -279,14 +340,17 @@ class ServerEndpoint:
             await self._await(first)
             while conn.pending:
                 handler, args = conn.pending.popleft()
-                if not conn.closed and len(conn.pending) < self.settings.max_pending_messages // 2:
-                    with contextlib.suppress(Exception):
-                        conn.transport.resume_reading()
+                if conn.holds & HOLD_PENDING and (
+                    len(conn.pending) <= self.settings.max_pending_messages // 2
+                ):
+                    conn.release(HOLD_PENDING)
                 result = self.call(handler, args, "handler", awaitable_ok=True)
                 if result is not None:
                     await self._await(result)
         finally:
             conn.running = False
+            if conn.holds & HOLD_PENDING:
+                conn.release(HOLD_PENDING)
 
     async def _await(self, awaitable: Any) -> None:
         try:

@@ -49,7 +49,7 @@ from .errors import StartupError
 from .tasks import TaskPool
 from .timers import Timers
 from .transport.http import HttpConnection
-from .transport.listen import bind_error, listening_line
+from .transport.listen import bind_error, listening_line, server_ssl_context
 from .transport.websocket import encode_frame
 
 __all__ = ["EVENTS", "WEBSOCKET_OPCODE_BINARY", "WEBSOCKET_OPCODE_TEXT", "Frame", "Server"]
@@ -117,6 +117,17 @@ class Server:
     @subprotocols.setter
     def subprotocols(self, value: list[str]) -> None:
         self._endpoint.subprotocols = value
+
+    @property
+    def security_headers(self) -> tuple[tuple[str, str], ...]:
+        """Headers every HTTP response gets unless its handler sets one of the same
+        name (``Content-Security-Policy``, ``X-Frame-Options``, ...; see
+        :data:`hubbub.transport.messages.SECURITY_HEADERS`)."""
+        return self._endpoint.security_headers
+
+    @security_headers.setter
+    def security_headers(self, value: tuple[tuple[str, str], ...]) -> None:
+        self._endpoint.security_headers = tuple(value)
 
     @property
     def health_path(self) -> str | None:
@@ -350,6 +361,9 @@ class Server:
         endpoint = self._endpoint
         endpoint.loop = self._timers.loop = loop
         self._stop_event = asyncio.Event()
+        s = self.settings
+        # HTTPS and WSS on the same port when a certificate is given.
+        context = server_ssl_context(s.certfile, s.keyfile) if s.certfile else None
         try:
             self._server = await loop.create_server(
                 lambda: HttpConnection(endpoint),
@@ -358,6 +372,8 @@ class Server:
                 reuse_address=True,
                 backlog=4096,
                 start_serving=False,
+                ssl=context,
+                ssl_handshake_timeout=s.handshake_timeout if context else None,
             )
         except (OSError, OverflowError) as exc:
             raise StartupError(bind_error(self.host, self.port, exc)) from exc
@@ -385,7 +401,7 @@ class Server:
             # by the shutdown handler), but the port is never opened.
             return self.port
         await self._server.start_serving()
-        log.info("%s", listening_line(self.host, self.port))
+        log.info("%s", listening_line(self.host, self.port, bool(self.settings.certfile)))
         return self.port
 
     def stop(self) -> None:

@@ -3,147 +3,75 @@
 One port serves both worlds, as Swoole's WebSocket server does. Every TCP
 connection starts here; `httptools` (llhttp) parses request heads and bodies.
 A request that asks for ``Upgrade: websocket`` goes through the opening
-handshake of RFC 6455 4.2 (checked by `websockets`' sans-I/O server core) and,
-once accepted, the transport is handed to a
-:class:`~hubbub.transport.websocket.WebSocketConnection`.
+handshake of RFC 6455 4.2 (checked by `websockets`' sans-I/O server core,
+see :mod:`hubbub.transport.handshake`) and, once accepted, the transport is
+handed to a :class:`~hubbub.transport.websocket.WebSocketConnection`.
 
 Bad input never reaches a handler: a malformed request gets 400, an
 over-long head 431, an over-long body 413, a slow head 408, an invalid
-handshake the 4xx that `websockets` chose with its reason, each with a short
-plain-text body and ``Connection: close``.
+handshake the 4xx that `websockets` chose with its reason, a request from a
+foreign page (``Origin``, see :mod:`hubbub.transport.guard`) 403, each with a
+short plain-text body and ``Connection: close``.
+
+Bounded output: a client that pipelines requests and does not read the
+answers cannot make the server buffer them without limit. Once more than
+``max_send_buffer`` bytes wait for it, the connection stops reading (and
+parsing: what was read is parsed in slices of :data:`FEED_SLICE` bytes, the
+rest kept as raw bytes) until the client has read most of them; one whose
+answers stay unread for ``handshake_timeout`` seconds is aborted.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import email.utils
 import inspect
 import logging
-import re
-import time
 from collections import deque
-from collections.abc import Awaitable, Callable
 from http import HTTPStatus
 from typing import TYPE_CHECKING, Any, Protocol
-from urllib.parse import parse_qs
 
 import httptools
 from websockets.datastructures import Headers
-from websockets.extensions.permessage_deflate import ServerPerMessageDeflateFactory
 from websockets.http11 import Request as WSRequest
-from websockets.protocol import State
 
+from .guard import origin_refusal
+from .handshake import is_websocket, switching_protocols, ws_protocol
+from .messages import (
+    ACCESS_PATH_MAX,
+    Handler,
+    Request,
+    Response,
+    http_date,
+    log_safe,
+    peer_text,
+)
 from .websocket import HubbubServerProtocol, WebSocketConnection
 
 if TYPE_CHECKING:
     from ..config import Settings
+
+__all__ = [
+    "ACCESS_PATH_MAX",
+    "Handler",
+    "HttpConnection",
+    "HttpEndpoint",
+    "Request",
+    "Response",
+    "log_safe",
+]
 
 log = logging.getLogger("hubbub.http")
 #: One INFO line per answered request (Settings.access_log).
 access_log = logging.getLogger("hubbub.access")
 
 MAX_HEADERS = 100
-#: Longest path written to the access log (the request head may be 16 KiB).
-ACCESS_PATH_MAX = 200
-_UNSAFE = re.compile(r'[\x00-\x1f\x7f-\x9f"\\]')
-
-
-class Request:
-    """An HTTP request, or the handshake request of a WebSocket (Swoole's ``$request``)."""
-
-    __slots__ = ("body", "fd", "headers", "method", "path", "query_string", "remote", "subprotocol")
-
-    def __init__(
-        self,
-        method: str,
-        path: str,
-        query_string: str,
-        headers: dict[str, str],
-        body: bytes,
-        remote: tuple[str, int] | None,
-    ) -> None:
-        self.method = method
-        self.path = path
-        self.query_string = query_string
-        #: Header names lower-cased; repeated headers joined with ", ".
-        self.headers = headers
-        self.body = body
-        self.remote = remote
-        #: The connection's fd once it is a WebSocket (Swoole's ``$request->fd``).
-        self.fd = 0
-        self.subprotocol: str | None = None
-
-    @property
-    def header(self) -> dict[str, str]:
-        """Swoole's name for :attr:`headers`."""
-        return self.headers
-
-    @property
-    def get(self) -> dict[str, str]:
-        """Query parameters, first value of each (Swoole's ``$request->get``)."""
-        return {k: v[0] for k, v in parse_qs(self.query_string).items()}
-
-    def __repr__(self) -> str:
-        return f"<Request {self.method} {self.path}>"
-
-
-class Response:
-    """The answer to one HTTP request (Swoole's ``$response``)."""
-
-    __slots__ = ("_conn", "_headers", "_reason", "_status", "ended", "keep_alive", "method")
-
-    def __init__(self, conn: HttpConnection, keep_alive: bool, method: str) -> None:
-        self._conn = conn
-        self._status = 200
-        self._reason: str | None = None
-        self._headers: list[tuple[str, str]] = []
-        self.keep_alive = keep_alive
-        self.method = method
-        self.ended = False
-
-    def status(self, code: int, reason: str | None = None) -> None:
-        if not 100 <= int(code) <= 999:
-            raise ValueError(f"invalid HTTP status {code!r}")
-        if reason is not None:
-            _check_field(reason, "reason phrase")
-        self._status = int(code)
-        self._reason = reason
-
-    def header(self, name: str, value: str) -> None:
-        _check_field(name, "header name")
-        _check_field(value, "header value")
-        self._headers.append((name, value))
-
-    def end(self, body: str | bytes = b"") -> None:
-        """Send the response. Calling it twice is an error."""
-        if self.ended:
-            raise RuntimeError("response already sent")
-        payload = body.encode() if isinstance(body, str) else bytes(body)
-        names = {k.lower() for k, _ in self._headers}
-        if "content-type" not in names:
-            ctype = (
-                "text/plain; charset=utf-8" if isinstance(body, str) else "application/octet-stream"
-            )
-            self._headers.append(("Content-Type", ctype))
-        self._conn.write_response(
-            self._status, self._reason, self._headers, payload, self.keep_alive, self.method
-        )
-        # Only now: if writing failed, the caller's error path can still answer 500.
-        self.ended = True
-
-
-def _check_field(text: str, what: str) -> None:
-    """Refuse what would break the response framing (RFC 9110 5.5: no CR, LF or NUL)."""
-    if "\r" in text or "\n" in text or "\0" in text:
-        raise ValueError(f"{what} must not contain CR, LF or NUL")
-    try:
-        text.encode("latin-1")
-    except UnicodeEncodeError:
-        raise ValueError(f"{what} must be latin-1 (encode other text first)") from None
-
-
-Handler = Callable[[Request, Response], Awaitable[None] | None]
+#: Bytes handed to the parser at a time: what one read brought is parsed in
+#: slices, so that a connection told to stop (its answers are not read, or a
+#: handler is busy) keeps the rest as bytes, not as thousands of requests.
+FEED_SLICE = 16 * 1024
+#: Methods that do not change state (RFC 9110 9.2.1): allowed from any Origin.
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
 
 class HttpEndpoint(Protocol):
@@ -159,14 +87,29 @@ class HttpEndpoint(Protocol):
     #: Subprotocols offered in the handshake, in preference order; read at
     #: each handshake (so changing the list affects later handshakes only).
     subprotocols: list[str]
+    #: Headers added to every HTTP response that does not set them itself.
+    security_headers: tuple[tuple[str, str], ...]
 
-    def http_connection_made(self, conn: HttpConnection) -> None:
-        """A TCP connection was accepted; ``conn`` answers it.
+    def http_connection_made(self, conn: HttpConnection) -> str | None:
+        """A TCP connection was accepted: None to serve it, else why it is refused.
 
-        Caller: once per connection, before any request of it is handled.
-        Implementation: keep ``conn`` until :meth:`http_connection_lost` so
-        that a shutdown can close it (``conn.close()`` when not ``conn.busy``,
-        ``conn.transport.abort()`` after the grace period).
+        Caller: once per connection, before anything of it is read
+        (``conn.peer`` is set). A refused connection is answered ``503`` with
+        the reason and closed, without reading its request; it is not
+        passed to any other method except :meth:`http_connection_lost`.
+        Implementation: count it against the per-address and pending
+        handshake limits; keep an accepted ``conn`` until
+        :meth:`http_connection_lost` so that a shutdown can close it
+        (``conn.close()`` when not ``conn.busy``, ``conn.transport.abort()``
+        after the grace period).
+        """
+        ...
+
+    def http_head_complete(self, conn: HttpConnection) -> None:
+        """``conn``'s first request head is complete: it no longer counts as a
+        pending handshake.
+
+        Caller: at most once per accepted connection.
         """
         ...
 
@@ -174,20 +117,21 @@ class HttpEndpoint(Protocol):
         """``conn`` is no longer an HTTP connection of the server.
 
         Caller: once, when its TCP connection is gone, or when it was upgraded
-        (the WebSocket returned by :meth:`ws_opened` owns the transport now).
+        (``conn.upgraded``: the WebSocket returned by :meth:`ws_opened` owns
+        the transport, and its address's count, now).
         Implementation: forget ``conn`` (it must not be kept: one per
         WebSocket ever opened would be a leak); tolerate one it does not know.
         """
         ...
 
-    def http_request(self, request: Request, response: Response) -> Awaitable[None] | None:
+    def http_request(self, request: Request, response: Response) -> Any:
         """Answer one plain HTTP request (not an upgrade).
 
         Caller: once per complete request (head and body within the
-        ``max_header_size`` / ``max_body_size`` limits), in the order the
-        requests arrived on the connection, one at a time: pipelined requests
-        wait until this one's awaitable, if any, is done, and the connection
-        stops reading meanwhile.
+        ``max_header_size`` / ``max_body_size`` limits, its ``Origin``
+        allowed), in the order the requests arrived on the connection, one
+        at a time: pipelined requests wait until this one's awaitable, if
+        any, is done, and the connection stops reading meanwhile.
         Implementation: call ``response.end()`` once, now or in the returned
         awaitable; if it does not, an empty ``200`` is sent when it returns.
         An exception (raised, or from the awaitable) is logged and answered
@@ -198,9 +142,10 @@ class HttpEndpoint(Protocol):
     def ws_admit(self) -> str | None:
         """None to accept one more WebSocket, or the reason it is refused.
 
-        Caller: for each upgrade request, before the handshake is checked.
-        A reason is answered with ``503`` and ``Retry-After``, and the
-        connection closed. Implementation: cheap, no side effect.
+        Caller: for each upgrade request (its ``Origin`` allowed), before the
+        handshake is checked. A reason is answered with ``503`` and
+        ``Retry-After``, and the connection closed. Implementation: cheap, no
+        side effect.
         """
         ...
 
@@ -224,63 +169,6 @@ class HttpEndpoint(Protocol):
         ...
 
 
-_date_cache: tuple[int, str] = (0, "")
-
-
-def _date() -> str:
-    """The ``Date`` header value (RFC 9110 6.6.1), formatted at most once a second."""
-    global _date_cache
-    now = int(time.time())
-    if _date_cache[0] != now:
-        _date_cache = (now, email.utils.formatdate(now, usegmt=True))
-    return _date_cache[1]
-
-
-def log_safe(text: str, limit: int = ACCESS_PATH_MAX) -> str:
-    """``text`` for a log line: at most ``limit`` characters (then "..."), and
-    control characters, quotes and backslashes escaped as ``\\xNN``, so that
-    what a client sends can neither start a forged log line nor end a field."""
-    if len(text) > limit:
-        text = text[:limit] + "..."
-    if text.isprintable() and '"' not in text and "\\" not in text:
-        return text
-    return _UNSAFE.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
-
-
-def _peer_text(peer: Any) -> str:
-    if not peer:
-        return "-"
-    host, port = peer[0], peer[1]
-    return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
-
-
-def _is_websocket(headers: dict[str, str]) -> bool:
-    return "websocket" in headers.get("upgrade", "").lower()
-
-
-def _switching_protocols(
-    accept: str, extensions_header: str | None, protocol_header: str | None
-) -> bytes:
-    """RFC 6455 4.2.2, step 5: the 101 answer to an accepted handshake.
-
-    Built here rather than by websockets' accept() + Response.serialize(),
-    which cost a third of the server's CPU time per handshake (Headers
-    objects, a Date formatted each time); the values are websockets' own.
-    """
-    head = [
-        "HTTP/1.1 101 Switching Protocols\r\nDate: ",
-        _date(),
-        "\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: ",
-        accept,
-    ]
-    if extensions_header is not None:
-        head += ("\r\nSec-WebSocket-Extensions: ", extensions_header)
-    if protocol_header is not None:
-        head += ("\r\nSec-WebSocket-Protocol: ", protocol_header)
-    head.append("\r\n\r\n")
-    return "".join(head).encode("latin-1")
-
-
 class HttpConnection(asyncio.Protocol):
     """A TCP connection until (unless) it becomes a WebSocket."""
 
@@ -288,6 +176,10 @@ class HttpConnection(asyncio.Protocol):
         self.endpoint = endpoint
         self.settings = endpoint.settings
         self.transport: asyncio.Transport | None = None
+        self.peer: Any = None
+        #: The client's address (the key of the per-address limits).
+        self.ip = ""
+        self.tls = False
         self.parser = httptools.HttpRequestParser(self)
         self.loop = asyncio.get_running_loop()
         # Parsed requests waiting for their turn: (request, keep-alive, began).
@@ -298,9 +190,17 @@ class HttpConnection(asyncio.Protocol):
         self.busy = False
         self.closing = False
         self.upgraded = False
+        #: More than max_send_buffer bytes of answers wait unread (pause_writing).
+        self.write_paused = False
+        self.reading_paused = False
+        #: Bytes read but not parsed yet (while busy or write_paused).
+        self.backlog = b""
+        #: Bytes that followed an upgrade request's head (the WebSocket's first frames).
+        self.leftover = b""
+        #: Still counted as a pending handshake (no complete request head yet).
+        self.pending = True
         self.timer: asyncio.TimerHandle | None = None
         self.head_size = 0  # bytes of the current request head, from the parser callbacks
-        self.pending_head = 0  # bytes fed while the current head is incomplete
         self.in_head = False
         self.linger: asyncio.TimerHandle | None = None
         self.peer_eof = False
@@ -317,8 +217,24 @@ class HttpConnection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
         self.peer = transport.get_extra_info("peername")
+        self.ip = str(self.peer[0]) if self.peer else ""
+        self.tls = transport.get_extra_info("ssl_object") is not None
+        # Answers waiting for a client that does not read: over this,
+        # pause_writing() stops reading until they drain to a quarter.
+        self.transport.set_write_buffer_limits(high=self.settings.max_send_buffer)
+        refused = self.endpoint.http_connection_made(self)
+        if refused is not None:
+            self.closing = True
+            self.pending = False
+            body = (refused + "\n").encode()
+            self.transport.write(
+                b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain; charset=utf-8\r\n"
+                b"Retry-After: 5\r\nConnection: close\r\nContent-Length: %d\r\n\r\n%s"
+                % (len(body), body)
+            )
+            self.transport.close()
+            return
         self._arm_timer()
-        self.endpoint.http_connection_made(self)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._cancel_timer()
@@ -330,25 +246,81 @@ class HttpConnection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self.closing or self.upgraded:
             return
-        try:
-            self.parser.feed_data(data)
-        except httptools.HttpParserUpgrade as exc:
-            offset = exc.args[0] if exc.args else len(data)
-            self._process(leftover=data[offset:])
+        if self.backlog or self._held():
+            # Reading is paused; bytes of a read already under way wait here.
+            self.backlog += data
             return
-        except httptools.HttpParserCallbackError:
-            # A callback below already answered (413/431) and closed.
-            return
-        except httptools.HttpParserError as exc:
-            if not self.closing:
-                self.reject(HTTPStatus.BAD_REQUEST, f"Bad Request: {exc}")
-            return
-        if self.in_head and self.head_size > self.settings.max_header_size:
-            self.reject(
-                HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE, "Request header fields too large"
-            )
+        self._feed(data)
+
+    def _feed(self, data: bytes) -> None:
+        """Parse ``data`` slice by slice, answering as requests complete; stop
+        (keeping the rest in ``backlog``) once the connection is held."""
+        pos, size = 0, len(data)
+        while pos < size:
+            chunk = data[pos : pos + FEED_SLICE] if size > FEED_SLICE else data
+            pos += len(chunk)
+            try:
+                self.parser.feed_data(chunk)
+            except httptools.HttpParserUpgrade as exc:
+                offset = exc.args[0] if exc.args else len(chunk)
+                self.leftover = chunk[offset:] + data[pos:]
+                self._process()
+                return
+            except httptools.HttpParserCallbackError:
+                # A callback below already answered (413/431) and closed.
+                return
+            except httptools.HttpParserError as exc:
+                if not self.closing:
+                    self.reject(HTTPStatus.BAD_REQUEST, f"Bad Request: {exc}")
+                return
+            if self.in_head and self.head_size > self.settings.max_header_size:
+                self.reject(
+                    HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE, "Request header fields too large"
+                )
+                return
+            self._process()
+            if self.closing or self.upgraded:
+                return
+            if self._held() and pos < size:
+                self.backlog = data[pos:]
+                return
+
+    def _held(self) -> bool:
+        """True while requests must wait: a handler is busy or answers are unread."""
+        return self.busy or self.write_paused
+
+    def pause_writing(self) -> None:
+        # More than max_send_buffer bytes of answers wait: read nothing more
+        # (and answer nothing more) until the client reads them.
+        self.write_paused = True
+        self._pause_reading()
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        self._resume()
+
+    def _pause_reading(self) -> None:
+        if not self.reading_paused and self.transport is not None:
+            if not self.transport.is_closing():
+                self.transport.pause_reading()
+            self.reading_paused = True
+
+    def _resume(self) -> None:
+        """Carry on after a hold: answer what is queued, parse what was kept, read again."""
+        if self.closing or self.upgraded or self._held():
             return
         self._process()
+        if self.closing or self.upgraded or self._held():
+            return
+        if self.backlog:
+            data, self.backlog = self.backlog, b""
+            self._feed(data)
+            if self.closing or self.upgraded or self._held():
+                return
+        if self.reading_paused and self.transport is not None:
+            self.reading_paused = False
+            if not self.transport.is_closing():
+                self.transport.resume_reading()
 
     # -- httptools callbacks -------------------------------------------------
 
@@ -356,7 +328,6 @@ class HttpConnection(asyncio.Protocol):
         self.began = self.loop.time()
         self.in_head = True
         self.head_size = 0
-        self.pending_head = 0
         self._reset()
         self._arm_timer()
 
@@ -378,7 +349,9 @@ class HttpConnection(asyncio.Protocol):
 
     def on_headers_complete(self) -> None:
         self.in_head = False
-        self.pending_head = 0
+        if self.pending:
+            self.pending = False
+            self.endpoint.http_head_complete(self)
         for name, value in self.raw_headers:
             if name.lower() == b"content-length":
                 try:
@@ -417,19 +390,29 @@ class HttpConnection(asyncio.Protocol):
             headers,
             b"".join(self.body_parts),
             self.peer,
+            self.tls,
         )
         self.queue.append((request, self.parser.should_keep_alive(), self.began))
         self._reset()
 
     # -- request processing ------------------------------------------------
 
-    def _process(self, leftover: bytes = b"") -> None:
-        while self.queue and not self.busy and not self.closing:
+    def _process(self) -> None:
+        while self.queue and not self.busy and not self.closing and not self.write_paused:
             request, keep_alive, began = self.queue.popleft()
             self.answering = (request, began)
-            if _is_websocket(request.headers):
+            websocket = is_websocket(request.headers)
+            if websocket or request.method not in SAFE_METHODS:
+                refused = origin_refusal(
+                    request.headers, self.tls, self.settings.allowed_origins
+                )
+                if refused is not None:
+                    self.queue.clear()
+                    self.reject(HTTPStatus.FORBIDDEN, refused)
+                    return
+            if websocket:
                 self.queue.clear()
-                self._handshake(request, leftover)
+                self._handshake(request)
                 return
             response = Response(self, keep_alive, request.method)
             try:
@@ -442,8 +425,7 @@ class HttpConnection(asyncio.Protocol):
                 # Answer pipelined requests in order: hold the rest (and stop
                 # reading) until this handler is done.
                 self.busy = True
-                assert self.transport is not None
-                self.transport.pause_reading()
+                self._pause_reading()
                 task = asyncio.ensure_future(result)
                 task.add_done_callback(lambda t, r=response: self._handler_done(t, r))
                 return
@@ -459,9 +441,7 @@ class HttpConnection(asyncio.Protocol):
             self._internal_error(response)
         elif not response.ended:
             response.end()
-        if not self.closing and self.transport is not None:
-            self.transport.resume_reading()
-            self._process()
+        self._resume()
 
     def _internal_error(self, response: Response) -> None:
         if not response.ended and not self.closing:
@@ -475,13 +455,13 @@ class HttpConnection(asyncio.Protocol):
                 response.method,
             )
 
-    def _handshake(self, request: Request, leftover: bytes) -> None:
+    def _handshake(self, request: Request) -> None:
         """RFC 6455 4.2.2: accept or refuse the opening handshake."""
         refused = self.endpoint.ws_admit()
         if refused is not None:
             self.reject(HTTPStatus.SERVICE_UNAVAILABLE, refused, [("Retry-After", "5")])
             return
-        proto = self._ws_protocol()
+        proto = ws_protocol(self.settings, self.endpoint.subprotocols)
         # Repeated headers were joined with ", " (RFC 9110 5.3), which is
         # how websockets reads them too.
         wsrequest = WSRequest(
@@ -501,7 +481,7 @@ class HttpConnection(asyncio.Protocol):
         request.subprotocol = proto.subprotocol
         self.upgraded = True
         self._cancel_timer()
-        head = _switching_protocols(accept, extensions_header, protocol_header)
+        head = switching_protocols(accept, extensions_header, protocol_header)
         # Not written here: the connection queues it as its first bytes, so
         # the 101 and whatever the open handler pushes (the greeting) leave
         # in one write at the end of this tick (one system call, one TCP
@@ -509,34 +489,15 @@ class HttpConnection(asyncio.Protocol):
         conn = self.endpoint.ws_opened(self.transport, proto, request, head)
         self._log_access(101, 0)
         self.transport.set_protocol(conn)
+        if self.reading_paused:
+            # Paused for an earlier request's handler: the WebSocket reads.
+            self.reading_paused = False
+            self.transport.resume_reading()
         # This object's job is done: the WebSocket owns the transport now.
         self.endpoint.http_connection_lost(self)
+        leftover, self.leftover = self.leftover, b""
         if leftover:
             conn.data_received(leftover)
-
-    def _ws_protocol(self) -> HubbubServerProtocol:
-        """The sans-I/O WebSocket core for this connection's handshake and frames."""
-        settings = self.settings
-        extensions = (
-            [
-                ServerPerMessageDeflateFactory(
-                    server_max_window_bits=12,
-                    client_max_window_bits=12,
-                    compress_settings={"memLevel": 5},
-                )
-            ]
-            if settings.compression
-            else None
-        )
-        return HubbubServerProtocol(
-            extensions=extensions,
-            subprotocols=list(self.endpoint.subprotocols) or None,
-            max_size=settings.max_message_size,
-            logger=_quiet,
-            # The head was parsed by httptools already: the core starts at
-            # the frame stage and is given the parsed request below.
-            state=State.OPEN,
-        )
 
     def _refuse_handshake(self, proto: HubbubServerProtocol, wsrequest: WSRequest) -> None:
         # Refused: websockets' accept() checks again and builds the
@@ -589,8 +550,11 @@ class HttpConnection(asyncio.Protocol):
         for name, value in headers:
             if name.lower() != "connection":
                 lines.append(f"{name}: {value}")
+        for name, value in self.endpoint.security_headers:
+            if name.lower() not in names:
+                lines.append(f"{name}: {value}")
         if "date" not in names:
-            lines.append(f"Date: {_date()}")
+            lines.append(f"Date: {http_date()}")
         if "server" not in names:
             lines.append("Server: hubbub")
         if "content-length" not in names:
@@ -598,11 +562,14 @@ class HttpConnection(asyncio.Protocol):
         keep_alive = keep_alive and not self.peer_eof
         lines.append("Connection: keep-alive" if keep_alive else "Connection: close")
         head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
-        self.transport.write(head if method == "HEAD" else head + body)
         self._log_access(status, 0 if method == "HEAD" else len(body))
         if keep_alive:
             self._arm_timer()
         else:
+            self.closing = True
+        # May call pause_writing() (the answers are over max_send_buffer).
+        self.transport.write(head if method == "HEAD" else head + body)
+        if not keep_alive:
             self._linger()
 
     def _log_access(self, status: int, nbytes: int) -> None:
@@ -623,7 +590,7 @@ class HttpConnection(asyncio.Protocol):
                 path = self.url.partition(b"?")[0].decode("latin-1")
         access_log.info(
             '%s "%s %s" %d %d %.1fms',
-            _peer_text(self.peer),
+            peer_text(self.peer),
             log_safe(method, 20),
             log_safe(path),
             status,
@@ -648,16 +615,29 @@ class HttpConnection(asyncio.Protocol):
         if transport.can_write_eof() and not self.peer_eof:
             transport.write_eof()
             self.linger = self.loop.call_later(
-                min(2.0, self.settings.handshake_timeout), transport.close
+                min(2.0, self.settings.handshake_timeout), self._close_transport
             )
         else:
-            transport.close()
+            self._close_transport()
+
+    def _close_transport(self) -> None:
+        """Close politely (what is buffered is sent first), but not forever: a
+        client that does not read it is aborted after ``handshake_timeout``."""
+        self.closing = True
+        self._cancel_timer()
+        if self.linger is not None:
+            self.linger.cancel()
+        if self.transport is None:
+            return
+        self.transport.close()
+        self.linger = self.loop.call_later(self.settings.handshake_timeout, self.transport.abort)
 
     def eof_received(self) -> bool | None:
         self.peer_eof = True
-        # A request still being handled gets its answer (then we close);
-        # otherwise returning False lets the transport close itself.
-        return True if self.busy and not self.closing else False
+        # Requests still being handled or waiting get their answers (then we
+        # close); otherwise returning False lets the transport close itself.
+        waiting = self.busy or self.write_paused or bool(self.queue) or bool(self.backlog)
+        return True if waiting and not self.closing else False
 
     def reject(
         self, status: HTTPStatus, text: str, headers: list[tuple[str, str]] | None = None
@@ -682,26 +662,28 @@ class HttpConnection(asyncio.Protocol):
 
     def _timed_out(self) -> None:
         self.timer = None
-        if self.closing or self.upgraded or self.busy:
+        if self.closing or self.upgraded or self.transport is None:
+            return
+        if self.write_paused:
+            # Answers unread for handshake_timeout: a polite close would wait
+            # for the client to read them, forever. Abort.
+            log.info(
+                "HTTP client %s aborted: %d bytes of answers unread for %.1fs",
+                peer_text(self.peer),
+                self.transport.get_write_buffer_size(),
+                self.settings.handshake_timeout,
+            )
+            self.closing = True
+            self.transport.abort()
+            return
+        if self.busy:
             return
         if self.in_head:
             self.reject(HTTPStatus.REQUEST_TIMEOUT, "Request head not received in time")
-        elif self.transport is not None:
+        else:
             # An idle keep-alive connection: close quietly.
-            self.closing = True
-            self.transport.close()
+            self._close_transport()
 
     def close(self) -> None:
         if not self.closing and self.transport is not None:
-            self.closing = True
-            self.transport.close()
-
-
-class _QuietLogger(logging.LoggerAdapter):  # type: ignore[type-arg]
-    """`websockets` logs each connection at INFO; hubbub logs its own events."""
-
-    def isEnabledFor(self, level: int) -> bool:
-        return level >= logging.WARNING and log.isEnabledFor(level)
-
-
-_quiet = _QuietLogger(logging.getLogger("hubbub.websocket.core"), {})
+            self._close_transport()

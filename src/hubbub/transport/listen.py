@@ -14,6 +14,9 @@ from __future__ import annotations
 import errno
 import ipaddress
 import socket
+import ssl
+
+from ..errors import StartupError
 
 #: Where the UDP socket "connects" to learn the outgoing address (nothing is
 #: sent: connect() on a datagram socket only picks a route). Private and
@@ -47,12 +50,44 @@ def bind_error(host: str, port: int, exc: BaseException) -> str:
     return f"cannot listen on {where}: {reason}"
 
 
-def _url(host: str, port: int) -> str:
+def _url(host: str, port: int, scheme: str = "http") -> str:
     try:
         is_v6 = ipaddress.ip_address(host).version == 6
     except ValueError:
         is_v6 = False
-    return f"http://[{host}]:{port}/" if is_v6 else f"http://{host}:{port}/"
+    return f"{scheme}://[{host}]:{port}/" if is_v6 else f"{scheme}://{host}:{port}/"
+
+
+def server_ssl_context(certfile: str, keyfile: str) -> ssl.SSLContext:
+    """The TLS context of ``--certfile`` / ``--keyfile`` (stdlib defaults: TLS 1.2+).
+
+    Raises :class:`StartupError` with one line when the files cannot be read
+    or do not belong together.
+    """
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    # WebSocket and HTTP/1.1 only: say so, so that no client tries h2.
+    context.set_alpn_protocols(["http/1.1"])
+    try:
+        context.load_cert_chain(certfile, keyfile)
+    except FileNotFoundError as exc:
+        raise StartupError(
+            f"cannot read TLS file {exc.filename or certfile}: no such file; check "
+            "--certfile and --keyfile"
+        ) from exc
+    except PermissionError as exc:
+        raise StartupError(
+            f"cannot read TLS file {exc.filename or certfile}: permission denied"
+        ) from exc
+    except ssl.SSLError as exc:
+        reason = exc.reason or exc.strerror or str(exc)
+        raise StartupError(
+            f"--certfile {certfile} and --keyfile {keyfile} are not a usable PEM certificate "
+            f"and its private key ({reason})"
+        ) from exc
+    except OSError as exc:
+        raise StartupError(f"cannot read TLS files: {exc.strerror or exc}") from exc
+    return context
 
 
 def lan_addresses(family: socket.AddressFamily = socket.AF_INET) -> list[str]:
@@ -73,18 +108,20 @@ def lan_addresses(family: socket.AddressFamily = socket.AF_INET) -> list[str]:
     return found
 
 
-def listen_urls(host: str, port: int) -> tuple[str, list[str]]:
+def listen_urls(host: str, port: int, tls: bool = False) -> tuple[str, list[str]]:
     """The URL to open on this machine, and the LAN URLs when bound to every interface."""
+    scheme = "https" if tls else "http"
     if host not in WILDCARDS:
-        return _url(host, port), []
+        return _url(host, port, scheme), []
     family = socket.AF_INET6 if host == "::" else socket.AF_INET
     local = "::1" if host == "::" else "127.0.0.1"
-    return _url(local, port), [_url(a, port) for a in lan_addresses(family)]
+    return _url(local, port, scheme), [_url(a, port, scheme) for a in lan_addresses(family)]
 
 
-def listening_line(host: str, port: int) -> str:
-    """``hubbub listening on http://127.0.0.1:9502/ (and http://192.168.1.20:9502/ on the LAN)``"""
-    local, lan = listen_urls(host, port)
+def listening_line(host: str, port: int, tls: bool = False) -> str:
+    """``hubbub listening on http://127.0.0.1:9502/ (and http://192.168.1.20:9502/ on the LAN)``
+    (``https://`` with TLS)."""
+    local, lan = listen_urls(host, port, tls)
     line = f"hubbub listening on {local}"
     if lan:
         line += f" (and {', '.join(lan)} on the LAN)"

@@ -36,6 +36,12 @@ OP_CLOSE = Opcode.CLOSE
 OP_PING = Opcode.PING
 _PONG_BYTE = bytes([0x80 | Opcode.PONG.value])  # FIN + pong: a server pong's first byte
 _utf8_decoder = codecs.getincrementaldecoder("utf-8")
+#: Bytes handed to the frame parser at a time (see WebSocketConnection._feed).
+FEED_SLICE = 16 * 1024
+#: Why a connection stopped reading (WebSocketConnection.hold): its output
+#: is over the high-water mark, or an async handler has a backlog.
+HOLD_OUTPUT = 1
+HOLD_PENDING = 2
 
 
 def encode_frame(data: str | bytes, opcode: Opcode | None = None) -> bytes:
@@ -167,11 +173,14 @@ class WebSocketConnection(asyncio.Protocol):
         "_decoder",
         "_parts",
         "_text",
+        "backlog",
         "closed",
         "compressed",
         "endpoint",
         "failed",
         "fd",
+        "high",
+        "holds",
         "last_rx",
         "loop",
         "open",
@@ -179,6 +188,7 @@ class WebSocketConnection(asyncio.Protocol):
         "pending",
         "ping_sent",
         "proto",
+        "reading_paused",
         "request",
         "running",
         "transport",
@@ -216,16 +226,82 @@ class WebSocketConnection(asyncio.Protocol):
         # Messages queued for an async handler (see ServerEndpoint._dispatch).
         self.pending: Any = None
         self.running = False
-        # Backpressure: pause_writing() fires inside transport.write() as soon
-        # as the outgoing buffer passes max_send_buffer; we then drop the
-        # client. Reading this limit costs nothing on the hot path.
-        transport.set_write_buffer_limits(high=endpoint.settings.max_send_buffer)
+        # Backpressure, two levels. Past half of max_send_buffer the
+        # transport calls pause_writing(): this connection stops reading (what
+        # it sends us makes answers it does not read) until its buffer drains
+        # to an eighth. Past max_send_buffer (frames pushed by others keep
+        # coming) it is dropped: see flush_out. Neither costs anything on the
+        # hot path.
+        self.high = max(1, endpoint.settings.max_send_buffer // 2)
+        transport.set_write_buffer_limits(high=self.high, low=self.high // 4)
+        #: Why reading is paused (HOLD_* bits); 0 while reading.
+        self.holds = 0
+        self.reading_paused = False
+        #: Bytes read but not parsed yet (while held).
+        self.backlog = b""
 
     # -- asyncio.Protocol ---------------------------------------------------
 
     def data_received(self, data: bytes) -> None:
         if self.closed:
             return
+        if self.holds or self.backlog:
+            # Reading is paused; bytes of a read already under way wait here.
+            self.backlog += data
+            return
+        self._feed(data)
+
+    def _feed(self, data: bytes) -> None:
+        """Handle ``data`` in slices of FEED_SLICE bytes, and stop (keeping the
+        rest in ``backlog``) once the answers to it pass the high-water mark:
+        one read (up to 256 KiB of tiny frames) may not turn into megabytes
+        of answers for a client that does not read them."""
+        pos, size = 0, len(data)
+        while True:
+            chunk = data[pos : pos + FEED_SLICE] if size > FEED_SLICE else data
+            pos += len(chunk)
+            self._receive(chunk)
+            if pos >= size or self.closed or self.failed:
+                return
+            if not self.holds and self._queued() + self.transport.get_write_buffer_size() >= (
+                self.high
+            ):
+                # Hand the answers over now: the transport says (with
+                # pause_writing, which holds) whether the client keeps up.
+                self.flush_out()
+            if self.holds:
+                self.backlog = data[pos:]
+                return
+
+    def _queued(self) -> int:
+        out = self.out
+        if out is None:
+            return 0
+        return len(out) if type(out) is bytes else sum(map(len, out))  # type: ignore[arg-type]
+
+    def hold(self, reason: int) -> None:
+        """Stop reading from this connection (until :meth:`release` of every reason)."""
+        self.holds |= reason
+        if not self.reading_paused and not self.closed and not self.transport.is_closing():
+            self.reading_paused = True
+            self.transport.pause_reading()
+
+    def release(self, reason: int) -> None:
+        """Drop one reason to hold; with none left, handle what was kept and read again."""
+        self.holds &= ~reason
+        if self.holds or self.closed:
+            return
+        if self.backlog:
+            data, self.backlog = self.backlog, b""
+            self._feed(data)
+            if self.holds or self.closed:
+                return
+        if self.reading_paused:
+            self.reading_paused = False
+            if not self.transport.is_closing():
+                self.transport.resume_reading()
+
+    def _receive(self, data: bytes) -> None:
         self.last_rx = self.loop.time()
         self.ping_sent = False
         proto = self.proto
@@ -260,6 +336,14 @@ class WebSocketConnection(asyncio.Protocol):
         return None
 
     def pause_writing(self) -> None:
+        # Over the high-water mark (half of max_send_buffer): stop reading
+        # what this client sends until it has read what we sent.
+        self.hold(HOLD_OUTPUT)
+
+    def resume_writing(self) -> None:
+        self.release(HOLD_OUTPUT)
+
+    def _overflow(self) -> None:
         # The outgoing buffer passed max_send_buffer: this client reads slower
         # than it is written to. This fires inside flush_out (the end-of-tick
         # write): leave the broadcast set at once, and close from a fresh
@@ -275,13 +359,11 @@ class WebSocketConnection(asyncio.Protocol):
             self._leave_open()
             self.loop.call_soon(self._fail, CloseCode.TRY_AGAIN_LATER, "send buffer overflow")
 
-    def resume_writing(self) -> None:
-        pass
-
     def connection_lost(self, exc: Exception | None) -> None:
         if self.closed:
             return
         self.closed = True
+        self.backlog = b""
         if self._abort_handle is not None:
             self._abort_handle.cancel()
             self._abort_handle = None
@@ -396,6 +478,13 @@ class WebSocketConnection(asyncio.Protocol):
             self.out = None
             if not self.closed and not self.transport.is_closing():
                 self.transport.write(b"".join(out) if type(out) is list else out)
+                # HOLD_OUTPUT is set (by pause_writing) whenever the buffer
+                # is over half the limit: the common case checks one int.
+                if self.holds & HOLD_OUTPUT and (
+                    self.transport.get_write_buffer_size()
+                    > self.endpoint.settings.max_send_buffer
+                ):
+                    self._overflow()
 
     def send_frame_bytes(
         self, frame: bytes, data: str | bytes, opcode: Opcode | None = None
