@@ -71,13 +71,12 @@ def cert(tmp_path_factory: pytest.TempPathFactory) -> Cert:
 
 
 class Proxy:
-    """A proxy process started by the test, with its log for failure messages."""
+    """A proxy process started by the test; its output goes to ``log`` (for failures)."""
 
     def __init__(self, args: list[str], log: Path, ports: list[int]) -> None:
         self.log = log
-        self.proc = subprocess.Popen(
-            args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-        )
+        with log.open("a") as out:
+            self.proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 15
         for port in ports:
             while True:
@@ -91,10 +90,7 @@ class Proxy:
                     continue
 
     def output(self) -> str:
-        text = self.log.read_text() if self.log.exists() else ""
-        if self.proc.poll() is not None and self.proc.stdout is not None:
-            text += self.proc.stdout.read()
-        return text
+        return self.log.read_text() if self.log.exists() else ""
 
     def stop(self) -> None:
         if self.proc.poll() is None:
@@ -165,6 +161,59 @@ def run_nginx(tmp_path: Path, cert: Cert) -> Iterator[object]:
         check = subprocess.run([*base, "-t"], capture_output=True, text=True, timeout=30)
         assert check.returncode == 0, f"nginx -t refused the shipped config:\n{check.stderr}"
         proxy = Proxy([*base, "-g", "daemon off;"], prefix / "error.log", [ports.https, ports.http])
+        started.append(proxy)
+        return proxy
+
+    yield start
+    for proxy in started:
+        proxy.stop()
+
+
+# -- HAProxy ----------------------------------------------------------------------------------
+
+
+@dataclass
+class HaproxyPorts:
+    nodes: tuple[int, int]  # the two hubbub nodes
+    http: int
+    https: int
+
+
+def render_haproxy(ports: HaproxyPorts, pem: Path) -> str:
+    """deploy/haproxy.cfg with loopback ports, the test's certificate, logs on stdout."""
+    return render(
+        (DEPLOY / "haproxy.cfg").read_text(),
+        {
+            "log /dev/log local0": "log stdout format raw local0",
+            # (this machine's hard limit of open files is below what 20000 needs)
+            "maxconn 20000": "maxconn 2000",
+            "bind :80": f"bind 127.0.0.1:{ports.http}",
+            "bind :443 ssl": f"bind 127.0.0.1:{ports.https} ssl",
+            "/etc/haproxy/certs/chat.example.com.pem": str(pem),
+            "server node1 127.0.0.1:9502": f"server node1 127.0.0.1:{ports.nodes[0]}",
+            "server node2 127.0.0.1:9503": f"server node2 127.0.0.1:{ports.nodes[1]}",
+        },
+    )
+
+
+@pytest.fixture
+def run_haproxy(tmp_path: Path, cert: Cert) -> Iterator[object]:
+    """``run_haproxy(ports)``: Debian's haproxy with the rendered config, in the foreground."""
+    haproxy = need("haproxy")
+    started: list[Proxy] = []
+
+    def start(ports: HaproxyPorts) -> Proxy:
+        where = tmp_path / "haproxy"
+        where.mkdir()
+        pem = where / "site.pem"
+        pem.write_text(cert.cert.read_text() + cert.key.read_text())
+        config = where / "haproxy.cfg"
+        config.write_text(render_haproxy(ports, pem))
+        check = subprocess.run(
+            [haproxy, "-c", "-f", str(config)], capture_output=True, text=True, timeout=30
+        )
+        assert check.returncode == 0, f"haproxy -c refused the shipped config:\n{check.stdout}"
+        proxy = Proxy([haproxy, "-db", "-f", str(config)], where / "haproxy.log", [ports.https])
         started.append(proxy)
         return proxy
 

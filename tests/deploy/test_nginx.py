@@ -41,7 +41,7 @@ def _request(
     try:
         conn.request(method, path, body=body, headers=headers or {})
         response = conn.getresponse()
-        return response.status, dict(response.getheaders()), response.read()
+        return response.status, {k.lower(): v for k, v in response.getheaders()}, response.read()
     finally:
         conn.close()
 
@@ -110,7 +110,7 @@ async def test_chat_api_and_pages_through_nginx(spawn, run_nginx, cert: Cert, tm
     for path, name in (("/", "index.html"), ("/seed.html", "seed.html")):
         status, headers, body = await _https(ports.https, cert, "GET", path)
         assert status == 200 and body == (static / name).read_bytes(), path
-        assert headers["Strict-Transport-Security"] == "max-age=31536000"
+        assert headers["strict-transport-security"] == "max-age=31536000"
     status, _, body = await _https(ports.https, cert, "GET", "/static/app.js")
     assert status == 200 and body == (static / "app.js").read_bytes()
     assert (await _https(ports.https, cert, "GET", "/healthz"))[0] == 200
@@ -124,7 +124,7 @@ async def test_plain_http_redirects_to_https(spawn, run_nginx, cert: Cert, tmp_p
     status, headers, _ = await asyncio.to_thread(
         _request, ports.http, "GET", "/api/rooms?x=1", None
     )
-    assert status == 301 and headers["Location"] == "https://127.0.0.1/api/rooms?x=1"
+    assert status == 301 and headers["location"] == "https://127.0.0.1/api/rooms?x=1"
 
 
 async def test_hubbub_gets_the_client_address_scheme_and_keep_alive_from_nginx(
