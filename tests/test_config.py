@@ -38,3 +38,21 @@ def test_sqlite_synchronous_is_case_insensitive_and_normalised():
 def test_access_log_is_on_by_default():
     assert Settings().access_log is True
     assert Settings(access_log=False).access_log is False
+
+
+def test_tls_needs_both_files_and_allowed_origins_are_checked():
+    with pytest.raises(SettingError, match="keyfile is needed too"):
+        Settings(certfile="cert.pem")
+    with pytest.raises(SettingError, match="certfile is needed too"):
+        Settings(keyfile="key.pem")
+    with pytest.raises(SettingError) as info:
+        Settings(allowed_origins="example.com")
+    assert info.value.field == "allowed_origins"
+    assert Settings(allowed_origins="https://a.example, *").allowed_origins
+
+
+def test_new_limits_have_safe_defaults():
+    s = Settings()
+    assert s.seed_rate == 0  # the seed's behaviour unless asked
+    assert s.allowed_origins == ""  # own origin only
+    assert s.max_connections_per_ip > 0 and s.max_pending_handshakes > 0

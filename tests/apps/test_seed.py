@@ -86,9 +86,37 @@ async def test_http_routes_on_the_same_port(seed_server):
     status, body = await get("/static/app.js")
     assert status == "HTTP/1.1 200 OK" and b"hubbub.v1" in body
     status, body = await get("/seed.html")
+    assert status == "HTTP/1.1 200 OK" and b'src="/static/seed.js"' in body
+    assert b"<script>" not in body and b"<style>" not in body  # the CSP allows neither
+    status, body = await get("/static/seed.js")
     assert status == "HTTP/1.1 200 OK" and b"new WebSocket" in body
     status, body = await get("/healthz")
     assert status == "HTTP/1.1 200 OK" and body == b"ok\n"
     status, _ = await get("/missing")
     assert status == "HTTP/1.1 404 Not Found"
     writer.close()
+
+
+async def test_seed_rate_drops_excess_messages_with_one_notice(make_chat):
+    server = await make_chat(seed_rate=1.0, seed_burst=3.0)
+    async with connect(ws_url(server)) as a, connect(ws_url(server)) as b:
+        await recv_all(a, 1)
+        await recv_all(b, 1)
+        for i in range(10):
+            await a.send(f"m{i}")
+        got = await recv_all(a, 7)  # 3 allowed (2 frames each), then one notice
+        assert got[:6] == [x for i in range(3) for x in (f"from 1: m{i}", f"server: m{i}")]
+        assert got[6] == "server: rate limited"
+        assert await recv_all(b, 3) == ["from 1: m0", "from 1: m1", "from 1: m2"]
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(b.recv(), 0.3)  # the rest never reached the room
+
+
+async def test_seed_rate_off_by_default_keeps_every_message(seed_server):
+    async with connect(ws_url(seed_server)) as a:
+        await recv_all(a, 1)
+        for i in range(200):
+            await a.send(f"m{i}")
+        got = await recv_all(a, 400)
+        assert "server: rate limited" not in got
+        assert got[-1] == "server: m199"
