@@ -135,16 +135,26 @@ async def test_backup_while_a_server_takes_writes_then_restore_resumes_numbering
     _stop(proc)
     assert len(_rows(db)) == total
 
+    epoch_sql = "SELECT name, epoch FROM rooms"
+    ((_, backup_epoch),) = _rows(copy, epoch_sql)
     restored = restore(str(copy), str(db))
     assert restored.messages == len(rows)
     assert _rows(db) == rows
+    ((_, new_epoch),) = _rows(db, epoch_sql)
+    assert new_epoch != backup_epoch and _rows(copy, epoch_sql) == [("ops", backup_epoch)]
     assert len(_rows(str(db) + ".pre-restore")) == total  # the previous database, kept
 
-    # A server on the restored database numbers on from the backup's last message.
+    # A server on the restored database numbers on from the backup's last message, in a
+    # new epoch: a client that saw the lost messages is told to reload, not handed new
+    # messages under the sequence numbers it already has.
     proc, port = _start(spawn, db)
     client = await Client.open(f"ws://127.0.0.1:{port}/")
     room = await client.join("ops", "bob")
-    assert room["seq"] == len(rows)
+    assert room["seq"] == len(rows) and room["epoch"] == new_epoch
+    old = await Client.open(f"ws://127.0.0.1:{port}/")
+    await old.join("ops", "ann", since=total, epoch=backup_epoch)
+    await old.expect("reset", room="ops", reason="epoch")
+    await old.close()
     await client.send(type="send", room="ops", id="after-restore", text="back")
     while (frame := await client.recv())["type"] != "ack":
         pass

@@ -17,6 +17,12 @@ that is not a hubbub database, is damaged, or has a schema newer than this
 hubbub (an older one is migrated when the server starts). The previous
 database, with its WAL file, is kept as ``<db>.pre-restore``.
 
+A restore turns history back: sequence numbers after the backup's last one
+were given to messages that are gone and will be given again. So every room
+gets a new epoch; a server on the restored file numbers on from the backup's
+last message, and a client that resumes with the old epoch is told ``reset``
+(reason ``epoch``) and reloads the room instead of mixing the two histories.
+
 Errors are :class:`BackupError`: one line for the operator, what is wrong and
 what to do.
 """
@@ -29,6 +35,7 @@ import os
 import sqlite3
 import sys
 import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote
@@ -112,9 +119,12 @@ def _must_be_file(path: str, what: str) -> None:
 # -- copying ------------------------------------------------------------------------------
 
 
-def _copy_into(source: sqlite3.Connection, tmp: str, source_name: str) -> DbInfo:
+def _copy_into(
+    source: sqlite3.Connection, tmp: str, source_name: str, new_epochs: bool = False
+) -> DbInfo:
     """Copy ``source`` into the new file ``tmp`` (one step: one consistent snapshot), make it
-    a self-contained single file, check it and flush it to disk."""
+    a self-contained single file, check it and flush it to disk. ``new_epochs`` gives every
+    room a new epoch (a restore: see :func:`restore`)."""
     target = sqlite3.connect(tmp, isolation_level=None, timeout=_BUSY_TIMEOUT)
     try:
         try:
@@ -124,6 +134,14 @@ def _copy_into(source: sqlite3.Connection, tmp: str, source_name: str) -> DbInfo
         # The copy carries the WAL flag; a backup is one file that opens read-only.
         target.execute("PRAGMA journal_mode=DELETE")
         info = _check(target, source_name)
+        if new_epochs:
+            rooms = [row[0] for row in target.execute("SELECT name FROM rooms")]
+            with target:
+                target.execute("BEGIN IMMEDIATE")
+                target.executemany(
+                    "UPDATE rooms SET epoch = ? WHERE name = ?",
+                    [(uuid.uuid4().hex[:12], name) for name in rooms],
+                )
     finally:
         target.close()
     _fsync_file(tmp)
@@ -206,9 +224,9 @@ def backup(db_path: str, dest: str, *, force: bool = False) -> DbInfo:
 
 
 def restore(src: str, db_path: str) -> DbInfo:
-    """Put the backup ``src`` in place of the database ``db_path``; the restored
-    :class:`DbInfo`. Refuses while a server holds the database; the previous database
-    (with its WAL file) is kept as ``<db>.pre-restore``."""
+    """Put the backup ``src`` in place of the database ``db_path``, every room with a new
+    epoch; the restored :class:`DbInfo`. Refuses while a server holds the database; the
+    previous database (with its WAL file) is kept as ``<db>.pre-restore``."""
     _must_be_file(src, "backup")
     if db_path == ":memory:" or db_path.startswith("file:"):
         raise BackupError(f"{db_path}: the database must be a file path")
@@ -244,7 +262,7 @@ def _restore_locked(src: str, db_path: str, db_dir: str) -> DbInfo:
     tmp = _tmp_beside(Path(db_path))
     try:
         _check_schema(source, src)
-        info = _copy_into(source, tmp, src)
+        info = _copy_into(source, tmp, src, new_epochs=True)
         if os.path.exists(db_path):
             _own_like(tmp, db_path)
             _set_aside(db_path)
