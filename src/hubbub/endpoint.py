@@ -4,7 +4,7 @@ Internal. Users see :class:`hubbub.server.Server`, whose methods are the
 Swoole-style API of the README; the transport (:mod:`hubbub.transport.http`,
 :mod:`hubbub.transport.websocket`) talks to one :class:`ServerEndpoint` per
 server, which implements both of its endpoint protocols
-(:class:`~hubbub.transport.http.HttpEndpoint` and
+(:class:`~hubbub.transport.contract.HttpEndpoint` and
 :class:`~hubbub.transport.websocket.WebSocketEndpoint`; their contracts are
 written there). It owns:
 
@@ -146,7 +146,7 @@ class ServerEndpoint:
         return self.targets
 
     # ------------------------------------------------------------------
-    # HttpEndpoint (see hubbub.transport.http for the contract)
+    # HttpEndpoint (see hubbub.transport.contract for the contract)
 
     def http_connection_made(self, conn: HttpConnection) -> str | None:
         s = self.settings

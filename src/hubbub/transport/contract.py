@@ -1,0 +1,112 @@
+"""The HTTP layer's contract with the server core: :class:`HttpEndpoint`.
+
+Implemented by :class:`hubbub.endpoint.ServerEndpoint`; called by
+:class:`hubbub.transport.http.HttpConnection`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING, Any, Protocol
+
+from .messages import Request, Response
+
+if TYPE_CHECKING:
+    from ..config import Settings
+    from .http import HttpConnection
+    from .websocket import WebSocketConnection
+
+
+class HttpEndpoint(Protocol):
+    """What the HTTP layer needs from the server core (implemented by
+    :class:`hubbub.endpoint.ServerEndpoint`).
+
+    Every method is called from the event loop, in a callback of one
+    :class:`HttpConnection`; none may block.
+    """
+
+    #: The limits; read by each connection when it is made.
+    settings: Settings
+    #: Subprotocols offered in the handshake, in preference order; read at
+    #: each handshake (so changing the list affects later handshakes only).
+    subprotocols: list[str]
+    #: Headers added to every HTTP response that does not set them itself.
+    security_headers: tuple[tuple[str, str], ...]
+
+    def http_connection_made(self, conn: HttpConnection) -> str | None:
+        """A TCP connection was accepted: None to serve it, else why it is refused.
+
+        Caller: once per connection, before anything of it is read
+        (``conn.peer`` is set). A refused connection is answered ``503`` with
+        the reason and closed, without reading its request; it is not
+        passed to any other method except :meth:`http_connection_lost`.
+        Implementation: count it against the per-address and pending
+        handshake limits; keep an accepted ``conn`` until
+        :meth:`http_connection_lost` so that a shutdown can close it
+        (``conn.close()`` when not ``conn.busy``, ``conn.transport.abort()``
+        after the grace period).
+        """
+        ...
+
+    def http_head_complete(self, conn: HttpConnection) -> None:
+        """``conn``'s first request head is complete: it no longer counts as a
+        pending handshake.
+
+        Caller: at most once per accepted connection.
+        """
+        ...
+
+    def http_connection_lost(self, conn: HttpConnection) -> None:
+        """``conn`` is no longer an HTTP connection of the server.
+
+        Caller: once, when its TCP connection is gone, or when it was upgraded
+        (``conn.upgraded``: the WebSocket returned by :meth:`ws_opened` owns
+        the transport, and its address's count, now).
+        Implementation: forget ``conn`` (it must not be kept: one per
+        WebSocket ever opened would be a leak); tolerate one it does not know.
+        """
+        ...
+
+    def http_request(self, request: Request, response: Response) -> Any:
+        """Answer one plain HTTP request (not an upgrade).
+
+        Caller: once per complete request (head and body within the
+        ``max_header_size`` / ``max_body_size`` limits, its ``Origin``
+        allowed), in the order the requests arrived on the connection, one
+        at a time: pipelined requests wait until this one's awaitable, if
+        any, is done, and the connection stops reading meanwhile.
+        Implementation: call ``response.end()`` once, now or in the returned
+        awaitable; if it does not, an empty ``200`` is sent when it returns.
+        An exception (raised, or from the awaitable) is logged and answered
+        with ``500``, never with a traceback to the client.
+        """
+        ...
+
+    def ws_admit(self) -> str | None:
+        """None to accept one more WebSocket, or the reason it is refused.
+
+        Caller: for each upgrade request (its ``Origin`` allowed), before the
+        handshake is checked. A reason is answered with ``503`` and
+        ``Retry-After``, and the connection closed. Implementation: cheap, no
+        side effect.
+        """
+        ...
+
+    def ws_opened(
+        self, transport: asyncio.Transport, proto: Any, request: Request, head: bytes
+    ) -> WebSocketConnection:
+        """Make the WebSocket of an accepted handshake and return it.
+
+        Caller: in the same callback that accepted the handshake, before
+        anything was written to ``transport``; ``proto`` is the
+        :class:`HubbubServerProtocol` in state OPEN with the negotiated
+        extensions and subprotocol (also in ``request.subprotocol``); ``head``
+        is the 101 answer. After it returns, the caller switches
+        ``transport`` to the returned connection and feeds it any bytes that
+        followed the request head.
+        Implementation: queue ``head`` as the connection's first bytes (with
+        ``conn.write``), so that nothing (the open handler's greeting, a
+        pong) can overtake the 101; set ``request.fd``; do not read from or
+        write to ``transport`` directly.
+        """
+        ...
