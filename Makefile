@@ -13,7 +13,7 @@ RUNTIME_STAMP := $(VENV)/.installed-runtime
 DEV_STAMP     := $(VENV)/.installed-dev
 BENCH_STAMP   := $(VENV)/.installed-bench
 # Debian packages the test suite needs (headless Chromium for the browser tests).
-APT_PACKAGES := chromium
+APT_PACKAGES := chromium nginx haproxy openssl
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: install install-dev install-bench run test lint system-deps node-deps conformance bench clean
@@ -49,7 +49,7 @@ lint: install-dev
 
 # Debian's chromium (never `playwright install`: nothing is downloaded at run time).
 system-deps:
-	@if ! command -v chromium >/dev/null 2>&1; then \
+	@if ! dpkg -s $(APT_PACKAGES) >/dev/null 2>&1; then \
 		echo "installing Debian packages: $(APT_PACKAGES)"; \
 		$(SUDO) apt-get update -qq && \
 		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends $(APT_PACKAGES); \

@@ -315,3 +315,41 @@ def test_rooms_commands_are_wired_into_the_cli(tmp_path):
     assert again.returncode == 1
     assert len(again.stderr.strip().splitlines()) == 1
     assert "Traceback" not in again.stderr
+
+
+def test_backup_and_restore_commands_are_wired_into_the_cli(tmp_path):
+    """`hubbub backup` and `hubbub restore` from the real command line."""
+    db = tmp_path / "h.db"
+    script = (
+        "import asyncio\n"
+        "from hubbub.store import PendingMessage\n"
+        "from hubbub.store.sqlite import SQLiteStore\n"
+        "async def main():\n"
+        f"    s = SQLiteStore({str(db)!r}); await s.open()\n"
+        "    await s.append([PendingMessage('ops', None, 'ann', 'hi', 1.0)])\n"
+        "    await s.close()\n"
+        "asyncio.run(main())\n"
+    )
+    subprocess.run([sys.executable, "-c", script], check=True, timeout=30)
+    hubbub = [sys.executable, "-m", "hubbub"]
+    copy = tmp_path / "copy.db"
+    backup = subprocess.run(
+        [*hubbub, "backup", str(copy), "--db", str(db)], capture_output=True, text=True, timeout=30
+    )
+    assert backup.returncode == 0, backup.stderr
+    assert copy.is_file()
+    restored = tmp_path / "restored.db"
+    restore = subprocess.run(
+        [*hubbub, "restore", str(copy), "--db", str(restored)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert restore.returncode == 0, restore.stderr
+    listed = subprocess.run(
+        [*hubbub, "rooms", "list", "--db", str(restored)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert listed.stdout.startswith("ops\t1 message\t"), listed.stdout + listed.stderr

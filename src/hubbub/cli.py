@@ -98,6 +98,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .apps.admin import add_rooms_command
 
     add_rooms_command(sub)
+    from .apps.backup import add_backup_commands
+
+    add_backup_commands(sub)
     return parser
 
 
@@ -125,6 +128,10 @@ def main(argv: list[str] | None = None) -> int:
             return uvloop.run(run_chat(url, args.room, args.nick))
         except KeyboardInterrupt:
             return 0
+    if args.command in ("backup", "restore"):
+        from .apps.backup import run_backup_command
+
+        return run_backup_command(args)
     if args.command == "rooms":
         from .apps.admin import run_rooms_command
 
