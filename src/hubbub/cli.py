@@ -95,6 +95,12 @@ def build_parser() -> argparse.ArgumentParser:
     chat.add_argument("url", help="server address, e.g. ws://127.0.0.1:9502")
     chat.add_argument("--room", default="lobby", help="room to join on start")
     chat.add_argument("--nick", default=None, help="nickname (default: the server's user-<fd>)")
+    chat.add_argument(
+        "--cafile",
+        default=None,
+        help="PEM file of the certificate authorities to trust for wss:// "
+        "(default: the system's; SSL_CERT_FILE works too)",
+    )
     from .apps.admin import add_rooms_command
 
     add_rooms_command(sub)
@@ -125,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
 
         url = args.url if "://" in args.url else f"ws://{args.url}"
         try:
-            return uvloop.run(run_chat(url, args.room, args.nick))
+            return uvloop.run(run_chat(url, args.room, args.nick, args.cafile))
         except KeyboardInterrupt:
             return 0
     if args.command in ("backup", "restore"):

@@ -316,3 +316,43 @@ async def test_client_frames_are_encoded_with_the_schema():
     assert frames[2]["type"] == "dm" and (frames[2]["to"], frames[2]["text"]) == ("bob", "psst")
     assert frames[3] == {"type": "history", "room": "lobby", "limit": 20}
     assert all(p.decode(data) for data in sent)  # every one is a valid client frame
+
+
+def test_chat_over_wss_with_a_cafile(spawn, tmp_path):
+    """`hubbub chat wss://... --cafile ca.pem` against `hubbub serve --certfile/--keyfile`."""
+    import trustme
+
+    ca = trustme.CA()
+    cert = ca.issue_cert("127.0.0.1")
+    certfile, keyfile, cafile = (tmp_path / n for n in ("cert.pem", "key.pem", "ca.pem"))
+    cert.cert_chain_pems[0].write_to_path(certfile)
+    for pem in cert.cert_chain_pems[1:]:
+        pem.write_to_path(certfile, append=True)
+    cert.private_key_pem.write_to_path(keyfile)
+    ca.cert_pem.write_to_path(cafile)
+    port = free_port()
+    spawn(
+        *serve_args(
+            port,
+            "--db",
+            str(tmp_path / "t.db"),
+            "--certfile",
+            str(certfile),
+            "--keyfile",
+            str(keyfile),
+        ),
+        port=port,
+    )
+    child = chat(f"wss://127.0.0.1:{port}", "--nick", "ann", "--cafile", str(cafile))
+    child.expect("joined #lobby as ann")
+    child.sendline("over tls")
+    child.expect(r"<ann> over tls")
+    child.sendline("/quit")
+    child.expect(pexpect.EOF)
+    # Without the CA the certificate is refused: the client says why and stops
+    # (retrying cannot make an untrusted certificate trusted).
+    refused = chat(f"wss://127.0.0.1:{port}", "--nick", "bob")
+    refused.expect("certificate verify failed")
+    refused.expect(pexpect.EOF)
+    refused.close()
+    assert refused.exitstatus == 2

@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import random
 import socket
+import ssl
 import sys
 import time
 import uuid
@@ -111,8 +112,11 @@ class TerminalChat:
         show: Callable[[str], None],
         *,
         max_backoff: float = 10.0,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         self.url = url
+        #: For wss:// URLs: whom to trust (None: the system's CAs, or SSL_CERT_FILE).
+        self.ssl_context = ssl_context
         self.show = show
         self.state = ChatState(nick=nick)
         if room:
@@ -151,8 +155,15 @@ class TerminalChat:
         while not self.quitting:
             was_connected = False
             try:
+                extra: dict[str, Any] = {}
+                if self.ssl_context is not None and self.url.startswith("wss:"):
+                    extra["ssl"] = self.ssl_context
                 async with connect(
-                    self.url, subprotocols=[p.SUBPROTOCOL], open_timeout=10, max_size=2**22
+                    self.url,
+                    subprotocols=[p.SUBPROTOCOL],
+                    open_timeout=10,
+                    max_size=2**22,
+                    **extra,
                 ) as ws:
                     self.ws = ws
                     was_connected = True
@@ -460,11 +471,14 @@ async def _read_lines(chat: TerminalChat) -> None:
             await chat.handle_line(raw.decode("utf-8", "replace"))
 
 
-async def run_chat(url: str, room: str | None, nick: str | None) -> int:
+async def run_chat(
+    url: str, room: str | None, nick: str | None, cafile: str | None = None
+) -> int:
     def show(text: str) -> None:
         print(text, flush=True)
 
-    chat = TerminalChat(url, room, nick, show)
+    context = ssl.create_default_context(cafile=cafile) if cafile else None
+    chat = TerminalChat(url, room, nick, show, ssl_context=context)
     runner = asyncio.create_task(chat.run())
     reader = asyncio.create_task(_read_lines(chat))
     done, _ = await asyncio.wait({runner, reader}, return_when=asyncio.FIRST_COMPLETED)
