@@ -28,6 +28,14 @@ MAX_EPOCH = 64  #: characters in the ``epoch`` of a ``join``
 MAX_TEXT = 8000  #: characters in a message
 HISTORY_PAGE_MAX = 200  #: messages in one history page (``limit``)
 HISTORY_PAGE_DEFAULT = 50  #: messages in a history page when no ``limit`` is given
+#: Bytes of encoded messages in one history page: a page of long messages is cut
+#: (oldest first) to this size, and then says ``has_more``.
+HISTORY_PAGE_BYTES = 256 * 1024
+ROOMS_PAGE_MAX = 200  #: rooms in one page of the room list (``limit``)
+ROOMS_PAGE_DEFAULT = 100  #: rooms in a page of the room list when no ``limit`` is given
+#: Largest sequence number a client may send (``since``, ``before``): 2**53 - 1, the
+#: largest integer a JavaScript number holds exactly; bigger ones are refused.
+MAX_SEQ = 2**53 - 1
 #: Python regular expressions (``re.search``, as msgspec applies them).
 ROOM_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.\-]*\Z"
 NICK_PATTERN = r"^[^\W_][\w.\-]*\Z"
@@ -66,13 +74,26 @@ Text = Annotated[
         description=f"a message is 1-{MAX_TEXT} characters",
     ),
 ]
-Seq = Annotated[int, msgspec.Meta(ge=0, description="{field} must be a whole number, 0 or more")]
+Seq = Annotated[
+    int,
+    msgspec.Meta(
+        ge=0, le=MAX_SEQ, description=f"{{field}} must be a whole number from 0 to {MAX_SEQ}"
+    ),
+]
 PageLimit = Annotated[
     int,
     msgspec.Meta(
         ge=1,
         le=HISTORY_PAGE_MAX,
         description=f"{{field}} must be a whole number from 1 to {HISTORY_PAGE_MAX}",
+    ),
+]
+RoomsLimit = Annotated[
+    int,
+    msgspec.Meta(
+        ge=1,
+        le=ROOMS_PAGE_MAX,
+        description=f"{{field}} must be a whole number from 1 to {ROOMS_PAGE_MAX}",
     ),
 ]
 Epoch = Annotated[
@@ -156,7 +177,10 @@ class History(msgspec.Struct, tag="history", forbid_unknown_fields=True, omit_de
 
 
 class ListRooms(msgspec.Struct, tag="rooms", forbid_unknown_fields=True, omit_defaults=True):
-    pass
+    """A page of the room list, in byte order of name, starting after ``after``."""
+
+    after: RoomName | None = None
+    limit: RoomsLimit = ROOMS_PAGE_DEFAULT
 
 
 class Who(msgspec.Struct, tag="who", forbid_unknown_fields=True, omit_defaults=True):
@@ -294,6 +318,8 @@ class RoomInfo(msgspec.Struct):
 
 class RoomList(msgspec.Struct, tag="rooms"):
     rooms: list[RoomInfo]
+    #: The ``after`` of the next page (the last name of this one), None on the last page.
+    next: str | None = None
 
 
 class Members(msgspec.Struct, tag="members"):
@@ -340,6 +366,7 @@ E_NO_SUCH_ROOM = "no_such_room"
 E_DM_SELF = "dm_self"
 E_RATE_LIMITED = "rate_limited"
 E_TOO_MANY_ROOMS = "too_many_rooms"
+E_ROOM_LIMIT = "room_limit"
 E_UNAVAILABLE = "unavailable"
 E_INTERNAL = "internal"
 
@@ -387,8 +414,18 @@ _TAGS: dict[str, type[msgspec.Struct]] = {
 }
 
 
+#: What a frame nested too deep for the decoder is told. Every client frame is one
+#: flat object; msgspec refuses deep nesting with RecursionError (at Python's
+#: recursion limit, in C, quickly), which must never escape as a traceback.
+TOO_DEEP = "a frame is one flat JSON object; this one nests too deep"
+
+
 def decode(data: str | bytes) -> ClientFrame:
-    """Parse and validate one client frame, or raise :class:`ProtocolError`."""
+    """Parse and validate one client frame, or raise :class:`ProtocolError`.
+
+    Nothing else escapes: whatever the bytes, the caller gets a frame or a
+    ProtocolError to answer with an ``error`` frame.
+    """
     try:
         return _decoder.decode(data)
     except msgspec.ValidationError as exc:
@@ -404,6 +441,10 @@ def decode(data: str | bytes) -> ClientFrame:
         raise ProtocolError(E_BAD_FRAME, message, ref, field) from None
     except msgspec.DecodeError as exc:
         raise ProtocolError(E_BAD_JSON, f"invalid JSON: {exc}") from None
+    except RecursionError:
+        raise ProtocolError(E_BAD_FRAME, TOO_DEEP) from None
+    except Exception as exc:  # anything else the decoder may raise: still an answer
+        raise ProtocolError(E_BAD_JSON, f"cannot decode the frame ({type(exc).__name__})") from None
 
 
 # -- validation errors in words ----------------------------------------------
@@ -480,7 +521,7 @@ def explain(exc: msgspec.ValidationError, struct: type[msgspec.Struct]) -> tuple
 def _peek_type(data: str | bytes) -> str | None:
     try:
         obj: Any = msgspec.json.decode(data)
-    except msgspec.DecodeError:
+    except Exception:  # DecodeError, RecursionError: no type to name
         return None
     if isinstance(obj, dict) and isinstance(obj.get("type"), str):
         return str(obj["type"])[:32]
@@ -490,6 +531,28 @@ def _peek_type(data: str | bytes) -> str | None:
 def encode(frame: ServerFrame) -> bytes:
     """Serialize a server frame to JSON bytes (sent as a text frame)."""
     return _encoder.encode(frame)
+
+
+def fit_page(
+    messages: list[Message], has_more: bool, max_bytes: int = HISTORY_PAGE_BYTES
+) -> tuple[list[Message], bool]:
+    """A history page (oldest first) cut to at most ``max_bytes`` of encoded messages.
+
+    The newest messages are kept (a client pages backwards from the oldest one
+    it has); a cut page says ``has_more``. The newest message is always kept, so
+    a page is never empty while older messages exist (one message is at most
+    ``MAX_TEXT`` characters, far below ``max_bytes``).
+    """
+    total = 0
+    keep = len(messages)
+    for i in range(len(messages) - 1, -1, -1):
+        total += len(_encoder.encode(messages[i]))
+        if total > max_bytes and keep < len(messages):
+            break
+        keep = i
+    if keep == 0:
+        return messages, has_more
+    return messages[keep:], True
 
 
 # -- for clients: server frames ------------------------------------------------

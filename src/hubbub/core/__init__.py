@@ -7,13 +7,14 @@ a broker. Unit tests drive it without sockets or a database.
 """
 
 from .chat import ChatCore, ChatLimits
-from .effects import Catchup, Effect, LoadHistory, Persist, Publish, Reply, RoomsQuery
+from .effects import Catchup, Close, Effect, LoadHistory, Persist, Publish, Reply, RoomsQuery
 from .ratelimit import TokenBucket
 
 __all__ = [
     "Catchup",
     "ChatCore",
     "ChatLimits",
+    "Close",
     "Effect",
     "LoadHistory",
     "Persist",

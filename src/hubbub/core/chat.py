@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import bisect
 import time
 import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from .. import protocol as p
-from .effects import Catchup, Effect, LoadHistory, Persist, Publish, Reply, RoomsQuery
+from .effects import Catchup, Close, Effect, LoadHistory, Persist, Publish, Reply, RoomsQuery
 from .ratelimit import TokenBucket
 
 
@@ -22,6 +23,23 @@ class ChatLimits:
     max_rooms_per_connection: int = 50
     #: Members one room may hold (joins beyond get ``unavailable``).
     max_members_per_room: int = 10_000
+    #: Rooms the server holds; a join that would create one more gets ``room_limit``.
+    #: 0: no limit.
+    max_rooms: int = 10_000
+    #: New rooms per second one connection may create (bucket refill); 0 disables.
+    room_create_rate: float = 0.2
+    #: New rooms one connection may create in a burst (bucket size).
+    room_create_burst: float = 5.0
+    #: Invalid frames (bad JSON, bad or unknown frame, binary) one connection may send
+    #: in a burst, forgiven at ``max_invalid_frames`` per ``invalid_frame_window``
+    #: seconds; one more closes the connection with 1008. 0 disables.
+    max_invalid_frames: int = 10
+    invalid_frame_window: float = 60.0
+
+
+#: Close code and reason for a connection that keeps sending invalid frames.
+CLOSE_POLICY = 1008
+TOO_MANY_INVALID = "too many invalid frames"
 
 
 class Member:
@@ -51,13 +69,20 @@ class Room:
 
 
 class Session:
-    __slots__ = ("bucket", "fd", "nick", "rooms")
+    __slots__ = ("bucket", "creates", "fd", "nick", "rooms", "strikes")
 
-    def __init__(self, fd: int, nick: str, bucket: TokenBucket) -> None:
+    def __init__(
+        self, fd: int, nick: str, bucket: TokenBucket, creates: TokenBucket, strikes: TokenBucket
+    ) -> None:
         self.fd = fd
         self.nick = nick
         self.rooms: set[str] = set()
+        #: Every frame, valid or not, takes a token.
         self.bucket = bucket
+        #: Every room this connection creates takes a token.
+        self.creates = creates
+        #: Every invalid frame takes a token; none left closes the connection.
+        self.strikes = strikes
 
 
 def _key(nick: str) -> str:
@@ -85,13 +110,25 @@ class ChatCore:
         self.rooms: dict[str, Room] = {}
         #: Rooms being deleted: joins and sends are refused until the delete is done.
         self.closing: set[str] = set()
+        #: Every room that exists (in the store, or being created by a join), in
+        #: byte order: what ``max_rooms`` counts. The service loads it when it
+        #: starts (:meth:`load_rooms`).
+        self.known: list[str] = []
 
     # -- connections -------------------------------------------------------
 
     def connect(self, fd: int, limits: dict[str, float] | None = None) -> list[Effect]:
         nick = f"user-{fd}"
         lim = self.limits
-        self.sessions[fd] = Session(fd, nick, TokenBucket(lim.rate, lim.burst, self.clock()))
+        now = self.clock()
+        strikes = lim.max_invalid_frames
+        self.sessions[fd] = Session(
+            fd,
+            nick,
+            TokenBucket(lim.rate, lim.burst, now),
+            TokenBucket(lim.room_create_rate, lim.room_create_burst, now),
+            TokenBucket(strikes / lim.invalid_frame_window if strikes else 0.0, strikes, now),
+        )
         return [Reply(fd, p.Welcome(p.SUBPROTOCOL, fd, nick, dict(limits or {})))]
 
     def disconnect(self, fd: int) -> list[Effect]:
@@ -118,8 +155,27 @@ class ChatCore:
         return method(self, session, frame)
 
     def error(self, fd: int, exc: p.ProtocolError) -> list[Effect]:
-        """The effects of a frame that failed to decode."""
-        return [Reply(fd, p.Error(exc.code, exc.message, exc.ref, field=exc.field))]
+        """The effects of a frame that failed to decode: it costs a token like any
+        frame, and a strike; past ``max_invalid_frames`` the connection is closed."""
+        return self._invalid(fd, p.Error(exc.code, exc.message, exc.ref, field=exc.field))
+
+    def not_text(self, fd: int) -> list[Effect]:
+        """A binary frame on a hubbub.v1 connection: an invalid frame like any other."""
+        return self._invalid(fd, p.Error(p.E_NOT_TEXT, "hubbub.v1 frames are JSON text frames"))
+
+    def _invalid(self, fd: int, error: p.Error) -> list[Effect]:
+        session = self.sessions.get(fd)
+        if session is None:
+            return []
+        now = self.clock()
+        if not session.strikes.take(now):
+            return [Close(fd, CLOSE_POLICY, TOO_MANY_INVALID)]
+        if not session.bucket.take(now):
+            wait = session.bucket.retry_after()
+            error = p.Error(
+                p.E_RATE_LIMITED, f"too many frames; retry in {wait:.2f}s", error.ref
+            )
+        return [Reply(fd, error)]
 
     def _error(
         self, fd: int, code: str, message: str, frame: p.ClientFrame, room: str | None = None
@@ -153,6 +209,14 @@ class ChatCore:
             ]
         if room is not None and len(room.members) >= self.limits.max_members_per_room:
             return [self._error(s.fd, p.E_UNAVAILABLE, f"room {f.room!r} is full", f)]
+        creates = room is None and not self.room_exists(f.room)
+        if creates:
+            refused = self.creation_refused(f.room)
+            if refused is None and not s.creates.take(self.clock()):
+                wait = s.creates.retry_after()
+                refused = (p.E_RATE_LIMITED, f"too many new rooms; retry in {wait:.2f}s")
+            if refused is not None:
+                return [self._error(s.fd, *refused, f)]
         out: list[Effect] = []
         if nick != s.nick:
             # Choosing a nickname on join renames the connection everywhere.
@@ -162,6 +226,8 @@ class ChatCore:
             out.extend(renamed)
         if room is None:
             room = self.rooms[f.room] = Room(f.room)
+        if creates:
+            self.room_created(f.room)
         room.members[s.fd] = Member(s.fd, s.nick)
         room.nicks[_key(s.nick)] = s.fd
         room.live_cache = None
@@ -210,6 +276,7 @@ class ChatCore:
     def remove_room(self, room_name: str) -> list[Effect]:
         """The room was deleted: every member is out of it and told so (``left_room``
         with ``reason: "deleted"``); nobody receives ``left`` for the others."""
+        self._forget_room(room_name)
         room = self.rooms.pop(room_name, None)
         if room is None:
             return []
@@ -309,13 +376,44 @@ class ChatCore:
         return [LoadHistory(s.fd, f.room, f.before, f.limit)]
 
     def _rooms(self, s: Session, f: p.ListRooms) -> list[Effect]:
-        return [RoomsQuery(s.fd)]
+        return [RoomsQuery(s.fd, f.after, f.limit)]
 
     def _who(self, s: Session, f: p.Who) -> list[Effect]:
         return [Reply(s.fd, p.Members(f.room, self.members(f.room)))]
 
     def _ping(self, s: Session, f: p.Ping) -> list[Effect]:
         return [Reply(s.fd, p.Pong(f.id, self.wallclock()))]
+
+    # -- which rooms exist (for max_rooms) ----------------------------------
+
+    def load_rooms(self, names: Iterable[str]) -> None:
+        """The rooms the store holds, when the service starts."""
+        self.known = sorted(set(self.known).union(names))
+
+    def room_exists(self, name: str) -> bool:
+        i = bisect.bisect_left(self.known, name)
+        return i < len(self.known) and self.known[i] == name
+
+    def creation_refused(self, name: str) -> tuple[str, str] | None:
+        """Why a new room ``name`` may not be created now (error code, message), or
+        None. Used for joins and for HTTP posts (which have no per-connection bucket)."""
+        if name in self.closing:
+            return p.E_UNAVAILABLE, f"room {name!r} is being deleted"
+        cap = self.limits.max_rooms
+        if cap and len(self.known) >= cap and not self.room_exists(name):
+            return p.E_ROOM_LIMIT, f"this server holds its maximum of {cap} rooms"
+        return None
+
+    def room_created(self, name: str) -> None:
+        """``name`` exists from now on (a join or an HTTP post created it)."""
+        i = bisect.bisect_left(self.known, name)
+        if i == len(self.known) or self.known[i] != name:
+            self.known.insert(i, name)
+
+    def _forget_room(self, name: str) -> None:
+        i = bisect.bisect_left(self.known, name)
+        if i < len(self.known) and self.known[i] == name:
+            del self.known[i]
 
     # -- queries -------------------------------------------------------------
 

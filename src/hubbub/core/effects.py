@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..protocol import ServerFrame
+from ..protocol import ROOMS_PAGE_DEFAULT, ServerFrame
 
 
 @dataclass(slots=True)
@@ -57,7 +57,20 @@ class LoadHistory:
 
 @dataclass(slots=True)
 class RoomsQuery:
+    """Answer ``fd`` with a page of the room list: names after ``after``, at most ``limit``."""
+
     fd: int
+    after: str | None = None
+    limit: int = ROOMS_PAGE_DEFAULT
 
 
-Effect = Reply | Publish | Persist | Catchup | LoadHistory | RoomsQuery
+@dataclass(slots=True)
+class Close:
+    """Close connection ``fd`` with a WebSocket close code and reason (e.g. 1008)."""
+
+    fd: int
+    code: int
+    reason: str
+
+
+Effect = Reply | Publish | Persist | Catchup | LoadHistory | RoomsQuery | Close
