@@ -1,11 +1,12 @@
 """The HTTP side of ``hubbub serve``: the REST API under ``/api/`` and the static
 files (everything else).
 
-``GET /api/rooms``, ``GET /api/rooms/{room}/messages?before=&limit=``, and with
+``GET /api/rooms?after=&limit=``, ``GET /api/rooms/{room}/messages?before=&limit=``, and with
 the API key (``Authorization: Bearer <key>``) ``POST /api/rooms/{room}/messages``
 and ``DELETE /api/rooms/{room}``. Answers are JSON; errors are
 ``{"error": "<reason>"}`` with a 4xx or 503 status (docs/protocol.md, *HTTP API*).
-Names and limits are the protocol's (:mod:`hubbub.protocol`).
+Names and limits are the protocol's (:mod:`hubbub.protocol`); a query parameter
+or body that breaks one gets ``400`` with the rule in words, never a ``500``.
 """
 
 from __future__ import annotations
@@ -31,6 +32,30 @@ log = logging.getLogger("hubbub.chat")
 
 _API_MESSAGES = re.compile(r"^/api/rooms/([^/]+)/messages$")
 _API_ROOM = re.compile(r"^/api/rooms/([^/]+)$")
+# Query numbers: plain ASCII digits, at most 16 of them (MAX_SEQ has 16), so int()
+# never sees signs, spaces, underscores, other scripts' digits or huge strings.
+_DIGITS = re.compile(r"[0-9]{1,16}")
+
+
+async def room_page(
+    core: ChatCore, store: Store, after: str | None, limit: int
+) -> tuple[list[p.RoomInfo], str | None]:
+    """A page of the room list: up to ``limit`` rooms named after ``after``, in byte
+    order, with their member counts and newest seq, and the ``after`` of the next
+    page (None on the last one).
+
+    The store reads committed rooms off its commit path (``Store.rooms``); rooms a
+    join is creating right now come from the core (seq 0 until stored). Bounded:
+    at most ``limit + 1`` rooms from each side.
+    """
+    metas = {m.name: m for m in await store.rooms(after, limit + 1)}
+    names = sorted(set(metas).union(core.known_after(after, limit + 1)))
+    more = len(names) > limit
+    names = names[:limit]
+    rooms = [
+        p.RoomInfo(n, core.member_count(n), metas[n].seq if n in metas else 0) for n in names
+    ]
+    return rooms, names[-1] if more and names else None
 
 
 class PostBody(msgspec.Struct, forbid_unknown_fields=True):
@@ -50,14 +75,16 @@ class HttpApi:
         store: Store,
         journal: Journal,
         *,
-        room_list: Callable[[], Awaitable[list[p.RoomInfo]]],
         delete_room: Callable[[str], Awaitable[tuple[bool, int]]],
         api_key: str,
+        room_list: object = None,
     ) -> None:
+        # ``room_list`` is not used any more (the list is paged: :func:`room_page`);
+        # accepted until apps/chat.py stops passing it.
+        del room_list
         self.core = core
         self.store = store
         self.journal = journal
-        self.room_list = room_list
         self.delete_room = delete_room
         self.api_key = api_key
         self.static = StaticFiles()
@@ -74,8 +101,7 @@ class HttpApi:
                 if request.method != "GET":
                     response.header("Allow", "GET")
                     return _json_error(response, 405, "method not allowed")
-                rooms = await self.room_list()
-                return _json(response, 200, {"rooms": rooms})
+                return await self._rooms(request, response)
             match = _API_ROOM.match(path)
             if match is not None:
                 room = match.group(1)
@@ -101,21 +127,32 @@ class HttpApi:
             log.error("API %s failed: %s", path, exc)
             return _json_error(response, 503, "storage unavailable")
 
+    async def _rooms(self, request: Request, response: Response) -> None:
+        query = request.get
+        after = query.get("after") or None
+        if after is not None and not _valid_room(after):
+            return _json_error(response, 400, f"'after' must be a room name: {p.ROOM_RULE}")
+        limit = _number(query, "limit", 1, p.ROOMS_PAGE_MAX)
+        if isinstance(limit, str):
+            return _json_error(response, 400, limit)
+        page = p.ROOMS_PAGE_DEFAULT if limit is None else limit
+        rooms, after_next = await room_page(self.core, self.store, after, page)
+        return _json(response, 200, {"rooms": rooms, "next": after_next})
+
     async def _history(self, request: Request, response: Response, room: str) -> None:
         query = request.get
-        try:
-            before = int(query["before"]) if "before" in query else None
-            limit = int(query.get("limit", str(p.HISTORY_PAGE_DEFAULT)))
-        except ValueError:
-            return _json_error(response, 400, "before and limit must be integers")
-        if not 1 <= limit <= p.HISTORY_PAGE_MAX:
-            return _json_error(response, 400, f"limit must be between 1 and {p.HISTORY_PAGE_MAX}")
-        if before is not None and before < 0:
-            return _json_error(response, 400, "before must not be negative")
+        before = _number(query, "before", 0, p.MAX_SEQ)
+        if isinstance(before, str):
+            return _json_error(response, 400, before)
+        limit = _number(query, "limit", 1, p.HISTORY_PAGE_MAX)
+        if isinstance(limit, str):
+            return _json_error(response, 400, limit)
+        if limit is None:
+            limit = p.HISTORY_PAGE_DEFAULT
         meta = await self.store.room(room)
         if meta is None:
             return _json_error(response, 404, f"no room called {room!r}")
-        messages, has_more = await self.store.page(room, before, limit)
+        messages, has_more = p.fit_page(*await self.store.page(room, before, limit))
         return _json(
             response,
             200,
@@ -163,6 +200,16 @@ class HttpApi:
             return _json(response, 400, {"error": f"invalid body: {message}", "field": field})
         except msgspec.DecodeError as exc:
             return _json_error(response, 400, f"invalid body: not JSON ({exc})")
+        except RecursionError:
+            return _json_error(response, 400, "invalid body: one flat JSON object, nested too deep")
+        creates = not self.core.room_exists(room)
+        if creates:
+            refused = self.core.creation_refused(room)
+            if refused is not None:
+                code, reason = refused
+                return _json_error(response, 507 if code == p.E_ROOM_LIMIT else 503, reason)
+            # Counted from now (like a join): concurrent posts cannot pass the cap.
+            self.core.room_created(room)
         future: asyncio.Future[tuple[p.Message, bool]] = asyncio.get_running_loop().create_future()
         if not self.journal.submit(
             PendingMessage(room, body.id, body.nick, body.text, time.time()), future
@@ -172,6 +219,17 @@ class HttpApi:
         return _json(
             response, 200 if duplicate else 201, {"message": message, "duplicate": duplicate}
         )
+
+
+def _number(query: dict[str, str], name: str, low: int, high: int) -> int | str | None:
+    """Query parameter ``name`` as a whole number from ``low`` to ``high`` (None when
+    absent or empty), or the rule in words (a ``str``) when it breaks it."""
+    raw = query.get(name)
+    if not raw:
+        return None
+    if _DIGITS.fullmatch(raw) is None or not low <= int(raw) <= high:
+        return f"'{name}' must be a whole number from {low} to {high}"
+    return int(raw)
 
 
 def _valid_room(name: str) -> bool:

@@ -423,6 +423,15 @@ class ChatCore:
             return []
         return sorted((m.nick for m in room.members.values()), key=str.casefold)
 
+    def member_count(self, room_name: str) -> int:
+        room = self.rooms.get(room_name)
+        return len(room.members) if room is not None else 0
+
+    def known_after(self, after: str | None, limit: int) -> list[str]:
+        """Up to ``limit`` names of existing rooms after ``after``, in byte order."""
+        start = 0 if after is None else bisect.bisect_right(self.known, after)
+        return self.known[start : start + limit]
+
     def member_counts(self) -> dict[str, int]:
         return {name: len(room.members) for name, room in self.rooms.items()}
 

@@ -475,9 +475,14 @@ class PostgresStore:
 
         return await self._read(one)
 
-    async def rooms(self) -> list[RoomMeta]:
+    async def rooms(self, after: str | None = None, limit: int | None = None) -> list[RoomMeta]:
         async def every(conn: asyncpg.Connection) -> list[RoomMeta]:
-            rows = await conn.fetch(f'{_ROOM_META} ORDER BY r.name COLLATE "C"')
+            rows = await conn.fetch(
+                f'{_ROOM_META} WHERE r.name COLLATE "C" > $1 ORDER BY r.name COLLATE "C" '
+                "LIMIT $2",
+                "" if after is None else after,
+                limit,  # NULL: no limit
+            )
             return [_meta(r) for r in rows]
 
         return await self._read(every)

@@ -1,7 +1,10 @@
 """The embedded store: SQLite in one file, WAL mode, schema versions and migrations.
 
 All database work runs on one dedicated thread with one connection, so the
-event loop never blocks on disk and writes are naturally serialized. A batch
+event loop never blocks on disk and writes are naturally serialized. The room
+list is the exception: it is read on a second thread with its own read-only
+connection (WAL lets it read the last committed state while a commit runs), so
+listing many rooms never delays a commit. A batch
 of messages is committed in one transaction (the group commit that
 :class:`hubbub.apps.journal.Journal` feeds), which is what keeps durability
 from capping throughput.
@@ -138,6 +141,11 @@ class SQLiteStore:
         self.synchronous = synchronous.upper()
         self._executor: ThreadPoolExecutor | None = None
         self._db: sqlite3.Connection | None = None
+        # The room list's own thread and connection (None for ":memory:", whose
+        # second connection would be another database: the list then runs on the
+        # store thread).
+        self._reader: ThreadPoolExecutor | None = None
+        self._rdb: sqlite3.Connection | None = None
         self._lock: _FileLock | None = None
         # Room epoch and last seq, owned by the store thread.
         self._rooms: dict[str, RoomMeta] = {}
@@ -167,9 +175,32 @@ class SQLiteStore:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hubbub-sqlite")
         try:
             await self._run(self._open)
+            if self.path != ":memory:":
+                self._reader = ThreadPoolExecutor(
+                    max_workers=1, thread_name_prefix="hubbub-sqlite-read"
+                )
+                await self._read(self._open_reader)
         except BaseException:
             await self.close()
             raise
+
+    async def _read(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run ``fn`` on the reader thread (the store thread for ":memory:")."""
+        if self._reader is None:
+            return await self._run(fn, *args)
+        if self._executor is None:
+            raise StoreError("store is not open")
+        loop = asyncio.get_running_loop()
+        try:
+            return await loop.run_in_executor(self._reader, fn, *args)
+        except sqlite3.Error as exc:
+            raise StoreError(f"sqlite: {exc}") from exc
+
+    def _open_reader(self) -> None:
+        rdb = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        rdb.execute("PRAGMA query_only=1")
+        rdb.execute("PRAGMA busy_timeout=5000")
+        self._rdb = rdb
 
     def _open(self) -> None:
         db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
@@ -201,6 +232,12 @@ class SQLiteStore:
                 raise
 
     async def close(self) -> None:
+        if self._reader is not None:
+            reader, self._reader = self._reader, None
+            rdb, self._rdb = self._rdb, None
+            if rdb is not None:
+                await asyncio.get_running_loop().run_in_executor(reader, rdb.close)
+            reader.shutdown(wait=True)
         if self._executor is not None:
             try:
                 await self._run(self._close)
@@ -416,9 +453,20 @@ class SQLiteStore:
             return None
         return RoomMeta(meta.name, meta.epoch, meta.seq, meta.oldest)
 
-    async def rooms(self) -> list[RoomMeta]:
-        return await self._run(self._all_rooms)
+    async def rooms(self, after: str | None = None, limit: int | None = None) -> list[RoomMeta]:
+        return await self._read(self._rooms_page, after, limit)
 
-    def _all_rooms(self) -> list[RoomMeta]:
-        names = [r[0] for r in self.db.execute("SELECT name FROM rooms ORDER BY name")]
-        return [m for n in names if (m := self._room(n, False)) is not None]
+    def _rooms_page(self, after: str | None, limit: int | None) -> list[RoomMeta]:
+        # Committed state only, on the reader's own connection (or the store
+        # thread's for ":memory:"): never the store thread's cache.
+        db = self._rdb if self._rdb is not None else self.db
+        rows = db.execute(
+            "SELECT r.name, r.epoch, r.last_seq, "
+            "(SELECT MIN(seq) FROM messages WHERE room = r.name) FROM rooms r "
+            "WHERE r.name > ? ORDER BY r.name LIMIT ?",
+            ("" if after is None else after, -1 if limit is None else limit),
+        ).fetchall()
+        return [
+            RoomMeta(name, epoch, seq, oldest if oldest is not None else seq + 1)
+            for name, epoch, seq, oldest in rows
+        ]
