@@ -9,6 +9,16 @@ a broker (fan-out). Around it: gapless catch-up on join
 (:mod:`hubbub.apps.http_api`: the REST API and the static files) and
 retention (:mod:`hubbub.apps.retention`).
 
+Several nodes. With a shared store (PostgreSQL) and broker (Redis), several
+``hubbub serve`` processes behave as one server for room messages: a node
+follows (subscribes to) only the rooms its clients are in, and delivers every
+room's messages to its members once, in ``seq`` order, whichever node
+published them (:mod:`hubbub.apps.sequencer` reorders, drops repeats and reads
+what the broker lost from the store). Presence is per node today: member
+lists, ``joined``/``left``/typing of other nodes' members are relayed as they
+come, but nickname uniqueness and the member list in ``room`` cover only this
+node's members, and a room deleted on one node is emptied only there.
+
 Rooms. Reading a room (``history``, ``GET .../messages``) never creates it;
 a join or a message does. Deleting a room (``DELETE /api/rooms/{room}``)
 first closes it (joins and sends refused), waits for the catch-ups and
@@ -27,7 +37,7 @@ from collections.abc import Coroutine
 from typing import Any
 
 from .. import protocol as p
-from ..broker import Broker, LocalBroker
+from ..broker import Broker, BrokerError
 from ..config import Settings
 from ..core import (
     Catchup,
@@ -40,15 +50,26 @@ from ..core import (
     Reply,
     RoomsQuery,
 )
+from ..errors import StartupError
 from ..server import WEBSOCKET_OPCODE_TEXT, Frame, Server
 from ..store import PendingMessage, Store, StoreError
-from ..store.sqlite import SQLiteStore
-from ..transport.http import Request
+from ..transport.http import Request, Response
 from .catchup import Catchups
 from .http_api import HttpApi
 from .journal import Journal
 from .retention import RETENTION_PERIOD, Retention
 from .seed import SeedRoom
+from .sequencer import Sequencer
+from .wiring import build_broker, build_store, describe_store
+
+#: Seconds between checks of every followed room's position in the store.
+POSITION_PERIOD = 2.0
+#: Milliseconds between looks for holes that waited long enough.
+HOLE_CHECK_MS = 50
+#: Seconds /readyz gives the store and the broker to answer.
+READY_TIMEOUT = 2.0
+#: The broker subscription /readyz makes (not a valid room name: never a real room).
+READY_PROBE = "-readyz"
 
 log = logging.getLogger("hubbub.chat")
 
@@ -70,9 +91,21 @@ class ChatApp:
         self.seed = SeedRoom(server)
         self.v1: set[int] = set()
         self._tasks: set[asyncio.Task[Any]] = set()
+        self.sequencer = Sequencer(self._emit, store.since, self._position)
+        # Members this node subscribed the broker for, per room.
+        self._subs: dict[str, set[int]] = {}
         self.catchups = Catchups(
-            server, self.core, store, max_resume=s.max_resume, spawn=self._spawn, run=self.run
+            server,
+            self.core,
+            store,
+            max_resume=s.max_resume,
+            spawn=self._spawn,
+            subscribe=self._subscribe,
+            reach=self.sequencer.reach,
+            undo=self._undo_join,
         )
+        if hasattr(broker, "on_reconnect") and getattr(broker, "on_reconnect", None) is None:
+            broker.on_reconnect = self.on_broker_reconnect  # type: ignore[attr-defined]
         self.retention = Retention(store, s.retention_count, s.retention_days)
         self._delete_lock = asyncio.Lock()
         self.http = HttpApi(
@@ -93,16 +126,27 @@ class ChatApp:
         server.on("open", self.on_open)
         server.on("message", self.on_message)
         server.on("close", self.on_close)
-        server.on("request", self.http.on_request)
+        server.on("request", self.on_request)
 
     # -- lifecycle -----------------------------------------------------------
 
     async def on_start(self, server: Server) -> None:
-        await self.store.open()
-        await self.broker.start(self.deliver)
+        try:
+            await self.store.open()
+        except StoreError as exc:
+            raise StartupError(
+                f"cannot open the history store {describe_store(self.settings)}: {exc}"
+            ) from exc
+        try:
+            await self.broker.start(self.deliver)
+        except BrokerError as exc:
+            await self.store.close()
+            raise StartupError(f"cannot start the broker {self.settings.broker}: {exc}") from exc
         self.journal.start()
         await self.retention.run()
         server.tick(RETENTION_PERIOD * 1000, lambda _tid: self._spawn(self.retention.run()))
+        server.tick(HOLE_CHECK_MS, lambda _tid: self._fill_holes())
+        server.tick(POSITION_PERIOD * 1000, lambda _tid: self._spawn(self.check_positions()))
 
     async def on_shutdown(self, server: Server) -> None:
         # Connections are closed by now; write what was accepted, then stop.
@@ -132,6 +176,11 @@ class ChatApp:
         else:
             self.seed.open(request.fd)
 
+    def on_request(self, request: Request, response: Response) -> Any:
+        if request.path == "/readyz":
+            return self._readyz(response)
+        return self.http.on_request(request, response)
+
     def on_message(self, server: Server, frame: Frame) -> None:
         fd = frame.fd
         if fd not in self.v1:
@@ -146,14 +195,109 @@ class ChatApp:
             self.run(self.core.error(fd, exc))
             return
         self.run(self.core.handle(fd, decoded))
+        if isinstance(decoded, p.Leave) and not self.core.is_member(fd, decoded.room):
+            self._left(fd, decoded.room)
 
     def on_close(self, server: Server, fd: int) -> None:
         if fd in self.v1:
             self.v1.discard(fd)
             self.catchups.forget(fd)
             self.run(self.core.disconnect(fd))
+            for room in [r for r, fds in self._subs.items() if fd in fds]:
+                self._left(fd, room)
         else:
             self.seed.close(fd)
+
+    # -- following rooms (broker subscriptions, per-room order) -----------------
+
+    async def _subscribe(self, fd: int, room: str) -> None:
+        """Follow ``room`` for member ``fd``: once per member, before its catch-up reads."""
+        try:
+            await self.broker.subscribe(room)
+        except asyncio.CancelledError:
+            # The member left while Redis had not confirmed yet: the count was taken.
+            self.broker.unsubscribe(room)
+            raise
+        self._subs.setdefault(room, set()).add(fd)
+        await self.sequencer.ready(room)
+
+    def _left(self, fd: int, room: str) -> None:
+        """``fd`` is no longer a member of ``room``: its catch-up stops, its interest ends."""
+        self.catchups.cancel(fd, room)
+        fds = self._subs.get(room)
+        if fds is None or fd not in fds:
+            return
+        fds.discard(fd)
+        self.broker.unsubscribe(room)
+        if not fds:
+            del self._subs[room]
+            self.sequencer.forget(room)
+
+    def _undo_join(self, fd: int, room: str) -> None:
+        self.run(self.core.drop_membership(fd, room))
+        self._left(fd, room)
+
+    async def _position(self, room: str) -> int:
+        return (await self.store.create_room(room)).seq
+
+    def _fill_holes(self) -> None:
+        for room in self.sequencer.due():
+            self._spawn(self.sequencer.backfill(room))
+
+    def on_broker_reconnect(self) -> None:
+        """Frames published while the broker was away are lost: read positions now."""
+        self._spawn(self.check_positions(urgent=True))
+
+    async def check_positions(self, urgent: bool = False) -> None:
+        """Compare every followed room's cursor with the store (a lost last message
+        shows here); holes found are read from the store."""
+        rooms = [r for r in self.sequencer.rooms if self.sequencer.cursor(r) is not None]
+        if not rooms:
+            return
+        try:
+            if len(rooms) <= 20:
+                metas = [await self.store.room(r) for r in rooms]
+            else:
+                wanted = set(rooms)
+                metas = [m for m in await self.store.rooms() if m.name in wanted]
+        except StoreError as exc:
+            log.warning("position check failed: %s", exc)
+            return
+        for meta in metas:
+            if meta is not None:
+                self.sequencer.position(meta.name, meta.seq, urgent=urgent)
+        if urgent:
+            self._fill_holes()
+
+    # -- readiness ----------------------------------------------------------------
+
+    async def _readyz(self, response: Response) -> None:
+        problems = []
+        try:
+            await asyncio.wait_for(self.store.room(READY_PROBE), READY_TIMEOUT)
+        except (StoreError, TimeoutError) as exc:
+            problems.append(f"store unreachable: {exc or 'no answer'}")
+        if not await self._broker_ready():
+            problems.append("broker unreachable")
+        response.header("Content-Type", "text/plain; charset=utf-8")
+        response.header("Cache-Control", "no-store")
+        if problems:
+            response.status(503)
+            response.end("; ".join(problems) + "\n")
+        else:
+            response.end("ready\n")
+
+    async def _broker_ready(self) -> bool:
+        """Can this node still subscribe (Redis confirms a subscription in time)?"""
+        try:
+            await asyncio.wait_for(self.broker.subscribe(READY_PROBE), READY_TIMEOUT)
+        except BrokerError:
+            return False  # the count is unchanged
+        except TimeoutError:
+            self.broker.unsubscribe(READY_PROBE)  # cancelled after it counted
+            return False
+        self.broker.unsubscribe(READY_PROBE)
+        return True
 
     # -- carrying out effects ------------------------------------------------
 
@@ -191,7 +335,16 @@ class ChatApp:
             )
 
     def deliver(self, room: str, payload: bytes, seq: int | None) -> None:
-        """Broker callback: a room frame for this node's members."""
+        """Broker callback: a room frame (from any node) for this node's members.
+
+        Messages go through the sequencer (in seq order, once); ephemeral frames
+        (presence, typing) are delivered as they come."""
+        if seq is None:
+            self._emit(room, payload, None)
+        else:
+            self.sequencer.feed(room, seq, payload)
+
+    def _emit(self, room: str, payload: bytes, seq: int | None) -> None:
         self.server.push_many(self.core.live_fds(room), payload, TEXT)
         self.catchups.buffer(room, seq, payload)
 
@@ -236,6 +389,9 @@ class ChatApp:
                 )
                 return
             messages, has_more = await self.store.page(e.room, e.before, e.limit)
+            # A page waits for the client to read the previous ones.
+            if not await self.catchups.drained(e.fd):
+                return
         except StoreError as exc:
             log.error("history of %s failed: %s", e.room, exc)
             self.reply(e.fd, p.Error(p.E_UNAVAILABLE, "history unavailable", "history", e.room))
@@ -274,7 +430,10 @@ class ChatApp:
                 existed = await self.store.delete_room(room)
             finally:
                 self.core.reopen_room(room)
+            members = sorted(self._subs.get(room, ()))
             removed = self.core.remove_room(room)
+            for fd in members:
+                self._left(fd, room)
             self.run(removed)
         if existed or removed:
             log.info("room %s deleted (%d members removed)", room, len(removed))
@@ -288,11 +447,15 @@ def create_app(
     store: Store | None = None,
     broker: Broker | None = None,
 ) -> Server:
-    """The server ``hubbub serve`` runs: by default with the SQLite store of
-    ``settings.db`` and the in-process broker."""
+    """The server ``hubbub serve`` runs, with the store of ``settings.store`` (the
+    SQLite file ``settings.db`` by default) and the broker of ``settings.broker``
+    (in-process by default), unless given. A URL of neither form raises
+    :class:`StartupError` naming the accepted forms."""
     server = Server(host, port, settings)
     s = server.settings
     if store is None:
-        store = SQLiteStore(s.db, s.sqlite_synchronous)
-    server.app = ChatApp(server, store, broker if broker is not None else LocalBroker())
+        store = build_store(s)
+    if broker is None:
+        broker = build_broker(s)
+    server.app = ChatApp(server, store, broker)
     return server

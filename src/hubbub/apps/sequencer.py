@@ -1,0 +1,293 @@
+"""Per-room ordering of the messages a node delivers, whichever node published them.
+
+The broker orders only one publisher's frames, may lose frames (a connection
+loss, a full outgoing queue) and may repeat them (a resend after a reconnect).
+The store numbers every room's messages 1, 2, 3... So every node keeps, per
+room its members are in, the last ``seq`` it delivered (the *cursor*):
+
+* a frame at ``cursor + 1`` is delivered, with any held successors;
+* a frame beyond it is *held*; if the hole is not filled within
+  ``hold_timeout`` seconds the missing messages are read from the store
+  (a *backfill*), which fills it;
+* a frame at or below the cursor is dropped (a duplicate or a late copy).
+
+Positions learnt otherwise (a periodic check of the store, one after every
+broker reconnect, a catch-up's read) move the room's *target*: a target
+beyond the cursor is a hole like any other, so a lost last message is read
+from the store too.
+
+A room is tracked from :meth:`Sequencer.ready` (its first local member
+subscribed; the cursor is read once from the store, frames arriving
+meanwhile are held) to :meth:`Sequencer.forget` (its last local member
+left). Frames of untracked rooms are ignored (nobody here to deliver to).
+
+Everything here is plain code: the clock, the store read and the delivery
+are passed in, so tests drive it without sockets (tests/apps/test_sequencer.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+
+from .. import protocol as p
+from ..store import StoreError
+
+log = logging.getLogger("hubbub.chat.sequencer")
+
+#: ``emit(room, payload, seq)``: deliver one frame, in order, to the room's local members.
+Emit = Callable[[str, bytes, int], None]
+#: ``read(room, after, limit)``: up to ``limit`` stored messages with seq > ``after``.
+Read = Callable[[str, int, int], Awaitable[list[p.Message]]]
+#: ``position(room)``: the room's last seq in the store (creating the room if needed).
+Position = Callable[[str], Awaitable[int]]
+
+#: Seconds a hole may stay open before the store is read.
+HOLD_TIMEOUT = 0.25
+#: Seconds between retries of a backfill the store refused.
+RETRY_AFTER = 1.0
+#: Messages one backfill read asks for.
+PAGE = 500
+
+
+class _Room:
+    __slots__ = ("cursor", "deadline", "filling", "held", "ready", "target")
+
+    def __init__(self) -> None:
+        self.cursor: int | None = None  # None until the position is read
+        self.held: dict[int, bytes] = {}
+        self.target = 0  # highest seq known to exist
+        self.deadline: float | None = None  # when an open hole is read from the store
+        self.filling = False
+        self.ready: asyncio.Future[None] | None = None
+
+
+class Sequencer:
+    def __init__(
+        self,
+        emit: Emit,
+        read: Read,
+        position: Position,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        hold_timeout: float = HOLD_TIMEOUT,
+        max_held: int = 10_000,
+        page: int = PAGE,
+    ) -> None:
+        self.emit = emit
+        self.read = read
+        self.position_of = position
+        self.clock = clock
+        self.hold_timeout = hold_timeout
+        self.max_held = max_held
+        self.page = page
+        self.rooms: dict[str, _Room] = {}
+        self._waiters: dict[str, list[tuple[int, asyncio.Future[None]]]] = {}
+        #: Counters, for metrics and tests.
+        self.delivered = 0
+        self.dropped = 0
+        self.backfilled = 0
+        self.skipped = 0
+
+    # -- tracking rooms ------------------------------------------------------------
+
+    async def ready(self, room: str) -> None:
+        """Track ``room`` (if not yet) and return once its cursor is known.
+
+        Frames fed meanwhile are held. StoreError if the position cannot be read
+        (the room then stays untracked-ready: a later call tries again)."""
+        st = self.rooms.get(room)
+        if st is None:
+            st = self.rooms[room] = _Room()
+        if st.cursor is not None:
+            return
+        if st.ready is None:
+            st.ready = asyncio.get_running_loop().create_future()
+            fut = st.ready
+            try:
+                seq = await self.position_of(room)
+            except BaseException as exc:
+                st.ready = None
+                if not fut.done():
+                    err = exc if isinstance(exc, Exception) else StoreError("cancelled")
+                    fut.set_exception(err)
+                    fut.exception()  # retrieved: waiters get it through their own await
+                raise
+            if self.rooms.get(room) is st and st.cursor is None:
+                self._start(room, st, seq)
+            if not fut.done():
+                fut.set_result(None)
+            return
+        await asyncio.shield(st.ready)
+
+    def _start(self, room: str, st: _Room, seq: int) -> None:
+        st.cursor = seq
+        st.target = max(st.target, seq)
+        for old in [s for s in st.held if s <= seq]:
+            del st.held[old]
+        self._release(room, st)
+
+    def forget(self, room: str) -> None:
+        """No local member left in ``room``: stop tracking it."""
+        self.rooms.pop(room, None)
+        for _, fut in self._waiters.pop(room, ()):
+            if not fut.done():
+                fut.set_exception(StoreError(f"room {room!r} is no longer followed here"))
+                fut.exception()
+
+    def cursor(self, room: str) -> int | None:
+        st = self.rooms.get(room)
+        return st.cursor if st is not None else None
+
+    # -- frames ------------------------------------------------------------------------
+
+    def feed(self, room: str, seq: int, payload: bytes) -> None:
+        """A numbered frame from the broker (or a backfill)."""
+        st = self.rooms.get(room)
+        if st is None:
+            return
+        if st.cursor is not None and seq <= st.cursor:
+            self.dropped += 1
+            return
+        if st.cursor is not None and seq == st.cursor + 1:
+            self._deliver(room, st, seq, payload)
+            self._release(room, st)
+            return
+        if seq in st.held or len(st.held) < self.max_held:
+            st.held[seq] = payload
+        # (Beyond max_held the frame is not kept: the backfill reads it from the store.)
+        if seq > st.target:
+            st.target = seq
+        if st.cursor is not None and st.deadline is None:
+            st.deadline = self.clock() + self.hold_timeout
+
+    def _deliver(self, room: str, st: _Room, seq: int, payload: bytes) -> None:
+        st.cursor = seq
+        if seq > st.target:
+            st.target = seq
+        self.delivered += 1
+        try:
+            self.emit(room, payload, seq)
+        except Exception:
+            log.exception("delivery of %s #%d failed", room, seq)
+
+    def _release(self, room: str, st: _Room) -> None:
+        """Deliver the held frames that follow the cursor; settle the hole's deadline."""
+        assert st.cursor is not None
+        held = st.held
+        while held:
+            payload = held.pop(st.cursor + 1, None)
+            if payload is None:
+                break
+            self._deliver(room, st, st.cursor + 1, payload)
+        if held:
+            for old in [s for s in held if s <= st.cursor]:
+                del held[old]
+        if held or st.target > st.cursor:
+            # Progress restarts the clock of the hole that remains.
+            st.deadline = self.clock() + self.hold_timeout
+        else:
+            st.deadline = None
+        self._wake(room, st.cursor)
+
+    def position(self, room: str, seq: int, *, urgent: bool = False) -> None:
+        """The store holds ``room`` up to ``seq``: anything beyond the cursor is a hole
+        (read at once when ``urgent``, e.g. after a broker reconnect)."""
+        st = self.rooms.get(room)
+        if st is None or st.cursor is None or seq <= st.cursor:
+            return
+        st.target = max(st.target, seq)
+        now = self.clock()
+        if urgent:
+            st.deadline = now
+        elif st.deadline is None:
+            st.deadline = now + self.hold_timeout
+
+    # -- holes -------------------------------------------------------------------------
+
+    def due(self) -> list[str]:
+        """Rooms whose hole has been open too long (the caller runs :meth:`backfill`)."""
+        now = self.clock()
+        return [
+            room
+            for room, st in self.rooms.items()
+            if st.deadline is not None and st.deadline <= now and not st.filling
+        ]
+
+    async def backfill(self, room: str) -> None:
+        """Read the room's messages after the cursor from the store, up to its target."""
+        st = self.rooms.get(room)
+        if st is None or st.cursor is None or st.filling:
+            return
+        st.filling = True
+        st.deadline = None
+        try:
+            while self.rooms.get(room) is st and st.cursor < st.target:
+                after = st.cursor
+                messages = await self.read(room, after, self.page)
+                if self.rooms.get(room) is not st:
+                    return
+                if not messages:
+                    # The store has nothing beyond: the target was wrong (a room reset).
+                    log.warning("%s: nothing stored after #%d, target #%d", room, after, st.target)
+                    st.target = st.cursor
+                    break
+                first = messages[0].seq
+                if first > st.cursor + 1:
+                    # Deleted by retention before we read them: skip, say so.
+                    self.skipped += first - st.cursor - 1
+                    log.warning("%s: #%d..#%d no longer stored", room, st.cursor + 1, first - 1)
+                    st.cursor = first - 1
+                for msg in messages:
+                    if msg.seq > st.cursor:
+                        self.backfilled += 1
+                        st.held.pop(msg.seq, None)
+                        self._deliver(room, st, msg.seq, p.encode(msg))
+                self._release(room, st)
+                st.deadline = None
+                if len(messages) < self.page and st.cursor >= max(st.held, default=0):
+                    if st.cursor < st.target:
+                        st.target = st.cursor  # reads are the truth now
+                    break
+        except StoreError as exc:
+            log.warning("%s: cannot read missed messages (retrying): %s", room, exc)
+            if self.rooms.get(room) is st:
+                st.deadline = self.clock() + RETRY_AFTER
+        finally:
+            st.filling = False
+        if self.rooms.get(room) is st and (st.held or st.target > (st.cursor or 0)):
+            if st.deadline is None:
+                st.deadline = self.clock() + self.hold_timeout
+
+    # -- waiting for a position ------------------------------------------------------------
+
+    async def reach(self, room: str, seq: int) -> None:
+        """Return once the room's cursor is at least ``seq`` (a catch-up waits here
+        before its member goes live, so that the member's stream and the node's join
+        without a gap or a repeat). The caller bounds the wait."""
+        st = self.rooms.get(room)
+        if st is None:
+            raise StoreError(f"room {room!r} is not followed here")
+        if st.cursor is not None and st.cursor >= seq:
+            return
+        self.position(room, seq)
+        fut = asyncio.get_running_loop().create_future()
+        self._waiters.setdefault(room, []).append((seq, fut))
+        try:
+            await fut
+        finally:
+            waiters = self._waiters.get(room)
+            if waiters is not None:
+                waiters[:] = [(s, f) for s, f in waiters if f is not fut]
+                if not waiters:
+                    del self._waiters[room]
+
+    def _wake(self, room: str, cursor: int) -> None:
+        waiters = self._waiters.get(room)
+        if not waiters:
+            return
+        for s, fut in waiters:
+            if s <= cursor and not fut.done():
+                fut.set_result(None)
