@@ -422,3 +422,128 @@ def test_the_limits_are_the_schemas_and_the_welcome_frame_carries_them() -> None
     welcome = json.loads(p.encode(p.Welcome(p.SUBPROTOCOL, 1, "user-1", limits)))
     assert welcome["rules"] == {"room": p.ROOM_RULE, "nick": p.NICK_RULE}
     assert "1-64 characters" in p.ROOM_RULE and "1-32 letters" in p.NICK_RULE
+
+
+# ---------------------------------------------------------------------------
+# Hostile frames: nothing but a frame or a ProtocolError comes out of decode
+
+
+DEEP = 50_000
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        "[" * DEEP,
+        "{" + '"a":{' * DEEP,
+        '{"type":"join","room":' + "[" * DEEP,
+        '{"type":"join","x":' + "[" * DEEP,
+        '{"x":' + "[" * DEEP + "]" * DEEP + ',"type":"join","room":"a"}',
+        '{"type":"rooms","after":' + '{"a":' * DEEP + "1" + "}" * DEEP + "}",
+        ("[" * DEEP).encode(),
+    ],
+    ids=["arrays", "objects", "in-field", "unknown-field", "before-type", "closed", "bytes"],
+)
+def test_deep_nesting_is_a_bad_frame_not_a_recursion_error(data: str | bytes) -> None:
+    err = _decode_error(data)
+    assert err.code in (p.E_BAD_FRAME, p.E_BAD_JSON)
+    assert err.message
+
+
+def test_deep_nesting_names_the_rule() -> None:
+    err = _decode_error('{"a":' * DEEP)
+    assert err.code == p.E_BAD_FRAME and err.message == p.TOO_DEEP
+
+
+@pytest.mark.parametrize("field", ["since", "before"])
+@pytest.mark.parametrize("value", [2**53, 2**63, 2**64, 2**200, -1])
+def test_sequence_numbers_are_bounded_to_what_javascript_holds(field: str, value: int) -> None:
+    kind = "join" if field == "since" else "history"
+    err = _decode_error(f'{{"type":"{kind}","room":"a","{field}":{value}}}')
+    assert err.code == p.E_BAD_FRAME and err.field == field
+    assert err.message == f"'{field}' must be a whole number from 0 to {2**53 - 1}"
+
+
+def test_the_largest_sequence_number_is_accepted() -> None:
+    assert p.decode(f'{{"type":"join","room":"a","since":{p.MAX_SEQ}}}') == p.Join(
+        "a", since=p.MAX_SEQ
+    )
+    assert p.decode(f'{{"type":"history","room":"a","before":{p.MAX_SEQ}}}') == p.History(
+        "a", before=p.MAX_SEQ
+    )
+
+
+def test_the_decoder_never_raises_anything_else(monkeypatch: pytest.MonkeyPatch) -> None:
+    class Boom:
+        def decode(self, data: Any) -> Any:
+            raise MemoryError("no")
+
+    monkeypatch.setattr(p, "_decoder", Boom())
+    err = _decode_error('{"type":"ping"}')
+    assert err.code == p.E_BAD_JSON and "MemoryError" in err.message
+
+
+@given(st.binary(max_size=200))
+def test_arbitrary_bytes_decode_or_raise_protocol_error(data: bytes) -> None:
+    try:
+        p.decode(data)
+    except p.ProtocolError:
+        pass
+
+
+# ---------------------------------------------------------------------------
+# Paged room list
+
+
+def test_rooms_frame_pages_with_after_and_a_bounded_limit() -> None:
+    assert p.decode('{"type":"rooms","after":"lobby","limit":5}') == p.ListRooms("lobby", 5)
+    assert p.ListRooms().limit == p.ROOMS_PAGE_DEFAULT
+    assert p.decode(json.dumps({"type": "rooms", "limit": p.ROOMS_PAGE_MAX})) == p.ListRooms(
+        limit=p.ROOMS_PAGE_MAX
+    )
+    for limit in (0, p.ROOMS_PAGE_MAX + 1, 2**70):
+        err = _decode_error({"type": "rooms", "limit": limit})
+        assert err.field == "limit" and str(p.ROOMS_PAGE_MAX) in err.message
+    assert _decode_error({"type": "rooms", "after": "bad room"}).field == "after"
+    page = p.RoomList([p.RoomInfo("a", 1, 2)], next="a")
+    assert json.loads(p.encode(page))["next"] == "a"
+    assert json.loads(p.encode(p.RoomList([])))["next"] is None
+
+
+# ---------------------------------------------------------------------------
+# History pages bounded in bytes
+
+
+def _page_msg(seq: int, text: str) -> p.Message:
+    return p.Message("r", seq, "e", f"id{seq}", "ann", text, 1.0, None)
+
+
+def test_fit_page_keeps_a_small_page_as_it_is() -> None:
+    page = [_page_msg(i, "hi") for i in range(1, 51)]
+    assert p.fit_page(page, False) == (page, False)
+    assert p.fit_page(page, True) == (page, True)
+    assert p.fit_page([], False) == ([], False)
+
+
+def test_fit_page_cuts_the_oldest_messages_beyond_the_byte_budget() -> None:
+    page = [_page_msg(i, "x" * p.MAX_TEXT) for i in range(1, 201)]  # ~1.6 MB encoded
+    kept, has_more = p.fit_page(page, False)
+    size = sum(len(p.encode(m)) for m in kept)
+    assert has_more is True
+    assert size <= p.HISTORY_PAGE_BYTES
+    assert size + len(p.encode(page[0])) > p.HISTORY_PAGE_BYTES  # as many as fit
+    assert kept == page[-len(kept) :]  # the newest, oldest first
+
+
+def test_fit_page_counts_encoded_bytes_not_characters() -> None:
+    # An escaped control character is 6 bytes on the wire, a CJK character 3.
+    page = [_page_msg(i, "\x01" * 1000) for i in range(1, 11)]
+    assert len(p.encode(page[0])) > 6000
+    budget = sum(len(p.encode(m)) for m in page[-3:])
+    kept, has_more = p.fit_page(page, False, max_bytes=budget)
+    assert kept == page[-3:] and has_more
+
+
+def test_fit_page_always_keeps_the_newest_message() -> None:
+    page = [_page_msg(1, "a" * 100), _page_msg(2, "b" * 100)]
+    assert p.fit_page(page, False, max_bytes=10) == ([page[1]], True)

@@ -11,6 +11,7 @@ from hubbub.core import (
     Catchup,
     ChatCore,
     ChatLimits,
+    Close,
     Effect,
     LoadHistory,
     Persist,
@@ -585,3 +586,146 @@ def test_rate_zero_never_limits(core: ChatCore) -> None:
 
 def _errors(effects: list[Effect]) -> list[p.Error]:
     return [e.frame for e in effects if isinstance(e, Reply) and isinstance(e.frame, p.Error)]
+
+
+# ---------------------------------------------------------------------------
+# invalid frames: every frame costs a token; a connection that keeps sending
+# invalid ones is closed (1008)
+
+
+def bad_json() -> p.ProtocolError:
+    return p.ProtocolError(p.E_BAD_JSON, "invalid JSON")
+
+
+def test_invalid_frames_take_a_token_like_valid_ones(clock: FakeClock) -> None:
+    core = ChatCore(ChatLimits(rate=1, burst=2), clock=clock, wallclock=lambda: WALL)
+    core.connect(1)
+    assert only_error(core.error(1, bad_json()), 1).code == p.E_BAD_JSON
+    assert only_error(core.not_text(1), 1).code == p.E_NOT_TEXT
+    # The bucket is empty now: the next valid frame is refused too.
+    assert only_error(core.handle(1, p.Ping("x")), 1).code == p.E_RATE_LIMITED
+    err = only_error(core.error(1, bad_json()), 1)
+    assert err.code == p.E_RATE_LIMITED and "retry in" in err.message
+    clock.advance(1.0)
+    assert core.handle(1, p.Ping("x")) == [Reply(1, p.Pong("x", WALL))]
+
+
+def test_too_many_invalid_frames_close_the_connection_with_1008(clock: FakeClock) -> None:
+    limits = ChatLimits(rate=0, max_invalid_frames=3, invalid_frame_window=30.0)
+    core = ChatCore(limits, clock=clock, wallclock=lambda: WALL)
+    core.connect(1)
+    for _ in range(3):
+        assert only_error(core.error(1, bad_json()), 1).code == p.E_BAD_JSON
+    assert core.not_text(1) == [Close(1, 1008, "too many invalid frames")]
+    assert core.error(1, bad_json()) == [Close(1, 1008, "too many invalid frames")]
+
+
+def test_invalid_frames_are_forgiven_over_the_window(clock: FakeClock) -> None:
+    limits = ChatLimits(rate=0, max_invalid_frames=3, invalid_frame_window=30.0)
+    core = ChatCore(limits, clock=clock, wallclock=lambda: WALL)
+    core.connect(1)
+    # One invalid frame every 10 s (the refill rate: 3 per 30 s) is never closed.
+    for _ in range(20):
+        assert only_error(core.error(1, bad_json()), 1).code == p.E_BAD_JSON
+        clock.advance(10.0)
+
+
+def test_a_garbage_sender_does_not_affect_a_well_behaved_client(clock: FakeClock) -> None:
+    limits = ChatLimits(rate=10, burst=20, max_invalid_frames=5, invalid_frame_window=60.0)
+    core = ChatCore(limits, clock=clock, wallclock=lambda: WALL)
+    core.connect(1)
+    core.connect(2)
+    closed_at = None
+    for i in range(100):
+        effects = core.error(1, bad_json())
+        if effects == [Close(1, 1008, "too many invalid frames")]:
+            closed_at = i
+            break
+        assert core.handle(2, p.Ping(str(i))) == [Reply(2, p.Pong(str(i), WALL))]
+        clock.advance(0.1)  # the good client stays within its rate
+    assert closed_at == 5
+    core.disconnect(1)
+    assert core.handle(2, p.Ping("after")) == [Reply(2, p.Pong("after", WALL))]
+
+
+def test_invalid_frames_of_an_unknown_connection_do_nothing(core: ChatCore) -> None:
+    assert core.error(9, bad_json()) == []
+    assert core.not_text(9) == []
+
+
+def test_max_invalid_frames_0_never_closes(clock: FakeClock) -> None:
+    core = ChatCore(ChatLimits(rate=0, max_invalid_frames=0), clock=clock)
+    core.connect(1)
+    for _ in range(100):
+        assert only_error(core.error(1, bad_json()), 1).code == p.E_BAD_JSON
+
+
+# ---------------------------------------------------------------------------
+# room creation: per connection (token bucket) and server-wide (max_rooms)
+
+
+def test_creating_rooms_is_rate_limited_per_connection(clock: FakeClock) -> None:
+    limits = ChatLimits(rate=0, room_create_rate=0.5, room_create_burst=2)
+    core = ChatCore(limits, clock=clock, wallclock=lambda: WALL)
+    connect(core, 1, 2)
+    assert isinstance(join(core, 1, "a")[-1], Catchup)
+    assert isinstance(join(core, 1, "b")[-1], Catchup)
+    err = only_error(join(core, 1, "c"), 1)
+    assert err.code == p.E_RATE_LIMITED and "new rooms" in err.message and err.room == "c"
+    assert "c" not in core.rooms and not core.room_exists("c")
+    # Joining rooms that exist costs nothing, and other connections have their own bucket.
+    assert isinstance(join(core, 2, "a")[-1], Catchup)
+    assert isinstance(join(core, 2, "c")[-1], Catchup)
+    core.handle(1, p.Leave("a"))
+    assert isinstance(join(core, 1, "a")[-1], Catchup)
+    clock.advance(2.0)
+    assert isinstance(join(core, 1, "d")[-1], Catchup)
+
+
+def test_rooms_in_the_store_exist_without_members(clock: FakeClock) -> None:
+    limits = ChatLimits(rate=0, room_create_rate=1, room_create_burst=1, max_rooms=3)
+    core = ChatCore(limits, clock=clock, wallclock=lambda: WALL)
+    core.load_rooms(["old1", "old2"])
+    connect(core, 1)
+    assert isinstance(join(core, 1, "old1")[-1], Catchup)  # no creation: no token
+    assert isinstance(join(core, 1, "old2")[-1], Catchup)
+    assert isinstance(join(core, 1, "new")[-1], Catchup)
+    # The last member leaving does not delete the room: it still counts.
+    core.handle(1, p.Leave("new"))
+    assert core.room_exists("new") and core.known == ["new", "old1", "old2"]
+
+
+def test_max_rooms_caps_the_rooms_of_the_server(clock: FakeClock) -> None:
+    core = ChatCore(ChatLimits(rate=0, max_rooms=2), clock=clock, wallclock=lambda: WALL)
+    connect(core, 1, 2)
+    join(core, 1, "a")
+    join(core, 2, "b")
+    err = only_error(join(core, 1, "c"), 1)
+    assert err.code == p.E_ROOM_LIMIT and "2 rooms" in err.message
+    assert core.creation_refused("c") == (p.E_ROOM_LIMIT, err.message)
+    assert core.creation_refused("a") is None  # existing rooms stay open
+    assert isinstance(join(core, 1, "b")[-1], Catchup)
+    core.remove_room("a")  # an operator deleted it: room for one more
+    assert not core.room_exists("a")
+    assert isinstance(join(core, 2, "c")[-1], Catchup)
+
+
+def test_max_rooms_0_is_no_limit(clock: FakeClock) -> None:
+    limits = ChatLimits(rate=0, max_rooms=0, room_create_rate=0, max_rooms_per_connection=300)
+    core = ChatCore(limits, clock=clock)
+    connect(core, 1)
+    for i in range(300):
+        assert isinstance(join(core, 1, f"r{i}")[-1], Catchup)
+    assert len(core.known) == 300
+
+
+def test_the_room_list_is_paged_from_the_rooms_that_exist(core: ChatCore) -> None:
+    core.load_rooms(["b", "a", "d"])
+    core.room_created("c")
+    assert core.known_after(None, 2) == ["a", "b"]
+    assert core.known_after("b", 5) == ["c", "d"]
+    assert core.known_after("bb", 1) == ["c"]
+    assert core.known_after("d", 5) == []
+    connect(core, 1)
+    assert core.handle(1, p.ListRooms(after="b", limit=3)) == [RoomsQuery(1, "b", 3)]
+    assert core.handle(1, p.ListRooms()) == [RoomsQuery(1, None, p.ROOMS_PAGE_DEFAULT)]
