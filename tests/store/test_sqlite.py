@@ -7,6 +7,7 @@ import os
 import sqlite3
 import sys
 import tempfile
+import threading
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -557,3 +558,56 @@ async def test_memory_databases_take_no_lock(tmp_path: Path) -> None:
     await a.close()
     await b.close()
     assert os.listdir(tmp_path) == []
+
+
+# ---------------------------------------------------------------------------
+# the paged room list, read off the commit thread
+
+
+async def test_rooms_are_paged_in_name_order(store: SQLiteStore) -> None:
+    for name in ["d", "a", "c", "b", "e"]:
+        await fill(store, name, 2)
+    await store.enforce_retention(1, 0, 0)
+    page = await store.rooms(None, 2)
+    assert [(m.name, m.seq, m.oldest) for m in page] == [("a", 2, 2), ("b", 2, 2)]
+    assert [m.name for m in await store.rooms("b", 2)] == ["c", "d"]
+    assert [m.name for m in await store.rooms("d", 2)] == ["e"]
+    assert [m.name for m in await store.rooms("bb", 10)] == ["c", "d", "e"]
+    assert await store.rooms("e", 2) == []
+    assert [m.name for m in await store.rooms()] == ["a", "b", "c", "d", "e"]
+    assert await store.rooms("a", 1) == [await store.room("b")]
+
+
+async def test_the_room_list_is_not_read_on_the_commit_thread(store: SQLiteStore) -> None:
+    await fill(store, "lobby", 3)
+    # Hold the store (commit) thread: a commit of a huge batch, say.
+    held = threading.Event()
+    loop = asyncio.get_running_loop()
+    assert store._executor is not None
+    blocker = loop.run_in_executor(store._executor, held.wait, 10)
+    try:
+        rooms = await asyncio.wait_for(store.rooms(None, 10), 5)
+        assert [(m.name, m.seq) for m in rooms] == [("lobby", 3)]
+    finally:
+        held.set()
+        await blocker
+
+
+async def test_the_room_list_reads_committed_rooms_only(store: SQLiteStore) -> None:
+    await fill(store, "a", 1)
+    await store.create_room("b")  # committed by itself
+    assert [m.name for m in await store.rooms(None, 10)] == ["a", "b"]
+    await store.delete_room("a")
+    assert [m.name for m in await store.rooms(None, 10)] == ["b"]
+
+
+async def test_the_room_list_of_an_in_memory_store() -> None:
+    store = SQLiteStore(":memory:")
+    await store.open()
+    try:
+        await fill(store, "x", 1)
+        assert [m.name for m in await store.rooms(None, 1)] == ["x"]
+    finally:
+        await store.close()
+    with pytest.raises(StoreError):
+        await store.rooms()
