@@ -729,3 +729,14 @@ def test_the_room_list_is_paged_from_the_rooms_that_exist(core: ChatCore) -> Non
     connect(core, 1)
     assert core.handle(1, p.ListRooms(after="b", limit=3)) == [RoomsQuery(1, "b", 3)]
     assert core.handle(1, p.ListRooms()) == [RoomsQuery(1, None, p.ROOMS_PAGE_DEFAULT)]
+
+
+def test_an_invalid_frame_window_of_0_counts_as_1_second(clock: FakeClock) -> None:
+    limits = ChatLimits(rate=0, max_invalid_frames=2, invalid_frame_window=0.0)
+    core = ChatCore(limits, clock=clock)
+    core.connect(1)
+    for _ in range(2):
+        assert only_error(core.error(1, bad_json()), 1).code == p.E_BAD_JSON
+    assert core.error(1, bad_json()) == [Close(1, 1008, "too many invalid frames")]
+    clock.advance(0.5)  # one strike forgiven (2 per second)
+    assert only_error(core.error(1, bad_json()), 1).code == p.E_BAD_JSON

@@ -32,7 +32,7 @@ class ChatLimits:
     room_create_burst: float = 5.0
     #: Invalid frames (bad JSON, bad or unknown frame, binary) one connection may send
     #: in a burst, forgiven at ``max_invalid_frames`` per ``invalid_frame_window``
-    #: seconds; one more closes the connection with 1008. 0 disables.
+    #: seconds (at least 1); one more closes the connection with 1008. 0 disables.
     max_invalid_frames: int = 10
     invalid_frame_window: float = 60.0
 
@@ -122,12 +122,13 @@ class ChatCore:
         lim = self.limits
         now = self.clock()
         strikes = lim.max_invalid_frames
+        window = max(lim.invalid_frame_window, 1.0)  # a window under 1 s counts as 1 s
         self.sessions[fd] = Session(
             fd,
             nick,
             TokenBucket(lim.rate, lim.burst, now),
             TokenBucket(lim.room_create_rate, lim.room_create_burst, now),
-            TokenBucket(strikes / lim.invalid_frame_window if strikes else 0.0, strikes, now),
+            TokenBucket(strikes / window if strikes else 0.0, strikes, now),
         )
         return [Reply(fd, p.Welcome(p.SUBPROTOCOL, fd, nick, dict(limits or {})))]
 
