@@ -270,7 +270,8 @@ async def test_history_over_the_protocol_and_http(make_chat):
     assert [m["seq"] for m in body["messages"]] == [1, 2]
     status, body = await http(server, "GET", "/api/rooms")
     assert status == 200 and body["rooms"] == [{"name": "lobby", "members": 1, "seq": 7}]
-    for query, reason in [("limit=0", "limit"), ("limit=201", "limit"), ("before=x", "whole number")]:
+    bad = [("limit=0", "limit"), ("limit=201", "limit"), ("before=x", "whole number")]
+    for query, reason in bad:
         status, body = await http(server, "GET", f"/api/rooms/lobby/messages?{query}")
         assert status == 400 and reason in body["error"]
     status, _ = await http(server, "GET", "/api/rooms/bad%20room/messages")
