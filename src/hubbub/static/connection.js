@@ -1,13 +1,12 @@
-import { PROTOCOL, BACKOFF_BASE, BACKOFF_CAP, STABLE_AFTER, PING_AFTER, DEAD_AFTER, CONNECT_TIMEOUT, DEFAULT_LIMITS, S } from "./state.js";
-import { onMessage, onAck, onHistory, requestHistory, onPresence, setMembers, onTyping, onDm, onNickSet, confirmNick, onError, clearRoom } from "./rooms.js";
+import { WebSocketTransport } from "./transport.js";
+import { DEFAULT_RULES, PROTOCOL, BACKOFF_BASE, BACKOFF_CAP, STABLE_AFTER, PING_AFTER, DEAD_AFTER, CONNECT_TIMEOUT, DEFAULT_LIMITS, S } from "./state.js";
+import { onMessage, onAck, onHistory, requestHistory, onPresence, setMembers, onTyping, onDm, onNickSet, confirmNick, onError, onLeftRoom, clearRoom } from "./rooms.js";
 import { flush, setSlowed } from "./outbox.js";
 import { renderStatus, renderPendingStates, renderHistoryTop, renderBrowse, renderRoomHeader, renderTyping, renderMe } from "./render.js";
-import { renderCounter } from "./ui.js";
+import { renderCounter, applyLimits } from "./ui.js";
 
 export function wsSend(frame) {
-  const ws = S.ws;
-  if (!ws || ws.readyState !== WebSocket.OPEN || !S.welcomed) return false;
-  ws.send(JSON.stringify(frame));
+  if (!S.link || !S.welcomed || !S.link.send(frame)) return false;
   takeToken();
   return true;
 }
@@ -37,49 +36,33 @@ export function sendWait() {
 export function connect() {
   clearTimeout(S.retryTimer);
   S.retryTimer = null;
-  if (S.ws || S.fatal) return;
+  if (S.link || S.fatal) return;
   setStatus("connecting");
   const scheme = location.protocol === "https:" ? "wss:" : "ws:";
-  let ws;
-  try {
-    ws = new WebSocket(`${scheme}//${location.host}/`, PROTOCOL);
-  } catch {
-    S.attempt += 1;
-    scheduleReconnect();
-    return;
-  }
-  S.ws = ws;
-  S.startedAt = Date.now();
-  ws.addEventListener("open", () => {
-    if (S.ws !== ws) return;
+  const link = new WebSocketTransport(`${scheme}//${location.host}/`, PROTOCOL);
+  link.onopen = () => {
     S.openedAt = Date.now();
     S.lastFrameAt = Date.now();
-    if (ws.protocol !== PROTOCOL) {
-      S.fatal = "This server does not speak the hubbub.v1 protocol.";
-      ws.close();
-    }
-  });
-  ws.addEventListener("message", (ev) => {
-    if (S.ws !== ws) return;
+  };
+  link.onframe = (frame) => {
+    if (S.link !== link) return;
     S.lastFrameAt = Date.now();
-    if (typeof ev.data !== "string") return;
-    let frame;
-    try {
-      frame = JSON.parse(ev.data);
-    } catch {
-      return;
-    }
-    if (frame && typeof frame.type === "string") handle(frame);
-  });
-  ws.addEventListener("close", (ev) => {
-    if (S.ws === ws) disconnected(ev.code);
-  });
+    handle(frame);
+  };
+  link.onclose = ({ code, fatal }) => {
+    if (S.link !== link) return;
+    if (fatal) S.fatal = fatal;
+    disconnected(code);
+  };
+  S.link = link;
+  S.startedAt = Date.now();
+  link.open();
 }
 
 /** The connection is gone (closed, failed, or presumed dead): prepare the resume. */
 export function disconnected(code = 0) {
-  const ws = S.ws;
-  S.ws = null;
+  const link = S.link;
+  S.link = null;
   if (S.welcomed) {
     // It worked: the first retry comes quickly (a server restart is back in a
     // second or two). Only connections that keep dying young, without the
@@ -91,13 +74,7 @@ export function disconnected(code = 0) {
     S.attempt += 1;
   }
   S.welcomed = false;
-  if (ws && ws.readyState < WebSocket.CLOSING) {
-    try {
-      ws.close();
-    } catch {
-      /* already closing */
-    }
-  }
+  link?.close();
   for (const room of S.rooms.values()) {
     room.joined = "no";
     room.resuming = false;
@@ -139,13 +116,13 @@ export function scheduleReconnect() {
 }
 
 export function retryNow() {
-  if (S.ws) return;
+  if (S.link) return;
   S.fatal = null;
   connect();
 }
 
 export function heartbeat() {
-  if (!S.ws) return;
+  if (!S.link) return;
   if (!S.welcomed) {
     // A handshake into a black hole would otherwise hang for minutes.
     if (Date.now() - S.startedAt > CONNECT_TIMEOUT) disconnected();
@@ -200,10 +177,12 @@ export function handle(f) {
       return renderBrowse();
     case "nick":
       return onNickSet(f);
+    case "left_room":
+      return onLeftRoom(f);
     case "error":
       return onError(f);
     default:
-      return; // pong, left_room, and frame types of later versions
+      return; // pong, and frame types of later versions
   }
 }
 
@@ -212,6 +191,9 @@ export function onWelcome(f) {
   S.me = f.nick;
   S.pingSentAt = 0;
   S.limits = { ...DEFAULT_LIMITS, ...(f.limits && typeof f.limits === "object" ? f.limits : {}) };
+  S.rules = { ...DEFAULT_RULES };
+  for (const key of ["nick", "room"]) if (typeof f.rules?.[key] === "string" && f.rules[key]) S.rules[key] = f.rules[key];
+  applyLimits();
   const rate = Number(S.limits.rate) || 0;
   const burst = Math.max(1, Number(S.limits.burst) || 1);
   // A new connection starts with a full bucket; keep two tokens in hand for

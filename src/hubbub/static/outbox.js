@@ -1,5 +1,5 @@
 import { $, h, uuid } from "./util.js";
-import { ROOM_RE, TYPING_SEND_EVERY, TYPING_IDLE, SLOW_LINGER, KEYS, session, S } from "./state.js";
+import { roomOk, TYPING_SEND_EVERY, TYPING_IDLE, SLOW_LINGER, KEYS, session, S } from "./state.js";
 import { wsSend, sendWait } from "./connection.js";
 import { Room, ensureRoom } from "./rooms.js";
 import { renderPendingStates, renderMessage, scrollToBottom } from "./render.js";
@@ -60,7 +60,7 @@ export function restorePending() {
     items = [];
   }
   for (const p of Array.isArray(items) ? items : []) {
-    if (!p || typeof p.id !== "string" || typeof p.text !== "string" || !ROOM_RE.test(p.room)) continue;
+    if (!p || typeof p.id !== "string" || typeof p.text !== "string" || !roomOk(p.room)) continue;
     const room = ensureRoom(p.room);
     queue(room, { id: p.id, kind: "send", room: p.room, text: p.text, ts: Number(p.ts) || Date.now() / 1000, state: "queued" });
   }

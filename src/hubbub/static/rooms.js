@@ -1,5 +1,5 @@
 import { $, h, icon, same } from "./util.js";
-import { DEFAULT_ROOM, PAGE_SIZE, TYPING_SHOWN, GHOST_WAIT, RETRY_SEND, KEYS, store, session, S } from "./state.js";
+import { DEFAULT_ROOM, pageSize, TYPING_SHOWN, GHOST_WAIT, RETRY_SEND, KEYS, store, session, S } from "./state.js";
 import { wsSend, join, retryAfter } from "./connection.js";
 import { resolvePending, savePending, flush, pump } from "./outbox.js";
 import { renderStatus, renderPendingStates, renderMessage, addRoomMessage, placeAtEnd, renderHistoryTop, onViewScroll, scrollToBottom, liveArrival, renderRoomList, renderBrowse, renderDmList, renderRoomHeader, renderMembers, renderTyping, renderMe, toast } from "./render.js";
@@ -152,7 +152,7 @@ export function onHistory(f) {
 
 export function requestHistory(room, before) {
   if (room.historyBusy) return;
-  const frame = { type: "history", room: room.name, limit: PAGE_SIZE };
+  const frame = { type: "history", room: room.name, limit: pageSize() };
   if (before !== null) frame.before = before;
   if (!wsSend(frame)) return;
   room.historyBusy = { before };
@@ -281,6 +281,13 @@ export function confirmNick(nick, accepted = false) {
 export function onError(f) {
   const room = f.room ? S.rooms.get(f.room) : null;
   const item = f.id ? S.pending.get(f.id) : null;
+  if (f.code === "no_such_room" && room) {
+    // Gone (deleted by an operator, say): asking again would only fail again.
+    toast(`#${room.name} no longer exists`, "error");
+    removeRoom(room);
+    wsSend({ type: "rooms" });
+    return;
+  }
   if (f.ref === "join" && room) {
     room.joined = "no";
     if (f.code === "nick_taken") return onJoinNickTaken(room, f);
@@ -294,7 +301,7 @@ export function onError(f) {
       room.problem = "nickname not allowed";
       renderRoomHeader();
       renderPendingStates();
-      return askNick("That nickname is not allowed. Choose another one.", !anyJoined());
+      return askNick(`That nickname is not allowed: ${S.rules.nick}`, !anyJoined());
     }
     if (f.code === "unavailable" || f.code === "rate_limited") {
       room.retryTimer = setTimeout(() => join(room), 2000 + Math.random() * 2000);
@@ -323,7 +330,7 @@ export function onError(f) {
     return;
   }
   if (f.ref === "nick") {
-    const text = f.code === "nick_taken" ? `That nickname is taken${f.room ? ` in #${f.room}` : ""}.` : "That is not a valid nickname.";
+    const text = f.code === "nick_taken" ? `That nickname is taken${f.room ? ` in #${f.room}` : ""}.` : `That is not a valid nickname: ${S.rules.nick}`;
     return $("nick-dialog").open ? showNickError(text) : askNick(text);
   }
   if (f.code === "rate_limited" && f.ref !== "history") return; // typing, rooms: harmless
@@ -391,7 +398,22 @@ export function openRoom(name) {
   show(room);
 }
 
+/** Out of a room: our own leave (already removed), or the server took us out. */
+export function onLeftRoom(f) {
+  const room = S.rooms.get(f.room);
+  if (!room) return;
+  if (f.reason === "deleted") {
+    const unsent = [...S.pending.values()].filter((p) => p.kind === "send" && p.room === room.name).length;
+    const lost = unsent ? ` (${unsent} unsent message${unsent === 1 ? "" : "s"} discarded)` : "";
+    toast(`#${room.name} was deleted${lost}`, "info");
+    S.directory = S.directory.filter((r) => r.name !== room.name);
+  }
+  removeRoom(room);
+  wsSend({ type: "rooms" });
+}
+
 export function removeRoom(room) {
+  if (S.rooms.get(room.name) !== room) return; // already gone
   S.rooms.delete(room.name);
   clearTimeout(room.retryTimer);
   for (const [id, item] of S.pending) {

@@ -43,7 +43,14 @@ export const SLOW_LINGER = 2000; // ms the "slow down" note stays after the last
 export const RETRY_SEND = [1000, 2000]; // ms before a send refused as unavailable is tried again
 
 // The server's limits until its welcome frame tells the real ones (docs/protocol.md).
-export const DEFAULT_LIMITS = { max_message_size: 65536, rate: 0, burst: 0, max_text: 8000, max_nick: 32, max_room: 64 };
+export const DEFAULT_LIMITS = {
+  max_message_size: 65536, rate: 0, burst: 0, max_text: 8000, max_nick: 32, max_room: 64, history_page: 200,
+};
+// The name rules in words until the welcome frame says them (its `rules`).
+export const DEFAULT_RULES = {
+  nick: "Use up to 32 letters, digits, _ . or -, starting with a letter or digit.",
+  room: "Letters, digits, _ . - (starts with a letter or digit, at most 64)",
+};
 
 export const KEYS = {
   nick: "hubbub.nick",
@@ -59,7 +66,10 @@ export const session = storage("sessionStorage");
 export const S = {
   me: null, // the nickname the server confirmed
   wantNick: null, // the nickname the user chose (localStorage)
-  ws: null,
+  link: null, // the transport (transport.js) of the current connection
+  get ws() {
+    return this.link?.socket ?? null; // the WebSocket under it, for tests
+  },
   welcomed: false,
   status: "connecting",
   attempt: 0, // failed connection attempts since the last welcome
@@ -75,6 +85,7 @@ export const S = {
   dms: new Map(), // lowercased peer -> Dm
   pending: new Map(), // client id -> pending item, in the order typed
   limits: { ...DEFAULT_LIMITS },
+  rules: { ...DEFAULT_RULES },
   // The server's per-connection token bucket, mirrored: sends wait for a token
   // instead of being refused (and a refusal pauses all sending until retryAt).
   bucket: { rate: 0, burst: 0, tokens: 0, at: 0 },
@@ -89,3 +100,18 @@ export const S = {
   hiddenNew: 0,
   today: dayKey(Date.now() / 1000),
 };
+
+/** A positive whole number from the server's limits, else the default. */
+export const limit = (key) => {
+  const n = Number(S.limits[key]);
+  return Number.isInteger(n) && n > 0 ? n : DEFAULT_LIMITS[key];
+};
+
+// The name checks keep the patterns' shapes (NICK_RE, ROOM_RE) with the
+// server's lengths (welcome's limits; the defaults before it).
+export const nickOk = (nick) =>
+  new RegExp(`^[\\p{L}\\p{N}][\\p{L}\\p{N}_.\\-]{0,${limit("max_nick") - 1}}$`, "u").test(nick);
+export const roomOk = (name) =>
+  new RegExp(`^[A-Za-z0-9][A-Za-z0-9_.\\-]{0,${limit("max_room") - 1}}$`).test(name);
+/** Messages per history request: ours, never more than the server's largest page. */
+export const pageSize = () => Math.min(PAGE_SIZE, limit("history_page"));

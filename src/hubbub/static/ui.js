@@ -1,5 +1,5 @@
 import { $, uuid, same } from "./util.js";
-import { NICK_RE, ROOM_RE, ROOMS_REFRESH, KEYS, store, S } from "./state.js";
+import { limit, nickOk, roomOk, ROOMS_REFRESH, KEYS, store, S } from "./state.js";
 import { wsSend, connect, retryNow, heartbeat, setStatus, join } from "./connection.js";
 import { Room, maybeLoadOlder, anyJoined, openRoom, leaveCurrent } from "./rooms.js";
 import { sendText, startTyping, stopTyping } from "./outbox.js";
@@ -77,8 +77,8 @@ export function closeNickDialog() {
 export function submitNick(ev) {
   ev.preventDefault();
   const nick = $("nick-input").value.trim();
-  if (!NICK_RE.test(nick)) {
-    showNickError(nick ? "Use up to 32 letters, digits, _ . or -, starting with a letter or digit." : "Please enter a nickname.");
+  if (!nickOk(nick)) {
+    showNickError(nick ? S.rules.nick : "Please enter a nickname.");
     return;
   }
   const firstTime = !S.wantNick;
@@ -91,7 +91,7 @@ export function submitNick(ev) {
   }
   if (!S.welcomed) {
     closeNickDialog();
-    if (firstTime || !S.ws) connect();
+    if (firstTime || !S.link) connect();
     renderPendingStates();
     return;
   }
@@ -233,8 +233,8 @@ export function bindUi() {
     ev.preventDefault();
     const field = $("join-input");
     const name = field.value.trim().replace(/^#/, "");
-    if (!ROOM_RE.test(name)) {
-      field.setCustomValidity("Letters, digits, _ . - (starts with a letter or digit, at most 64)");
+    if (!roomOk(name)) {
+      field.setCustomValidity(S.rules.room);
       field.reportValidity();
       return;
     }
@@ -271,19 +271,19 @@ export function bindUi() {
     }
   });
   addEventListener("online", () => {
-    if (!S.ws) {
+    if (!S.link) {
       S.attempt = 0;
       retryNow();
     }
   });
   addEventListener("offline", () => {
-    if (!S.ws) setStatus("offline");
+    if (!S.link) setStatus("offline");
   });
   document.addEventListener("visibilitychange", () => {
     if (document.hidden) return;
     S.hiddenNew = 0;
     renderTitle();
-    if (!S.ws && S.status !== "failed" && S.retryAt - Date.now() > 2000) retryNow();
+    if (!S.link && S.status !== "failed" && S.retryAt - Date.now() > 2000) retryNow();
   });
   new ResizeObserver(() => {
     const view = S.current;
@@ -295,4 +295,10 @@ export function bindUi() {
   setInterval(heartbeat, 2500);
   setInterval(() => wsSend({ type: "rooms" }), ROOMS_REFRESH);
   setInterval(relabelDays, 60000);
+}
+
+/** The name fields take the server's lengths (welcome's limits). */
+export function applyLimits() {
+  $("nick-input").maxLength = limit("max_nick");
+  $("join-input").maxLength = limit("max_room");
 }
