@@ -270,6 +270,7 @@ class Catchups:
             return meta.seq
         last, count = since, 0
         push = self.server.push
+        half = self.server.settings.max_send_buffer // 2
         while last < meta.seq and not state.overflow:
             missed = await self.store.since(room, last, min(self.chunk, meta.seq - last))
             if not self._current(fd, room, state):
@@ -278,9 +279,17 @@ class Catchups:
                 break
             for msg in missed:
                 push(fd, p.encode(msg), TEXT)
-            last, count = missed[-1].seq, count + len(missed)
-            if not await self.drained(fd) or not self._current(fd, room, state):
-                return None
+                last, count = msg.seq, count + 1
+                buffered = self.server.buffered(fd)
+                if buffered is None:
+                    return None
+                if buffered > half:
+                    # Wait for the client to read before sending more (bounded by
+                    # close_timeout); the live frames meanwhile go to the buffer.
+                    if not await self.drained(fd) or not self._current(fd, room, state):
+                        return None
+                    if state.overflow:
+                        break
         if not state.overflow:
             # (On overflow the caller sends `reset` instead: never both.)
             self._reply(fd, p.Resumed(room, meta.epoch, since, last, count))
