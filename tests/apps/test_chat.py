@@ -884,3 +884,64 @@ async def test_create_app_builds_the_default_store_and_broker_or_takes_the_given
     store, broker = SQLiteStore(str(tmp_path / "g.db")), LocalBroker()
     given_ = create_app("127.0.0.1", 0, Settings(db=str(tmp_path / "x.db")), store, broker)
     assert given_.app.store is store and given_.app.broker is broker
+
+
+def test_create_app_builds_the_store_and_broker_of_the_urls(tmp_path):
+    from hubbub.broker.redis import RedisBroker
+    from hubbub.errors import StartupError
+    from hubbub.store.postgres import PostgresStore
+
+    server = create_app(
+        "127.0.0.1",
+        0,
+        Settings(
+            store="postgresql://u:secret@db.example:5433/chat?schema=hub_1",
+            broker="redis://127.0.0.1:6379/2?prefix=c1:",
+        ),
+    )
+    store, broker = server.app.store, server.app.broker
+    assert isinstance(store, PostgresStore) and store.schema == "hub_1"
+    assert store.dsn == "postgresql://u:secret@db.example:5433/chat"
+    assert isinstance(broker, RedisBroker) and broker.prefix == "c1:"
+    assert broker.url == "redis://127.0.0.1:6379/2"
+    assert broker.on_reconnect == server.app.on_broker_reconnect
+    lite = create_app("127.0.0.1", 0, Settings(store=f"sqlite:///{tmp_path}/s.db"))
+    assert isinstance(lite.app.store, SQLiteStore) and lite.app.store.path == f"{tmp_path}/s.db"
+    for bad, words in [
+        ({"store": "mysql://x/y"}, "sqlite:///PATH or postgresql://"),
+        ({"store": "postgresql://u:secret@h/d?schema=no-dash"}, "schema must be"),
+        ({"broker": "nats://x"}, "local or redis://"),
+    ]:
+        with pytest.raises(StartupError) as err:
+            create_app("127.0.0.1", 0, Settings(**bad))
+        assert words in str(err.value) and "secret" not in str(err.value)
+        assert "\n" not in str(err.value)
+
+
+async def test_readyz_says_whether_the_store_and_broker_answer(make_chat):
+    server = await make_chat()
+    reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+    writer.write(b"GET /readyz HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+    raw = await asyncio.wait_for(reader.read(), 10)
+    writer.close()
+    assert raw.startswith(b"HTTP/1.1 200") and raw.endswith(b"ready\n")
+    await server.app.store.close()  # the store is gone
+    reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+    writer.write(b"GET /readyz HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+    raw = await asyncio.wait_for(reader.read(), 10)
+    writer.close()
+    assert raw.startswith(b"HTTP/1.1 503") and b"store unreachable" in raw
+
+
+async def test_a_store_or_broker_that_cannot_start_is_one_line(tmp_path):
+    from hubbub.errors import StartupError
+
+    server = create_app(
+        "127.0.0.1",
+        0,
+        Settings(db=str(tmp_path / "x.db"), broker="redis://127.0.0.1:1/0"),
+    )
+    with pytest.raises(StartupError) as err:
+        await server.listen()
+    assert "cannot start the broker redis://127.0.0.1:1/0" in str(err.value)
+    assert "\n" not in str(err.value)

@@ -48,7 +48,9 @@ class Cluster:
         self.nodes: list[Server] = []
         self.proxies: list[Proxy] = []
 
-    async def node(self, *, via_proxy: Proxy | None = None, **overrides: Any) -> Server:
+    async def node(
+        self, *, via_proxy: Proxy | None = None, store: Any = None, **overrides: Any
+    ) -> Server:
         name = f"node{len(self.nodes)}"
         url = REDIS_URL
         if via_proxy is not None:
@@ -59,7 +61,9 @@ class Cluster:
             url, prefix=self.prefix, node_id=name, backoff_max=0.2, subscribe_timeout=2.0
         )
         server = create_app(
-            "127.0.0.1", 0, Settings(**overrides), store=postgres_store(self.schema), broker=broker
+            "127.0.0.1", 0, Settings(**overrides),
+            store=store if store is not None else postgres_store(self.schema),
+            broker=broker,
         )
         await server.listen()
         self.nodes.append(server)

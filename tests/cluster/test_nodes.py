@@ -11,7 +11,7 @@ import pytest
 
 from tests.apps.test_chat import Client, http
 
-from .conftest import Cluster, wait_until
+from .conftest import Cluster, Proxy, wait_until
 
 
 async def collect(client: Client, count: int, within: float = 20.0) -> list[dict[str, Any]]:
@@ -190,3 +190,45 @@ async def test_rooms_over_http_on_any_node(cluster: Cluster):
     assert status == 200 and [m["text"] for m in body["messages"]] == ["one"]
     assert json.dumps(body)  # plain JSON
     await ann.close()
+
+
+async def test_when_postgresql_goes_away_sends_are_refused_never_lost(cluster: Cluster):
+    from urllib.parse import urlparse, urlunparse
+
+    from hubbub.store.postgres import PostgresStore
+    from tests.services import PG_DSN
+
+    target = urlparse(PG_DSN)
+    proxy = Proxy(target.hostname or "127.0.0.1", target.port or 5432)
+    await proxy.start()
+    cluster.proxies.append(proxy)
+    netloc = f"{target.username or 'postgres'}@127.0.0.1:{proxy.port}"
+    dsn = urlunparse(target._replace(netloc=netloc))
+    node = await cluster.node(
+        store=PostgresStore(dsn, schema=cluster.schema, timeout=2, application_name="cut")
+    )
+    other = await cluster.node()
+    ann = await Client.open(node, "ann", "r")
+    bob = await Client.open(other, "bob", "r")
+    await ann.send(type="send", room="r", id="a0", text="before")
+    await ann.expect("joined", nick="bob")
+    await ann.expect("message", seq=1)
+    await ann.expect("ack", id="a0")
+    await proxy.cut()
+    status, body = await http_text(node, "/readyz")
+    assert status == 503 and "store" in body, body
+    await ann.send(type="send", room="r", id="a1", text="while away")
+    refused = await ann.expect("error", code="unavailable", ref="send")
+    assert refused["id"] == "a1"
+    await proxy.resume()
+    await wait_until(lambda: _ready(node), what="/readyz back once PostgreSQL is back")
+    await ann.send(type="send", room="r", id="a1", text="while away")  # the client's retry
+    ack = await ann.expect("message", seq=2)
+    ack = await ann.expect("ack", id="a1", duplicate=False)
+    assert ack["seq"] == 2
+    got = await collect(bob, 2)
+    assert [m["client_id"] for m in got] == ["a0", "a1"]
+    stored = await other.app.store.since("r", 0, 10)
+    assert [m.client_id for m in stored] == ["a0", "a1"]
+    for c in (ann, bob):
+        await c.close()
