@@ -945,3 +945,29 @@ async def test_a_store_or_broker_that_cannot_start_is_one_line(tmp_path):
         await server.listen()
     assert "cannot start the broker redis://127.0.0.1:1/0" in str(err.value)
     assert "\n" not in str(err.value)
+
+
+async def test_a_node_follows_exactly_the_rooms_its_members_are_in(make_chat):
+    server = await make_chat(rate=0)
+    app = server.app
+    ann = await Client.open(server, "ann", "a")
+    await ann.join("b", "ann")
+    bob = await Client.open(server, "bob", "a")
+    await ann.expect("joined", nick="bob")
+    await ann.send(type="send", room="a", id="x", text="hi")  # a message settles the joins
+    await bob.expect("message", seq=1)
+    assert app.broker.subscribed == {"a", "b"} and set(app.sequencer.rooms) == {"a", "b"}
+    assert app.broker._counts == {"a": 2, "b": 1}
+    await ann.send(type="leave", room="b")
+    await ann.expect("message", seq=1)
+    await ann.expect("ack", id="x")
+    await ann.expect("left_room", room="b")
+    assert app.broker.subscribed == {"a"} and set(app.sequencer.rooms) == {"a"}
+    await ann.close()
+    await bob.expect("left", nick="ann")
+    assert app.broker._counts == {"a": 1}
+    await bob.close()
+    from ..cluster.conftest import wait_until
+
+    await wait_until(lambda: not app.broker.subscribed, what="the last member's room unfollowed")
+    assert not app.broker.subscribed and not app.sequencer.rooms and not app._rooms_of

@@ -41,6 +41,27 @@ async def wait_until(
         await asyncio.sleep(0.02)
 
 
+class SlowProxy(Proxy):
+    """A proxy that holds every chunk a few milliseconds (in order): a distant Redis,
+    so that this node's frames and the others' interleave differently everywhere."""
+
+    def __init__(self, host: str, port: int, delay: float = 0.02) -> None:
+        super().__init__(host, port)
+        self.delay = delay
+
+    async def _pipe(self, src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+        try:
+            while data := await src.read(65536):
+                await asyncio.sleep(self.delay)
+                dst.write(data)
+                await dst.drain()
+        except (OSError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            dst.close()
+            self._writers.discard(dst)
+
+
 class Cluster:
     def __init__(self, schema: str, prefix: str) -> None:
         self.schema = schema
@@ -49,7 +70,12 @@ class Cluster:
         self.proxies: list[Proxy] = []
 
     async def node(
-        self, *, via_proxy: Proxy | None = None, store: Any = None, **overrides: Any
+        self,
+        *,
+        via_proxy: Proxy | None = None,
+        store: Any = None,
+        broker_options: dict[str, Any] | None = None,
+        **overrides: Any,
     ) -> Server:
         name = f"node{len(self.nodes)}"
         url = REDIS_URL
@@ -57,9 +83,9 @@ class Cluster:
             url = f"redis://127.0.0.1:{via_proxy.port}{urlparse(REDIS_URL).path}"
         overrides.setdefault("rate", 0)
         overrides.setdefault("db", ":memory:")  # not used: the store is PostgreSQL
-        broker = RedisBroker(
-            url, prefix=self.prefix, node_id=name, backoff_max=0.2, subscribe_timeout=2.0
-        )
+        options: dict[str, Any] = {"backoff_max": 0.2, "subscribe_timeout": 2.0}
+        options.update(broker_options or {})
+        broker = RedisBroker(url, prefix=self.prefix, node_id=name, **options)
         server = create_app(
             "127.0.0.1", 0, Settings(**overrides),
             store=store if store is not None else postgres_store(self.schema),
@@ -69,9 +95,10 @@ class Cluster:
         self.nodes.append(server)
         return server
 
-    async def proxy(self) -> Proxy:
+    async def proxy(self, delay: float | None = None) -> Proxy:
         target = urlparse(REDIS_URL)
-        proxy = Proxy(target.hostname or "127.0.0.1", target.port or 6379)
+        host, port = target.hostname or "127.0.0.1", target.port or 6379
+        proxy = Proxy(host, port) if delay is None else SlowProxy(host, port, delay)
         await proxy.start()
         self.proxies.append(proxy)
         return proxy

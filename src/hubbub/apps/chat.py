@@ -94,6 +94,7 @@ class ChatApp:
         self.sequencer = Sequencer(self._emit, store.since, self._position)
         # Members this node subscribed the broker for, per room.
         self._subs: dict[str, set[int]] = {}
+        self._rooms_of: dict[int, set[str]] = {}  # the same, per member
         self.catchups = Catchups(
             server,
             self.core,
@@ -203,7 +204,7 @@ class ChatApp:
             self.v1.discard(fd)
             self.catchups.forget(fd)
             self.run(self.core.disconnect(fd))
-            for room in [r for r, fds in self._subs.items() if fd in fds]:
+            for room in list(self._rooms_of.get(fd, ())):
                 self._left(fd, room)
         else:
             self.seed.close(fd)
@@ -219,6 +220,7 @@ class ChatApp:
             self.broker.unsubscribe(room)
             raise
         self._subs.setdefault(room, set()).add(fd)
+        self._rooms_of.setdefault(fd, set()).add(room)
         await self.sequencer.ready(room)
 
     def _left(self, fd: int, room: str) -> None:
@@ -228,6 +230,11 @@ class ChatApp:
         if fds is None or fd not in fds:
             return
         fds.discard(fd)
+        rooms = self._rooms_of.get(fd)
+        if rooms is not None:
+            rooms.discard(room)
+            if not rooms:
+                del self._rooms_of[fd]
         self.broker.unsubscribe(room)
         if not fds:
             del self._subs[room]

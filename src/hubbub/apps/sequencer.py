@@ -84,6 +84,7 @@ class Sequencer:
         self.max_held = max_held
         self.page = page
         self.rooms: dict[str, _Room] = {}
+        self._holes: set[str] = set()  # rooms with a deadline (due() looks only here)
         self._waiters: dict[str, list[tuple[int, asyncio.Future[None]]]] = {}
         #: Counters, for metrics and tests.
         self.delivered = 0
@@ -132,6 +133,7 @@ class Sequencer:
     def forget(self, room: str) -> None:
         """No local member left in ``room``: stop tracking it."""
         self.rooms.pop(room, None)
+        self._holes.discard(room)
         for _, fut in self._waiters.pop(room, ()):
             if not fut.done():
                 fut.set_exception(StoreError(f"room {room!r} is no longer followed here"))
@@ -162,6 +164,7 @@ class Sequencer:
             st.target = seq
         if st.cursor is not None and st.deadline is None:
             st.deadline = self.clock() + self.hold_timeout
+            self._holes.add(room)
 
     def _deliver(self, room: str, st: _Room, seq: int, payload: bytes) -> None:
         st.cursor = seq
@@ -188,6 +191,7 @@ class Sequencer:
         if held or st.target > st.cursor:
             # Progress restarts the clock of the hole that remains.
             st.deadline = self.clock() + self.hold_timeout
+            self._holes.add(room)
         else:
             st.deadline = None
         self._wake(room, st.cursor)
@@ -204,17 +208,23 @@ class Sequencer:
             st.deadline = now
         elif st.deadline is None:
             st.deadline = now + self.hold_timeout
+        self._holes.add(room)
 
     # -- holes -------------------------------------------------------------------------
 
     def due(self) -> list[str]:
         """Rooms whose hole has been open too long (the caller runs :meth:`backfill`)."""
         now = self.clock()
-        return [
-            room
-            for room, st in self.rooms.items()
-            if st.deadline is not None and st.deadline <= now and not st.filling
-        ]
+        out = []
+        for room in list(self._holes):
+            st = self.rooms.get(room)
+            if st is None or st.deadline is None:
+                if st is None or not st.filling:
+                    self._holes.discard(room)
+                continue
+            if st.deadline <= now and not st.filling:
+                out.append(room)
+        return out
 
     async def backfill(self, room: str) -> None:
         """Read the room's messages after the cursor from the store, up to its target."""
@@ -255,11 +265,13 @@ class Sequencer:
             log.warning("%s: cannot read missed messages (retrying): %s", room, exc)
             if self.rooms.get(room) is st:
                 st.deadline = self.clock() + RETRY_AFTER
+                self._holes.add(room)
         finally:
             st.filling = False
         if self.rooms.get(room) is st and (st.held or st.target > (st.cursor or 0)):
             if st.deadline is None:
                 st.deadline = self.clock() + self.hold_timeout
+            self._holes.add(room)
 
     # -- waiting for a position ------------------------------------------------------------
 
