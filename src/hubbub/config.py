@@ -162,6 +162,17 @@ class Settings:
         "SQLite file holding room history (created on first start; ':memory:' keeps nothing).",
         default="hubbub.db",
     )
+    store: str = _doc(
+        "History store URL: empty for the SQLite file of --db (one node), "
+        "sqlite:///PATH, or postgresql://USER@HOST[:PORT]/DB[?schema=NAME] "
+        "(shared by several nodes).",
+        default="",
+    )
+    broker: str = _doc(
+        "Fan-out between nodes: 'local' (one node) or "
+        "redis://HOST[:PORT][/DB][?prefix=P] (several nodes on one store).",
+        default="local",
+    )
     sqlite_synchronous: str = _doc(
         "SQLite synchronous mode: NORMAL survives kill -9 of the server, FULL "
         "also survives power loss (one fsync per group commit).",
@@ -187,6 +198,31 @@ class Settings:
     max_rooms_per_connection: int = _doc(
         "Rooms one hubbub.v1 connection may be in at once.",
         default=50,
+    )
+    max_rooms: int = _doc(
+        "Rooms the server holds; a join or HTTP post that would create one more is "
+        "refused ('room_limit', HTTP 507). 0: no limit.",
+        default=10_000,
+    )
+    room_create_rate: float = _doc(
+        "New rooms per second one connection may create (token bucket refill); more "
+        "get 'rate_limited'. 0 disables.",
+        default=0.2,
+    )
+    room_create_burst: float = _doc(
+        "New rooms one connection may create in a burst (bucket size).",
+        default=5.0,
+    )
+    max_invalid_frames: int = _doc(
+        "Invalid hubbub.v1 frames (bad JSON, bad or unknown frame, binary) one "
+        "connection may send in a burst; refilled at max_invalid_frames per "
+        "invalid_frame_window seconds; beyond it the connection is closed with 1008. "
+        "0 disables.",
+        default=10,
+    )
+    invalid_frame_window: float = _doc(
+        "Seconds (at least 1) in which max_invalid_frames invalid frames are forgiven again.",
+        default=60.0,
     )
     max_resume: int = _doc(
         "Missed messages replayed on a resume; a client further behind is told "

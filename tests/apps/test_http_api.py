@@ -5,7 +5,6 @@ bounded in bytes, and room creation is capped by max_rooms."""
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import json
 from typing import Any
 
@@ -129,10 +128,7 @@ async def test_a_history_page_is_bounded_in_bytes(make_chat: Any) -> None:
 
 
 async def test_posts_that_would_create_a_room_past_max_rooms_get_507(make_chat: Any) -> None:
-    server = await make_chat(api_key=KEY)
-    core = server.app.core
-    # Until apps/chat.py passes Settings.max_rooms to the core, set the cap on it here.
-    core.limits = dataclasses.replace(core.limits, max_rooms=2)
+    server = await make_chat(api_key=KEY, max_rooms=2)
     assert (await post(server, "a"))[0] == 201
     assert (await post(server, "b"))[0] == 201
     status, body = await post(server, "c")

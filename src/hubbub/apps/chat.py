@@ -43,6 +43,7 @@ from ..core import (
     Catchup,
     ChatCore,
     ChatLimits,
+    Close,
     Effect,
     LoadHistory,
     Persist,
@@ -55,7 +56,7 @@ from ..server import WEBSOCKET_OPCODE_TEXT, Frame, Server
 from ..store import PendingMessage, Store, StoreError
 from ..transport.http import Request, Response
 from .catchup import Catchups
-from .http_api import HttpApi
+from .http_api import HttpApi, room_page
 from .journal import Journal
 from .retention import RETENTION_PERIOD, Retention
 from .seed import SeedRoom
@@ -66,6 +67,8 @@ from .wiring import build_broker, build_store, describe_store
 POSITION_PERIOD = 2.0
 #: Milliseconds between looks for holes that waited long enough.
 HOLE_CHECK_MS = 50
+#: Rooms read per query when the core learns the stored rooms at start.
+ROOM_LOAD_PAGE = 1000
 #: Seconds /readyz gives the store and the broker to answer.
 READY_TIMEOUT = 2.0
 #: The broker subscription /readyz makes (not a valid room name: never a real room).
@@ -82,7 +85,18 @@ class ChatApp:
     def __init__(self, server: Server, store: Store, broker: Broker) -> None:
         self.server = server
         s = self.settings = server.settings
-        self.core = ChatCore(ChatLimits(s.rate, s.burst, s.max_rooms_per_connection))
+        self.core = ChatCore(
+            ChatLimits(
+                s.rate,
+                s.burst,
+                s.max_rooms_per_connection,
+                max_rooms=s.max_rooms,
+                room_create_rate=s.room_create_rate,
+                room_create_burst=s.room_create_burst,
+                max_invalid_frames=s.max_invalid_frames,
+                invalid_frame_window=s.invalid_frame_window,
+            )
+        )
         self.store = store
         self.broker = broker
         self.journal = Journal(
@@ -113,7 +127,6 @@ class ChatApp:
             self.core,
             store,
             self.journal,
-            room_list=self._room_list,
             delete_room=self.delete_room,
             api_key=s.api_key or os.environ.get("HUBBUB_API_KEY", ""),
         )
@@ -143,11 +156,26 @@ class ChatApp:
         except BrokerError as exc:
             await self.store.close()
             raise StartupError(f"cannot start the broker {self.settings.broker}: {exc}") from exc
+        await self._load_rooms()
         self.journal.start()
         await self.retention.run()
         server.tick(RETENTION_PERIOD * 1000, lambda _tid: self._spawn(self.retention.run()))
         server.tick(HOLE_CHECK_MS, lambda _tid: self._fill_holes())
         server.tick(POSITION_PERIOD * 1000, lambda _tid: self._spawn(self.check_positions()))
+
+    async def _load_rooms(self) -> None:
+        # The core counts rooms against max_rooms and tells a join that creates
+        # a room from one that enters an existing one: it learns the stored ones.
+        after: str | None = None
+        while True:
+            try:
+                page = await self.store.rooms(after, ROOM_LOAD_PAGE)
+            except StoreError as exc:
+                raise StartupError(f"cannot read the room list: {exc}") from exc
+            self.core.load_rooms(m.name for m in page)
+            if len(page) < ROOM_LOAD_PAGE:
+                return
+            after = page[-1].name
 
     async def on_shutdown(self, server: Server) -> None:
         # Connections are closed by now; write what was accepted, then stop.
@@ -188,7 +216,7 @@ class ChatApp:
             self.seed.message(frame)
             return
         if not isinstance(frame.data, str):
-            self.reply(fd, p.Error(p.E_NOT_TEXT, "hubbub.v1 frames are JSON text frames"))
+            self.run(self.core.not_text(fd))
             return
         try:
             decoded = p.decode(frame.data)
@@ -324,7 +352,9 @@ class ChatApp:
             elif isinstance(effect, LoadHistory):
                 self._spawn(self._history(effect))
             elif isinstance(effect, RoomsQuery):
-                self._spawn(self._rooms(effect.fd))
+                self._spawn(self._rooms(effect))
+            elif isinstance(effect, Close):
+                self.server.disconnect(effect.fd, effect.code, effect.reason)
 
     def _persist(self, effect: Persist) -> None:
         e = effect
@@ -395,7 +425,7 @@ class ChatApp:
                     p.Error(p.E_NO_SUCH_ROOM, f"no room called {e.room!r}", "history", e.room),
                 )
                 return
-            messages, has_more = await self.store.page(e.room, e.before, e.limit)
+            messages, has_more = p.fit_page(*await self.store.page(e.room, e.before, e.limit))
             # A page waits for the client to read the previous ones.
             if not await self.catchups.drained(e.fd):
                 return
@@ -405,19 +435,13 @@ class ChatApp:
             return
         self.reply(e.fd, p.HistoryPage(e.room, meta.epoch, messages, has_more, e.before))
 
-    async def _room_list(self) -> list[p.RoomInfo]:
-        counts = self.core.member_counts()
-        metas = {m.name: m for m in await self.store.rooms()}
-        names = sorted(set(metas) | set(counts))
-        return [p.RoomInfo(n, counts.get(n, 0), metas[n].seq if n in metas else 0) for n in names]
-
-    async def _rooms(self, fd: int) -> None:
+    async def _rooms(self, e: RoomsQuery) -> None:
         try:
-            rooms = await self._room_list()
+            rooms, after = await room_page(self.core, self.store, e.after, e.limit)
         except StoreError:
-            self.reply(fd, p.Error(p.E_UNAVAILABLE, "room list unavailable", "rooms"))
+            self.reply(e.fd, p.Error(p.E_UNAVAILABLE, "room list unavailable", "rooms"))
             return
-        self.reply(fd, p.RoomList(rooms))
+        self.reply(e.fd, p.RoomList(rooms, after))
 
     # -- deleting a room -------------------------------------------------------
 

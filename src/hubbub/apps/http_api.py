@@ -77,11 +77,7 @@ class HttpApi:
         *,
         delete_room: Callable[[str], Awaitable[tuple[bool, int]]],
         api_key: str,
-        room_list: object = None,
     ) -> None:
-        # ``room_list`` is not used any more (the list is paged: :func:`room_page`);
-        # accepted until apps/chat.py stops passing it.
-        del room_list
         self.core = core
         self.store = store
         self.journal = journal
