@@ -16,7 +16,7 @@ BENCH_STAMP   := $(VENV)/.installed-bench
 APT_PACKAGES := chromium nginx haproxy openssl
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: install install-dev install-bench run test lint system-deps node-deps conformance bench clean
+.PHONY: install install-dev install-bench run test lint system-deps node-deps conformance bench fuzz soak clean
 
 install: $(RUNTIME_STAMP)
 install-dev: $(DEV_STAMP)
@@ -80,6 +80,18 @@ conformance: install-dev
 BENCH_ARGS ?=
 bench: install-bench node-deps
 	$(BIN)/python bench/run.py $(BENCH_ARGS)
+
+# The fuzz properties of tests/fuzz, 50x longer than in `make test`
+# (FUZZ_ARGS="--examples-scale 200 --seed 1" for a longer, repeatable run).
+FUZZ_ARGS ?=
+fuzz: install-dev
+	$(BIN)/python -m tools.fuzz $(FUZZ_ARGS)
+
+# Mixed load with misbehaving clients against `hubbub serve` (default 10 minutes);
+# asserts no loss, bounded latency, flat RSS; writes reports/soak.json.
+SOAK_DURATION ?= 600
+soak: install
+	$(BIN)/python -m tools.soak --duration $(SOAK_DURATION) --json reports/soak.json
 
 clean:
 	rm -rf $(VENV) reports .pytest_cache

@@ -453,3 +453,14 @@ async def test_random_batches_keep_numbering_and_client_ids(backend: Backend, se
                 assert await meta(store, room) == (count[room], 1)
     finally:
         await store.close()
+
+
+async def test_rooms_pages_in_name_byte_order(store: Store) -> None:
+    names = ["b", "B", "a", "c", "a"]
+    await store.append([PendingMessage(n, None, "ann", "hi", 1000.0) for n in names])
+    assert [(r.name, r.seq) for r in await store.rooms(None, 2)] == [("B", 1), ("a", 2)]
+    assert [r.name for r in await store.rooms("a", 2)] == ["b", "c"]
+    assert [r.name for r in await store.rooms("aa", 5)] == ["b", "c"]
+    assert await store.rooms("c", 5) == []
+    assert (await store.rooms("B", 1))[0] == await store.room("a")
+    assert [r.name for r in await store.rooms()] == ["B", "a", "b", "c"]

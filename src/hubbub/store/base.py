@@ -95,8 +95,10 @@ class Store(Protocol):
         ``reset``)."""
         ...
 
-    async def rooms(self) -> list[RoomMeta]:
-        """Every room, in byte order of name."""
+    async def rooms(self, after: str | None = None, limit: int | None = None) -> list[RoomMeta]:
+        """Rooms in byte order of name: those named after ``after`` (all if None), at
+        most ``limit`` (all if None). Committed rooms only; runs off the commit path
+        where the engine allows (SQLite: its own read-only connection and thread)."""
         ...
 
     async def reset(self, room: str) -> RoomMeta:
