@@ -279,10 +279,9 @@ def _http_get(port: int, path: str) -> tuple[int, bytes]:
         return response.status, response.read()
 
 
-def test_rooms_commands_are_wired_into_the_cli(tmp_path):
-    """`hubbub rooms list/delete` run from the real command line."""
-    db = tmp_path / "h.db"
-    store_script = (
+def _db_with_one_message(db) -> None:
+    """A database file with one message in room 'ops', written by another process."""
+    script = (
         "import asyncio\n"
         "from hubbub.store import PendingMessage\n"
         "from hubbub.store.sqlite import SQLiteStore\n"
@@ -292,7 +291,13 @@ def test_rooms_commands_are_wired_into_the_cli(tmp_path):
         "    await s.close()\n"
         "asyncio.run(main())\n"
     )
-    subprocess.run([sys.executable, "-c", store_script], check=True, timeout=30)
+    subprocess.run([sys.executable, "-c", script], check=True, timeout=30)
+
+
+def test_rooms_commands_are_wired_into_the_cli(tmp_path):
+    """`hubbub rooms list/delete` run from the real command line."""
+    db = tmp_path / "h.db"
+    _db_with_one_message(db)
     hubbub = [sys.executable, "-m", "hubbub"]
     listed = subprocess.run(
         [*hubbub, "rooms", "list", "--db", str(db)], capture_output=True, text=True, timeout=30
@@ -320,17 +325,7 @@ def test_rooms_commands_are_wired_into_the_cli(tmp_path):
 def test_backup_and_restore_commands_are_wired_into_the_cli(tmp_path):
     """`hubbub backup` and `hubbub restore` from the real command line."""
     db = tmp_path / "h.db"
-    script = (
-        "import asyncio\n"
-        "from hubbub.store import PendingMessage\n"
-        "from hubbub.store.sqlite import SQLiteStore\n"
-        "async def main():\n"
-        f"    s = SQLiteStore({str(db)!r}); await s.open()\n"
-        "    await s.append([PendingMessage('ops', None, 'ann', 'hi', 1.0)])\n"
-        "    await s.close()\n"
-        "asyncio.run(main())\n"
-    )
-    subprocess.run([sys.executable, "-c", script], check=True, timeout=30)
+    _db_with_one_message(db)
     hubbub = [sys.executable, "-m", "hubbub"]
     copy = tmp_path / "copy.db"
     backup = subprocess.run(
