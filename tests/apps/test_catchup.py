@@ -132,3 +132,56 @@ async def test_a_resumer_that_does_not_read_holds_a_bounded_buffer_then_is_close
         await wait_until(lambda: fd not in server.app.v1, what="the connection closed")
     finally:
         ws.transport.abort()
+
+
+class CloseDuringCatchup:
+    """A store that drops the joining client's TCP connection just as the catch-up's
+    ``create_room`` returns: the close is then handled in the same loop tick as the
+    catch-up's next step (what a client closing right after its ``pong`` does)."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.calls = 0
+        self.conn: Any = None
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    async def create_room(self, room: str) -> Any:
+        meta = await self.inner.create_room(room)
+        self.calls += 1
+        if self.calls == 2 and self.conn is not None:
+            # The 1st call is the sequencer's position, the 2nd the catch-up's.
+            self.conn.transport.abort()
+        return meta
+
+
+async def test_a_member_closing_during_its_catch_up_leaves_no_error_and_no_room_followed(
+    tmp_path, caplog
+):
+    db = str(tmp_path / "c.db")
+    store = CloseDuringCatchup(SQLiteStore(db))
+    server = create_app("127.0.0.1", 0, Settings(db=db, rate=0), store=store)
+    await server.listen()
+    app = server.app
+    try:
+        bob = await Client.open(server)
+        fd = next(iter(app.v1))
+        store.conn = server._endpoint.all[fd]
+        with caplog.at_level("DEBUG", logger="hubbub"):
+            await bob.send(type="join", room="lobby", nick="bob")
+            await wait_until(lambda: fd not in app.v1, what="bob's close handled")
+            await wait_until(lambda: not app._tasks, what="bob's catch-up ended")
+        errors = [r for r in caplog.records if r.levelname in ("ERROR", "CRITICAL")]
+        assert not errors, [r.getMessage() for r in errors]
+        assert "lobby" not in app.sequencer.rooms
+        assert not app._subs and not app._rooms_of
+        assert "lobby" not in app.broker.subscribed
+        # The next member is served as usual.
+        ann = await Client.open(server)
+        await ann.send(type="join", room="lobby", nick="ann")
+        await ann.expect("room")
+        assert app.sequencer.cursor("lobby") == 0
+        await ann.close()
+    finally:
+        await server.shutdown()

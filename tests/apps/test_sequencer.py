@@ -221,3 +221,30 @@ async def test_untracked_rooms_are_ignored_and_rooms_are_independent():
     s.feed("b", 1, payload("b", 1))
     s.feed("a", 1, payload("a", 1))
     assert out == [("a", 1)]
+
+
+async def test_a_cancelled_first_ready_does_not_fail_a_second_one():
+    # Two members join at once; the first one's read of the position is cancelled
+    # (it left, or closed): the second one still gets the room followed.
+    store = FakeStore()
+    store.add("r", 3)
+    gate = asyncio.Event()
+    calls = 0
+
+    async def position(room: str) -> int:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            await gate.wait()
+        return await store.position(room)
+
+    seq = Sequencer(lambda room, payload, s: None, store.since, position)
+    first = asyncio.ensure_future(seq.ready("r"))
+    await asyncio.sleep(0)
+    second = asyncio.ensure_future(seq.ready("r"))
+    await asyncio.sleep(0)
+    first.cancel()
+    await asyncio.wait_for(second, 2)  # not StoreError("cancelled")
+    assert first.cancelled()
+    assert seq.cursor("r") == 3
+    await seq.reach("r", 3)

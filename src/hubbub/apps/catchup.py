@@ -212,13 +212,22 @@ class Catchups:
                     return
                 last = replayed
             if not state.overflow:
-                limit = self.server.settings.close_timeout * 2
-                await asyncio.wait_for(self._reach(room, last), limit)
+                # The room is followed here while this catch-up runs: its member
+                # subscribed (above) and a leave, close or delete cancels this task
+                # (``cancel``, synchronously) before the room can be forgotten. So
+                # ``reach`` must run in this task: asyncio.wait_for (Python 3.11)
+                # would run it in a task of its own, which can start after the
+                # member's close has forgotten the room, and then turn this task's
+                # cancellation into that task's "not followed" StoreError.
+                async with asyncio.timeout(self.server.settings.close_timeout * 2):
+                    await self._reach(room, last)
         except (StoreError, BrokerError, TimeoutError) as exc:
+            if not self._current(fd, room, state):
+                # The member left meanwhile (a normal race): nothing to undo or tell.
+                log.debug("catch-up of %s for client-%d ended: %s", room, fd, exc or "timeout")
+                return
             # Undo the join, so that the client can simply send it again.
             log.error("catch-up of %s for client-%d failed: %s", room, fd, exc or "timeout")
-            if not self._current(fd, room, state):
-                return
             self._end(fd, room, state)
             self._undo(fd, room)
             self._reply(

@@ -252,7 +252,13 @@ class ChatApp:
         await self.sequencer.ready(room)
 
     def _left(self, fd: int, room: str) -> None:
-        """``fd`` is no longer a member of ``room``: its catch-up stops, its interest ends."""
+        """``fd`` is no longer a member of ``room``: its catch-up stops, its interest ends.
+
+        Invariant: a room is followed (broker subscription, sequencer cursor) while
+        any local member that subscribed for it is in ``_subs``, and a catch-up runs
+        only while its member is there: its task is cancelled here, synchronously,
+        before the room can be forgotten, so a catch-up never waits on
+        (``Sequencer.reach``) a room that is not followed."""
         self.catchups.cancel(fd, room)
         fds = self._subs.get(room)
         if fds is None or fd not in fds:

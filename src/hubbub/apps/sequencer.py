@@ -61,7 +61,8 @@ class _Room:
         self.target = 0  # highest seq known to exist
         self.deadline: float | None = None  # when an open hole is read from the store
         self.filling = False
-        self.ready: asyncio.Future[None] | None = None
+        # The position read in progress: True once read, False if its reader was cancelled.
+        self.ready: asyncio.Future[bool] | None = None
 
 
 class Sequencer:
@@ -98,30 +99,44 @@ class Sequencer:
         """Track ``room`` (if not yet) and return once its cursor is known.
 
         Frames fed meanwhile are held. StoreError if the position cannot be read
-        (the room then stays untracked-ready: a later call tries again)."""
-        st = self.rooms.get(room)
-        if st is None:
-            st = self.rooms[room] = _Room()
-        if st.cursor is not None:
-            return
-        if st.ready is None:
-            st.ready = asyncio.get_running_loop().create_future()
-            fut = st.ready
+        (the room then stays untracked-ready: a later call tries again).
+
+        Several members may call this at once: the first one reads the position,
+        the others wait for that read. If the reader is cancelled (its member
+        left or closed), a waiter reads it itself: another member's departure is
+        a normal race, never an error for the members that stay. The room may be
+        forgotten meanwhile (its last member left): this then returns without
+        tracking it."""
+        while True:
+            st = self.rooms.get(room)
+            if st is None:
+                st = self.rooms[room] = _Room()
+            if st.cursor is not None:
+                return
+            if st.ready is not None:
+                if await asyncio.shield(st.ready):
+                    return
+                continue  # its reader was cancelled: read it here
+            fut = st.ready = asyncio.get_running_loop().create_future()
             try:
                 seq = await self.position_of(room)
             except BaseException as exc:
-                st.ready = None
+                if st.ready is fut:
+                    st.ready = None
                 if not fut.done():
-                    err = exc if isinstance(exc, Exception) else StoreError("cancelled")
-                    fut.set_exception(err)
-                    fut.exception()  # retrieved: waiters get it through their own await
+                    if isinstance(exc, Exception):
+                        fut.set_exception(exc)
+                        fut.exception()  # retrieved: waiters get it through their own await
+                    else:
+                        fut.set_result(False)  # cancelled: the waiters read it themselves
                 raise
             if self.rooms.get(room) is st and st.cursor is None:
                 self._start(room, st, seq)
+            if st.ready is fut:
+                st.ready = None
             if not fut.done():
-                fut.set_result(None)
+                fut.set_result(True)
             return
-        await asyncio.shield(st.ready)
 
     def _start(self, room: str, st: _Room, seq: int) -> None:
         st.cursor = seq
