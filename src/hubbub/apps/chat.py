@@ -147,6 +147,8 @@ class ChatApp:
     async def on_start(self, server: Server) -> None:
         try:
             await self.store.open()
+        except StartupError:
+            raise  # already one line for the operator (e.g. another process holds the file)
         except StoreError as exc:
             raise StartupError(
                 f"cannot open the history store {describe_store(self.settings)}: {exc}"
