@@ -611,3 +611,20 @@ async def test_the_room_list_of_an_in_memory_store() -> None:
         await store.close()
     with pytest.raises(StoreError):
         await store.rooms()
+
+
+async def test_the_lock_is_released_even_when_closing_the_database_fails(
+    db_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    first = SQLiteStore(db_path)
+    await first.open()
+
+    def broken_close() -> None:
+        raise sqlite3.OperationalError("disk I/O error")
+
+    monkeypatch.setattr(first, "_close", broken_close)
+    with pytest.raises(StoreError, match="disk I/O error"):
+        await first.close()
+    second = SQLiteStore(db_path)
+    await second.open()  # not StoreLocked: the failed close let the file go
+    await second.close()

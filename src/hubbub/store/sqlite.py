@@ -238,16 +238,20 @@ class SQLiteStore:
             if rdb is not None:
                 await asyncio.get_running_loop().run_in_executor(reader, rdb.close)
             reader.shutdown(wait=True)
-        if self._executor is not None:
-            try:
-                await self._run(self._close)
-            finally:
-                self._executor.shutdown(wait=True)
-                self._executor = None
-                self._rooms.clear()
-        if self._lock is not None:
-            self._lock.release()
-            self._lock = None
+        try:
+            if self._executor is not None:
+                try:
+                    await self._run(self._close)
+                finally:
+                    self._executor.shutdown(wait=True)
+                    self._executor = None
+                    self._rooms.clear()
+        finally:
+            # Released even when closing the database failed: another process may
+            # then open the file (the lock only guards against two live writers).
+            if self._lock is not None:
+                self._lock.release()
+                self._lock = None
 
     def _close(self) -> None:
         if self._db is not None:
