@@ -38,9 +38,8 @@ async def _open(db_path: str, through_server: str) -> SQLiteStore:
     try:
         await store.open()
     except StoreLocked as exc:
-        pid = f"pid {exc.pid}" if exc.pid is not None else "pid unknown"
         raise AdminError(
-            f"{db_path} is in use by a running hubbub server ({pid}); {through_server}"
+            f"{db_path} is in use by a running hubbub server ({exc.holder}); {through_server}"
         ) from None
     except StoreError as exc:
         raise AdminError(f"{db_path}: {exc}") from None

@@ -42,7 +42,7 @@ from urllib.parse import quote
 
 from ..config import Settings
 from ..errors import StartupError
-from ..store.sqlite import SCHEMA_VERSION, StoreLocked, _FileLock
+from ..store.sqlite import SCHEMA_VERSION, FileLock, StoreLocked
 
 #: Tables every hubbub database has (schema version 1 on).
 _TABLES = ("rooms", "messages")
@@ -235,14 +235,14 @@ def restore(src: str, db_path: str) -> DbInfo:
     db_dir = os.path.dirname(os.path.abspath(db_path))
     if not os.path.isdir(db_dir):
         raise BackupError(f"{db_dir}: no such directory for the database")
-    lock = _FileLock(db_path)
+    lock = FileLock(db_path)
     created_lock = not os.path.exists(lock.path)
     try:
         lock.acquire()
     except StoreLocked as exc:
-        pid = f"pid {exc.pid}" if exc.pid is not None else "pid unknown"
         raise BackupError(
-            f"{db_path} is in use by a running hubbub server ({pid}); stop it, then restore"
+            f"{db_path} is in use by a running hubbub server ({exc.holder}); "
+            "stop it, then restore"
         ) from None
     except OSError as exc:
         raise BackupError(f"cannot lock {lock.path}: {exc.strerror or exc}") from None

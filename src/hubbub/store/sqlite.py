@@ -80,13 +80,15 @@ class StoreLocked(StoreError, StartupError):
     def __init__(self, path: str, pid: int | None) -> None:
         self.path = path
         self.pid = pid
-        holder = f"pid {pid}" if pid is not None else "pid unknown"
+        #: Who holds the lock, for messages: "pid 1234" (or "pid unknown").
+        self.holder = f"pid {pid}" if pid is not None else "pid unknown"
         super().__init__(
-            f"{path} is in use by another hubbub process ({holder}); stop it or use another --db"
+            f"{path} is in use by another hubbub process ({self.holder}); "
+            "stop it or use another --db"
         )
 
 
-class _FileLock:
+class FileLock:
     """An exclusive ``flock`` on ``<db>.lock``, holding the owner's pid.
 
     The kernel releases a ``flock`` when its process dies (even by ``kill -9``),
@@ -146,7 +148,7 @@ class SQLiteStore:
         # store thread).
         self._reader: ThreadPoolExecutor | None = None
         self._rdb: sqlite3.Connection | None = None
-        self._lock: _FileLock | None = None
+        self._lock: FileLock | None = None
         # Room epoch and last seq, owned by the store thread.
         self._rooms: dict[str, RoomMeta] = {}
 
@@ -166,7 +168,7 @@ class SQLiteStore:
         live process has it open."""
         if self.path != ":memory:":
             Path(self.path).parent.mkdir(parents=True, exist_ok=True)
-            lock = _FileLock(self.path)
+            lock = FileLock(self.path)
             try:
                 lock.acquire()
             except OSError as exc:
