@@ -17,6 +17,9 @@ MiB = 1024 * KiB
 
 #: SQLite's synchronous modes (https://sqlite.org/pragma.html#pragma_synchronous).
 SQLITE_SYNCHRONOUS = ("OFF", "NORMAL", "FULL", "EXTRA")
+#: The values of ``auth`` and ``log_format``.
+AUTH_MODES = ("none", "token", "optional")
+LOG_FORMATS = ("text", "json")
 
 
 def _doc(text: str, **kw: Any) -> Any:
@@ -252,6 +255,78 @@ class Settings:
         default="",
     )
 
+    # -- identity (docs/security.md) -------------------------------------------
+    auth: str = _doc(
+        "Who may connect with hubbub.v1: 'none' (anyone, any nickname: the seed's open "
+        "room), 'token' (every hubbub.v1 connection presents a signed token, see "
+        "jwt_secret / jwt_public_key) or 'optional' (a token makes a user; without one "
+        "a guest gets a guest-<n> nickname, read-only unless guest_write).",
+        default="none",
+    )
+    jwt_secret: str = _doc(
+        "Shared secret of HS256 connection tokens (also read from HUBBUB_JWT_SECRET). "
+        "At least 32 bytes.",
+        default="",
+    )
+    jwt_public_key: str = _doc(
+        "File with the PEM public key (RS256/ES256) or a JWKS of the keys that sign "
+        "connection tokens.",
+        default="",
+    )
+    jwt_audience: str = _doc(
+        "Required 'aud' claim of connection tokens (empty: not checked).",
+        default="",
+    )
+    jwt_issuer: str = _doc(
+        "Required 'iss' claim of connection tokens (empty: not checked).",
+        default="",
+    )
+    allow_anonymous_seed: bool = _doc(
+        "With auth=token: still let plain WebSocket clients (no hubbub.v1) into the "
+        "seed's open room. Off: they get HTTP 401 with a reason.",
+        default=False,
+    )
+    guest_write: bool = _doc(
+        "With auth=optional: guests (no token) may send messages, not only read.",
+        default=False,
+    )
+    auth_timeout: float = _doc(
+        "Seconds a connection that must authenticate has to send its auth frame "
+        "before it is closed (close code 4401).",
+        default=10.0,
+    )
+
+    # -- fallback transports (docs/transports.md) -------------------------------
+    poll_timeout: float = _doc(
+        "Seconds a long-poll request waits for frames before it answers empty "
+        "(keep it below the proxies' read timeouts). Sessions of the HTTP fallback "
+        "transports (SSE, long polling) that stop polling are dropped after "
+        "ping_interval + ping_timeout, like silent WebSocket clients.",
+        default=25.0,
+    )
+
+    # -- operations ---------------------------------------------------------
+    metrics_token: str = _doc(
+        "Bearer token that GET /metrics requires (also read from "
+        "HUBBUB_METRICS_TOKEN). Empty and no metrics_port: /metrics is off.",
+        default="",
+    )
+    metrics_port: int = _doc(
+        "Serve /metrics (Prometheus text format) on this separate port, bound to the "
+        "same host (0: not on a separate port).",
+        default=0,
+    )
+    log_format: str = _doc(
+        "Log lines as 'text' (for people) or 'json' (one object per line, for log pipelines).",
+        default="text",
+    )
+    workers: int = _doc(
+        "Processes serving the port (SO_REUSEPORT) under one supervising parent that "
+        "restarts a dead one. More than 1 needs a shared store and broker "
+        "(postgresql:// and redis://).",
+        default=1,
+    )
+
     def with_overrides(self, **changes: Any) -> Settings:
         """Return a copy with the given fields changed (unknown names raise)."""
         return replace(self, **changes)
@@ -291,6 +366,16 @@ class Settings:
         if bool(self.certfile) != bool(self.keyfile):
             missing = "keyfile" if self.certfile else "certfile"
             raise SettingError(missing, "is needed too (TLS needs certfile and keyfile)")
+        for name, choices in (
+            ("auth", AUTH_MODES),
+            ("log_format", LOG_FORMATS),
+        ):
+            if getattr(self, name) not in choices:
+                raise SettingError(
+                    name, f"must be one of {', '.join(choices)}, got {getattr(self, name)!r}"
+                )
+        if self.workers < 1:
+            raise SettingError("workers", "must be at least 1")
         try:
             parse_allowed(self.allowed_origins)
         except ValueError as exc:

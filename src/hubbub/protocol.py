@@ -36,6 +36,9 @@ ROOMS_PAGE_DEFAULT = 100  #: rooms in a page of the room list when no ``limit`` 
 #: Largest sequence number a client may send (``since``, ``before``): 2**53 - 1, the
 #: largest integer a JavaScript number holds exactly; bigger ones are refused.
 MAX_SEQ = 2**53 - 1
+#: Characters in a connection token (``auth`` frame): a JWT with a few claims is
+#: well under 1 KiB; RS256 signatures and a long ``rooms`` list stay under this.
+MAX_TOKEN = 8192
 #: Python regular expressions (``re.search``, as msgspec applies them).
 ROOM_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.\-]*\Z"
 NICK_PATTERN = r"^[^\W_][\w.\-]*\Z"
@@ -129,6 +132,21 @@ def welcome_limits(
 # Client -> server
 
 
+class Auth(msgspec.Struct, tag="auth", forbid_unknown_fields=True, omit_defaults=True):
+    """A connection token (a JWT), sent as the first frame by clients that cannot
+    set ``Authorization`` on the upgrade request (browsers). ``welcome`` follows
+    a token that verifies."""
+
+    token: Annotated[
+        str,
+        msgspec.Meta(
+            min_length=1,
+            max_length=MAX_TOKEN,
+            description=f"a token is 1-{MAX_TOKEN} characters",
+        ),
+    ]
+
+
 class Join(msgspec.Struct, tag="join", forbid_unknown_fields=True, omit_defaults=True):
     """Join a room; with ``since``, resume from the last sequence number seen."""
 
@@ -191,8 +209,22 @@ class Ping(msgspec.Struct, tag="ping", forbid_unknown_fields=True, omit_defaults
     id: ClientId | None = None
 
 
-ClientFrame = Join | Leave | Send | SetNick | Direct | Typing | History | ListRooms | Who | Ping
-CLIENT_TYPES = ("join", "leave", "send", "nick", "dm", "typing", "history", "rooms", "who", "ping")
+ClientFrame = (
+    Auth | Join | Leave | Send | SetNick | Direct | Typing | History | ListRooms | Who | Ping
+)
+CLIENT_TYPES = (
+    "auth",
+    "join",
+    "leave",
+    "send",
+    "nick",
+    "dm",
+    "typing",
+    "history",
+    "rooms",
+    "who",
+    "ping",
+)
 
 
 # ---------------------------------------------------------------------------
@@ -369,6 +401,18 @@ E_TOO_MANY_ROOMS = "too_many_rooms"
 E_ROOM_LIMIT = "room_limit"
 E_UNAVAILABLE = "unavailable"
 E_INTERNAL = "internal"
+# Identity (docs/security.md): a token refused or missing, a room or action not allowed.
+E_AUTH_REQUIRED = "auth_required"  #: this server needs an ``auth`` frame first
+E_AUTH_FAILED = "auth_failed"  #: the token does not verify (signature, claims, format)
+E_TOKEN_EXPIRED = "token_expired"  #: the token's ``exp`` has passed
+E_FORBIDDEN = "forbidden"  #: the token does not allow this room or action
+E_READ_ONLY = "read_only"  #: a guest without write access tried to send
+E_NICK_CONFUSABLE = "nick_confusable"  #: looks like another member's nickname
+
+# Close codes of the hubbub.v1 protocol (RFC 6455 7.4.2: 4000-4999 are private use).
+CLOSE_AUTH_FAILED = 4401  #: no valid token in time (after an ``error`` frame)
+CLOSE_TOKEN_EXPIRED = 4402  #: the connection's token expired: refresh it and resume
+CLOSE_FORBIDDEN = 4403  #: the token no longer allows this connection
 
 ServerFrame = (
     Welcome

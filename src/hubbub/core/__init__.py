@@ -8,6 +8,7 @@ a broker. Unit tests drive it without sockets or a database.
 
 from .chat import ChatCore, ChatLimits
 from .effects import Catchup, Close, Effect, LoadHistory, Persist, Publish, Reply, RoomsQuery
+from .identity import Identity
 from .ratelimit import TokenBucket
 
 __all__ = [
@@ -16,6 +17,7 @@ __all__ = [
     "ChatLimits",
     "Close",
     "Effect",
+    "Identity",
     "LoadHistory",
     "Persist",
     "Publish",

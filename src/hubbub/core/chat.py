@@ -382,6 +382,11 @@ class ChatCore:
     def _who(self, s: Session, f: p.Who) -> list[Effect]:
         return [Reply(s.fd, p.Members(f.room, self.members(f.room)))]
 
+    def _auth(self, s: Session, f: p.Auth) -> list[Effect]:
+        # The service layer takes the one ``auth`` a connection may send before
+        # ``welcome``; one that reaches the core came too late.
+        return [self._error(s.fd, p.E_BAD_FRAME, "auth is the first frame, sent once", f)]
+
     def _ping(self, s: Session, f: p.Ping) -> list[Effect]:
         return [Reply(s.fd, p.Pong(f.id, self.wallclock()))]
 
@@ -455,4 +460,5 @@ _HANDLERS: dict[type, Callable[[ChatCore, Session, object], list[Effect]]] = {
     p.ListRooms: ChatCore._rooms,  # type: ignore[dict-item]
     p.Who: ChatCore._who,  # type: ignore[dict-item]
     p.Ping: ChatCore._ping,  # type: ignore[dict-item]
+    p.Auth: ChatCore._auth,  # type: ignore[dict-item]
 }
