@@ -211,6 +211,12 @@ class ServerEndpoint:
             return f"Connection limit reached ({self.settings.max_connections})"
         return None
 
+    def ws_authorize(self, request: Request) -> tuple[int, str] | None:
+        handler = self.handlers.get("upgrade")
+        if handler is None:
+            return None
+        return handler(self.server, request)
+
     def ws_opened(
         self, transport: asyncio.Transport, proto: Any, request: Request, head: bytes
     ) -> WebSocketConnection:

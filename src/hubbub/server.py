@@ -18,7 +18,11 @@ A user who knows ``Swoole\\WebSocket\\Server`` recognises it::
 
 Events: ``open(server, request)``, ``message(server, frame)``,
 ``close(server, fd)``, ``request(request, response)``, plus ``start(server)``
-and ``shutdown(server)``. Handlers may be plain functions or coroutines.
+and ``shutdown(server)``. ``upgrade(server, request)`` runs for each WebSocket
+handshake once it is valid (subprotocol chosen, ``fd`` not yet given): it returns
+None to accept, or ``(status, reason)`` to refuse with that HTTP status (e.g.
+``(401, "a token is required")``); it may set ``request.user``. It must not block.
+Other handlers may be plain functions or coroutines.
 
 Ordering invariant: the events of one connection reach the handlers in the
 order they happened (open, messages, close), also when handlers are async
@@ -56,7 +60,7 @@ __all__ = ["EVENTS", "WEBSOCKET_OPCODE_BINARY", "WEBSOCKET_OPCODE_TEXT", "Frame"
 
 log = logging.getLogger("hubbub")
 
-EVENTS = ("open", "message", "close", "request", "start", "shutdown")
+EVENTS = ("open", "message", "close", "request", "start", "shutdown", "upgrade")
 
 #: Swoole's opcode constants.
 WEBSOCKET_OPCODE_TEXT = Opcode.TEXT

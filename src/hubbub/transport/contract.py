@@ -92,6 +92,16 @@ class HttpEndpoint(Protocol):
         """
         ...
 
+
+    def ws_authorize(self, request: Request) -> tuple[int, str] | None:
+        """None to open the WebSocket, or ``(status, reason)`` to refuse it.
+
+        Caller: for each upgrade request that websockets accepted (RFC 6455
+        4.2.1 checks passed, ``request.subprotocol`` chosen), before the 101.
+        May set ``request.user``.
+        """
+        ...
+
     def ws_opened(
         self, transport: asyncio.Transport, proto: Any, request: Request, head: bytes
     ) -> WebSocketConnection:

@@ -381,8 +381,17 @@ class HttpConnection(asyncio.Protocol):
         except Exception:
             self._refuse_handshake(proto, wsrequest)
             return
-        proto.accept_called = True
         request.subprotocol = proto.subprotocol
+        try:
+            denied = self.endpoint.ws_authorize(request)
+        except Exception:
+            log.error("upgrade handler failed", exc_info=True)
+            denied = (500, "Internal Server Error")
+        if denied is not None:
+            status, reason = denied
+            self.reject(HTTPStatus(status), reason, [])
+            return
+        proto.accept_called = True
         self.upgraded = True
         self._cancel_timer()
         head = switching_protocols(accept, extensions_header, protocol_header)

@@ -52,6 +52,7 @@ class Request:
         "remote",
         "subprotocol",
         "tls",
+        "user",
     )
 
     def __init__(
@@ -76,6 +77,9 @@ class Request:
         #: The connection's fd once it is a WebSocket (Swoole's ``$request->fd``).
         self.fd = 0
         self.subprotocol: str | None = None
+        #: Who sent it, when an ``upgrade`` (or request) handler verified a
+        #: credential (an :class:`hubbub.core.Identity` for the chat app); else None.
+        self.user: Any = None
 
     @property
     def header(self) -> dict[str, str]:
