@@ -9,6 +9,7 @@ unexpected error).
 from __future__ import annotations
 
 import argparse
+import os
 import logging
 import sys
 from typing import NoReturn
@@ -101,7 +102,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="PEM file of the certificate authorities to trust for wss:// "
         "(default: the system's; SSL_CERT_FILE works too)",
     )
+    chat.add_argument(
+        "--token",
+        default=os.environ.get("HUBBUB_TOKEN"),
+        help="connection token (JWT) for servers that require one; default: $HUBBUB_TOKEN",
+    )
     from .apps.admin import add_rooms_command
+    from .auth.cli import add_token_command
+
+    add_token_command(sub)
 
     add_rooms_command(sub)
     from .apps.backup import add_backup_commands
@@ -131,13 +140,17 @@ def main(argv: list[str] | None = None) -> int:
 
         url = args.url if "://" in args.url else f"ws://{args.url}"
         try:
-            return uvloop.run(run_chat(url, args.room, args.nick, args.cafile))
+            return uvloop.run(run_chat(url, args.room, args.nick, args.cafile, args.token))
         except KeyboardInterrupt:
             return 0
     if args.command in ("backup", "restore"):
         from .apps.backup import run_backup_command
 
         return run_backup_command(args)
+    if args.command == "token":
+        from .auth.cli import run_token_command
+
+        return run_token_command(args)
     if args.command == "rooms":
         from .apps.admin import run_rooms_command
 

@@ -472,7 +472,11 @@ async def _read_lines(chat: TerminalChat) -> None:
 
 
 async def run_chat(
-    url: str, room: str | None, nick: str | None, cafile: str | None = None
+    url: str,
+    room: str | None,
+    nick: str | None,
+    cafile: str | None = None,
+    token: str | None = None,
 ) -> int:
     def show(text: str) -> None:
         print(text, flush=True)
