@@ -9,8 +9,8 @@ unexpected error).
 from __future__ import annotations
 
 import argparse
-import os
 import logging
+import os
 import sys
 from typing import NoReturn
 
