@@ -374,6 +374,9 @@ class Server:
                 self.host,
                 self.port,
                 reuse_address=True,
+                # --workers N: N processes bind the same port; the kernel spreads
+                # the connections between them (SO_REUSEPORT, Linux >= 3.9).
+                reuse_port=s.workers > 1 or None,
                 backlog=4096,
                 start_serving=False,
                 ssl=context,
