@@ -81,10 +81,22 @@ def serve_args(port: int, *extra: str) -> tuple[str, ...]:
     return ("-m", "hubbub", "serve", "--host", "127.0.0.1", "--port", str(port), *extra)
 
 
+#: Ports free_port() handed out in this test run. The kernel may give the same
+#: free port to two binds in a row once the first socket is closed; two servers
+#: told to use one port would then race (the loser exits, and a test that waits
+#: for "the port" finds the winner). A port is never handed out twice.
+_HANDED_OUT: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    for _ in range(1000):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = int(s.getsockname()[1])
+        if port not in _HANDED_OUT:
+            _HANDED_OUT.add(port)
+            return port
+    raise RuntimeError("no free port that was not handed out already")
 
 
 def wait_for_port(port: int, timeout: float = 10.0) -> None:
