@@ -1,0 +1,260 @@
+"""The upgrade procedure, drilled: nodes behind HAProxy restarted one at a time under traffic.
+
+Real ``hubbub serve`` processes on the machine's PostgreSQL and Redis, Debian's
+haproxy with the shipped ``deploy/haproxy.cfg`` (TLS frontend, round robin,
+health checks) in front. Clients chat through HAProxy the way the browser and
+terminal clients do: on a lost connection they reconnect (to whichever node
+HAProxy picks), resume with ``join`` ``since``/``epoch``, and send again every
+message not acknowledged yet, with the same client id. Meanwhile each node is
+stopped (SIGTERM, the graceful path of an upgrade; or SIGKILL, a crash) and
+started again, one after the other. The checker (tests/cluster/checker.py) then
+reads every client's log against the history: nothing acknowledged lost,
+nothing stored twice, every receiver gapless and in agreement.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import signal
+import ssl
+import subprocess
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trustme
+from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed, InvalidHandshake
+
+from tests.deploy.conftest import HaproxyPorts, Proxy, need, render_haproxy
+from tests.services import PG_DSN, REDIS_URL
+
+from ..conftest import free_port, serve_args
+from .checker import ClientLog, Stored, check
+
+ROOM = "drill"
+#: Upper bound on each client's messages (the drill ends long before, normally).
+MAX_SENDS = 2000
+
+
+class DrillClient:
+    """A chat client that survives its node: reconnect, resume, resend unacked."""
+
+    def __init__(self, name: str, url: str, tls: ssl.SSLContext) -> None:
+        self.name = name
+        self.url = url
+        self.tls = tls
+        self.log = ClientLog(name)
+        self.unacked: dict[str, str] = {}
+        self.epoch: str | None = None
+        self.seq = 0
+        self.ws: Any = None
+        self.connections = 0
+        self.resets: list[dict[str, Any]] = []
+
+    async def run(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            with contextlib.suppress(OSError, TimeoutError, ConnectionClosed, InvalidHandshake):
+                await self._session()
+            self.ws = None
+            if not stop.is_set():
+                await asyncio.sleep(0.05)
+
+    async def _session(self) -> None:
+        async with connect(
+            self.url, ssl=self.tls, subprotocols=["hubbub.v1"], open_timeout=5, close_timeout=1
+        ) as ws:
+            assert json.loads(await ws.recv())["type"] == "welcome"
+            join: dict[str, Any] = {"type": "join", "room": ROOM, "since": self.seq}
+            if self.epoch is not None:
+                join["epoch"] = self.epoch
+            await ws.send(json.dumps(join))
+            for cid, text in list(self.unacked.items()):
+                await ws.send(json.dumps({"type": "send", "room": ROOM, "id": cid, "text": text}))
+            self.connections += 1
+            self.ws = ws
+            async for raw in ws:
+                self._on_frame(json.loads(raw))
+
+    def _on_frame(self, frame: dict[str, Any]) -> None:
+        kind = frame["type"]
+        if kind == "room" and self.epoch is None:
+            self.epoch = frame["epoch"]
+        elif kind == "reset":
+            self.resets.append(frame)
+        elif kind == "message":
+            self.epoch, self.seq = frame["epoch"], frame["seq"]
+        elif kind == "ack":
+            self.unacked.pop(frame["id"], None)
+        self.log.on_frame(frame)
+
+    async def send_until(self, stop: asyncio.Event, period: float) -> None:
+        for i in range(MAX_SENDS):
+            if stop.is_set():
+                return
+            cid, text = f"{self.name}-{i}", f"{self.name} says {i}"
+            self.log.sent.append(cid)
+            self.unacked[cid] = text
+            if self.ws is not None:
+                # Lost with the connection? Then it is sent again after the rejoin.
+                with contextlib.suppress(ConnectionClosed):
+                    await self.ws.send(
+                        json.dumps({"type": "send", "room": ROOM, "id": cid, "text": text})
+                    )
+            await asyncio.sleep(period)
+
+
+class Node:
+    def __init__(self, spawn: Any, port: int, store: str, broker: str) -> None:
+        self.spawn, self.port, self.store, self.broker = spawn, port, store, broker
+        self.proc = self.start()
+
+    def start(self) -> subprocess.Popen[str]:
+        args = serve_args(
+            self.port, "--store", self.store, "--broker", self.broker, "--rate", "0",
+            "--no-access-log",
+        )  # fmt: skip
+        self.proc = self.spawn(*args, port=self.port)
+        return self.proc
+
+    def stop(self, how: signal.Signals) -> None:
+        self.proc.send_signal(how)
+        code = self.proc.wait(timeout=30)
+        out = self.proc.stdout.read() if self.proc.stdout else ""
+        expected = 0 if how == signal.SIGTERM else -signal.SIGKILL
+        assert code == expected, f"node on {self.port} exited {code}:\n{out}"
+
+
+def haproxy_config(ports: HaproxyPorts, third: int, stats: int, pem: Path) -> str:
+    """deploy/haproxy.cfg for three loopback nodes, plus a CSV stats page to watch them."""
+    config = render_haproxy(ports, pem)
+    node2 = f"server node2 127.0.0.1:{ports.nodes[1]}"
+    assert node2 in config
+    config = config.replace(node2, f"{node2}\n    server node3 127.0.0.1:{third}")
+    return config + f"\nlisten stats\n    bind 127.0.0.1:{stats}\n    stats enable\n" \
+        "    stats uri /stats\n"  # fmt: skip
+
+
+def servers_up(stats_port: int) -> dict[str, str]:
+    """HAProxy's view of each node (UP, DOWN, ...), from its CSV stats page."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{stats_port}/stats;csv", timeout=5) as r:
+        rows = r.read().decode().splitlines()
+    header = rows[0].lstrip("# ").split(",")
+    out = {}
+    for row in rows[1:]:
+        cols = dict(zip(header, row.split(","), strict=False))
+        if cols.get("pxname") == "hubbub_nodes" and cols.get("svname", "").startswith("node"):
+            out[cols["svname"]] = cols["status"]
+    return out
+
+
+async def wait_for(check: Any, within: float, what: str) -> None:
+    deadline = time.monotonic() + within
+    while not await asyncio.to_thread(check):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not within {within}s: {what}")
+        await asyncio.sleep(0.1)
+
+
+def read_history(port: int) -> list[Stored]:
+    """The room's whole history, read back page by page from a node's HTTP API."""
+    out: list[Stored] = []
+    before = ""
+    for _ in range(1000):
+        url = f"http://127.0.0.1:{port}/api/rooms/{ROOM}/messages?limit=200{before}"
+        with urllib.request.urlopen(url, timeout=10) as r:
+            page = json.loads(r.read())
+        msgs = page["messages"]
+        out.extend(Stored(m["epoch"], m["seq"], m.get("client_id"), m["text"]) for m in msgs)
+        if not page["has_more"] or not msgs:
+            break
+        before = f"&before={min(m['seq'] for m in msgs)}"
+    return sorted(out, key=lambda m: m.seq)
+
+
+@pytest.fixture
+def haproxy_tls(tmp_path: Path) -> tuple[Path, ssl.SSLContext]:
+    ca = trustme.CA()
+    pem = tmp_path / "site.pem"
+    ca.issue_cert("127.0.0.1", "localhost").private_key_and_cert_chain_pem.write_to_path(pem)
+    context = ssl.create_default_context()
+    ca.configure_trust(context)
+    return pem, context
+
+
+@pytest.mark.parametrize("how", [signal.SIGTERM, signal.SIGKILL], ids=["sigterm", "sigkill"])
+async def test_restarting_every_node_in_turn_under_traffic_loses_nothing(
+    spawn, pg_schema, redis_prefix, tmp_path, haproxy_tls, how
+):
+    store = f"{PG_DSN}?schema={pg_schema}"
+    broker = f"{REDIS_URL}?prefix={redis_prefix}"
+    ports = HaproxyPorts((free_port(), free_port()), free_port(), free_port())
+    third, stats = free_port(), free_port()
+    nodes = [Node(spawn, port, store, broker) for port in (*ports.nodes, third)]
+    pem, tls = haproxy_tls
+    config = tmp_path / "haproxy.cfg"
+    config.write_text(haproxy_config(ports, third, stats, pem))
+    haproxy = Proxy(
+        [need("haproxy"), "-db", "-f", str(config)], tmp_path / "haproxy.log", [ports.https]
+    )
+    try:
+        await wait_for(
+            lambda: set(servers_up(stats).values()) == {"UP"}, 30, "haproxy sees 3 nodes up"
+        )
+        await run_drill(nodes, ports.https, stats, tls, how)
+    finally:
+        haproxy.stop()
+
+
+async def run_drill(
+    nodes: list[Node], https: int, stats: int, tls: ssl.SSLContext, how: signal.Signals
+) -> None:
+    clients = [DrillClient(f"c{i}", f"wss://127.0.0.1:{https}/", tls) for i in range(6)]
+    stop_reading, stop_sending = asyncio.Event(), asyncio.Event()
+    readers = [asyncio.create_task(c.run(stop_reading)) for c in clients]
+    await wait_for(lambda: all(c.ws is not None for c in clients), 20, "every client joined")
+    senders = [asyncio.create_task(c.send_until(stop_sending, 0.05)) for c in clients]
+    try:
+        for i, node in enumerate(nodes, 1):
+            before = sum(c.connections for c in clients)
+            await asyncio.to_thread(node.stop, how)
+            await asyncio.to_thread(node.start)
+            await wait_for(
+                lambda i=i: servers_up(stats).get(f"node{i}") == "UP", 30, f"node{i} back up"
+            )
+            # Its clients came back through the other nodes (traffic never stopped).
+            await wait_for(
+                lambda before=before: sum(c.connections for c in clients) > before,
+                30,
+                f"clients of node{i} reconnected",
+            )
+        stop_sending.set()
+        await asyncio.gather(*senders)
+        await wait_for(lambda: not any(c.unacked for c in clients), 60, "every message acked")
+        history = await asyncio.to_thread(read_history, nodes[0].port)
+        last = history[-1].seq
+        await wait_for(
+            lambda: all(c.seq == last for c in clients), 60, "every client saw the last message"
+        )
+    finally:
+        stop_sending.set()
+        stop_reading.set()
+        for c in clients:
+            if c.ws is not None:
+                await c.ws.close()
+        await asyncio.wait_for(asyncio.gather(*readers, return_exceptions=True), 30)
+    logs = [c.log for c in clients]
+    sent = sum(len(log.sent) for log in logs)
+    assert len(history) == sent, f"{sent} messages sent, {len(history)} stored"
+    assert [m.seq for m in history] == list(range(1, len(history) + 1))
+    assert check(logs, history) == []
+    assert not any(c.resets for c in clients), [c.resets for c in clients]
+    # Everybody was disrupted, and nobody's receive log starts late.
+    assert sum(c.connections for c in clients) >= len(clients) + len(nodes)
+    for log in logs:
+        assert log.received[0].seq == 1 and len(log.received) == len(history), log.name
+
