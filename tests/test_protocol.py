@@ -288,6 +288,7 @@ SERVER_FRAMES: list[tuple[str, Any]] = [
     ("history", p.HistoryPage("lobby", "e", [_msg()], False)),
     ("rooms", p.RoomList([p.RoomInfo("lobby", 2, 3)])),
     ("members", p.Members("lobby", ["ann", "bob"])),
+    ("presence", p.Presence("lobby", 2, 1.0, [p.Person("bob")], [p.Person("cat", "u-cat")])),
     ("left_room", p.Left_("lobby")),
     ("pong", p.Pong("p", 2.0)),
     ("error", p.Error(p.E_NICK_TAKEN, "taken", "join", "lobby")),
@@ -547,3 +548,60 @@ def test_fit_page_counts_encoded_bytes_not_characters() -> None:
 def test_fit_page_always_keeps_the_newest_message() -> None:
     page = [_page_msg(1, "a" * 100), _page_msg(2, "b" * 100)]
     assert p.fit_page(page, False, max_bytes=10) == ([page[1]], True)
+
+
+# -- identities: user ids beside nicknames --------------------------------------
+
+
+def test_frames_of_anonymous_connections_have_no_user_field() -> None:
+    """--auth none: the frames are what they were before identities (no ``user``)."""
+    for frame in (
+        p.Welcome(p.SUBPROTOCOL, 4, "user-4"),
+        _msg(),
+        p.Joined("lobby", "ann", 1.0),
+        p.Left("lobby", "ann", 1.0),
+        p.Renamed("lobby", "ann", "anna", 1.0),
+        p.TypingEvent("lobby", "ann", True),
+        p.DirectMessage("lobby", "d", "bob", "psst", 1.0, sender="ann"),
+        p.Members("lobby", ["ann"]),
+        p.RoomState("lobby", "ann", "e", 3, ["ann"]),
+    ):
+        obj = json.loads(p.encode(frame))
+        assert "user" not in obj and "users" not in obj and "to_user" not in obj, obj
+
+
+def test_frames_carry_the_user_id_when_there_is_one() -> None:
+    assert json.loads(p.encode(p.Welcome(p.SUBPROTOCOL, 4, "Ann", user="u1")))["user"] == "u1"
+    assert json.loads(p.encode(p.Joined("lobby", "Ann", 1.0, user="u1")))["user"] == "u1"
+    assert json.loads(p.encode(_msg(user="u1")))["user"] == "u1"
+    dm = json.loads(
+        p.encode(p.DirectMessage("l", "d", "bob", "x", 1.0, sender="ann", user="u1", to_user="u2"))
+    )
+    assert (dm["from"], dm["user"], dm["to"], dm["to_user"]) == ("ann", "u1", "bob", "u2")
+    who = json.loads(p.encode(p.Members("l", ["Ann", "x"], 2, False, users={"Ann": "u1"})))
+    assert who["users"] == {"Ann": "u1"} and who["count"] == 2 and who["has_more"] is False
+
+
+def test_presence_frame_encodes_people_and_round_trips() -> None:
+    frame = p.Presence(
+        "lobby",
+        3,
+        1.0,
+        joined=[p.Person("Ann", "u1"), p.Person("user-7")],
+        left=[p.Person("bob")],
+        renamed=[p.Rename("cat", "kat", "u3")],
+    )
+    obj = json.loads(p.encode(frame))
+    assert obj["joined"] == [{"nick": "Ann", "user": "u1"}, {"nick": "user-7"}]
+    assert obj["renamed"] == [{"old": "cat", "nick": "kat", "user": "u3"}]
+    assert obj["large"] is False and obj["count"] == 3
+    assert p.decode_server(p.encode(frame)) == frame
+
+
+def test_who_pages_decode_and_are_bounded() -> None:
+    assert p.decode('{"type":"who","room":"l","after":"ann","limit":10}') == p.Who("l", "ann", 10)
+    assert p.decode('{"type":"who","room":"l"}') == p.Who("l")
+    err = _decode_error({"type": "who", "room": "l", "limit": p.MEMBERS_PAGE_MAX + 1})
+    assert err.code == p.E_BAD_FRAME and err.field == "limit"
+    err = _decode_error({"type": "who", "room": "l", "limit": 0})
+    assert err.field == "limit"

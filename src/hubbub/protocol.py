@@ -33,6 +33,10 @@ HISTORY_PAGE_DEFAULT = 50  #: messages in a history page when no ``limit`` is gi
 HISTORY_PAGE_BYTES = 256 * 1024
 ROOMS_PAGE_MAX = 200  #: rooms in one page of the room list (``limit``)
 ROOMS_PAGE_DEFAULT = 100  #: rooms in a page of the room list when no ``limit`` is given
+MEMBERS_PAGE_MAX = 1000  #: members in one page of a member list (``who`` ``limit``)
+#: Members in the first page of a large room's member list: the ``room`` frame and a
+#: ``who`` without ``limit`` carry this many (a small room's list is sent whole).
+MEMBERS_PAGE_DEFAULT = 100
 #: Largest sequence number a client may send (``since``, ``before``): 2**53 - 1, the
 #: largest integer a JavaScript number holds exactly; bigger ones are refused.
 MAX_SEQ = 2**53 - 1
@@ -89,6 +93,14 @@ PageLimit = Annotated[
         ge=1,
         le=HISTORY_PAGE_MAX,
         description=f"{{field}} must be a whole number from 1 to {HISTORY_PAGE_MAX}",
+    ),
+]
+MembersLimit = Annotated[
+    int,
+    msgspec.Meta(
+        ge=1,
+        le=MEMBERS_PAGE_MAX,
+        description=f"{{field}} must be a whole number from 1 to {MEMBERS_PAGE_MAX}",
     ),
 ]
 RoomsLimit = Annotated[
@@ -202,7 +214,13 @@ class ListRooms(msgspec.Struct, tag="rooms", forbid_unknown_fields=True, omit_de
 
 
 class Who(msgspec.Struct, tag="who", forbid_unknown_fields=True, omit_defaults=True):
+    """A page of the member list, in order of nickname (NFKC + casefold), starting
+    after the member called ``after``; without ``limit``, a small room's whole list
+    or a large room's first ``MEMBERS_PAGE_DEFAULT``."""
+
     room: RoomName
+    after: Nick | None = None
+    limit: MembersLimit | None = None
 
 
 class Ping(msgspec.Struct, tag="ping", forbid_unknown_fields=True, omit_defaults=True):
@@ -231,6 +249,12 @@ CLIENT_TYPES = (
 # Server -> client
 
 
+# ``user`` fields: the user id (a token's ``sub``) of the connection a frame is
+# about. ``UNSET`` (the default) is left out of the JSON: frames about anonymous
+# connections (``--auth none``) are exactly what they were before identities.
+UserId = str | msgspec.UnsetType
+
+
 class Welcome(msgspec.Struct, tag="welcome"):
     protocol: str
     fd: int
@@ -238,6 +262,7 @@ class Welcome(msgspec.Struct, tag="welcome"):
     limits: dict[str, float] = msgspec.field(default_factory=dict)
     #: The name rules in words (``room``, ``nick``), as ``bad_frame`` errors state them.
     rules: dict[str, str] = msgspec.field(default_factory=lambda: dict(RULES))
+    user: UserId = msgspec.UNSET
 
 
 class Message(msgspec.Struct, tag="message"):
@@ -251,6 +276,7 @@ class Message(msgspec.Struct, tag="message"):
     text: str
     ts: float
     client_id: str | None = None
+    user: UserId = msgspec.UNSET
 
 
 class Ack(msgspec.Struct, tag="ack"):
@@ -270,7 +296,14 @@ class RoomState(msgspec.Struct, tag="room"):
     nick: str
     epoch: str
     seq: int
+    #: The whole member list of a small room; the first page of a large one's.
     members: list[str]
+    #: Members in the room (on this node), and whether ``members`` is only a first page.
+    count: int | msgspec.UnsetType = msgspec.UNSET
+    has_more: bool = False
+    #: nickname -> user id, for the listed members that have one (omitted when none).
+    users: dict[str, str] | msgspec.UnsetType = msgspec.UNSET
+    user: UserId = msgspec.UNSET
 
 
 class Resumed(msgspec.Struct, tag="resumed"):
@@ -297,12 +330,14 @@ class Joined(msgspec.Struct, tag="joined"):
     room: str
     nick: str
     ts: float
+    user: UserId = msgspec.UNSET
 
 
 class Left(msgspec.Struct, tag="left"):
     room: str
     nick: str
     ts: float
+    user: UserId = msgspec.UNSET
 
 
 class Renamed(msgspec.Struct, tag="renamed"):
@@ -310,6 +345,39 @@ class Renamed(msgspec.Struct, tag="renamed"):
     old: str
     nick: str
     ts: float
+    user: UserId = msgspec.UNSET
+
+
+class Person(msgspec.Struct):
+    """A member in a ``presence`` frame."""
+
+    nick: str
+    user: UserId = msgspec.UNSET
+
+
+class Rename(msgspec.Struct):
+    """A member's new nickname in a ``presence`` frame."""
+
+    old: str
+    nick: str
+    user: UserId = msgspec.UNSET
+
+
+class Presence(msgspec.Struct, tag="presence"):
+    """The membership changes of one room during one server loop tick, coalesced.
+
+    Apply it as one step: remove every ``left`` nick and every ``renamed`` ``old``,
+    then add every ``renamed`` ``nick`` and every ``joined`` one. In a ``large``
+    room the lists are empty: only ``count`` is kept up to date (docs/protocol.md).
+    """
+
+    room: str
+    count: int
+    ts: float
+    joined: list[Person] = msgspec.field(default_factory=list)
+    left: list[Person] = msgspec.field(default_factory=list)
+    renamed: list[Rename] = msgspec.field(default_factory=list)
+    large: bool = False
 
 
 class NickSet(msgspec.Struct, tag="nick"):
@@ -320,6 +388,7 @@ class TypingEvent(msgspec.Struct, tag="typing"):
     room: str
     nick: str
     active: bool
+    user: UserId = msgspec.UNSET
 
 
 class DirectMessage(msgspec.Struct, tag="dm"):
@@ -331,6 +400,9 @@ class DirectMessage(msgspec.Struct, tag="dm"):
     client_id: str | None = None
     # ``from`` is a Python keyword: the wire name is set by rename below.
     sender: str = msgspec.field(default="", name="from")
+    #: The sender's and the recipient's user ids (when they have one).
+    user: UserId = msgspec.UNSET
+    to_user: UserId = msgspec.UNSET
 
 
 class HistoryPage(msgspec.Struct, tag="history"):
@@ -355,8 +427,16 @@ class RoomList(msgspec.Struct, tag="rooms"):
 
 
 class Members(msgspec.Struct, tag="members"):
+    """A page of the member list (answer to ``who``), in nickname order."""
+
     room: str
     members: list[str]
+    count: int | msgspec.UnsetType = msgspec.UNSET
+    has_more: bool = False
+    #: The request's ``after`` (omitted for the first page).
+    after: str | msgspec.UnsetType = msgspec.UNSET
+    #: nickname -> user id, for the listed members that have one (omitted when none).
+    users: dict[str, str] | msgspec.UnsetType = msgspec.UNSET
 
 
 class Left_(msgspec.Struct, tag="left_room", omit_defaults=True):
@@ -424,6 +504,7 @@ ServerFrame = (
     | Joined
     | Left
     | Renamed
+    | Presence
     | NickSet
     | TypingEvent
     | DirectMessage

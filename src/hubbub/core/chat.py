@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 from .. import protocol as p
 from .effects import Catchup, Close, Effect, LoadHistory, Persist, Publish, Reply, RoomsQuery
+from .identity import Identity
 from .ratelimit import TokenBucket
 
 
@@ -69,13 +70,20 @@ class Room:
 
 
 class Session:
-    __slots__ = ("bucket", "creates", "fd", "nick", "rooms", "strikes")
+    __slots__ = ("bucket", "creates", "fd", "identity", "nick", "rooms", "strikes")
 
     def __init__(
-        self, fd: int, nick: str, bucket: TokenBucket, creates: TokenBucket, strikes: TokenBucket
+        self,
+        fd: int,
+        nick: str,
+        bucket: TokenBucket,
+        creates: TokenBucket,
+        strikes: TokenBucket,
+        identity: Identity | None = None,
     ) -> None:
         self.fd = fd
         self.nick = nick
+        self.identity = identity
         self.rooms: set[str] = set()
         #: Every frame, valid or not, takes a token.
         self.bucket = bucket
@@ -117,8 +125,14 @@ class ChatCore:
 
     # -- connections -------------------------------------------------------
 
-    def connect(self, fd: int, limits: dict[str, float] | None = None) -> list[Effect]:
-        nick = f"user-{fd}"
+    def connect(
+        self, fd: int, limits: dict[str, float] | None = None, identity: Identity | None = None
+    ) -> list[Effect]:
+        """A hubbub.v1 connection opens (after its ``auth``, if any): ``welcome``.
+
+        With an ``identity`` the nickname is the token's name (else the user id)
+        and frames about this connection carry ``user``."""
+        nick = f"user-{fd}" if identity is None else (identity.name or identity.user)
         lim = self.limits
         now = self.clock()
         strikes = lim.max_invalid_frames
@@ -129,8 +143,12 @@ class ChatCore:
             TokenBucket(lim.rate, lim.burst, now),
             TokenBucket(lim.room_create_rate, lim.room_create_burst, now),
             TokenBucket(strikes / window if strikes else 0.0, strikes, now),
+            identity,
         )
-        return [Reply(fd, p.Welcome(p.SUBPROTOCOL, fd, nick, dict(limits or {})))]
+        welcome = p.Welcome(p.SUBPROTOCOL, fd, nick, dict(limits or {}))
+        if identity is not None:
+            welcome.user = identity.user
+        return [Reply(fd, welcome)]
 
     def disconnect(self, fd: int) -> list[Effect]:
         session = self.sessions.pop(fd, None)
@@ -173,9 +191,7 @@ class ChatCore:
             return [Close(fd, CLOSE_POLICY, TOO_MANY_INVALID)]
         if not session.bucket.take(now):
             wait = session.bucket.retry_after()
-            error = p.Error(
-                p.E_RATE_LIMITED, f"too many frames; retry in {wait:.2f}s", error.ref
-            )
+            error = p.Error(p.E_RATE_LIMITED, f"too many frames; retry in {wait:.2f}s", error.ref)
         return [Reply(fd, error)]
 
     def _error(

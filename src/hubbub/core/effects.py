@@ -32,6 +32,9 @@ class Persist:
     client_id: str
     nick: str
     text: str
+    #: The sender's user id (its token's ``sub``), None for an anonymous connection:
+    #: the stored message carries it (``Message.user``).
+    user: str | None = None
 
 
 @dataclass(slots=True)
