@@ -15,118 +15,20 @@ nothing stored twice, every receiver gapless and in agreement.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import json
 import signal
 import ssl
-import subprocess
-import time
 import urllib.request
 from pathlib import Path
-from typing import Any
 
 import pytest
 import trustme
-from websockets.asyncio.client import connect
-from websockets.exceptions import ConnectionClosed, InvalidHandshake
 
 from tests.deploy.conftest import HaproxyPorts, Proxy, need, render_haproxy
 from tests.services import PG_DSN, REDIS_URL
 
-from ..conftest import free_port, serve_args
-from .checker import ClientLog, Stored, check
-
-ROOM = "drill"
-#: Upper bound on each client's messages (the drill ends long before, normally).
-MAX_SENDS = 2000
-
-
-class DrillClient:
-    """A chat client that survives its node: reconnect, resume, resend unacked."""
-
-    def __init__(self, name: str, url: str, tls: ssl.SSLContext) -> None:
-        self.name = name
-        self.url = url
-        self.tls = tls
-        self.log = ClientLog(name)
-        self.unacked: dict[str, str] = {}
-        self.epoch: str | None = None
-        self.seq = 0
-        self.ws: Any = None
-        self.connections = 0
-        self.resets: list[dict[str, Any]] = []
-
-    async def run(self, stop: asyncio.Event) -> None:
-        while not stop.is_set():
-            with contextlib.suppress(OSError, TimeoutError, ConnectionClosed, InvalidHandshake):
-                await self._session()
-            self.ws = None
-            if not stop.is_set():
-                await asyncio.sleep(0.05)
-
-    async def _session(self) -> None:
-        async with connect(
-            self.url, ssl=self.tls, subprotocols=["hubbub.v1"], open_timeout=5, close_timeout=1
-        ) as ws:
-            assert json.loads(await ws.recv())["type"] == "welcome"
-            join: dict[str, Any] = {"type": "join", "room": ROOM, "since": self.seq}
-            if self.epoch is not None:
-                join["epoch"] = self.epoch
-            await ws.send(json.dumps(join))
-            for cid, text in list(self.unacked.items()):
-                await ws.send(json.dumps({"type": "send", "room": ROOM, "id": cid, "text": text}))
-            self.connections += 1
-            self.ws = ws
-            async for raw in ws:
-                self._on_frame(json.loads(raw))
-
-    def _on_frame(self, frame: dict[str, Any]) -> None:
-        kind = frame["type"]
-        if kind == "room" and self.epoch is None:
-            self.epoch = frame["epoch"]
-        elif kind == "reset":
-            self.resets.append(frame)
-        elif kind == "message":
-            self.epoch, self.seq = frame["epoch"], frame["seq"]
-        elif kind == "ack":
-            self.unacked.pop(frame["id"], None)
-        self.log.on_frame(frame)
-
-    async def send_until(self, stop: asyncio.Event, period: float) -> None:
-        for i in range(MAX_SENDS):
-            if stop.is_set():
-                return
-            cid, text = f"{self.name}-{i}", f"{self.name} says {i}"
-            self.log.sent.append(cid)
-            self.unacked[cid] = text
-            if self.ws is not None:
-                # Lost with the connection? Then it is sent again after the rejoin.
-                with contextlib.suppress(ConnectionClosed):
-                    await self.ws.send(
-                        json.dumps({"type": "send", "room": ROOM, "id": cid, "text": text})
-                    )
-            await asyncio.sleep(period)
-
-
-class Node:
-    def __init__(self, spawn: Any, port: int, store: str, broker: str) -> None:
-        self.spawn, self.port, self.store, self.broker = spawn, port, store, broker
-        self.proc = self.start()
-
-    def start(self) -> subprocess.Popen[str]:
-        args = serve_args(
-            self.port, "--store", self.store, "--broker", self.broker, "--rate", "0",
-            "--no-access-log",
-        )  # fmt: skip
-        self.proc = self.spawn(*args, port=self.port)
-        return self.proc
-
-    def stop(self, how: signal.Signals) -> None:
-        self.proc.send_signal(how)
-        code = self.proc.wait(timeout=30)
-        out = self.proc.stdout.read() if self.proc.stdout else ""
-        expected = 0 if how == signal.SIGTERM else -signal.SIGKILL
-        assert code == expected, f"node on {self.port} exited {code}:\n{out}"
+from ..conftest import free_port
+from .checker import check
+from .drill import DrillClient, Node, read_history, wait_for
 
 
 def haproxy_config(ports: HaproxyPorts, third: int, stats: int, pem: Path) -> str:
@@ -150,30 +52,6 @@ def servers_up(stats_port: int) -> dict[str, str]:
         if cols.get("pxname") == "hubbub_nodes" and cols.get("svname", "").startswith("node"):
             out[cols["svname"]] = cols["status"]
     return out
-
-
-async def wait_for(check: Any, within: float, what: str) -> None:
-    deadline = time.monotonic() + within
-    while not await asyncio.to_thread(check):
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not within {within}s: {what}")
-        await asyncio.sleep(0.1)
-
-
-def read_history(port: int) -> list[Stored]:
-    """The room's whole history, read back page by page from a node's HTTP API."""
-    out: list[Stored] = []
-    before = ""
-    for _ in range(1000):
-        url = f"http://127.0.0.1:{port}/api/rooms/{ROOM}/messages?limit=200{before}"
-        with urllib.request.urlopen(url, timeout=10) as r:
-            page = json.loads(r.read())
-        msgs = page["messages"]
-        out.extend(Stored(m["epoch"], m["seq"], m.get("client_id"), m["text"]) for m in msgs)
-        if not page["has_more"] or not msgs:
-            break
-        before = f"&before={min(m['seq'] for m in msgs)}"
-    return sorted(out, key=lambda m: m.seq)
 
 
 @pytest.fixture
