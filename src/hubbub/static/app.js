@@ -16,9 +16,10 @@
 //
 // Modules (ES modules, no bundler, served by hubbub from /static/):
 //   app.js         this entry: restores what the page remembered and starts
-//   transport.js   how frames travel (WebSocket now; the interface fits a fallback)
-//   connection.js  connect, reconnect with backoff, heartbeat, rate-limit mirror,
-//                  the frame dispatch, welcome, join and resume
+//   transport.js   how frames travel: WebSocket, server-sent events, long polling
+//   connection.js  connect (falling back from WebSocket to SSE to long polling),
+//                  reconnect with backoff, heartbeat, sign-in tokens, rate-limit
+//                  mirror, the frame dispatch, welcome, join and resume
 //   rooms.js       room and DM state: messages, history, presence, errors, leaving
 //   outbox.js      what the user sends: pending messages, in order, under the rate limit
 //   render.js      drawing: messages, sidebar, header, members, status, toasts
@@ -26,14 +27,56 @@
 //   state.js       constants, the shared state S and the name checks (welcome's limits)
 //   util.js        DOM and text helpers (text only, never HTML), storage
 
-import { DEFAULT_ROOM, KEYS, store, S, nickOk, roomOk } from "./state.js";
-import { connect } from "./connection.js";
+import { DEFAULT_ROOM, KEYS, store, session, S, nickOk, roomOk } from "./state.js";
+import { connect, setToken } from "./connection.js";
 import { ensureRoom } from "./rooms.js";
 import { restorePending } from "./outbox.js";
 import { renderStatus, renderBrowse, renderDmList, renderMe } from "./render.js";
 import { show, askNick, focusComposer, bindUi } from "./ui.js";
 
+// Sign-in for an embedding site (README, "Signing in from your site"):
+//
+//   https://chat.example.com/#token=<jwt>    the page reads the token once, keeps it
+//                                            in sessionStorage (this tab only) and
+//                                            removes it from the address bar
+//   window.hubbub.setToken(jwt)              a token from your login flow: used from
+//                                            the next (re)connection on; connects if
+//                                            the page was waiting for one
+//   window.hubbub.onTokenExpired = () => fetch("/my/token").then((r) => r.text());
+//                                            called when the server closes with 4402
+//                                            (token_expired); the promise's token is
+//                                            used to reconnect and resume every room.
+//                                            Without it the page says "Sign-in needed".
+// A script that runs before this one may also set
+// window.hubbub = { onTokenExpired, token } and the page picks both up.
+// The token travels as the first frame {"type":"auth","token":...} of every
+// connection, on every transport; never in a URL the server sees.
+
+/** The #token= fragment, read once and taken out of the address bar. */
+export function tokenFromUrl() {
+  const m = /(?:^#|&)token=([^&]*)/.exec(location.hash);
+  if (!m) return null;
+  let token = null;
+  try {
+    token = decodeURIComponent(m[1]) || null;
+  } catch {
+    token = null;
+  }
+  const rest = location.hash.slice(1).split("&").filter((part) => !part.startsWith("token=")).join("&");
+  history.replaceState(history.state, "", `${location.pathname}${location.search}${rest ? `#${rest}` : ""}`);
+  return token;
+}
+
 export function start() {
+  const early = globalThis.hubbub; // an embedding site's settings, if any
+  S.setToken = setToken;
+  if (typeof early?.onTokenExpired === "function") S.onTokenExpired = early.onTokenExpired;
+  const fromUrl = tokenFromUrl() || (typeof early?.token === "string" && early.token) || null;
+  if (fromUrl) session.set(KEYS.token, fromUrl);
+  S.token = session.get(KEYS.token) || null;
+  // For embedding sites, tests and curious people: the state (read-only by
+  // convention) with setToken and the onTokenExpired hook.
+  globalThis.hubbub = S;
   bindUi();
   let names = [];
   try {
@@ -53,14 +96,13 @@ export function start() {
   renderMe();
   restorePending();
   renderStatus();
-  if (S.wantNick) {
+  if (S.wantNick || S.token) {
+    // With a token the server knows who we are: no nickname to ask for.
     connect();
     focusComposer();
   } else {
     askNick();
   }
-  // For tests and curious people: the state, read-only by convention.
-  globalThis.hubbub = S;
 }
 
 start();

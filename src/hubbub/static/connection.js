@@ -1,5 +1,5 @@
-import { WebSocketTransport } from "./transport.js";
-import { DEFAULT_RULES, PROTOCOL, BACKOFF_BASE, BACKOFF_CAP, STABLE_AFTER, PING_AFTER, DEAD_AFTER, CONNECT_TIMEOUT, DEFAULT_LIMITS, S } from "./state.js";
+import { makeTransport, availableKinds } from "./transport.js";
+import { DEFAULT_RULES, PROTOCOL, BACKOFF_BASE, BACKOFF_CAP, STABLE_AFTER, PING_AFTER, DEAD_AFTER, CONNECT_TIMEOUT, AUTH_GRACE, FALLBACK_AFTER, DEFAULT_LIMITS, KEYS, session, S } from "./state.js";
 import { onMessage, onAck, onHistory, requestHistory, onPresence, setMembers, onTyping, onDm, onNickSet, confirmNick, onError, onLeftRoom, clearRoom } from "./rooms.js";
 import { flush, setSlowed } from "./outbox.js";
 import { renderStatus, renderPendingStates, renderHistoryTop, renderBrowse, renderRoomHeader, renderTyping, renderMe } from "./render.js";
@@ -36,33 +36,132 @@ export function sendWait() {
 export function connect() {
   clearTimeout(S.retryTimer);
   S.retryTimer = null;
-  if (S.link || S.fatal) return;
+  if (S.link || S.fatal || S.refreshing) return;
   setStatus("connecting");
-  const scheme = location.protocol === "https:" ? "wss:" : "ws:";
-  const link = new WebSocketTransport(`${scheme}//${location.host}/`, PROTOCOL);
+  const kinds = availableKinds();
+  if (!kinds.length) {
+    S.fatal = "This browser cannot connect: it has neither WebSocket nor fetch.";
+    setStatus("failed");
+    return;
+  }
+  const kind = kinds[S.kindIndex % kinds.length];
+  const link = makeTransport(kind, PROTOCOL);
+  S.transport = kind;
+  S.linkToken = S.token;
+  S.gotFrame = false;
+  S.channelOpen = false;
   link.onopen = () => {
+    if (S.link !== link) return;
     S.openedAt = Date.now();
     S.lastFrameAt = Date.now();
+    S.channelOpen = true;
+    // Browsers cannot set Authorization: the token is the first frame, on
+    // every (re)connection and every transport; welcome comes after it.
+    if (S.token) link.send({ type: "auth", token: S.token });
   };
   link.onframe = (frame) => {
     if (S.link !== link) return;
     S.lastFrameAt = Date.now();
+    S.gotFrame = true;
     handle(frame);
   };
   link.onclose = ({ code, fatal }) => {
     if (S.link !== link) return;
     if (fatal) S.fatal = fatal;
-    disconnected(code);
+    disconnected(code, link);
   };
   S.link = link;
   S.startedAt = Date.now();
   link.open();
 }
 
+/**
+ * A connection that failed before its first frame: if the server answers
+ * plain HTTP meanwhile, the transport is what is broken (a proxy that blocks
+ * WebSocket, say), and after FALLBACK_AFTER such failures in a row the next
+ * transport is tried: WebSocket, then server-sent events, then long polling
+ * (then WebSocket again). A server that is away does not count: a restart
+ * never pushes a page off WebSocket. The transport that worked is kept.
+ */
+export async function noteTransportFailure(link) {
+  const kinds = availableKinds();
+  const index = S.kindIndex;
+  if (link.unsupported) {
+    // The server has no HTTP fallbacks at all: back to WebSocket.
+    S.kindIndex = 0;
+    S.kindFailures = 0;
+    return;
+  }
+  let reachable = false;
+  try {
+    reachable = (await fetch("/healthz", { cache: "no-store" })).ok;
+  } catch {
+    reachable = false;
+  }
+  if (!reachable || S.kindIndex !== index || S.welcomed) return;
+  S.kindFailures += 1;
+  if (S.kindFailures >= FALLBACK_AFTER && kinds.length > 1) {
+    S.kindIndex = (index + 1) % kinds.length;
+    S.kindFailures = 0;
+  }
+}
+
+export const SIGN_IN_NEEDED = "Sign-in needed: this chat only lets signed-in people in. Open it again from the site that signs you in.";
+export const SIGN_IN_EXPIRED = "Sign-in needed: your sign-in has expired. Sign in again to go on chatting.";
+
+/** Use this token from now on (sessionStorage keeps it for this tab); connect if we were not. */
+export function setToken(token) {
+  if (typeof token !== "string" || !token) throw new TypeError("hubbub.setToken needs the token, a non-empty string");
+  S.token = token;
+  session.set(KEYS.token, token);
+  S.refreshing = false;
+  if (S.signIn) {
+    S.signIn = false;
+    S.fatal = null;
+  }
+  // A connection that is up keeps the identity it has; the new token is used
+  // at the next (re)connection, e.g. when the server says the old one expired.
+  if (!S.link && !S.fatal) {
+    S.attempt = 0;
+    connect();
+  }
+}
+
+/** Close code 4402: ask the embedding site for a new token (window.hubbub.onTokenExpired), then resume. */
+export function tokenExpired() {
+  if (S.token && S.token !== S.linkToken) return; // a newer token is there already: just reconnect
+  const hook = globalThis.hubbub?.onTokenExpired;
+  if (typeof hook !== "function") {
+    S.signIn = true;
+    S.fatal = SIGN_IN_EXPIRED;
+    return;
+  }
+  S.refreshing = true;
+  Promise.resolve()
+    .then(() => hook())
+    .then((token) => setToken(token))
+    .catch(() => {
+      S.refreshing = false;
+      S.signIn = true;
+      S.fatal = SIGN_IN_EXPIRED;
+      setStatus("failed");
+    });
+}
+
 /** The connection is gone (closed, failed, or presumed dead): prepare the resume. */
 export function disconnected(code = 0) {
   const link = S.link;
   S.link = null;
+  if (code === 4401) {
+    S.signIn = true;
+    S.fatal = SIGN_IN_NEEDED;
+  } else if (code === 4402) {
+    tokenExpired();
+  } else if (code === 4403) {
+    S.fatal = "Your sign-in no longer allows you into this chat.";
+  } else if (!S.welcomed && !S.gotFrame && !link?.fatal && link) {
+    void noteTransportFailure(link); // it never said a word: maybe the transport is blocked
+  }
   if (S.welcomed) {
     // It worked: the first retry comes quickly (a server restart is back in a
     // second or two). Only connections that keep dying young, without the
@@ -97,6 +196,10 @@ export function disconnected(code = 0) {
     setStatus("failed");
     return;
   }
+  if (S.refreshing) {
+    setStatus("connecting"); // the embedding site is getting a new token; setToken reconnects
+    return;
+  }
   scheduleReconnect();
 }
 
@@ -118,6 +221,7 @@ export function scheduleReconnect() {
 export function retryNow() {
   if (S.link) return;
   S.fatal = null;
+  S.signIn = false;
   connect();
 }
 
@@ -125,7 +229,10 @@ export function heartbeat() {
   if (!S.link) return;
   if (!S.welcomed) {
     // A handshake into a black hole would otherwise hang for minutes.
-    if (Date.now() - S.startedAt > CONNECT_TIMEOUT) disconnected();
+    // Once the channel is open, a little longer: a server that waits for a token
+    // closes with 4401 (sign-in needed) after its own auth timeout.
+    const limit = CONNECT_TIMEOUT + (S.channelOpen ? AUTH_GRACE : 0);
+    if (Date.now() - S.startedAt > limit) disconnected();
     return;
   }
   const silent = Date.now() - S.lastFrameAt;
@@ -180,14 +287,28 @@ export function handle(f) {
     case "left_room":
       return onLeftRoom(f);
     case "error":
-      return onError(f);
+      return onFrameError(f);
     default:
       return; // pong, and frame types of later versions
   }
 }
 
+/** Errors about the token are the connection's business; the rest go to the rooms. */
+export function onFrameError(f) {
+  if (["auth_required", "auth_failed", "token_expired"].includes(f.code)) {
+    // The server closes with 4401 / 4402 next; say it now and stop sending.
+    if (f.code === "token_expired") return undefined;
+    S.signIn = true;
+    S.fatal = SIGN_IN_NEEDED;
+    return disconnected(4401);
+  }
+  if (f.ref === "auth") return undefined; // a server without sign-in ignores our token
+  return onError(f);
+}
+
 export function onWelcome(f) {
   S.welcomed = true;
+  S.kindFailures = 0;
   S.me = f.nick;
   S.pingSentAt = 0;
   S.limits = { ...DEFAULT_LIMITS, ...(f.limits && typeof f.limits === "object" ? f.limits : {}) };

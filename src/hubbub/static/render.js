@@ -1,6 +1,7 @@
 import { $, h, icon, avatar, renderText, same, timeFmt, fullFmt, dayKey, dayLabel } from "./util.js";
 import { GROUP_WINDOW, KEEP_MAX, KEEP_AFTER_PRUNE, S } from "./state.js";
 import { join } from "./connection.js";
+import { KIND_NAMES } from "./transport.js";
 import { Room, Dm, loadOlder, maybeLoadOlder, ensureDm, openRoom } from "./rooms.js";
 import { show, focusComposer } from "./ui.js";
 
@@ -12,16 +13,22 @@ export function renderStatus() {
     connecting: "Connecting…",
     reconnecting: `Reconnecting in ${secs}s`,
     offline: "Offline",
-    failed: "Not connected",
+    failed: S.signIn ? "Sign-in needed" : "Not connected",
   }[S.status];
   conn.dataset.state = S.status;
+  conn.dataset.transport = S.transport || "";
   $("conn-text").textContent = text;
-  $("me-state").textContent = S.status === "connected" ? "Online" : text;
+  // Which transport carries the chat: WebSocket, or a fallback when the network blocks it.
+  const via = S.status === "connected" && S.transport ? `via ${KIND_NAMES[S.transport]}` : "";
+  $("conn-via").textContent = via;
+  $("conn-via").hidden = !via;
+  $("me-state").textContent = S.status === "connected" ? `Online${S.transport === "websocket" ? "" : ` (${via})`}` : text;
   document.body.dataset.conn = S.status;
   const banner = $("banner");
   const queued = [...S.pending.values()].filter((p) => p.state !== "failed").length;
   let message = null;
   if (S.status === "failed") message = S.fatal || "Not connected.";
+  else if (S.refreshing) message = "Signing in again…";
   else if (S.status === "offline") message = "You are offline. We'll reconnect as soon as the network is back.";
   else if (S.status === "reconnecting") message = `Connection lost. Reconnecting in ${secs}s…`;
   else if (S.status === "connecting" && S.attempt > 0) message = "Reconnecting…";

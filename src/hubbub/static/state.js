@@ -24,6 +24,10 @@ export const DEAD_AFTER = 45000; // ms of silence after which the connection is 
 
 export const CONNECT_TIMEOUT = 10000; // ms for the handshake and the welcome frame
 
+export const AUTH_GRACE = 5000; // ms more for the welcome once the channel is open (a server's auth timeout closes first)
+
+export const FALLBACK_AFTER = 2; // failures before the first frame, server reachable: try the next transport
+
 export const ROOMS_REFRESH = 30000; // ms between room list refreshes
 
 export const TYPING_SEND_EVERY = 3000; // ms
@@ -57,6 +61,7 @@ export const KEYS = {
   rooms: "hubbub.rooms",
   current: "hubbub.current",
   pending: "hubbub.pending", // sessionStorage: unsent messages survive a reload of this tab
+  token: "hubbub.token", // sessionStorage: the sign-in token (from #token= or hubbub.setToken)
 };
 
 export const store = storage("localStorage");
@@ -81,6 +86,19 @@ export const S = {
   lastFrameAt: 0,
   pingSentAt: 0,
   fatal: null,
+  // Transports (transport.js): the kind in use, and the fallback ladder's position.
+  transport: null, // "websocket" | "sse" | "poll"
+  kindIndex: 0, // index into availableKinds(): kept once a fallback worked
+  kindFailures: 0, // failures before a first frame on that kind, server reachable
+  gotFrame: false, // the current link has delivered a frame
+  channelOpen: false, // the current link is open (the welcome may still be due)
+  // Sign-in (docs/security.md): a token from #token= or window.hubbub.setToken().
+  token: null,
+  linkToken: null, // the token the current connection authenticated with
+  signIn: false, // the server wants a (new) token: "Sign-in needed"
+  refreshing: false, // waiting for window.hubbub.onTokenExpired's new token
+  onTokenExpired: null, // the embedding site's hook: () => Promise<token>
+  setToken: null, // window.hubbub.setToken (connection.js)
   rooms: new Map(), // name -> Room
   dms: new Map(), // lowercased peer -> Dm
   pending: new Map(), // client id -> pending item, in the order typed
