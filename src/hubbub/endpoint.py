@@ -12,6 +12,11 @@ written there). It owns:
   (``all``), the established ones (``open``, the broadcast set), the
   broadcast targets derived from ``open``, and the HTTP connections not
   upgraded (``http``);
+* the sessions of the fallback transports (SSE, long polling; see
+  :mod:`hubbub.transport.session`): each is a connection of the tables above
+  with its own fd, and also in ``sessions`` by id; the ``/v1/sessions`` paths
+  are answered here (:mod:`hubbub.transport.session_routes`) before the
+  app's ``request`` handler;
 * the admission of TCP connections: counts per client address (``per_ip``,
   HTTP and WebSocket alike) and of connections that have not sent a
   complete request head yet (``pending``), against
@@ -39,15 +44,18 @@ import functools
 import inspect
 import itertools
 import logging
+import secrets
 from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from websockets.frames import CloseCode, Opcode
 
+from .transport import session_routes
 from .transport.guard import AddressCounter, RefusalLog
 from .transport.http import HttpConnection, Request, Response
 from .transport.messages import SECURITY_HEADERS
+from .transport.session import Session
 from .transport.websocket import HOLD_PENDING, WebSocketConnection
 
 if TYPE_CHECKING:
@@ -55,10 +63,13 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("hubbub")
 
-#: What ``broadcast`` writes to: the write method of each connection without
+#: A connection of the tables: a WebSocket or a session (same methods).
+Conn = WebSocketConnection | Session
+#: What ``broadcast`` writes to: the write method of each WebSocket without
 #: an extension (they all get the same bytes), and the connections that
-#: encode for themselves (permessage-deflate).
-Targets = tuple[tuple[Callable[[bytes], None], ...], tuple[WebSocketConnection, ...]]
+#: take the message itself (``send``): permessage-deflate WebSockets, which
+#: encode for themselves, and sessions, which queue the text.
+Targets = tuple[tuple[Callable[[bytes], None], ...], tuple[Conn, ...]]
 
 
 @functools.lru_cache(maxsize=8)
@@ -106,10 +117,16 @@ class ServerEndpoint:
         self._fds = itertools.count(1)
         # The tables below are never rebound, only mutated: Server keeps a
         # reference to ``open`` for its hot paths (push, push_many).
-        #: Every WebSocket until its TCP connection is gone (exist()).
-        self.all: dict[int, WebSocketConnection] = {}
+        #: Every WebSocket until its TCP connection is gone, every session
+        #: until it is closed (exist()).
+        self.all: dict[int, Conn] = {}
         #: Established connections, the broadcast set (is_established()).
-        self.open: dict[int, WebSocketConnection] = {}
+        self.open: dict[int, Conn] = {}
+        #: Sessions (SSE, long polling) by id, until closed.
+        self.sessions: dict[str, Session] = {}
+        # HTTP connections holding a stream or a long poll: what to call when
+        # one is gone (watch_http).
+        self._watched: dict[Any, Callable[[], None]] = {}
         # Broadcast targets derived from ``open``, rebuilt after any change.
         # Invariant: a broadcast loops over this snapshot synchronously, and
         # each write only queues bytes (WebSocketConnection.write); the
@@ -138,11 +155,14 @@ class ServerEndpoint:
 
     def build_targets(self) -> Targets:
         """The broadcast targets of the current ``open`` set (cached in ``targets``)."""
-        conns = self.open.values()
-        self.targets = (
-            tuple(c.write for c in conns if not c.compressed),
-            tuple(c for c in conns if c.compressed),
-        )
+        writes: list[Callable[[bytes], None]] = []
+        senders: list[Conn] = []
+        for c in self.open.values():
+            if c.compressed or type(c) is Session:
+                senders.append(c)
+            else:
+                writes.append(c.write)
+        self.targets = (tuple(writes), tuple(senders))
         return self.targets
 
     # ------------------------------------------------------------------
@@ -182,6 +202,9 @@ class ServerEndpoint:
         self.pending.remove(conn.ip)
 
     def http_connection_lost(self, conn: HttpConnection) -> None:
+        lost = self._watched.pop(conn, None)
+        if lost is not None:
+            lost()  # it held an event stream or a long poll
         if conn not in self.http:
             return  # refused at connection_made, or already forgotten
         self.http.discard(conn)
@@ -197,6 +220,8 @@ class ServerEndpoint:
             response.header("Content-Type", "text/plain; charset=utf-8")
             response.end("ok\n")
             return None
+        if session_routes.is_session_path(request.path):
+            return session_routes.handle(self, request, response)
         handler = self.handlers.get("request")
         if handler is None:
             response.status(404)
@@ -261,7 +286,7 @@ class ServerEndpoint:
         if self.open.pop(conn.fd, None) is not None:
             self.targets = None
 
-    def ws_closed(self, conn: WebSocketConnection) -> None:
+    def ws_closed(self, conn: Conn) -> None:
         if self.all.pop(conn.fd, None) is not None:
             remote = conn.request.remote
             self.per_ip.remove(str(remote[0]) if remote else "")
@@ -270,6 +295,59 @@ class ServerEndpoint:
         handler = self.handlers.get("close")
         if handler is not None:
             self._dispatch(conn, handler, (self.server, conn.fd))
+
+    # ------------------------------------------------------------------
+    # SessionEndpoint (see hubbub.transport.contract for the contract)
+
+    def session_admit_ip(self, ip: str) -> str | None:
+        limit = self.settings.max_connections_per_ip
+        if not limit or ip in _addresses(self.settings.unlimited_addresses):
+            return None
+        if self.per_ip.get(ip) >= limit:
+            self.refusals.refused(
+                "max_connections_per_ip",
+                f"{self.per_ip.get(ip)} open (limit {limit}), "
+                f"latest a session from {ip or 'an unknown address'}",
+            )
+            return "Too many connections from your address (--max-connections-per-ip)"
+        return None
+
+    def session_opened(self, request: Request, kind: str) -> Session:
+        fd = next(self._fds)
+        request.fd = fd
+        session = Session(self, fd, secrets.token_urlsafe(16), kind, request)
+        self.all[fd] = session
+        self.open[fd] = session
+        self.sessions[session.id] = session
+        self.targets = None
+        self.per_ip.add(str(request.remote[0]) if request.remote else "")
+        handler = self.handlers.get("open")
+        if handler is not None:
+            self._dispatch(session, handler, (self.server, request))
+        return session
+
+    def session_lookup(self, sid: str) -> Session | None:
+        session = self.sessions.get(sid)
+        return None if session is None or session.closed else session
+
+    def session_message(self, session: Session, data: str) -> None:
+        handler = self.handlers.get("message")
+        if handler is not None:
+            self._dispatch(session, handler, (self.server, Frame(session.fd, data)))
+
+    def session_closing(self, session: Session) -> None:
+        if self.open.pop(session.fd, None) is not None:
+            self.targets = None
+
+    def session_closed(self, session: Session) -> None:
+        self.sessions.pop(session.id, None)
+        self.ws_closed(session)
+
+    def watch_http(self, conn: Any, lost: Callable[[], None] | None) -> None:
+        if lost is None:
+            self._watched.pop(conn, None)
+        else:
+            self._watched[conn] = lost
 
     # ------------------------------------------------------------------
     # Shutting down
@@ -283,7 +361,8 @@ class ServerEndpoint:
             self._heartbeat.cancel()
         for conn in list(self.all.values()):
             if not conn.close(CloseCode.GOING_AWAY, "server shutting down"):
-                conn._arm_abort()
+                if type(conn) is WebSocketConnection:
+                    conn._arm_abort()
         for http in list(self.http):
             if not http.busy:
                 http.close()
@@ -313,6 +392,8 @@ class ServerEndpoint:
         now = self.loop.time()
         s = self.settings
         for conn in list(self.open.values()):
+            if type(conn) is not WebSocketConnection:
+                continue  # sessions time out by themselves (Session.detach)
             idle = now - conn.last_rx
             if conn.ping_sent and idle > s.ping_interval + s.ping_timeout:
                 log.info("client-%d dropped: no answer to ping in %.1fs", conn.fd, s.ping_timeout)
@@ -325,9 +406,7 @@ class ServerEndpoint:
     # ------------------------------------------------------------------
     # Calling user code
 
-    def _dispatch(
-        self, conn: WebSocketConnection, handler: Callable[..., Any], args: tuple[Any, ...]
-    ) -> None:
+    def _dispatch(self, conn: Conn, handler: Callable[..., Any], args: tuple[Any, ...]) -> None:
         """Run a handler for ``conn``, keeping its events in order (see module doc)."""
         if conn.running:
             if conn.pending is None:
@@ -341,7 +420,7 @@ class ServerEndpoint:
             conn.running = True
             self.spawn(self._drain(conn, result))
 
-    async def _drain(self, conn: WebSocketConnection, first: Any) -> None:
+    async def _drain(self, conn: Conn, first: Any) -> None:
         try:
             await self._await(first)
             while conn.pending:

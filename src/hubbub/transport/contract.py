@@ -1,4 +1,5 @@
-"""The HTTP layer's contract with the server core: :class:`HttpEndpoint`.
+"""The transport's contracts with the server core: :class:`HttpEndpoint` and
+:class:`SessionEndpoint` (the fallback transports, SSE and long polling).
 
 Implemented by :class:`hubbub.endpoint.ServerEndpoint`; called by
 :class:`hubbub.transport.http.HttpConnection`.
@@ -7,6 +8,7 @@ Implemented by :class:`hubbub.endpoint.ServerEndpoint`; called by
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
 from .messages import Request, Response
@@ -14,6 +16,7 @@ from .messages import Request, Response
 if TYPE_CHECKING:
     from ..config import Settings
     from .http import HttpConnection
+    from .session import Session
     from .websocket import WebSocketConnection
 
 
@@ -92,7 +95,6 @@ class HttpEndpoint(Protocol):
         """
         ...
 
-
     def ws_authorize(self, request: Request) -> tuple[int, str] | None:
         """None to open the WebSocket, or ``(status, reason)`` to refuse it.
 
@@ -118,5 +120,70 @@ class HttpEndpoint(Protocol):
         ``conn.write``), so that nothing (the open handler's greeting, a
         pong) can overtake the 101; set ``request.fd``; do not read from or
         write to ``transport`` directly.
+        """
+        ...
+
+
+class SessionEndpoint(Protocol):
+    """What the fallback transports need from the server core (implemented by
+    :class:`hubbub.endpoint.ServerEndpoint`; called by
+    :mod:`hubbub.transport.session_routes` and :class:`hubbub.transport.session.Session`).
+
+    A session is one connection of the server (an ``fd``, the app's open /
+    message / close events) carried by HTTP requests instead of a WebSocket
+    (docs/transports.md). States and calls for one session::
+
+        session_opened -> session_message* -> session_closing -> session_closed
+
+    Every method is called from the event loop; none may block.
+    """
+
+    settings: Settings
+    subprotocols: list[str]
+    #: Headers added to every HTTP response that does not set them itself.
+    security_headers: tuple[tuple[str, str], ...]
+
+    def ws_admit(self) -> str | None:
+        """As for a WebSocket: None to accept one more connection, else why not (503)."""
+        ...
+
+    def ws_authorize(self, request: Request) -> tuple[int, str] | None:
+        """As for a WebSocket: the ``upgrade`` event (token checks) for a session's POST."""
+        ...
+
+    def session_admit_ip(self, ip: str) -> str | None:
+        """None if address ``ip`` may hold one more connection, else why not (503)."""
+        ...
+
+    def session_opened(self, request: Request, kind: str) -> Session:
+        """Make a session for an admitted, authorized ``request`` and fire ``open``.
+
+        Implementation: give it an fd (``request.fd``), register it where
+        ``push``/``broadcast``/``exist`` find connections, count it against
+        its address, then dispatch the ``open`` event (its first frames, e.g.
+        the welcome, are queued in the session).
+        """
+        ...
+
+    def session_lookup(self, sid: str) -> Session | None:
+        """The session with id ``sid`` if it exists and is not closed."""
+        ...
+
+    def session_message(self, session: Session, data: str) -> None:
+        """One client frame (a line of a POST .../frames) for the ``message`` event, in order."""
+        ...
+
+    def session_closing(self, session: Session) -> None:
+        """``session`` left the open state: remove it from the broadcast set."""
+        ...
+
+    def session_closed(self, session: Session) -> None:
+        """``session`` is gone: forget it (its id answers 404 now), fire ``close``."""
+        ...
+
+    def watch_http(self, conn: Any, lost: Callable[[], None] | None) -> None:
+        """Call ``lost()`` when the HTTP connection ``conn`` is gone (None: stop watching).
+
+        For the requests that hold a connection open (an event stream, a long poll).
         """
         ...

@@ -1,0 +1,321 @@
+"""The HTTP side of the fallback transports: the ``/v1/sessions`` paths.
+
+docs/transports.md is the contract for client authors; in short::
+
+    POST   /v1/sessions?transport=sse|poll[&protocol=hubbub.v1]  -> 201 {"session": id, ...}
+    GET    /v1/sessions/<id>/events        (sse)   -> text/event-stream
+    GET    /v1/sessions/<id>/poll?after=n  (poll)  -> {"frames": [...], "last": m}
+    POST   /v1/sessions/<id>/frames        NDJSON  -> 202 {"accepted": k}
+    DELETE /v1/sessions/<id>                       -> 204
+
+The endpoint (:class:`~hubbub.transport.contract.SessionEndpoint`) routes
+these paths here before the app's ``request`` handler. Session creation
+passes the WebSocket admission rules: Origin allow-list (403), connection
+limits and per-address limits (503), the ``upgrade`` event (its status). A
+session id is a credential: the access log shows ``/v1/sessions/<redacted>/...``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from http import HTTPStatus
+from typing import Any
+from urllib.parse import parse_qs
+
+from .contract import SessionEndpoint
+from .guard import origin_refusal
+from .messages import Request, Response
+from .session import KINDS, Session
+from .sse import PING_PERIOD, EventStream
+
+log = logging.getLogger("hubbub.session")
+
+PREFIX = "/v1/sessions"
+#: The subprotocol a session speaks unless ``protocol=`` says otherwise.
+DEFAULT_PROTOCOL = "hubbub.v1"
+#: Frames (lines) one POST .../frames may carry.
+MAX_FRAMES_PER_POST = 64
+#: Close codes as over a WebSocket (RFC 6455 7.4.1).
+INVALID_DATA = 1007
+MESSAGE_TOO_BIG = 1009
+
+
+def is_session_path(path: str) -> bool:
+    return path.startswith(PREFIX) and (len(path) == len(PREFIX) or path[len(PREFIX)] == "/")
+
+
+def max_body(endpoint: SessionEndpoint) -> int:
+    """Bytes one POST .../frames may carry: 64 frames of max_message_size, at most
+    max_body_size (the HTTP layer's own limit)."""
+    s = endpoint.settings
+    return min(s.max_body_size, MAX_FRAMES_PER_POST * (s.max_message_size + 1))
+
+
+def handle(endpoint: SessionEndpoint, request: Request, response: Response) -> Any:
+    """Answer one request under ``/v1/sessions`` (a value for ``http_request``)."""
+    rest = request.path[len(PREFIX) :].strip("/")
+    sid, _, tail = rest.partition("/")
+    if sid:
+        # Before anything can be logged: the id is the session's credential.
+        request.path = f"{PREFIX}/<redacted>" + (f"/{tail}" if tail else "")
+    refused = origin_refusal(request.headers, request.tls, endpoint.settings.allowed_origins)
+    if refused is not None:
+        return _error(response, 403, "forbidden_origin", refused)
+    if not sid:
+        if request.method != "POST":
+            return _not_allowed(response, "POST")
+        return _create(endpoint, request, response)
+    session = endpoint.session_lookup(sid)
+    if session is None:
+        return _error(
+            response,
+            404,
+            "no_such_session",
+            "unknown, expired or closed session: open a new one and resume (join with since)",
+        )
+    route = _ROUTES.get(tail)
+    if route is None:
+        return _error(response, 404, "not_found", "no such session path")
+    method, fn = route
+    if request.method != method:
+        return _not_allowed(response, method)
+    return fn(endpoint, session, request, response)
+
+
+# -- answers -------------------------------------------------------------------
+
+
+def _json(
+    response: Response, status: int, body: Any, headers: tuple[tuple[str, str], ...] = ()
+) -> None:
+    response.status(status)
+    response.header("Content-Type", "application/json")
+    response.header("Cache-Control", "no-store")
+    for name, value in headers:
+        response.header(name, value)
+    response.end(body if isinstance(body, bytes) else json.dumps(body).encode())
+
+
+def _error(
+    response: Response,
+    status: int,
+    code: str,
+    message: str,
+    headers: tuple[tuple[str, str], ...] = (),
+) -> None:
+    _json(response, status, {"error": code, "message": message}, headers)
+
+
+def _not_allowed(response: Response, allow: str) -> None:
+    _error(response, 405, "method_not_allowed", f"use {allow}", (("Allow", allow),))
+
+
+def _query(request: Request) -> dict[str, str]:
+    return {k: v[0] for k, v in parse_qs(request.query_string, keep_blank_values=True).items()}
+
+
+def _number(text: str | None) -> int | None:
+    """A frame number from the client: a decimal >= 0 (None if absent or not one)."""
+    if text is None or not text.isdigit() or len(text) > 18:
+        return None
+    return int(text)
+
+
+# -- POST /v1/sessions -------------------------------------------------------------
+
+
+def _create(endpoint: SessionEndpoint, request: Request, response: Response) -> None:
+    q = _query(request)
+    kind = q.get("transport", "")
+    if kind not in KINDS:
+        return _error(response, 400, "bad_request", "transport must be 'sse' or 'poll'")
+    asked = q.get("protocol")
+    protocol: str | None = DEFAULT_PROTOCOL if asked is None else asked
+    if protocol and protocol not in endpoint.subprotocols:
+        if asked is not None:
+            return _error(response, 400, "bad_request", f"unknown protocol {protocol[:40]!r}")
+        protocol = None  # the server offers no hubbub.v1: a plain session
+    refused = endpoint.ws_admit()
+    if refused is None:
+        ip = str(request.remote[0]) if request.remote else ""
+        refused = endpoint.session_admit_ip(ip)
+    if refused is not None:
+        return _error(response, 503, "unavailable", refused, (("Retry-After", "5"),))
+    request.subprotocol = protocol or None
+    try:
+        denied = endpoint.ws_authorize(request)
+    except Exception:
+        log.error("upgrade handler failed", exc_info=True)
+        denied = (500, "Internal Server Error")
+    if denied is not None:
+        status, reason = denied
+        try:
+            code = HTTPStatus(status).phrase.lower().replace(" ", "_")
+        except ValueError:
+            code = "refused"
+        return _error(response, status, code, reason)
+    session = endpoint.session_opened(request, kind)
+    body = {
+        "session": session.id,
+        "transport": kind,
+        "protocol": protocol or "",
+        "poll_timeout": endpoint.settings.poll_timeout,
+        "max_body": max_body(endpoint),
+    }
+    return _json(response, 201, body)
+
+
+# -- GET .../events -------------------------------------------------------------------
+
+
+def _events(
+    endpoint: SessionEndpoint, session: Session, request: Request, response: Response
+) -> Any:
+    if session.kind != "sse":
+        return _error(response, 400, "wrong_transport", "this is a poll session: GET .../poll")
+    header = request.headers.get("last-event-id")
+    text = header.strip() if header is not None else _query(request).get("after")
+    after = session.buffer.acked if text is None or text == "" else _number(text)
+    if after is None:
+        return _error(response, 400, "bad_request", "Last-Event-ID must be a frame number")
+    stream = EventStream(response, min(PING_PERIOD, endpoint.settings.poll_timeout))
+    stream.start(endpoint.security_headers)
+    if not session.buffer.valid(after):
+        # The frames after `after` are gone: the client must start again.
+        stream.finish("gone", _gone(session, after))
+        session.abort()
+        return None
+    conn = stream.conn
+
+    def lost() -> None:
+        stream.lost()
+        session.detach_stream(stream)
+
+    endpoint.watch_http(conn, lost)
+    session.attach_stream(stream, after)
+    return _hold_stream(endpoint, session, stream)
+
+
+async def _hold_stream(endpoint: SessionEndpoint, session: Session, stream: EventStream) -> None:
+    try:
+        await stream.run()
+    finally:
+        endpoint.watch_http(stream.conn, None)
+        session.detach_stream(stream)
+
+
+def _gone(session: Session, after: int) -> dict[str, Any]:
+    return {
+        "after": after,
+        "first": session.buffer.first,
+        "message": "frames after that number are no longer here: open a new session "
+        "and resume (join with since)",
+    }
+
+
+# -- GET .../poll -------------------------------------------------------------------
+
+
+def _poll(endpoint: SessionEndpoint, session: Session, request: Request, response: Response) -> Any:
+    if session.kind != "poll":
+        return _error(response, 400, "wrong_transport", "this is an SSE session: GET .../events")
+    text = _query(request).get("after")
+    after = session.buffer.acked if text is None else _number(text)
+    if after is None:
+        return _error(response, 400, "bad_request", "after must be a frame number")
+    if not session.buffer.valid(after):
+        gone = _gone(session, after)
+        session.abort()
+        return _error(response, 404, "no_such_session", gone["message"])
+    return _hold_poll(endpoint, session, after, response)
+
+
+async def _hold_poll(
+    endpoint: SessionEndpoint, session: Session, after: int, response: Response
+) -> None:
+    fut: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+    conn = response._conn
+    endpoint.watch_http(conn, lambda: session.end_poll(fut))
+    try:
+        result = await session.wait_poll(after, endpoint.settings.poll_timeout, fut)
+    finally:
+        endpoint.watch_http(conn, None)
+    if result is None:
+        return _error(response, 404, "no_such_session", "the session ended")
+    frames, last, closed = result
+    if session.json_frames:
+        items = [d for _, d in frames]
+    else:
+        items = [json.dumps(d.decode(errors="replace")).encode() for _, d in frames]
+    body = b'{"frames":[' + b",".join(items) + b'],"last":%d' % last
+    if closed is not None:
+        body += b',"closed":' + json.dumps({"code": closed[0], "reason": closed[1]}).encode()
+    _json(response, 200, body + b"}")
+
+
+# -- POST .../frames -----------------------------------------------------------------
+
+
+def _frames(
+    endpoint: SessionEndpoint, session: Session, request: Request, response: Response
+) -> Any:
+    limit = max_body(endpoint)
+    if len(request.body) > limit:
+        return _error(response, 413, "too_large", f"at most {limit} bytes per POST")
+    lines = [line.rstrip(b"\r") for line in request.body.split(b"\n")]
+    lines = [line for line in lines if line]
+    if len(lines) > MAX_FRAMES_PER_POST:
+        return _error(
+            response, 413, "too_many_frames", f"at most {MAX_FRAMES_PER_POST} frames per POST"
+        )
+    size = endpoint.settings.max_message_size
+    if any(len(line) > size for line in lines):
+        session.close(MESSAGE_TOO_BIG, f"frame over {size} bytes")
+        return _error(response, 413, "too_large", f"a frame is at most {size} bytes")
+    try:
+        texts = [line.decode() for line in lines]
+    except UnicodeDecodeError as exc:
+        session.close(INVALID_DATA, "invalid UTF-8")
+        return _error(response, 400, "bad_request", f"frames must be UTF-8 text ({exc.reason})")
+    if not session.open:
+        return _error(response, 404, "no_such_session", "the session is closing")
+    return _deliver(endpoint, session, texts, response)
+
+
+async def _deliver(
+    endpoint: SessionEndpoint, session: Session, texts: list[str], response: Response
+) -> None:
+    accepted = 0
+    for text in texts:
+        if session.holds:
+            # The app's handler has max_pending_messages of this session's frames
+            # waiting: the POST waits too (its client's backpressure).
+            await session.wait_released()
+        if not session.open:
+            break
+        endpoint.session_message(session, text)
+        accepted += 1
+    _json(response, 202, {"accepted": accepted})
+
+
+# -- DELETE /v1/sessions/<id> ------------------------------------------------------------
+
+
+def _delete(
+    endpoint: SessionEndpoint, session: Session, request: Request, response: Response
+) -> None:
+    session.close(1000, "closed by the client")
+    session.abort()
+    response.status(204)
+    response.header("Cache-Control", "no-store")
+    response.end(b"")
+
+
+_ROUTES: dict[str, tuple[str, Any]] = {
+    "events": ("GET", _events),
+    "poll": ("GET", _poll),
+    "frames": ("POST", _frames),
+    "": ("DELETE", _delete),
+}
