@@ -52,6 +52,7 @@ from .endpoint import Frame, ServerEndpoint
 from .errors import StartupError
 from .tasks import TaskPool
 from .timers import Timers
+from .transport.fanout import FanOut
 from .transport.http import HttpConnection
 from .transport.listen import bind_error, listening_line, server_ssl_context
 from .transport.websocket import encode_frame
@@ -92,6 +93,8 @@ class Server:
         # The same dict as the endpoint's (never rebound): push and push_many
         # look connections up without going through the endpoint.
         self._open = self._endpoint.open
+        #: The compiled fan-out's per-tick policy (hubbub.transport.fanout).
+        self._fanout = FanOut()
         #: The application object built on this server, if any (e.g. the chat app).
         self.app: Any = None
         self._timers = Timers(self._endpoint.call)
@@ -182,8 +185,10 @@ class Server:
         """
         op = Opcode(opcode) if opcode is not None else None
         frame = encode_frame(data, op)
-        n = 0
         conns = self._open
+        if self._fanout.direct():
+            return self._fanout.send(frame, data, op, fds, conns)
+        n = 0
         for fd in fds:
             conn = conns.get(fd)
             if conn is not None:
@@ -198,6 +203,13 @@ class Server:
         recipient (connections with permessage-deflate are encoded each).
         """
         frame = encode_frame(data)
+        if self._fanout.direct():
+            if exclude:
+                skip = set(exclude)
+                return self._fanout.send(
+                    frame, data, None, [c for fd, c in self._open.items() if fd not in skip], None
+                )
+            return self._fanout.send(frame, data, None, self._open.values(), None)
         if exclude:
             skip = set(exclude)
             n = 0

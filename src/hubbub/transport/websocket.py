@@ -59,6 +59,14 @@ def encode_frame(data: str | bytes, opcode: Opcode | None = None) -> bytes:
     return Frame(op, payload).serialize(mask=False)
 
 
+def _socket_fd(transport: asyncio.BaseTransport) -> int:
+    """The fd of a plain TCP transport's socket; -1 for TLS or no socket."""
+    if transport.get_extra_info("ssl_object") is not None:
+        return -1
+    sock = transport.get_extra_info("socket")
+    return sock.fileno() if sock is not None else -1
+
+
 class WebSocketEndpoint(Protocol):
     """What a connection reports to: the server core (implemented by
     :class:`hubbub.endpoint.ServerEndpoint`).
@@ -191,6 +199,7 @@ class WebSocketConnection(asyncio.Protocol):
         "reading_paused",
         "request",
         "running",
+        "sockfd",
         "transport",
     )
 
@@ -213,6 +222,10 @@ class WebSocketConnection(asyncio.Protocol):
         self.out: bytes | list[bytes] | None = None
         self.loop = asyncio.get_running_loop()
         self.compressed = bool(proto.extensions)
+        #: The OS socket the compiled fan-out may send(2) to directly while
+        #: nothing of this connection is queued (hubbub.transport.fanout); -1
+        #: when every byte must go through the transport (TLS, compression).
+        self.sockfd = -1 if self.compressed else _socket_fd(transport)
         self.open = True
         self.failed = False
         self.closed = False

@@ -1,0 +1,323 @@
+"""The compiled fan-out (hubbub.transport._speedups, hubbub.transport.fanout).
+
+Every behaviour test runs twice: on the compiled path (direct send(2) to
+each recipient whose queue and transport buffer are empty) and on the
+pure-Python path (what runs when the extension is missing), over real
+sockets. A few tests check the compiled path's own promises (it really
+writes directly; a busy tick turns it off) and the C function on a socket
+pair.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from websockets.asyncio.client import connect
+
+from hubbub import Server
+from hubbub.transport import fanout
+from hubbub.transport.websocket import encode_frame
+
+from ..conftest import recv_all, ws_url
+
+PATHS = ["compiled", "python"]
+
+
+@pytest.fixture(params=PATHS)
+def path(request: pytest.FixtureRequest) -> str:
+    if request.param == "compiled":
+        assert fanout.AVAILABLE, (
+            "hubbub.transport._speedups is not built: `pip install -e .` compiles it "
+            "(needs gcc and the Python headers)"
+        )
+    return str(request.param)
+
+
+@pytest.fixture
+def make_fan(make_server: Callable[..., Any], path: str) -> Callable[..., Any]:
+    """A server whose fan-out takes ``path`` (the compiled one, or Python only)."""
+
+    async def factory(**overrides: Any) -> Server:
+        server = await make_server(**overrides)
+        server._fanout.enabled = path == "compiled"
+        return server
+
+    return factory
+
+
+async def _clients(server: Server, n: int, stack: Any, **kw: Any) -> list[Any]:
+    out = []
+    for _ in range(n):
+        out.append(await stack.enter_async_context(connect(ws_url(server), **kw)))
+    # Every connection is established on the server's side.
+    loop = asyncio.get_running_loop()
+    end = loop.time() + 5.0
+    while len(server.connections) < n:
+        assert loop.time() < end, "connections not established"
+        await asyncio.sleep(0.01)
+    return out
+
+
+async def _next_tick() -> None:
+    """Let the loop run the end-of-tick callbacks (flush, tick policy)."""
+    for _ in range(3):
+        await asyncio.sleep(0)
+
+
+async def test_push_many_reaches_everyone_in_order(make_fan, path):
+    from contextlib import AsyncExitStack
+
+    server = await make_fan(compression=False)
+    async with AsyncExitStack() as stack:
+        clients = await _clients(server, 20, stack, compression=None)
+        fds = list(server.connections)
+        for i in range(200):
+            assert server.push_many(fds, f"m{i}") == 20
+            if i % 3 == 0:
+                await _next_tick()  # some ticks carry one message, some several
+        for ws in clients:
+            assert await recv_all(ws, 200) == [f"m{i}" for i in range(200)]
+
+
+async def test_direct_write_leaves_nothing_queued(make_fan, path):
+    """The compiled path hands the frame to the kernel during the call; the
+    Python path queues it for the end of the tick."""
+    from contextlib import AsyncExitStack
+
+    server = await make_fan(compression=False)
+    async with AsyncExitStack() as stack:
+        clients = await _clients(server, 5, stack, compression=None)
+        await _next_tick()
+        await _next_tick()
+        conns = list(server._endpoint.open.values())
+        assert all(c.sockfd >= 0 for c in conns)
+        server.push_many(list(server.connections), "now")
+        queued = [c.out is not None for c in conns]
+        assert queued == [path == "python"] * 5
+        for ws in clients:
+            assert await recv_all(ws, 1) == ["now"]
+
+
+async def test_queued_bytes_are_never_overtaken(make_fan, path):
+    """A connection with bytes queued this tick gets the fan-out behind them."""
+    from contextlib import AsyncExitStack
+
+    server = await make_fan(compression=False)
+    async with AsyncExitStack() as stack:
+        a, b = await _clients(server, 2, stack, compression=None)
+        await _next_tick()
+        fd_a, fd_b = list(server.connections)
+        server.push(fd_a, "first")  # queued for the end of the tick
+        server.push_many([fd_a, fd_b], "second")
+        server.push(fd_b, "third")
+        assert await recv_all(a, 2) == ["first", "second"]
+        assert await recv_all(b, 2) == ["second", "third"]
+
+
+async def test_slow_reader_partial_writes_keep_order(make_fan, path, monkeypatch):
+    """A reader that stops reading fills its socket: send(2) writes part of a
+    frame or nothing, the rest is queued, and every byte still arrives in order."""
+    from contextlib import AsyncExitStack
+
+    seen: list[tuple[int, int]] = []
+    direct = fanout._direct
+    if direct is not None:
+
+        def spy(frame: bytes, items: Any, conns: Any) -> Any:
+            n, slow, partial = direct(frame, items, conns)
+            seen.append((len(slow), len(partial)))
+            return n, slow, partial
+
+        monkeypatch.setattr(fanout, "_direct", spy)
+    server = await make_fan(compression=False, max_send_buffer=64 * 1024 * 1024)
+    async with AsyncExitStack() as stack:
+        # max_queue=1: the client stops reading its socket once one message waits.
+        (slow,) = await _clients(server, 1, stack, compression=None, max_queue=1, max_size=2**22)
+        # Small socket buffers on both sides (no autotuning to megabytes).
+        slow.transport.get_extra_info("socket").setsockopt(
+            socket.SOL_SOCKET, socket.SO_RCVBUF, 8192
+        )
+        (conn,) = server._endpoint.open.values()
+        conn.transport.get_extra_info("socket").setsockopt(
+            socket.SOL_SOCKET, socket.SO_SNDBUF, 8192
+        )
+        await _next_tick()
+        payload = "x" * 20_000
+        for i in range(40):  # 800 kB: far more than the socket buffers hold
+            server.push_many(list(server.connections), f"{i:04d}{payload}")
+            await _next_tick()
+        got = await recv_all(slow, 40, within=10.0)
+        assert [m[:4] for m in got] == [f"{i:04d}" for i in range(40)]
+        assert all(m[4:] == payload for m in got)
+    if path == "compiled":
+        assert any(s or p for s, p in seen), "the socket never filled up"
+        assert any(s == 0 and p == 0 for s, p in seen), "nothing was written directly"
+
+
+async def test_backpressure_drops_a_stalled_reader_not_the_others(make_fan, path):
+    from contextlib import AsyncExitStack
+
+    server = await make_fan(compression=False, max_send_buffer=256 * 1024)
+    async with AsyncExitStack() as stack:
+        stalled, reader = await _clients(
+            server, 2, stack, compression=None, max_queue=1, max_size=2**20
+        )
+        await _next_tick()
+        fds = list(server.connections)
+        payload = "y" * 20_000
+        received: list[str] = []
+        for i in range(400):  # 8 MB for the stalled one: it must be dropped
+            server.push_many(fds, f"{i:04d}{payload}")
+            received.append(await asyncio.wait_for(reader.recv(), 5.0))
+            if len(server.connections) == 1:
+                break
+        assert len(server.connections) == 1, "the stalled reader was never dropped"
+        assert [m[:4] for m in received] == [f"{i:04d}" for i in range(len(received))]
+        # The reader (the other client) is still served.
+        server.push_many(list(server.connections), "after")
+        assert await recv_all(reader, 1) == ["after"]
+        # The stalled one gets what was queued before its drop, then 1013.
+        with pytest.raises(Exception) as info:
+            while True:
+                await asyncio.wait_for(stalled.recv(), 5.0)
+        assert "1013" in str(info.value)
+
+
+async def test_compressed_and_plain_clients_share_a_fan_out(make_fan, path):
+    from contextlib import AsyncExitStack
+
+    server = await make_fan(compression=True)
+    async with AsyncExitStack() as stack:
+        plain = (await _clients(server, 1, stack, compression=None))[0]
+        deflated = await stack.enter_async_context(connect(ws_url(server)))
+        loop = asyncio.get_running_loop()
+        end = loop.time() + 5.0
+        while len(server.connections) < 2:
+            assert loop.time() < end
+            await asyncio.sleep(0.01)
+        conns = list(server._endpoint.open.values())
+        assert sorted(c.sockfd >= 0 for c in conns) == [False, True]
+        await _next_tick()
+        for i in range(20):
+            server.broadcast(f"b{i}" * 50)
+            await _next_tick()
+        expect = [f"b{i}" * 50 for i in range(20)]
+        assert await recv_all(plain, 20) == expect
+        assert await recv_all(deflated, 20) == expect
+
+
+async def test_broadcast_with_exclude(make_fan, path):
+    from contextlib import AsyncExitStack
+
+    server = await make_fan(compression=False)
+    async with AsyncExitStack() as stack:
+        a, b, c = await _clients(server, 3, stack, compression=None)
+        await _next_tick()
+        fd_a, _fd_b, _fd_c = list(server.connections)
+        assert server.broadcast(b"bin", exclude=[fd_a]) == 2
+        server.push(fd_a, "only a")
+        assert await recv_all(a, 1) == ["only a"]
+        assert await recv_all(b, 1) == [b"bin"]
+        assert await recv_all(c, 1) == [b"bin"]
+
+
+# -- the compiled path's policy -------------------------------------------------
+
+
+async def test_a_busy_tick_turns_direct_writes_off_until_a_quiet_one(make_server):
+    assert fanout.AVAILABLE, "hubbub.transport._speedups is not built (pip install -e .)"
+    from contextlib import AsyncExitStack
+
+    server = await make_server(compression=False)
+    async with AsyncExitStack() as stack:
+        (ws,) = await _clients(server, 1, stack, compression=None)
+        (conn,) = server._endpoint.open.values()
+        await _next_tick()
+        fds = list(server.connections)
+        server.push_many(fds, "1")  # first of a quiet tick: direct
+        assert conn.out is None
+        server.push_many(fds, "2")  # second in the same tick: queued (coalesced)
+        assert conn.out is not None
+        await _next_tick()
+        server.push_many(fds, "3")  # the last tick was busy: queued
+        assert conn.out is not None
+        await _next_tick()
+        server.push_many(fds, "4")  # the last tick had one fan-out: direct again
+        assert conn.out is None
+        assert await recv_all(ws, 4) == ["1", "2", "3", "4"]
+
+
+# -- the C function itself ------------------------------------------------------
+
+
+class _Transport:
+    def __init__(self, buffered: int = 0) -> None:
+        self.buffered = buffered
+
+    def get_write_buffer_size(self) -> int:
+        return self.buffered
+
+
+class _Conn:
+    def __init__(self, sockfd: int, out: Any = None, buffered: int = 0) -> None:
+        self.sockfd = sockfd
+        self.out = out
+        self.transport = _Transport(buffered)
+
+
+def test_c_fanout_writes_queues_and_reports_partial_writes():
+    assert fanout._direct is not None, "hubbub.transport._speedups is not built"
+    direct = fanout._direct
+    a, a_peer = socket.socketpair()
+    b, b_peer = socket.socketpair()
+    with a, a_peer, b, b_peer:
+        frame = encode_frame("hello")
+        ok = _Conn(a.fileno())
+        queued = _Conn(b.fileno(), out=b"earlier")
+        busy = _Conn(b.fileno(), buffered=10)
+        tls = _Conn(-1)
+        n, slow, partial = direct(frame, [ok, queued, busy, tls], None)
+        assert (n, slow, partial) == (4, [queued, busy, tls], [])
+        assert a_peer.recv(100) == frame
+        b_peer.setblocking(False)
+        with pytest.raises(BlockingIOError):
+            b_peer.recv(100)  # nothing was written for the three others
+        # Keys looked up in a dict; missing keys are skipped, not counted.
+        n, slow, partial = direct(frame, [1, 2, 3], {1: ok, 3: tls})
+        assert (n, slow, partial) == (2, [tls], [])
+        assert a_peer.recv(100) == frame
+        # A socket that takes part of a big frame: the rest comes back.
+        a.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+        big = encode_frame(b"z" * 4_000_000)
+        n, slow, partial = direct(big, [ok], None)
+        assert n == 1 and slow == []
+        ((conn, rest),) = partial
+        assert conn is ok and 0 < len(rest) < len(big)
+        # Now the socket is full: it takes nothing, the connection goes to
+        # the slow path (a Unix socket pair does not drain by itself).
+        assert direct(frame, [ok], None) == (1, [ok], [])
+        a_peer.setblocking(False)
+        got = b""
+        while True:
+            try:
+                got += a_peer.recv(1 << 20)
+            except BlockingIOError:
+                break
+        assert got + rest == big
+
+
+def test_c_fanout_rejects_bad_arguments():
+    assert fanout._direct is not None, "hubbub.transport._speedups is not built"
+    direct: Any = fanout._direct
+    with pytest.raises(TypeError):
+        direct("text", [], None)
+    with pytest.raises(TypeError):
+        direct(b"x", [], [])
+    with pytest.raises(TypeError):
+        direct(b"x")
+    with pytest.raises(AttributeError):
+        direct(b"x", [object()], None)
