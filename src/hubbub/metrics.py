@@ -121,7 +121,6 @@ duplicates = Counter(
     "sends with a client id already stored (acked again, not stored)",
     registry=REGISTRY,
 )
-acks = Counter("hubbub_acks", "acks sent for stored sends", registry=REGISTRY)
 store_failures = Counter(
     "hubbub_journal_failures",
     "messages the store refused (senders told to retry)",
@@ -314,6 +313,9 @@ class ChatCollector(Collector):
             labels=["event"],
         )
         subs = GaugeMetricFamily("hubbub_broker_subscriptions", "rooms this node follows")
+        queued = GaugeMetricFamily(
+            "hubbub_broker_queue_depth", "frames waiting to be published to the broker"
+        )
         seqr = CounterMetricFamily(
             "hubbub_sequencer_messages",
             "room messages by what the sequencer did (delivered, duplicate: dropped as "
@@ -322,7 +324,7 @@ class ChatCollector(Collector):
             labels=["event"],
         )
         reconnects = CounterMetricFamily("hubbub_broker_reconnects", "reconnections to the broker")
-        q = n_subs = n_reconnects = 0
+        q = n_subs = n_reconnects = n_queued = 0
         b = dict.fromkeys(("published", "received", "dropped", "bad"), 0)
         sq = dict.fromkeys(("delivered", "duplicate", "backfilled", "skipped"), 0)
         for server in self.servers:
@@ -339,6 +341,7 @@ class ChatCollector(Collector):
                 b["dropped"] += stats.get("dropped", 0)
                 b["bad"] += stats.get("bad_frames", 0)
                 n_reconnects += stats.get("reconnects", 0)
+                n_queued += stats.get("backlog", 0)
             sequencer = getattr(app, "sequencer", None)
             if sequencer is not None:
                 sq["delivered"] += sequencer.delivered
@@ -348,11 +351,12 @@ class ChatCollector(Collector):
         depth.add_metric([], q)
         subs.add_metric([], n_subs)
         reconnects.add_metric([], n_reconnects)
+        queued.add_metric([], n_queued)
         for event, n in b.items():
             broker.add_metric([event], n)
         for event, n in sq.items():
             seqr.add_metric([event], n)
-        return (depth, broker, subs, reconnects, seqr)
+        return (depth, broker, subs, queued, reconnects, seqr)
 
 
 COLLECTOR = ChatCollector()

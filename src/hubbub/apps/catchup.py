@@ -41,9 +41,11 @@ import logging
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
+from .. import metrics
 from .. import protocol as p
 from ..broker import BrokerError
 from ..core import Catchup, ChatCore
+from ..logs import context
 from ..server import WEBSOCKET_OPCODE_TEXT, Server
 from ..store import RoomMeta, Store, StoreError
 
@@ -171,7 +173,12 @@ class Catchups:
             if buffered <= limit:
                 return True
             if loop.time() >= deadline:
-                log.warning("client-%d does not read its replay: closing it", fd)
+                log.warning(
+                    "client-%d does not read its replay: closing it (1013)",
+                    fd,
+                    extra=context(fd=fd, reason="slow_replay", code=1013),
+                )
+                metrics.slow_consumers.labels("replay").inc()
                 self.server.disconnect(fd, 1013, "too slow to read")
                 return False
             await asyncio.sleep(DRAIN_POLL)
@@ -242,6 +249,8 @@ class Catchups:
             # More was published during the replay than the buffer holds: the
             # client reloads from history (which has it all) and goes live now.
             self._reply(fd, p.Reset(room, meta.epoch, "too_far", meta.seq, meta.oldest))
+            if e.since is not None:
+                metrics.resumes.labels("overflow").inc()
         else:
             push = self.server.push
             for seq, payload in state.buffer:
@@ -275,6 +284,7 @@ class Catchups:
         elif meta.seq - since > self.max_resume:
             reason = "too_far"
         if reason is not None:
+            metrics.resumes.labels(reason).inc()
             self._reply(fd, p.Reset(room, meta.epoch, reason, meta.seq, meta.oldest))
             return meta.seq
         last, count = since, 0
@@ -302,4 +312,6 @@ class Catchups:
         if not state.overflow:
             # (On overflow the caller sends `reset` instead: never both.)
             self._reply(fd, p.Resumed(room, meta.epoch, since, last, count))
+            metrics.resumes.labels("resumed").inc()
+        metrics.replayed.inc(count)
         return last

@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable
 from typing import Any
 
+from .. import metrics
 from ..protocol import Message
 from ..store.base import PendingMessage, Store
 
@@ -47,6 +49,7 @@ class Journal:
         #: Counters for metrics and benchmarks.
         self.committed = 0
         self.batches = 0
+        self.duplicates = 0
         # For barrier(): messages accepted, and messages written or failed, so far.
         self._accepted = 0
         self._settled = 0
@@ -97,15 +100,17 @@ class Journal:
             while self._queue:
                 batch = self._queue[: self.max_batch]
                 del self._queue[: self.max_batch]
+                began = time.perf_counter()
                 try:
                     results = await self.store.append([pending for pending, _ in batch])
                 except Exception as exc:
                     log.error("could not store %d messages: %s", len(batch), exc)
+                    metrics.store_failures.inc(len(batch))
                     self._safe(self.on_failure, batch, exc)
                     self._settle(len(batch))
                     continue
-                self.batches += 1
-                self.committed += len(batch)
+                committed = time.perf_counter()
+                self._count(results, committed - began)
                 self._safe(
                     self.on_commit,
                     [
@@ -114,6 +119,9 @@ class Journal:
                     ],
                 )
                 self._settle(len(batch))
+                # Runs after this tick's end-of-tick write (scheduled by on_commit's
+                # pushes, so before this): the commit-to-write time.
+                asyncio.get_running_loop().call_soon(_delivered, committed)
             if self._closing:
                 self._settle(0)
                 for _, future in self._barriers:
@@ -121,6 +129,17 @@ class Journal:
                         future.set_result(None)
                 self._barriers.clear()
                 return
+
+    def _count(self, results: list[tuple[Message, bool]], seconds: float) -> None:
+        self.batches += 1
+        self.committed += len(results)
+        dups = sum(1 for _, duplicate in results if duplicate)
+        self.duplicates += dups
+        metrics.journal_commit.observe(seconds)
+        metrics.journal_batch.observe(len(results))
+        metrics.messages_stored.inc(len(results) - dups)
+        if dups:
+            metrics.duplicates.inc(dups)
 
     @staticmethod
     def _safe(fn: Callable[..., None], *args: Any) -> None:
@@ -138,3 +157,7 @@ class Journal:
         if self._task is not None:
             await self._task
             self._task = None
+
+
+def _delivered(committed: float) -> None:
+    metrics.delivery_latency.observe(time.perf_counter() - committed)
