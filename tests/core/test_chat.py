@@ -193,7 +193,7 @@ def test_room_state_lists_members_sorted(core: ChatCore) -> None:
     join(core, 2, "lobby", "Bob")
     join(core, 3, "lobby", "alice")
     state = core.room_state(2, "lobby", "ep", 12)
-    assert state == p.RoomState("lobby", "Bob", "ep", 12, ["alice", "Bob", "carol"])
+    assert state == p.RoomState("lobby", "Bob", "ep", 12, ["alice", "Bob", "carol"], 3)
     assert core.room_state(2, "nowhere", "ep", 0) is None
     assert core.room_state(42, "lobby", "ep", 0) is None
 
@@ -473,9 +473,9 @@ def test_who_returns_members_sorted(core: ChatCore) -> None:
     for fd, nick in [(1, "zed"), (2, "Amy"), (3, "bob"), (4, "amos")]:
         join(core, fd, "lobby", nick)
     assert core.handle(1, p.Who("lobby")) == [
-        Reply(1, p.Members("lobby", ["amos", "Amy", "bob", "zed"]))
+        Reply(1, p.Members("lobby", ["amos", "Amy", "bob", "zed"], 4))
     ]
-    assert core.handle(1, p.Who("empty")) == [Reply(1, p.Members("empty", []))]
+    assert core.handle(1, p.Who("empty")) == [Reply(1, p.Members("empty", [], 0))]
 
 
 def test_history_rooms_and_ping(core: ChatCore) -> None:
@@ -514,9 +514,7 @@ def test_a_closing_room_refuses_joins_and_sends_until_reopened(core: ChatCore) -
     # Other rooms are not affected.
     assert any(isinstance(e, Catchup) for e in join(core, 2, "other", "bob"))
     core.reopen_room("lobby")
-    assert core.handle(1, p.Send("lobby", "c1", "hi")) == [
-        Persist(1, "lobby", "c1", "ann", "hi")
-    ]
+    assert core.handle(1, p.Send("lobby", "c1", "hi")) == [Persist(1, "lobby", "c1", "ann", "hi")]
 
 
 def test_remove_room_tells_every_member_and_forgets_the_room(core: ChatCore) -> None:

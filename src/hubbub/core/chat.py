@@ -2,87 +2,42 @@
 
 from __future__ import annotations
 
-import bisect
 import time
 import uuid
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 
 from .. import protocol as p
 from .effects import Catchup, Close, Effect, LoadHistory, Persist, Publish, Reply, RoomsQuery
 from .identity import Identity
+from .known import KnownRooms
+from .limits import ChatLimits
+from .nicknames import nick_key, same_text, valid_nick
+from .presence import PresenceBuffer, first_page, members_page, users_map
 from .ratelimit import TokenBucket
-
-
-@dataclass(frozen=True, slots=True)
-class ChatLimits:
-    #: Frames per second one connection may send (token bucket refill); 0 disables.
-    rate: float = 20.0
-    #: Frames one connection may send in a burst (bucket size).
-    burst: float = 40.0
-    #: Rooms one connection may be in at once.
-    max_rooms_per_connection: int = 50
-    #: Members one room may hold (joins beyond get ``unavailable``).
-    max_members_per_room: int = 10_000
-    #: Rooms the server holds; a join that would create one more gets ``room_limit``.
-    #: 0: no limit.
-    max_rooms: int = 10_000
-    #: New rooms per second one connection may create (bucket refill); 0 disables.
-    room_create_rate: float = 0.2
-    #: New rooms one connection may create in a burst (bucket size).
-    room_create_burst: float = 5.0
-    #: Invalid frames (bad JSON, bad or unknown frame, binary) one connection may send
-    #: in a burst, forgiven at ``max_invalid_frames`` per ``invalid_frame_window``
-    #: seconds (at least 1); one more closes the connection with 1008. 0 disables.
-    max_invalid_frames: int = 10
-    invalid_frame_window: float = 60.0
-
+from .rooms import Member, Room
+from .users import Owners, User
 
 #: Close code and reason for a connection that keeps sending invalid frames.
 CLOSE_POLICY = 1008
 TOO_MANY_INVALID = "too many invalid frames"
 
 
-class Member:
-    __slots__ = ("fd", "live", "nick")
-
-    def __init__(self, fd: int, nick: str) -> None:
-        self.fd = fd
-        self.nick = nick
-        # False while missed messages are replayed (see apps.chat catch-up).
-        self.live = False
-
-
-class Room:
-    __slots__ = ("live_cache", "members", "name", "nicks")
-
-    def __init__(self, name: str) -> None:
-        self.name = name
-        self.members: dict[int, Member] = {}
-        self.nicks: dict[str, int] = {}  # casefolded nick -> fd
-        self.live_cache: tuple[int, ...] | None = None
-
-    def live_fds(self) -> tuple[int, ...]:
-        cache = self.live_cache
-        if cache is None:
-            cache = self.live_cache = tuple(fd for fd, m in self.members.items() if m.live)
-        return cache
-
-
 class Session:
-    __slots__ = ("bucket", "creates", "fd", "identity", "nick", "rooms", "strikes")
+    """One hubbub.v1 connection; ``user`` is the member it speaks for."""
+
+    __slots__ = ("bucket", "creates", "fd", "identity", "rooms", "strikes", "user")
 
     def __init__(
         self,
         fd: int,
-        nick: str,
+        user: User,
         bucket: TokenBucket,
         creates: TokenBucket,
         strikes: TokenBucket,
         identity: Identity | None = None,
     ) -> None:
         self.fd = fd
-        self.nick = nick
+        self.user = user
         self.identity = identity
         self.rooms: set[str] = set()
         #: Every frame, valid or not, takes a token.
@@ -92,17 +47,31 @@ class Session:
         #: Every invalid frame takes a token; none left closes the connection.
         self.strikes = strikes
 
+    @property
+    def nick(self) -> str:
+        return self.user.nick
 
-def _key(nick: str) -> str:
-    return nick.casefold()
 
-
-class ChatCore:
+class ChatCore(KnownRooms, PresenceBuffer):
     """All chat state of one node.
 
-    Identity: a connection's nickname defaults to ``user-<fd>`` (the seed's
-    fd stays the fallback identity) and must be unique, case-insensitively,
-    in every room the connection is in.
+    Identity: an anonymous connection's nickname defaults to ``user-<fd>`` (the
+    seed's fd stays the fallback identity). A connection with an
+    :class:`Identity` starts with its token's name (else its user id; else, when
+    neither is a valid nickname or another user owns it, ``user-<fd>``); all
+    connections of one user share one nickname and are one member of a room.
+
+    Nicknames: compared after NFKC + casefold, unique in every room their holder
+    is in, and a nickname that looks like another member's (TR39 skeleton) is
+    refused (``nick_confusable``). A user owns its token's name and the nickname
+    it holds, connected or away (:class:`~hubbub.core.users.Owners`): nobody else
+    may take either. A user may change its nickname (``nick``, ``join`` with
+    ``nick``) to one nobody else owns or holds in its rooms; the change reaches
+    all its connections (each gets ``nick``) and all their rooms.
+
+    Presence: with ``coalesce_presence`` the changes wait for
+    :meth:`flush_presence` (one ``presence`` frame per room per loop tick); without,
+    each change is published at once as ``joined``/``left``/``renamed``.
     """
 
     def __init__(
@@ -110,12 +79,19 @@ class ChatCore:
         limits: ChatLimits | None = None,
         clock: Callable[[], float] = time.monotonic,
         wallclock: Callable[[], float] = time.time,
+        coalesce_presence: bool = False,
     ) -> None:
         self.limits = limits or ChatLimits()
         self.clock = clock
         self.wallclock = wallclock
+        self.coalesce_presence = coalesce_presence
         self.sessions: dict[int, Session] = {}
         self.rooms: dict[str, Room] = {}
+        self.owners = Owners(self.limits.max_nick_owners)
+        #: Rooms whose history and member list are for their members only.
+        self.private: set[str] = set()
+        #: Rooms with presence changes not yet published (in order of first change).
+        self._dirty: dict[str, None] = {}
         #: Rooms being deleted: joins and sends are refused until the delete is done.
         self.closing: set[str] = set()
         #: Every room that exists (in the store, or being created by a join), in
@@ -130,34 +106,56 @@ class ChatCore:
     ) -> list[Effect]:
         """A hubbub.v1 connection opens (after its ``auth``, if any): ``welcome``.
 
-        With an ``identity`` the nickname is the token's name (else the user id)
-        and frames about this connection carry ``user``."""
-        nick = f"user-{fd}" if identity is None else (identity.name or identity.user)
+        With an ``identity`` the connection speaks for its user (see the class
+        docstring for its nickname) and frames about it carry ``user``."""
+        if identity is None:
+            user = User(None, f"user-{fd}")
+        else:
+            user = self._user_for(identity, fd)
+        user.fds.add(fd)
         lim = self.limits
         now = self.clock()
         strikes = lim.max_invalid_frames
         window = max(lim.invalid_frame_window, 1.0)  # a window under 1 s counts as 1 s
         self.sessions[fd] = Session(
             fd,
-            nick,
+            user,
             TokenBucket(lim.rate, lim.burst, now),
             TokenBucket(lim.room_create_rate, lim.room_create_burst, now),
             TokenBucket(strikes / window if strikes else 0.0, strikes, now),
             identity,
         )
-        welcome = p.Welcome(p.SUBPROTOCOL, fd, nick, dict(limits or {}))
+        welcome = p.Welcome(p.SUBPROTOCOL, fd, user.nick, dict(limits or {}))
         if identity is not None:
             welcome.user = identity.user
         return [Reply(fd, welcome)]
+
+    def _user_for(self, identity: Identity, fd: int) -> User:
+        user = self.owners.get(identity.user)
+        if user is None:
+            name = identity.name if identity.name and valid_nick(identity.name) else None
+            nick = f"user-{fd}"
+            for wanted in (name, identity.user):
+                if wanted is not None and valid_nick(wanted) and self._free(wanted):
+                    nick = wanted
+                    break
+            user = User(identity.user, nick, name if name and self._free(name) else None)
+        self.owners.add(user)
+        return user
+
+    def _free(self, nick: str) -> bool:
+        return self.owners.owner(nick) is None
 
     def disconnect(self, fd: int) -> list[Effect]:
         session = self.sessions.pop(fd, None)
         if session is None:
             return []
-        out: list[Effect] = []
         for name in sorted(session.rooms):
-            out.extend(self._remove_member(name, fd, session.nick))
-        return out
+            self._remove_member(name, fd, session)
+        session.user.fds.discard(fd)
+        if session.user.user is not None and not session.user.fds:
+            self.owners.seen(session.user)
+        return self._events()
 
     # -- frames --------------------------------------------------------------
 
@@ -203,40 +201,45 @@ class ChatCore:
             fd, p.Error(code, message, str(ref), room or getattr(frame, "room", None), cid)
         )
 
-    def _join(self, s: Session, f: p.Join) -> list[Effect]:
+    def _join_refused(self, s: Session, f: p.Join) -> Reply | None:
+        """Why ``s`` may not join ``f.room`` (before nicknames and room creation)."""
         if f.room in s.rooms:
-            return [self._error(s.fd, p.E_ALREADY_IN_ROOM, f"already in room {f.room!r}", f)]
+            return self._error(s.fd, p.E_ALREADY_IN_ROOM, f"already in room {f.room!r}", f)
         if len(s.rooms) >= self.limits.max_rooms_per_connection:
-            return [
-                self._error(
-                    s.fd,
-                    p.E_TOO_MANY_ROOMS,
-                    f"at most {self.limits.max_rooms_per_connection} rooms",
-                    f,
-                )
-            ]
+            n = self.limits.max_rooms_per_connection
+            return self._error(s.fd, p.E_TOO_MANY_ROOMS, f"at most {n} rooms", f)
+        if s.identity is not None and not s.identity.may_join(f.room):
+            return self._error(s.fd, p.E_FORBIDDEN, f"your token does not allow {f.room!r}", f)
         if f.room in self.closing:
-            return [self._error(s.fd, p.E_UNAVAILABLE, f"room {f.room!r} is being deleted", f)]
+            return self._error(s.fd, p.E_UNAVAILABLE, f"room {f.room!r} is being deleted", f)
         room = self.rooms.get(f.room)
-        nick = f.nick if f.nick is not None else s.nick
-        # Check the room first: a refused join must leave the nickname as it was.
-        if room is not None and _key(nick) in room.nicks:
-            return [
-                self._error(s.fd, p.E_NICK_TAKEN, f"nickname {nick!r} is taken in {f.room!r}", f)
-            ]
         if room is not None and len(room.members) >= self.limits.max_members_per_room:
-            return [self._error(s.fd, p.E_UNAVAILABLE, f"room {f.room!r} is full", f)]
+            return self._error(s.fd, p.E_UNAVAILABLE, f"room {f.room!r} is full", f)
+        return None
+
+    def _join(self, s: Session, f: p.Join) -> list[Effect]:
+        refused = self._join_refused(s, f)
+        if refused is not None:
+            return [refused]
+        user = s.user
+        room = self.rooms.get(f.room)
+        nick = f.nick if f.nick is not None else user.nick
+        # Check the room first: a refused join must leave the nickname as it was.
+        if room is not None and not room.has(user):
+            clash = self._clash(s, nick, room.holder(nick), f, f.room)
+            if clash is not None:
+                return [clash]
         creates = room is None and not self.room_exists(f.room)
         if creates:
-            refused = self.creation_refused(f.room)
-            if refused is None and not s.creates.take(self.clock()):
+            why = self.creation_refused(f.room)
+            if why is None and not s.creates.take(self.clock()):
                 wait = s.creates.retry_after()
-                refused = (p.E_RATE_LIMITED, f"too many new rooms; retry in {wait:.2f}s")
-            if refused is not None:
-                return [self._error(s.fd, *refused, f)]
+                why = (p.E_RATE_LIMITED, f"too many new rooms; retry in {wait:.2f}s")
+            if why is not None:
+                return [self._error(s.fd, *why, f)]
         out: list[Effect] = []
-        if nick != s.nick:
-            # Choosing a nickname on join renames the connection everywhere.
+        if nick != user.nick:
+            # Choosing a nickname on join renames the user everywhere.
             renamed = self._rename(s, nick, f)
             if isinstance(renamed, Reply):
                 return [renamed]
@@ -245,24 +248,59 @@ class ChatCore:
             room = self.rooms[f.room] = Room(f.room)
         if creates:
             self.room_created(f.room)
-        room.members[s.fd] = Member(s.fd, s.nick)
-        room.nicks[_key(s.nick)] = s.fd
+        room.members[s.fd] = Member(s.fd, user)
         room.live_cache = None
         s.rooms.add(f.room)
-        ts = self.wallclock()
-        out.append(Publish(f.room, p.Joined(f.room, s.nick, ts)))
+        if user.rooms.get(f.room, 0) == 0:
+            room.add_person(user)
+            self._dirty[f.room] = None
+        user.rooms[f.room] = user.rooms.get(f.room, 0) + 1
+        out.extend(self._events())
         # The joiner's RoomState is sent by the service with the room's
         # current epoch and seq, then the catch-up (if any), then live.
         out.append(Catchup(s.fd, f.room, f.since, f.epoch))
         return out
 
+    def _clash(
+        self, s: Session, nick: str, holder: User | None, f: p.ClientFrame, where: str | None
+    ) -> Reply | None:
+        """The error for taking ``nick`` when ``holder`` has it or a lookalike."""
+        if holder is None or holder is s.user:
+            return None
+        names = [holder.nick] if holder.name is None else [holder.nick, holder.name]
+        place = f" in {where!r}" if where else ""
+        if any(same_text(nick, name) for name in names):
+            return self._error(
+                s.fd, p.E_NICK_TAKEN, f"nickname {nick!r} is taken{place}", f, room=where
+            )
+        return self._error(
+            s.fd,
+            p.E_NICK_CONFUSABLE,
+            f"nickname {nick!r} looks like {holder.nick!r}{place}",
+            f,
+            room=where,
+        )
+
     def room_state(self, fd: int, room_name: str, epoch: str, seq: int) -> p.RoomState | None:
+        """The ``room`` frame for a joiner: the whole member list of a small room,
+        the first page and the count of a large one."""
         room = self.rooms.get(room_name)
         session = self.sessions.get(fd)
         if room is None or session is None:
             return None
-        members = sorted((m.nick for m in room.members.values()), key=str.casefold)
-        return p.RoomState(room_name, session.nick, epoch, seq, members)
+        users, more = first_page(room, self.limits.large_room)
+        user = session.user.user
+        return p.RoomState(
+            room_name,
+            session.nick,
+            epoch,
+            seq,
+            [u.nick for u in users],
+            room.count,
+            more,
+            users_map(users),
+            *(() if user is None else (user,)),
+        )
 
     def mark_live(self, fd: int, room_name: str) -> bool:
         """The member's catch-up is done: room deliveries now go to it directly."""
@@ -279,7 +317,8 @@ class ChatCore:
         session = self.sessions.get(fd)
         if session is None or room_name not in session.rooms:
             return []
-        return self._remove_member(room_name, fd, session.nick)
+        self._remove_member(room_name, fd, session)
+        return self._events()
 
     # -- deleting a room (an operator's decision, carried out by the service) --
 
@@ -294,16 +333,27 @@ class ChatCore:
         """The room was deleted: every member is out of it and told so (``left_room``
         with ``reason: "deleted"``); nobody receives ``left`` for the others."""
         self._forget_room(room_name)
+        self.private.discard(room_name)
+        self._dirty.pop(room_name, None)
         room = self.rooms.pop(room_name, None)
         if room is None:
             return []
         out: list[Effect] = []
-        for fd in sorted(room.members):
+        for fd, member in sorted(room.members.items()):
             session = self.sessions.get(fd)
             if session is not None:
                 session.rooms.discard(room_name)
+            member.user.rooms.pop(room_name, None)
             out.append(Reply(fd, p.Left_(room_name, reason="deleted")))
         return out
+
+    def set_private(self, room_name: str, private: bool) -> None:
+        """A private room's history and member list are for its members only (the
+        service loads and stores the flag)."""
+        if private:
+            self.private.add(room_name)
+        else:
+            self.private.discard(room_name)
 
     def live_fds(self, room_name: str) -> tuple[int, ...]:
         room = self.rooms.get(room_name)
@@ -316,87 +366,132 @@ class ChatCore:
     def _leave(self, s: Session, f: p.Leave) -> list[Effect]:
         if f.room not in s.rooms:
             return [self._error(s.fd, p.E_NOT_IN_ROOM, f"not in room {f.room!r}", f)]
-        return [*self._remove_member(f.room, s.fd, s.nick), Reply(s.fd, p.Left_(f.room))]
+        self._remove_member(f.room, s.fd, s)
+        return [*self._events(), Reply(s.fd, p.Left_(f.room))]
 
-    def _remove_member(self, room_name: str, fd: int, nick: str) -> list[Effect]:
+    def _remove_member(self, room_name: str, fd: int, session: Session) -> None:
+        """Connection ``fd`` is out of the room; its user too if it was the last one."""
+        session.rooms.discard(room_name)
         room = self.rooms.get(room_name)
-        session = self.sessions.get(fd)
-        if session is not None:
-            session.rooms.discard(room_name)
         if room is None or room.members.pop(fd, None) is None:
-            return []
-        room.nicks.pop(_key(nick), None)
+            return
         room.live_cache = None
+        user = session.user
+        left = user.rooms.get(room_name, 1) - 1
+        if left > 0:
+            user.rooms[room_name] = left
+        else:
+            user.rooms.pop(room_name, None)
+            room.remove_person(user)
+            self._dirty[room_name] = None
         if not room.members:
             del self.rooms[room_name]
-            return []
-        return [Publish(room_name, p.Left(room_name, nick, self.wallclock()))]
+            self._dirty.pop(room_name, None)
+
+    def _read_only(self, s: Session, f: p.ClientFrame) -> Reply | None:
+        if s.identity is None or s.identity.can_write:
+            return None
+        return self._error(s.fd, p.E_READ_ONLY, "guests may read, not write, here", f)
 
     def _send(self, s: Session, f: p.Send) -> list[Effect]:
+        refused = self._read_only(s, f)
+        if refused is not None:
+            return [refused]
         if f.room not in s.rooms:
             return [self._error(s.fd, p.E_NOT_IN_ROOM, f"join {f.room!r} before sending to it", f)]
         if f.room in self.closing:
             # Nothing may be stored after the delete: the message would recreate the room.
             return [self._error(s.fd, p.E_UNAVAILABLE, f"room {f.room!r} is being deleted", f)]
-        return [Persist(s.fd, f.room, f.id, s.nick, f.text)]
+        return [Persist(s.fd, f.room, f.id, s.nick, f.text, s.user.user)]
 
     def _nick(self, s: Session, f: p.SetNick) -> list[Effect]:
         result = self._rename(s, f.nick, f)
         if isinstance(result, Reply):
             return [result]
-        return [*result, Reply(s.fd, p.NickSet(s.nick))]
+        # Every connection of the user learns its new nickname (this one first).
+        fds = [s.fd, *sorted(s.user.fds - {s.fd})]
+        return [*result, *self._events(), *(Reply(fd, p.NickSet(s.nick)) for fd in fds)]
 
     def _rename(self, s: Session, nick: str, f: p.ClientFrame) -> list[Effect] | Reply:
-        new_key = _key(nick)
-        for name in s.rooms:
-            holder = self.rooms[name].nicks.get(new_key)
-            if holder is not None and holder != s.fd:
-                return self._error(
-                    s.fd, p.E_NICK_TAKEN, f"nickname {nick!r} is taken in {name!r}", f, room=name
-                )
-        old = s.nick
+        user = s.user
+        clash = self._clash(s, nick, self.owners.owner(nick), f, None)
+        if clash is not None:
+            return clash
+        for name in user.rooms:
+            clash = self._clash(s, nick, self.rooms[name].holder(nick), f, name)
+            if clash is not None:
+                return clash
+        old = user.nick
         if old == nick:
             return []
-        s.nick = nick
-        ts = self.wallclock()
-        out: list[Effect] = []
-        for name in sorted(s.rooms):
-            room = self.rooms[name]
-            room.nicks.pop(_key(old), None)
-            room.nicks[new_key] = s.fd
-            room.members[s.fd].nick = nick
-            out.append(Publish(name, p.Renamed(name, old, nick, ts)))
-        return out
+        for name in sorted(user.rooms):
+            self.rooms[name].rename_person(user, old, nick)
+            self._dirty[name] = None
+        user.nick = nick
+        if user.user is not None:
+            self.owners.claim(user)
+        return []
 
     def _dm(self, s: Session, f: p.Direct) -> list[Effect]:
+        refused = self._read_only(s, f)
+        if refused is not None:
+            return [refused]
         if f.room not in s.rooms:
             return [self._error(s.fd, p.E_NOT_IN_ROOM, f"not in room {f.room!r}", f)]
-        target = self.rooms[f.room].nicks.get(_key(f.to))
+        room = self.rooms[f.room]
+        target = room.by_key.get(nick_key(f.to))
         if target is None:
             return [
                 self._error(s.fd, p.E_NO_SUCH_MEMBER, f"nobody called {f.to!r} in {f.room!r}", f)
             ]
-        if target == s.fd:
+        if target is s.user:
             return [self._error(s.fd, p.E_DM_SELF, "you cannot send yourself a direct message", f)]
-        member = self.rooms[f.room].members[target]
         dm = p.DirectMessage(
-            f.room, uuid.uuid4().hex, member.nick, f.text, self.wallclock(), f.id, sender=s.nick
+            f.room, uuid.uuid4().hex, target.nick, f.text, self.wallclock(), f.id, sender=s.nick
         )
-        return [Reply(target, dm), Reply(s.fd, dm)]
+        if s.user.user is not None:
+            dm.user = s.user.user
+        if target.user is not None:
+            dm.to_user = target.user
+        # Every connection of the recipient in the room, then the sender's (this one first).
+        to = sorted(fd for fd in target.fds if fd in room.members)
+        mine = [s.fd, *sorted(fd for fd in s.user.fds if fd != s.fd and fd in room.members)]
+        return [Reply(fd, dm) for fd in (*to, *mine)]
 
     def _typing(self, s: Session, f: p.Typing) -> list[Effect]:
+        refused = self._read_only(s, f)
+        if refused is not None:
+            return [refused]
         if f.room not in s.rooms:
             return [self._error(s.fd, p.E_NOT_IN_ROOM, f"not in room {f.room!r}", f)]
-        return [Publish(f.room, p.TypingEvent(f.room, s.nick, f.active))]
+        frame = p.TypingEvent(f.room, s.nick, f.active)
+        if s.user.user is not None:
+            frame.user = s.user.user
+        return [Publish(f.room, frame)]
+
+    def _members_only(self, s: Session, f: p.History | p.Who) -> Reply | None:
+        """A private room's history and member list: for its members only."""
+        if f.room in self.private and f.room not in s.user.rooms:
+            return self._error(s.fd, p.E_FORBIDDEN, f"room {f.room!r} is private", f)
+        return None
 
     def _history(self, s: Session, f: p.History) -> list[Effect]:
+        refused = self._members_only(s, f)
+        if refused is not None:
+            return [refused]
         return [LoadHistory(s.fd, f.room, f.before, f.limit)]
 
     def _rooms(self, s: Session, f: p.ListRooms) -> list[Effect]:
         return [RoomsQuery(s.fd, f.after, f.limit)]
 
     def _who(self, s: Session, f: p.Who) -> list[Effect]:
-        return [Reply(s.fd, p.Members(f.room, self.members(f.room)))]
+        refused = self._members_only(s, f)
+        if refused is not None:
+            return [refused]
+        room = self.rooms.get(f.room)
+        if room is None:
+            return [Reply(s.fd, p.Members(f.room, [], 0))]
+        return [Reply(s.fd, members_page(room, f, self.limits.large_room))]
 
     def _auth(self, s: Session, f: p.Auth) -> list[Effect]:
         # The service layer takes the one ``auth`` a connection may send before
@@ -406,60 +501,35 @@ class ChatCore:
     def _ping(self, s: Session, f: p.Ping) -> list[Effect]:
         return [Reply(s.fd, p.Pong(f.id, self.wallclock()))]
 
-    # -- which rooms exist (for max_rooms) ----------------------------------
-
-    def load_rooms(self, names: Iterable[str]) -> None:
-        """The rooms the store holds, when the service starts."""
-        self.known = sorted(set(self.known).union(names))
-
-    def room_exists(self, name: str) -> bool:
-        i = bisect.bisect_left(self.known, name)
-        return i < len(self.known) and self.known[i] == name
-
-    def creation_refused(self, name: str) -> tuple[str, str] | None:
-        """Why a new room ``name`` may not be created now (error code, message), or
-        None. Used for joins and for HTTP posts (which have no per-connection bucket)."""
-        if name in self.closing:
-            return p.E_UNAVAILABLE, f"room {name!r} is being deleted"
-        cap = self.limits.max_rooms
-        if cap and len(self.known) >= cap and not self.room_exists(name):
-            return p.E_ROOM_LIMIT, f"this server holds its maximum of {cap} rooms"
-        return None
-
-    def room_created(self, name: str) -> None:
-        """``name`` exists from now on (a join or an HTTP post created it)."""
-        i = bisect.bisect_left(self.known, name)
-        if i == len(self.known) or self.known[i] != name:
-            self.known.insert(i, name)
-
-    def _forget_room(self, name: str) -> None:
-        i = bisect.bisect_left(self.known, name)
-        if i < len(self.known) and self.known[i] == name:
-            del self.known[i]
-
     # -- queries -------------------------------------------------------------
 
+    @property
+    def max_rooms(self) -> int:  # type: ignore[override]
+        return self.limits.max_rooms
+
     def members(self, room_name: str) -> list[str]:
+        """Every member's nickname, in nickname order (a user with two connections
+        in the room is one member)."""
         room = self.rooms.get(room_name)
         if room is None:
             return []
-        return sorted((m.nick for m in room.members.values()), key=str.casefold)
+        return [room.by_key[key].nick for key in room.order]
 
     def member_count(self, room_name: str) -> int:
         room = self.rooms.get(room_name)
-        return len(room.members) if room is not None else 0
-
-    def known_after(self, after: str | None, limit: int) -> list[str]:
-        """Up to ``limit`` names of existing rooms after ``after``, in byte order."""
-        start = 0 if after is None else bisect.bisect_right(self.known, after)
-        return self.known[start : start + limit]
+        return room.count if room is not None else 0
 
     def member_counts(self) -> dict[str, int]:
-        return {name: len(room.members) for name, room in self.rooms.items()}
+        return {name: room.count for name, room in self.rooms.items()}
 
     def nick_of(self, fd: int) -> str | None:
         s = self.sessions.get(fd)
         return s.nick if s else None
+
+    def user_of(self, fd: int) -> str | None:
+        """The user id connection ``fd`` speaks for (None: anonymous or gone)."""
+        s = self.sessions.get(fd)
+        return s.user.user if s else None
 
     def fds(self) -> Iterable[int]:
         return self.sessions.keys()

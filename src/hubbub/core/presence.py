@@ -1,0 +1,149 @@
+"""Presence frames: a room's net membership changes as frames, and its member pages.
+
+Two ways to tell a room's members who came and went (:class:`ChatCore` chooses
+with ``coalesce_presence``):
+
+* coalesced (:func:`presence_frame`): one ``presence`` frame per room per loop
+  tick with every change of the tick; a room of more than
+  ``ChatLimits.large_room`` members is *large*: its frames carry only the
+  member count, at most one per ``ChatLimits.large_room_interval`` seconds, and
+  members page through the list with ``who`` (docs/protocol.md, *presence*).
+* one frame per change (:func:`event_frames`): ``joined``, ``left``,
+  ``renamed``, as before coalescing (every join costs one frame per member:
+  quadratic in a join storm).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import msgspec
+
+from .. import protocol as p
+from .effects import Effect, Publish
+from .limits import ChatLimits
+from .rooms import Room
+from .users import User
+
+
+def _user(user: User) -> str | msgspec.UnsetType:
+    return msgspec.UNSET if user.user is None else user.user
+
+
+def users_map(users: list[User]) -> dict[str, str] | msgspec.UnsetType:
+    """nickname -> user id of the identified ones (UNSET when there is none)."""
+    found = {u.nick: u.user for u in users if u.user is not None}
+    return found or msgspec.UNSET
+
+
+def presence_frame(room: Room, ts: float, large: bool) -> p.Presence | None:
+    """The room's noted changes as one ``presence`` frame (None when nothing to say).
+
+    A large room's frame carries only the count; the frame that says a room is
+    no longer large is sent even without changes (its members fetch the list)."""
+    if large:
+        room.dirty.clear()
+        room.large = True
+        return p.Presence(room.name, room.count, ts, large=True)
+    joined, left, renamed = room.diff()
+    was_large, room.large = room.large, False
+    if not (joined or left or renamed or was_large):
+        return None
+    return p.Presence(
+        room.name,
+        room.count,
+        ts,
+        joined=[p.Person(u.nick, _user(u)) for u in joined],
+        left=[p.Person(nick, _user(u)) for u, nick in left],
+        renamed=[p.Rename(old, u.nick, _user(u)) for u, old in renamed],
+    )
+
+
+def event_frames(room: Room, ts: float) -> list[p.ServerFrame]:
+    """The room's noted changes as ``left``, ``renamed`` and ``joined`` frames."""
+    joined, left, renamed = room.diff()
+    name = room.name
+    out: list[p.ServerFrame] = [p.Left(name, nick, ts, _user(u)) for u, nick in left]
+    out.extend(p.Renamed(name, old, u.nick, ts, _user(u)) for u, old in renamed)
+    out.extend(p.Joined(name, u.nick, ts, _user(u)) for u in joined)
+    return out
+
+
+def first_page(room: Room, large_room: int) -> tuple[list[User], bool]:
+    """What a joiner (``room`` frame) or a ``who`` without ``limit`` gets: a small
+    room's whole list, a large room's first ``MEMBERS_PAGE_DEFAULT``."""
+    if room.count <= large_room:
+        return room.page(None, room.count)
+    return room.page(None, p.MEMBERS_PAGE_DEFAULT)
+
+
+def members_page(room: Room, who: p.Who, large_room: int) -> p.Members:
+    """The answer to ``who``."""
+    if who.after is None and who.limit is None:
+        users, more = first_page(room, large_room)
+    else:
+        users, more = room.page(who.after, who.limit or p.MEMBERS_PAGE_DEFAULT)
+    after: str | msgspec.UnsetType = msgspec.UNSET if who.after is None else who.after
+    return p.Members(room.name, [u.nick for u in users], room.count, more, after, users_map(users))
+
+
+class PresenceBuffer:
+    """The presence part of :class:`~hubbub.core.ChatCore`: rooms with noted
+    changes wait in ``_dirty`` until they are published."""
+
+    limits: ChatLimits
+    clock: Callable[[], float]
+    wallclock: Callable[[], float]
+    coalesce_presence: bool
+    rooms: dict[str, Room]
+    _dirty: dict[str, None]
+
+    def flush_presence(self) -> list[Effect]:
+        """The presence changes since the last call, one ``presence`` frame per room
+        (the service calls it once per loop tick, after the tick's frames). A large
+        room's count waits for its ``large_room_interval``: see :meth:`presence_due`."""
+        out: list[Effect] = []
+        if not self._dirty:
+            return out
+        now = self.clock()
+        ts = self.wallclock()
+        big = self.limits.large_room
+        for name in list(self._dirty):
+            room = self.rooms.get(name)
+            if room is None:
+                del self._dirty[name]
+                continue
+            large = room.count > big
+            if large:
+                if now < room.count_due:
+                    continue  # stays noted until its count is due
+                room.count_due = now + self.limits.large_room_interval
+            del self._dirty[name]
+            frame = presence_frame(room, ts, large)
+            if frame is not None:
+                out.append(Publish(name, frame))
+        return out
+
+    def presence_due(self) -> float | None:
+        """When :meth:`flush_presence` has something to publish (a ``clock`` time; now
+        or earlier: at once), or None when nothing waits."""
+        due: float | None = None
+        big = self.limits.large_room
+        for name in self._dirty:
+            room = self.rooms.get(name)
+            at = room.count_due if room is not None and room.count > big else 0.0
+            due = at if due is None else min(due, at)
+        return due
+
+    def _events(self) -> list[Effect]:
+        """Without coalescing: the noted changes as ``joined``/``left``/``renamed``."""
+        if self.coalesce_presence or not self._dirty:
+            return []
+        ts = self.wallclock()
+        out: list[Effect] = []
+        for name in self._dirty:
+            room = self.rooms.get(name)
+            if room is not None:
+                out.extend(Publish(name, frame) for frame in event_frames(room, ts))
+        self._dirty.clear()
+        return out
