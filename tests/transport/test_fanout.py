@@ -319,5 +319,11 @@ def test_c_fanout_rejects_bad_arguments():
         direct(b"x", [], [])
     with pytest.raises(TypeError):
         direct(b"x")
+    # Something that is not a WebSocket connection (no sockfd) takes the
+    # Python path; one that has a sockfd but no queue is a programming error.
+    thing = object()
+    assert direct(b"x", [thing], None) == (1, [thing], [])
+    odd = _Conn(0)
+    del odd.out
     with pytest.raises(AttributeError):
-        direct(b"x", [object()], None)
+        direct(b"x", [odd], None)

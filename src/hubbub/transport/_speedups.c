@@ -17,7 +17,8 @@
  *      - all of it sent: done;
  *      - part of it sent: ``(conn, rest)`` is appended to ``partial``;
  *      - nothing sent (EAGAIN, an error): ``conn`` goes to ``slow``;
- *  - otherwise ``conn`` goes to ``slow``.
+ *  - otherwise (also when it has no ``sockfd`` attribute at all) ``conn``
+ *    goes to ``slow``.
  *
  * The caller then queues the frame for ``slow`` and the rest for
  * ``partial`` through the Python path (WebSocketConnection.write), which
@@ -49,8 +50,14 @@ try_direct(PyObject *conn, const char *buf, Py_ssize_t len, PyObject *frame,
            PyObject *partial)
 {
     PyObject *obj = PyObject_GetAttr(conn, str_sockfd);
-    if (obj == NULL)
-        return -1;
+    if (obj == NULL) {
+        /* Not a WebSocketConnection (a session of another carriage): the
+         * Python path knows how to send to it. */
+        if (!PyErr_ExceptionMatches(PyExc_AttributeError))
+            return -1;
+        PyErr_Clear();
+        return 0;
+    }
     long fd = PyLong_AsLong(obj);
     Py_DECREF(obj);
     if (fd == -1 && PyErr_Occurred())
