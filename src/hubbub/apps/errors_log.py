@@ -110,11 +110,10 @@ def _exception_text(record: logging.LogRecord) -> str | None:
         text = record.exc_text
     else:
         return None
-    text = text.rstrip()
-    if len(text) > MAX_EXCEPTION:
-        text = "..." + text[-MAX_EXCEPTION:]
-    # Newlines of a traceback are kept (shown as lines); other control characters escaped.
-    return "\n".join(_safe(line, MAX_EXCEPTION) for line in text.split("\n"))
+    # Newlines of a traceback are kept (shown as lines); other control characters are
+    # escaped; then the last MAX_EXCEPTION characters are kept (where it was raised).
+    text = "\n".join(_CONTROL.sub(_escape, line) for line in text.rstrip().split("\n"))
+    return "..." + text[-MAX_EXCEPTION:] if len(text) > MAX_EXCEPTION else text
 
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
@@ -124,7 +123,11 @@ def _safe(text: str, limit: int) -> str:
     """At most ``limit`` characters (then "..."), control characters as ``\\xNN``."""
     if len(text) > limit:
         text = text[:limit] + "..."
-    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
+    return _CONTROL.sub(_escape, text)
+
+
+def _escape(match: re.Match[str]) -> str:
+    return f"\\x{ord(match.group()):02x}"
 
 
 _installed: ErrorLog | None = None
