@@ -19,6 +19,7 @@ from .options import (
     Options,
 )
 from .scenarios import run_scenarios
+from .transports import add_arguments as add_transport_arguments
 
 EXAMPLES = """\
 examples:
@@ -49,6 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     _what_to_run(p, d)
     _load(p, d)
     _processes_and_output(p)
+    add_transport_arguments(p)
     return p
 
 
@@ -202,6 +204,10 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
+    if args.transports:
+        from . import transports
+
+        return transports.main(args, parser)
     opts = options_from_args(args)
     try:
         opts.validate()

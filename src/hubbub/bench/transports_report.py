@@ -1,0 +1,201 @@
+"""Tables (terminal and markdown) and charts of ``hubbub bench --transports``."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+LOAD_HEAD = (
+    "N",
+    "transport",
+    "latency p50 ms",
+    "p99 ms",
+    "HTTP requests / delivery",
+    "bytes / delivery",
+    "server CPU µs / delivery",
+    "server CPU",
+    "lost/dup",
+)
+IDLE_HEAD = (
+    "N",
+    "transport",
+    "requests / min / client",
+    "requests / s",
+    "bytes / s",
+    "bytes / s / client",
+    "server CPU",
+)
+
+
+def _num(x: float | None, digits: int = 0) -> str:
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "-"
+    return f"{x:,.{digits}f}"
+
+
+def load_rows(results: list[dict[str, Any]]) -> list[tuple[str, ...]]:
+    rows = []
+    for r in results:
+        ld, c = r["load"], r["check"]
+        lat = ld["latency_ms"]
+        rows.append(
+            (
+                f"{r['receivers']:,}",
+                r["title"],
+                _num(lat["p50"], 1),
+                _num(lat["p99"], 1),
+                _num(ld["requests_per_delivery"], 3),
+                _num(ld["bytes_per_delivery"]),
+                _num(ld["server_cpu_us_per_delivery"], 1),
+                f"{ld['server_cpu_pct']:.0f}%",
+                f"{c['lost']}/{c['duplicated']}",
+            )
+        )
+    return rows
+
+
+def idle_rows(results: list[dict[str, Any]]) -> list[tuple[str, ...]]:
+    rows = []
+    for r in results:
+        idle = r["idle"]
+        rows.append(
+            (
+                f"{r['receivers']:,}",
+                r["title"],
+                _num(idle["requests_per_min_per_client"], 1),
+                _num(idle["requests_per_s"], 1),
+                _num(idle["bytes_per_s"]),
+                _num(idle["bytes_per_s_per_client"], 1),
+                f"{idle['server_cpu_pct']:.1f}%",
+            )
+        )
+    return rows
+
+
+def _text_table(head: tuple[str, ...], rows: list[tuple[str, ...]]) -> str:
+    widths = [max(len(h), *(len(row[i]) for row in rows)) for i, h in enumerate(head)]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(head, widths, strict=True))]
+    lines += ["  ".join(c.rjust(w) for c, w in zip(row, widths, strict=True)) for row in rows]
+    return "\n".join(lines)
+
+
+def table(results: list[dict[str, Any]]) -> str:
+    """The terminal report: the load table, the idle table, and any errors."""
+    out = [
+        "under load (per delivered message):",
+        _text_table(LOAD_HEAD, load_rows(results)),
+        "",
+        "idle (no message):",
+        _text_table(IDLE_HEAD, idle_rows(results)),
+    ]
+    for r in results:
+        if r["errors"]:
+            out.append(f"{r['title']} N={r['receivers']}: " + "; ".join(r["errors"]))
+    return "\n".join(out)
+
+
+def _md_table(head: tuple[str, ...], rows: list[tuple[str, ...]]) -> str:
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" + "---:|" * (len(head) - 2) + "---|"]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def markdown(results: list[dict[str, Any]], meta: dict[str, Any]) -> str:
+    """The two tables as markdown, with the run's options and machine."""
+    o = meta["options"]
+    m = meta["machine"]
+    noise = max((r["load"]["other_cpu_pct"] for r in results), default=0.0)
+    return "\n\n".join(
+        [
+            f"One sender, {o['rate']:g} messages/s of {o['size']} bytes; load window "
+            f"{o['duration']:g} s after {o['warmup']:g} s of warm-up; idle window "
+            f"{o['idle']:g} s. Machine: {m.get('cpu', '?')}, {m.get('nproc', '?')} CPUs; "
+            f"other processes used up to {noise:.0f}% of a CPU during a load window.",
+            "**Under load**, per delivered message:",
+            _md_table(LOAD_HEAD, load_rows(results)),
+            "**Idle** (the room is silent):",
+            _md_table(IDLE_HEAD, idle_rows(results)),
+        ]
+    )
+
+
+def plot(results: list[dict[str, Any]], folder: str) -> list[str]:
+    """push-vs-polling-{latency,bytes,cpu}.png in ``folder``; their paths."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out = Path(folder)
+    out.mkdir(parents=True, exist_ok=True)
+    names = list(dict.fromkeys(r["transport"] for r in results))
+    series = {
+        n: sorted((r for r in results if r["transport"] == n), key=lambda r: r["receivers"])
+        for n in names
+    }
+    charts = (
+        ("latency", "delivery latency (ms, log)", [("p50", "-"), ("p99", "--")]),
+        ("bytes", "bytes on the wire", [("load", "-"), ("idle", "--")]),
+        ("cpu", "server CPU", [("load", "-"), ("idle", "--")]),
+    )
+    paths = []
+    for key, ylabel, lines in charts:
+        fig, ax = plt.subplots(figsize=(8, 4.5), dpi=110)
+        for i, name in enumerate(names):
+            rows = series[name]
+            xs = [r["receivers"] for r in rows]
+            for which, style in lines:
+                ys = [_y(key, which, r) for r in rows]
+                ax.plot(
+                    xs,
+                    ys,
+                    style,
+                    marker="o",
+                    color=f"C{i}",
+                    label=f"{rows[0]['title']} ({_legend(key, which)})",
+                )
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("receivers N (log)")
+        ax.set_ylabel(ylabel)
+        ax.set_title(_chart_title(key))
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=7, ncol=2)
+        fig.tight_layout()
+        path = out / f"push-vs-polling-{key}.png"
+        fig.savefig(path)
+        plt.close(fig)
+        paths.append(str(path))
+    return paths
+
+
+def _y(key: str, which: str, r: dict[str, Any]) -> float:
+    if key == "latency":
+        return float(r["load"]["latency_ms"][which])
+    if key == "bytes":
+        if which == "load":
+            return float(r["load"]["bytes_per_delivery"])
+        return max(float(r["idle"]["bytes_per_s_per_client"]), 1e-3)
+    if which == "load":
+        return float(r["load"]["server_cpu_us_per_delivery"])
+    return max(float(r["idle"]["server_cpu_pct"]), 1e-3)
+
+
+def _legend(key: str, which: str) -> str:
+    return {
+        ("latency", "p50"): "p50",
+        ("latency", "p99"): "p99",
+        ("bytes", "load"): "load: bytes per delivered message",
+        ("bytes", "idle"): "idle: bytes/s per client",
+        ("cpu", "load"): "load: µs per delivered message",
+        ("cpu", "idle"): "idle: % of a core",
+    }[(key, which)]
+
+
+def _chart_title(key: str) -> str:
+    return {
+        "latency": "send-to-receipt latency vs N",
+        "bytes": "bytes on the wire (both directions, HTTP heads included) vs N",
+        "cpu": "server CPU vs N: per delivered message under load, share of a core at idle",
+    }[key]
