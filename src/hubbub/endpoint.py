@@ -124,9 +124,6 @@ class ServerEndpoint:
         self.open: dict[int, Conn] = {}
         #: Sessions (SSE, long polling) by id, until closed.
         self.sessions: dict[str, Session] = {}
-        # HTTP connections holding a stream or a long poll: what to call when
-        # one is gone (watch_http).
-        self._watched: dict[Any, Callable[[], None]] = {}
         # Broadcast targets derived from ``open``, rebuilt after any change.
         # Invariant: a broadcast loops over this snapshot synchronously, and
         # each write only queues bytes (WebSocketConnection.write); the
@@ -202,9 +199,6 @@ class ServerEndpoint:
         self.pending.remove(conn.ip)
 
     def http_connection_lost(self, conn: HttpConnection) -> None:
-        lost = self._watched.pop(conn, None)
-        if lost is not None:
-            lost()  # it held an event stream or a long poll
         if conn not in self.http:
             return  # refused at connection_made, or already forgotten
         self.http.discard(conn)
@@ -343,12 +337,6 @@ class ServerEndpoint:
         self.sessions.pop(session.id, None)
         self.ws_closed(session)
 
-    def watch_http(self, conn: Any, lost: Callable[[], None] | None) -> None:
-        if lost is None:
-            self._watched.pop(conn, None)
-        else:
-            self._watched[conn] = lost
-
     # ------------------------------------------------------------------
     # Shutting down
 
@@ -360,9 +348,12 @@ class ServerEndpoint:
         if self._heartbeat is not None:
             self._heartbeat.cancel()
         for conn in list(self.all.values()):
-            if not conn.close(CloseCode.GOING_AWAY, "server shutting down"):
-                if type(conn) is WebSocketConnection:
-                    conn._arm_abort()
+            if type(conn) is Session:
+                conn.close(CloseCode.GOING_AWAY, "server shutting down")
+                if conn.stream is None and conn.poll is None:
+                    conn.abort()  # nobody there to tell: gone now
+            elif not conn.close(CloseCode.GOING_AWAY, "server shutting down"):
+                conn._arm_abort()
         for http in list(self.http):
             if not http.busy:
                 http.close()

@@ -1,4 +1,9 @@
-"""The chat product over real sockets and a real SQLite file."""
+"""The chat product over real sockets and a real SQLite file.
+
+The tests that take ``via`` run over every transport: WebSocket, and the
+fallback sessions over SSE and long polling (docs/transports.md), whose
+clients speak the same frames (:class:`Client` hides the carriage).
+"""
 
 from __future__ import annotations
 
@@ -20,18 +25,33 @@ from hubbub.store import StoreError
 from hubbub.store.sqlite import SQLiteStore
 
 from ..conftest import free_port, recv_all, serve_args, ws_url
+from ..transport.session_clients import SessionSocket
+
+#: The transports a client can use (the ``via`` parameter of the tests that take it).
+TRANSPORTS = ("websocket", "sse", "poll")
 
 
 class Client:
-    """A hubbub.v1 test client: JSON in, JSON out."""
+    """A hubbub.v1 test client: JSON in, JSON out, over a WebSocket or a session."""
 
     def __init__(self, ws: Any) -> None:
+        #: A websockets connection, or a SessionSocket (same send/recv/close).
         self.ws = ws
 
     @classmethod
-    async def open(cls, server_or_url: Any, nick: str | None = None, room: str | None = None):
+    async def open(
+        cls,
+        server_or_url: Any,
+        nick: str | None = None,
+        room: str | None = None,
+        via: str = "websocket",
+    ):
         url = server_or_url if isinstance(server_or_url, str) else ws_url(server_or_url)
-        ws = await connect(url, subprotocols=["hubbub.v1"])
+        if via == "websocket":
+            ws = await connect(url, subprotocols=["hubbub.v1"])
+        else:
+            base = "http" + url.removeprefix("ws").rstrip("/")
+            ws = await SessionSocket.open(base, via)
         client = cls(ws)
         welcome = await client.recv()
         assert welcome["type"] == "welcome" and welcome["protocol"] == "hubbub.v1"
@@ -65,6 +85,24 @@ class Client:
     async def close(self) -> None:
         await self.ws.close()
 
+    async def abort(self) -> None:
+        """The connection dies without a closing handshake (a session: it is deleted,
+        as the server learns of a WebSocket's end from TCP)."""
+        if isinstance(self.ws, SessionSocket):
+            await self.ws.close()
+        else:
+            self.ws.transport.abort()
+
+    async def go_silent(self) -> None:
+        """Stop reading (no pong, no poll) but keep the connection (or session) open."""
+        if isinstance(self.ws, SessionSocket):
+            await self.ws.stop()
+        else:
+            self.ws.transport.pause_reading()
+
+
+via = pytest.mark.parametrize("via", TRANSPORTS)
+
 
 async def test_plain_clients_keep_the_seed_protocol_beside_v1_clients(make_chat):
     server = await make_chat()
@@ -82,11 +120,12 @@ def plain_fd(server: Any, v1_client: Client) -> int:
     return v1_client.fd - 1
 
 
-async def test_rooms_isolate_messages_and_list_member_counts(make_chat):
+@via
+async def test_rooms_isolate_messages_and_list_member_counts(make_chat, via):
     server = await make_chat()
-    ann = await Client.open(server, "ann", "a")
-    bob = await Client.open(server, "bob", "b")
-    cat = await Client.open(server, "cat", "a")
+    ann = await Client.open(server, "ann", "a", via=via)
+    bob = await Client.open(server, "bob", "b", via=via)
+    cat = await Client.open(server, "cat", "a", via=via)
     await ann.expect("joined", room="a", nick="cat")
     await cat.join("b")
     await bob.expect("joined", room="b", nick="cat")
@@ -108,10 +147,11 @@ async def test_rooms_isolate_messages_and_list_member_counts(make_chat):
         await c.close()
 
 
-async def test_nicknames_are_validated_unique_and_renamable(make_chat):
+@via
+async def test_nicknames_are_validated_unique_and_renamable(make_chat, via):
     server = await make_chat()
-    ann = await Client.open(server, "ann", "lobby")
-    bob = await Client.open(server)
+    ann = await Client.open(server, "ann", "lobby", via=via)
+    bob = await Client.open(server, via=via)
     await bob.send(type="join", room="lobby", nick="ANN")
     await bob.expect("error", code="nick_taken", ref="join")
     await bob.send(type="join", room="lobby", nick="has space")
@@ -133,11 +173,12 @@ async def test_nicknames_are_validated_unique_and_renamable(make_chat):
         await c.close()
 
 
-async def test_direct_messages_reach_only_the_named_member(make_chat):
+@via
+async def test_direct_messages_reach_only_the_named_member(make_chat, via):
     server = await make_chat()
-    ann = await Client.open(server, "ann", "lobby")
-    bob = await Client.open(server, "bob", "lobby")
-    cat = await Client.open(server, "cat", "lobby")
+    ann = await Client.open(server, "ann", "lobby", via=via)
+    bob = await Client.open(server, "bob", "lobby", via=via)
+    cat = await Client.open(server, "cat", "lobby", via=via)
     await ann.expect("joined", nick="bob")
     await ann.expect("joined", nick="cat")
     await bob.expect("joined", nick="cat")
@@ -152,10 +193,11 @@ async def test_direct_messages_reach_only_the_named_member(make_chat):
         await c.close()
 
 
-async def test_presence_typing_leave_and_disconnect(make_chat):
+@via
+async def test_presence_typing_leave_and_disconnect(make_chat, via):
     server = await make_chat()
-    ann = await Client.open(server, "ann", "lobby")
-    bob = await Client.open(server, "bob", "lobby")
+    ann = await Client.open(server, "ann", "lobby", via=via)
+    bob = await Client.open(server, "bob", "lobby", via=via)
     await ann.expect("joined", nick="bob")
     await bob.send(type="typing", room="lobby", active=True)
     await ann.expect("typing", nick="bob", active=True)
@@ -165,27 +207,29 @@ async def test_presence_typing_leave_and_disconnect(make_chat):
     await ann.expect("left", nick="bob")
     await bob.join("lobby")
     await ann.expect("joined", nick="bob")
-    bob.ws.transport.abort()  # connection dies without a closing handshake
+    await bob.abort()  # connection dies without a closing handshake
     await ann.expect("left", nick="bob")
     await ann.close()
 
 
-async def test_silent_dead_member_disappears_within_the_heartbeat_timeout(make_chat):
+@via
+async def test_silent_dead_member_disappears_within_the_heartbeat_timeout(make_chat, via):
     server = await make_chat(ping_interval=0.2, ping_timeout=0.3)
-    ann = await Client.open(server, "ann", "lobby")
-    ghost = await Client.open(server, "ghost", "lobby")
+    ann = await Client.open(server, "ann", "lobby", via=via)
+    ghost = await Client.open(server, "ghost", "lobby", via=via)
     await ann.expect("joined", nick="ghost")
     # The ghost stops reading: it never answers pings, but its socket stays open.
-    ghost.ws.transport.pause_reading()
+    await ghost.go_silent()
     frame = await ann.recv(within=3.0)
     assert frame["type"] == "left" and frame["nick"] == "ghost"
     await ann.close()
 
 
-async def test_acks_and_retries_do_not_duplicate(make_chat):
+@via
+async def test_acks_and_retries_do_not_duplicate(make_chat, via):
     server = await make_chat()
-    ann = await Client.open(server, "ann", "lobby")
-    bob = await Client.open(server, "bob", "lobby")
+    ann = await Client.open(server, "ann", "lobby", via=via)
+    bob = await Client.open(server, "bob", "lobby", via=via)
     await ann.expect("joined", nick="bob")
     await ann.send(type="send", room="lobby", id="same", text="once")
     msg = await ann.expect("message", seq=1, client_id="same")
@@ -204,10 +248,11 @@ async def test_acks_and_retries_do_not_duplicate(make_chat):
         await c.close()
 
 
-async def test_invalid_frames_get_errors_and_nobody_else_is_affected(make_chat):
+@via
+async def test_invalid_frames_get_errors_and_nobody_else_is_affected(make_chat, via):
     server = await make_chat(rate=0)
-    ann = await Client.open(server, "ann", "lobby")
-    bob = await Client.open(server, "bob", "lobby")
+    ann = await Client.open(server, "ann", "lobby", via=via)
+    bob = await Client.open(server, "bob", "lobby", via=via)
     await ann.expect("joined", nick="bob")
     bad = [
         ("not json", "bad_json"),
@@ -222,8 +267,9 @@ async def test_invalid_frames_get_errors_and_nobody_else_is_affected(make_chat):
         await ann.ws.send(raw)
         err = await ann.expect("error", code=code)
         assert err["message"] and "Traceback" not in err["message"]
-    await ann.ws.send(b"\x00binary")
-    await ann.expect("error", code="not_text")
+    if via == "websocket":  # sessions carry text lines only
+        await ann.ws.send(b"\x00binary")
+        await ann.expect("error", code="not_text")
     # Still connected, still in the room, and bob saw none of it.
     await ann.send(type="send", room="lobby", id="ok", text="still here")
     await ann.expect("message", text="still here")
@@ -232,9 +278,10 @@ async def test_invalid_frames_get_errors_and_nobody_else_is_affected(make_chat):
         await c.close()
 
 
-async def test_rate_limit_answers_every_excess_frame(make_chat):
+@via
+async def test_rate_limit_answers_every_excess_frame(make_chat, via):
     server = await make_chat(rate=1, burst=3)
-    ann = await Client.open(server, "ann", "lobby")  # the join spent one token
+    ann = await Client.open(server, "ann", "lobby", via=via)  # the join spent one token
     for i in range(5):
         await ann.send(type="send", room="lobby", id=f"r{i}", text=f"n{i}")
     got = [await ann.recv() for _ in range(2 * 2 + 3)]
@@ -246,9 +293,10 @@ async def test_rate_limit_answers_every_excess_frame(make_chat):
     await ann.close()
 
 
-async def test_history_over_the_protocol_and_http(make_chat):
+@via
+async def test_history_over_the_protocol_and_http(make_chat, via):
     server = await make_chat(rate=0)
-    ann = await Client.open(server, "ann", "lobby")
+    ann = await Client.open(server, "ann", "lobby", via=via)
     for i in range(7):
         await ann.send(type="send", room="lobby", id=f"h{i}", text=f"t{i}")
     for _ in range(14):
@@ -311,10 +359,11 @@ async def test_publish_is_refused_when_no_api_key_is_configured(make_chat, monke
     assert status == 403 and "disabled" in body["error"]
 
 
-async def test_resume_gets_exactly_the_missed_messages_then_live(make_chat):
+@via
+async def test_resume_gets_exactly_the_missed_messages_then_live(make_chat, via):
     server = await make_chat(rate=0)
-    ann = await Client.open(server, "ann", "lobby")
-    bob = await Client.open(server, "bob", "lobby")
+    ann = await Client.open(server, "ann", "lobby", via=via)
+    bob = await Client.open(server, "bob", "lobby", via=via)
     await ann.expect("joined", nick="bob")
     await ann.send(type="send", room="lobby", id="a1", text="one")
     await ann.expect("message", seq=1)
@@ -325,7 +374,7 @@ async def test_resume_gets_exactly_the_missed_messages_then_live(make_chat):
     await ann.expect("left", nick="bob")
     for i in range(2, 5):
         await ann.send(type="send", room="lobby", id=f"a{i}", text=f"n{i}")
-    bob = await Client.open(server)
+    bob = await Client.open(server, via=via)
     await bob.join("lobby", "bob", since=1, epoch=epoch)
     got = [await bob.recv() for _ in range(4)]
     assert [(f["type"], f.get("seq")) for f in got] == [
@@ -410,9 +459,11 @@ async def _resume_run(cut_points: list[int], senders: int, per_sender: int) -> N
             await server.shutdown()
 
 
-async def _resume_scenario(server: Any, cut_points: list[int], senders: int, per_sender: int):
+async def _resume_scenario(
+    server: Any, cut_points: list[int], senders: int, per_sender: int, via: str = "websocket"
+):
     total = senders * per_sender
-    reader = await Client.open(server, "reader", "r")
+    reader = await Client.open(server, "reader", "r", via=via)
     writers = [await Client.open(server, f"w{i}", "r") for i in range(senders)]
 
     async def write(i: int, c: Client) -> None:
@@ -434,8 +485,8 @@ async def _resume_scenario(server: Any, cut_points: list[int], senders: int, per
         epoch = frame["epoch"]
         if cuts and len(seen) >= cuts[0]:
             cuts.pop(0)
-            reader.ws.transport.abort()  # drop without a goodbye, mid-stream
-            reader = await Client.open(server)
+            await reader.abort()  # drop without a goodbye, mid-stream
+            reader = await Client.open(server, via=via)
             await reader.join("r", "reader", since=seen[-1], epoch=epoch)
     await asyncio.gather(*tasks)
     assert seen == list(range(1, total + 1))
@@ -447,6 +498,13 @@ async def _resume_scenario(server: Any, cut_points: list[int], senders: int, per
     for c in writers:
         # Writers never read their copies; a closing handshake would wait on them.
         c.ws.transport.abort()
+
+
+@pytest.mark.parametrize("via", ["sse", "poll"])
+async def test_resume_over_sessions_has_no_loss_duplicate_or_reorder(make_chat, via):
+    # The reader drops its session mid-stream and resumes on a new one, three times.
+    server = await make_chat(rate=0)
+    await _resume_scenario(server, [7, 40, 41], senders=2, per_sender=30, via=via)
 
 
 @settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -715,10 +773,11 @@ async def test_a_delete_the_store_refuses_leaves_the_room_as_it_was(tmp_path):
 # -- clear refusals -------------------------------------------------------------
 
 
-async def test_a_dm_to_yourself_is_refused(make_chat):
+@via
+async def test_a_dm_to_yourself_is_refused(make_chat, via):
     server = await make_chat()
-    ann = await Client.open(server, "ann", "lobby")
-    bob = await Client.open(server, "bob", "lobby")
+    ann = await Client.open(server, "ann", "lobby", via=via)
+    bob = await Client.open(server, "bob", "lobby", via=via)
     await ann.expect("joined", nick="bob")
     await ann.send(type="dm", room="lobby", to="Ann", text="note to self", id="n1")
     err = await ann.expect("error", code="dm_self", ref="dm", room="lobby", id="n1")

@@ -8,7 +8,6 @@ Implemented by :class:`hubbub.endpoint.ServerEndpoint`; called by
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
 from .messages import Request, Response
@@ -179,11 +178,4 @@ class SessionEndpoint(Protocol):
 
     def session_closed(self, session: Session) -> None:
         """``session`` is gone: forget it (its id answers 404 now), fire ``close``."""
-        ...
-
-    def watch_http(self, conn: Any, lost: Callable[[], None] | None) -> None:
-        """Call ``lost()`` when the HTTP connection ``conn`` is gone (None: stop watching).
-
-        For the requests that hold a connection open (an event stream, a long poll).
-        """
         ...

@@ -28,7 +28,7 @@ from .contract import SessionEndpoint
 from .guard import origin_refusal
 from .messages import Request, Response
 from .session import KINDS, Session
-from .sse import PING_PERIOD, EventStream
+from .sse import PING_PERIOD, EventStream, Hold
 
 log = logging.getLogger("hubbub.session")
 
@@ -187,22 +187,20 @@ def _events(
         stream.finish("gone", _gone(session, after))
         session.abort()
         return None
-    conn = stream.conn
+    session.attach_stream(stream, after)
+    return _hold_stream(session, stream)
 
+
+async def _hold_stream(session: Session, stream: EventStream) -> None:
     def lost() -> None:
         stream.lost()
         session.detach_stream(stream)
 
-    endpoint.watch_http(conn, lost)
-    session.attach_stream(stream, after)
-    return _hold_stream(endpoint, session, stream)
-
-
-async def _hold_stream(endpoint: SessionEndpoint, session: Session, stream: EventStream) -> None:
+    hold = Hold(stream.conn, lost)  # the HTTP layer has paused reading by now
     try:
         await stream.run()
     finally:
-        endpoint.watch_http(stream.conn, None)
+        hold.release()
         session.detach_stream(stream)
 
 
@@ -236,12 +234,11 @@ async def _hold_poll(
     endpoint: SessionEndpoint, session: Session, after: int, response: Response
 ) -> None:
     fut: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
-    conn = response._conn
-    endpoint.watch_http(conn, lambda: session.end_poll(fut))
+    hold = Hold(response._conn, lambda: session.end_poll(fut))
     try:
         result = await session.wait_poll(after, endpoint.settings.poll_timeout, fut)
     finally:
-        endpoint.watch_http(conn, None)
+        hold.release()
     if result is None:
         return _error(response, 404, "no_such_session", "the session ended")
     frames, last, closed = result

@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+from collections.abc import Callable
 from typing import Any
 
 from .messages import Response, http_date
@@ -143,3 +144,59 @@ class EventStream:
         if not self.done.done():
             self._write(_chunk(b": ping\n\n"))
             self._arm_ping()
+
+
+class Hold(asyncio.Protocol):
+    """Watches an HTTP connection held by an event stream or a long poll.
+
+    While a request handler is busy, the HTTP layer stops reading its
+    connection, so it would never see the client leave (a FIN or a reset is
+    only seen by reading). For as long as the hold lasts this protocol stands
+    in for the :class:`~hubbub.transport.http.HttpConnection` on the
+    transport, reads, and calls ``lost`` when the client closes its side or
+    the connection is gone. Everything is passed on to the connection (bytes
+    a client pipelines meanwhile wait in its backlog, as they would; past
+    ``max_header_size`` of them reading stops again: a program that pipelines
+    behind a long poll is answered in turn, it is not watched).
+    """
+
+    def __init__(self, conn: Any, lost: Callable[[], None]) -> None:
+        self.conn = conn
+        self.lost: Callable[[], None] | None = lost
+        self.transport: asyncio.Transport = conn.transport
+        self.limit = conn.settings.max_header_size
+        if not self.transport.is_closing():
+            self.transport.set_protocol(self)
+            self.transport.resume_reading()
+
+    def release(self) -> None:
+        """The hold is over: the connection gets its transport back, paused as it left it."""
+        self.lost = None
+        if not self.transport.is_closing() and self.transport.get_protocol() is self:
+            self.transport.pause_reading()
+            self.transport.set_protocol(self.conn)
+
+    def _gone(self) -> None:
+        lost, self.lost = self.lost, None
+        if lost is not None:
+            lost()
+
+    def data_received(self, data: bytes) -> None:
+        self.conn.data_received(data)
+        if len(self.conn.backlog) > self.limit and not self.transport.is_closing():
+            self.transport.pause_reading()
+
+    def eof_received(self) -> bool | None:
+        keep = self.conn.eof_received()
+        self._gone()
+        return keep
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._gone()
+        self.conn.connection_lost(exc)
+
+    def pause_writing(self) -> None:
+        self.conn.pause_writing()
+
+    def resume_writing(self) -> None:
+        self.conn.resume_writing()
