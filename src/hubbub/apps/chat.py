@@ -37,6 +37,8 @@ from collections.abc import Coroutine
 from typing import Any
 
 from .. import protocol as p
+from ..auth.gate import AuthGate
+from ..auth.tokens import Verifier
 from ..broker import Broker, BrokerError
 from ..config import Settings
 from ..core import (
@@ -45,6 +47,7 @@ from ..core import (
     ChatLimits,
     Close,
     Effect,
+    Identity,
     LoadHistory,
     Persist,
     Publish,
@@ -123,12 +126,22 @@ class ChatApp:
             broker.on_reconnect = self.on_broker_reconnect  # type: ignore[attr-defined]
         self.retention = Retention(store, s.retention_count, s.retention_days)
         self._delete_lock = asyncio.Lock()
+        verifier = Verifier.from_settings(s)  # StartupError: a short secret, no key
+        self.gate = AuthGate(
+            server,
+            s,
+            verifier,
+            connect=self._connect,
+            disconnect=lambda fd: self.run(self.core.disconnect(fd)),
+            reply=self.reply,
+        )
         self.http = HttpApi(
             self.core,
             store,
             self.journal,
             delete_room=self.delete_room,
             api_key=s.api_key or os.environ.get("HUBBUB_API_KEY", ""),
+            verifier=verifier if s.auth != "none" else None,
         )
         self.limits = p.welcome_limits(
             s.max_message_size, s.rate, s.burst, s.max_rooms_per_connection
@@ -141,6 +154,7 @@ class ChatApp:
         server.on("message", self.on_message)
         server.on("close", self.on_close)
         server.on("request", self.on_request)
+        server.on("upgrade", self.gate.upgrade)
 
     # -- lifecycle -----------------------------------------------------------
 
@@ -203,7 +217,7 @@ class ChatApp:
     def on_open(self, server: Server, request: Request) -> None:
         if request.subprotocol == p.SUBPROTOCOL:
             self.v1.add(request.fd)
-            self.run(self.core.connect(request.fd, self.limits))
+            self.gate.opened(request.fd, request)
         else:
             self.seed.open(request.fd)
 
@@ -217,6 +231,8 @@ class ChatApp:
         if fd not in self.v1:
             self.seed.message(frame)
             return
+        if self.gate.watching(fd) and self.gate.frame(fd, frame.data):
+            return  # an auth frame, or a connection refused before its welcome
         if not isinstance(frame.data, str):
             self.run(self.core.not_text(fd))
             return
@@ -232,12 +248,18 @@ class ChatApp:
     def on_close(self, server: Server, fd: int) -> None:
         if fd in self.v1:
             self.v1.discard(fd)
+            if not self.gate.closed(fd):
+                return  # never greeted: the core never knew it
             self.catchups.forget(fd)
             self.run(self.core.disconnect(fd))
             for room in list(self._rooms_of.get(fd, ())):
                 self._left(fd, room)
         else:
             self.seed.close(fd)
+
+    def _connect(self, fd: int, identity: Identity | None) -> None:
+        """The connection is who it says (or anonymous): the core greets it."""
+        self.run(self.core.connect(fd, self.limits, identity))
 
     # -- following rooms (broker subscriptions, per-room order) -----------------
 

@@ -1,9 +1,15 @@
 """The HTTP side of ``hubbub serve``: the REST API under ``/api/`` and the static
 files (everything else).
 
-``GET /api/rooms?after=&limit=``, ``GET /api/rooms/{room}/messages?before=&limit=``, and with
-the API key (``Authorization: Bearer <key>``) ``POST /api/rooms/{room}/messages``
-and ``DELETE /api/rooms/{room}``. Answers are JSON; errors are
+``GET /api/rooms?after=&limit=``, ``GET /api/rooms/{room}/messages?before=&limit=``
+(or ``?since=`` to read forwards), and with the API key (``Authorization: Bearer
+<key>``) ``POST /api/rooms/{room}/messages`` and ``DELETE /api/rooms/{room}``.
+
+Reading needs a credential when the server checks tokens (``--auth token`` or
+``optional``): the API key, or a connection token (``Authorization: Bearer
+<token>``) whose ``rooms`` allow the room. A private room's history needs the
+API key, or a token of a user who is a member of the room now or whose
+``rooms`` claim names it (``*`` is not enough). Answers are JSON; errors are
 ``{"error": "<reason>"}`` with a 4xx or 503 status (docs/protocol.md, *HTTP API*).
 Names and limits are the protocol's (:mod:`hubbub.protocol`); a query parameter
 or body that breaks one gets ``400`` with the rule in words, never a ``500``.
@@ -22,7 +28,8 @@ from typing import Any
 import msgspec
 
 from .. import protocol as p
-from ..core import ChatCore
+from ..auth.tokens import TokenError, Verifier
+from ..core import ChatCore, Identity
 from ..store import PendingMessage, Store, StoreError
 from ..transport.http import Request, Response
 from .journal import Journal
@@ -52,9 +59,7 @@ async def room_page(
     names = sorted(set(metas).union(core.known_after(after, limit + 1)))
     more = len(names) > limit
     names = names[:limit]
-    rooms = [
-        p.RoomInfo(n, core.member_count(n), metas[n].seq if n in metas else 0) for n in names
-    ]
+    rooms = [p.RoomInfo(n, core.member_count(n), metas[n].seq if n in metas else 0) for n in names]
     return rooms, names[-1] if more and names else None
 
 
@@ -77,12 +82,15 @@ class HttpApi:
         *,
         delete_room: Callable[[str], Awaitable[tuple[bool, int]]],
         api_key: str,
+        verifier: Verifier | None = None,
     ) -> None:
         self.core = core
         self.store = store
         self.journal = journal
         self.delete_room = delete_room
         self.api_key = api_key
+        #: Set when reading needs a credential (auth token|optional), else None.
+        self.verifier = verifier
         self.static = StaticFiles()
 
     def on_request(self, request: Request, response: Response) -> Any:
@@ -124,6 +132,8 @@ class HttpApi:
             return _json_error(response, 503, "storage unavailable")
 
     async def _rooms(self, request: Request, response: Response) -> None:
+        if self._reader(request, response) is None:
+            return None
         query = request.get
         after = query.get("after") or None
         if after is not None and not _valid_room(after):
@@ -136,10 +146,18 @@ class HttpApi:
         return _json(response, 200, {"rooms": rooms, "next": after_next})
 
     async def _history(self, request: Request, response: Response, room: str) -> None:
+        reader = self._reader(request, response)
+        if reader is None or not self._may_read(reader, room, response):
+            return None
         query = request.get
         before = _number(query, "before", 0, p.MAX_SEQ)
         if isinstance(before, str):
             return _json_error(response, 400, before)
+        since = _number(query, "since", 0, p.MAX_SEQ)
+        if isinstance(since, str):
+            return _json_error(response, 400, since)
+        if before is not None and since is not None:
+            return _json_error(response, 400, "give 'before' or 'since', not both")
         limit = _number(query, "limit", 1, p.HISTORY_PAGE_MAX)
         if isinstance(limit, str):
             return _json_error(response, 400, limit)
@@ -148,7 +166,11 @@ class HttpApi:
         meta = await self.store.room(room)
         if meta is None:
             return _json_error(response, 404, f"no room called {room!r}")
-        messages, has_more = p.fit_page(*await self.store.page(room, before, limit))
+        if since is not None:
+            newer = await self.store.since(room, since, limit + 1)
+            messages, has_more = fit_forward(newer[:limit], len(newer) > limit)
+        else:
+            messages, has_more = p.fit_page(*await self.store.page(room, before, limit))
         return _json(
             response,
             200,
@@ -159,6 +181,56 @@ class HttpApi:
                 "has_more": has_more,
             },
         )
+
+    def _reader(self, request: Request, response: Response) -> Identity | str | None:
+        """Who reads: ``"key"`` (the API key), an Identity (a token), ``"anyone"`` (no
+        credential and none needed: ``--auth none``); None (after answering 401) when
+        a needed credential is missing or bad."""
+        scheme, _, credential = request.headers.get("authorization", "").partition(" ")
+        credential = credential.strip()
+        bearer = scheme.lower() == "bearer" and bool(credential)
+        if (
+            bearer
+            and self.api_key
+            and hmac.compare_digest(credential.encode(), self.api_key.encode())
+        ):
+            return "key"
+        if self.verifier is None:
+            return "anyone"
+        if not bearer:
+            response.header("WWW-Authenticate", "Bearer")
+            _json_error(response, 401, "reading needs 'Authorization: Bearer <token or api key>'")
+            return None
+        try:
+            return self.verifier.verify(credential)
+        except TokenError as exc:
+            response.header("WWW-Authenticate", 'Bearer error="invalid_token"')
+            _json_error(response, 401, f"invalid token: {exc.reason}")
+            return None
+
+    def _may_read(self, reader: Identity | str, room: str, response: Response) -> bool:
+        """May ``reader`` read ``room``'s history? Answers 401/403 when not."""
+        if reader == "key":
+            return True
+        if not isinstance(reader, Identity):  # anyone, in --auth none
+            if room in self.core.private:
+                response.header("WWW-Authenticate", "Bearer")
+                _json_error(response, 401, f"room {room!r} is private: the api key is needed")
+                return False
+            return True
+        if not reader.may_join(room):
+            _json_error(response, 403, f"your token does not allow room {room!r}")
+            return False
+        if room in self.core.private and not self._member_of(reader, room):
+            _json_error(response, 403, f"room {room!r} is private: members only")
+            return False
+        return True
+
+    def _member_of(self, reader: Identity, room: str) -> bool:
+        if reader.rooms is not None and room in reader.rooms:
+            return True
+        user = self.core.owners.get(reader.user)
+        return user is not None and user.rooms.get(room, 0) > 0
 
     def _authorized(self, request: Request, response: Response, what: str) -> bool:
         """Check the API key; answer 401/403 and return False if it is not right."""
@@ -215,6 +287,18 @@ class HttpApi:
         return _json(
             response, 200 if duplicate else 201, {"message": message, "duplicate": duplicate}
         )
+
+
+def fit_forward(messages: list[p.Message], has_more: bool) -> tuple[list[p.Message], bool]:
+    """A forward page (``since``, oldest first) cut to at most ``HISTORY_PAGE_BYTES`` of
+    encoded messages: the oldest are kept (the reader asks again from the last one),
+    always at least one; a cut page says ``has_more``."""
+    total = 0
+    for i, message in enumerate(messages):
+        total += len(msgspec.json.encode(message))
+        if total > p.HISTORY_PAGE_BYTES and i > 0:
+            return messages[:i], True
+    return messages, has_more
 
 
 def _number(query: dict[str, str], name: str, low: int, high: int) -> int | str | None:
