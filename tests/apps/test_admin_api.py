@@ -7,6 +7,7 @@ import asyncio
 import json
 import logging
 import re
+import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ from websockets.exceptions import ConnectionClosed
 from hubbub.apps.admin_api import CLOSE_KICKED, KICK_REASON, PAGE_MAX, AdminApi, RoomRates
 from hubbub.apps.chat import create_app
 from hubbub.apps.errors_log import MAX_EXCEPTION, MAX_MESSAGE, ErrorLog
+from hubbub.auth.tokens import mint
 from hubbub.config import Settings
 from hubbub.server import Server
 from hubbub.store import StoreError
@@ -131,7 +133,7 @@ async def test_the_admin_api_needs_the_api_key(admin_chat: Any) -> None:
     server = await admin_chat()
     status, headers, body = await http(server, "GET", "/api/admin/overview", key=None)
     assert status == 401 and headers["www-authenticate"] == "Bearer"
-    assert body == {"error": "missing 'Authorization: Bearer <api key>'"}
+    assert body == {"error": "missing 'Authorization: Bearer <api key or token>'"}
     status, _, body = await http(server, "GET", "/api/admin/overview", key="wrong")
     assert (status, body) == (403, {"error": "invalid api key"})
     status, _, body = await http(server, "DELETE", "/api/admin/rooms/lobby", key="wrong")
@@ -147,6 +149,31 @@ async def test_without_an_api_key_the_admin_api_is_off(admin_chat: Any) -> None:
     assert status == 403 and "no api key is set" in body["error"]
     status, _, body = await http(server, "GET", "/api/admin/overview", key="anything")
     assert status == 403 and "no api key is set" in body["error"]
+
+
+SECRET = "s" * 40
+
+
+async def test_a_token_with_the_admin_role_is_accepted_too(admin_chat: Any, tmp_path: Path) -> None:
+    server = await admin_chat(jwt_secret=SECRET)
+    admin = mint(SECRET, "root", roles=["admin"])
+    status, _, body = await http(server, "GET", "/api/admin/overview", key=admin)
+    assert status == 200 and "journal" in body
+    user = mint(SECRET, "ann", roles=["moderator"])
+    status, _, body = await http(server, "GET", "/api/admin/overview", key=user)
+    assert (status, body) == (403, {"error": "the token has no admin role"})
+    old = mint(SECRET, "root", roles=["admin"], ttl=60, now=time.time() - 3600)
+    status, _, body = await http(server, "DELETE", "/api/admin/rooms/lobby", key=old)
+    assert (status, body) == (403, {"error": "invalid token: the token has expired"})
+    forged = mint("f" * 40, "root", roles=["admin"])
+    status, _, body = await http(server, "GET", "/api/admin/overview", key=forged)
+    assert status == 403 and "signature" in body["error"]
+    status, _, body = await http(server, "GET", "/api/admin/overview", key="not-the-key")
+    assert (status, body) == (403, {"error": "invalid api key"})
+    # Only a token key (no api key): tokens still work, the admin API is on.
+    server = await admin_chat(jwt_secret=SECRET, api_key="", db=str(tmp_path / "b.db"))
+    status, _, _ = await http(server, "GET", "/api/admin/overview", key=admin)
+    assert status == 200
 
 
 async def test_the_page_is_served_without_the_key_and_has_no_inline_script(

@@ -1,10 +1,13 @@
 """The admin page (``/admin``) and its JSON API (``/api/admin/*``).
 
-Every ``/api/admin/`` request needs the API key (``Authorization: Bearer
-<api key>``; the page asks for it once and keeps it in the tab's
-``sessionStorage``, never in a URL). Without an API key set the admin API is
-off (403). Reads are GET; what changes state is POST or DELETE (so the
-transport's ``Origin`` allow-list applies to it, :mod:`hubbub.transport.guard`):
+Every ``/api/admin/`` request needs the API key or a token with the ``admin``
+role (``Authorization: Bearer <api key or token>``; the page asks for it once
+and keeps it in the tab's ``sessionStorage``, never in a URL). Tokens are
+checked like connection tokens (:class:`hubbub.auth.tokens.Verifier`) wherever
+a token key is configured, whatever ``--auth`` says. With neither an API key
+nor a token key the admin API is off (403). Reads are GET; what changes state
+is POST or DELETE (so the transport's ``Origin`` allow-list applies to it,
+:mod:`hubbub.transport.guard`):
 
 ======================================  ==============================================
 ``GET /api/admin/overview``             the node, counts, the journal, error counts
@@ -43,6 +46,7 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 
 from .. import protocol as p
+from ..auth.tokens import TokenError, Verifier
 from ..config import Settings
 from ..server import WEBSOCKET_OPCODE_TEXT
 from ..store import RoomMeta, StoreError
@@ -139,6 +143,8 @@ class AdminApi:
         self.errors = errors_log.install()
         self.rates = RoomRates()
         self.refusals = RefusalLog(log)
+        # Tokens with the admin role are accepted wherever a token key is configured.
+        self.verifier = Verifier.from_settings(settings)
         self.page = resources.files("hubbub").joinpath("static", "admin.html").read_bytes()
 
     @property
@@ -175,21 +181,42 @@ class AdminApi:
     def _authorized(self, request: Request, response: Response) -> bool:
         """The API key, or a token with the admin role; else 401/403 (and False)."""
         key = self.api_key
-        if not key:
-            _json_error(response, 403, "the admin API is off: no api key is set (--api-key)")
+        if not key and self.verifier is None:
+            _json_error(
+                response,
+                403,
+                "the admin API is off: no api key is set (--api-key) and no token key "
+                "(--jwt-secret, --jwt-public-key)",
+            )
             return False
         scheme, _, given = request.headers.get("authorization", "").partition(" ")
         given = given.strip()
         if scheme.lower() != "bearer" or not given:
             response.header("WWW-Authenticate", "Bearer")
-            _json_error(response, 401, "missing 'Authorization: Bearer <api key>'")
+            _json_error(response, 401, "missing 'Authorization: Bearer <api key or token>'")
             return False
-        if hmac.compare_digest(given.encode(), key.encode()):
+        if key and hmac.compare_digest(given.encode(), key.encode()):
+            return True
+        refused = self._token_refusal(given) if self.verifier is not None else "invalid api key"
+        if refused is None:
             return True
         peer = request.remote[0] if request.remote else "-"
-        self.refusals.refused("admin API", f"wrong api key from {peer}")
-        _json_error(response, 403, "invalid api key")
+        self.refusals.refused("admin API", f"{refused} (from {peer})")
+        _json_error(response, 403, refused)
         return False
+
+    def _token_refusal(self, given: str) -> str | None:
+        """None if ``given`` is a valid token with the admin role, else why not."""
+        assert self.verifier is not None
+        if given.count(".") != 2:  # not a JWT: a mistyped key
+            return "invalid api key" if self.api_key else "invalid token"
+        try:
+            identity = self.verifier.verify(given)
+        except TokenError as exc:
+            return f"invalid token: {exc.reason}"
+        if not identity.admin:
+            return "the token has no admin role"
+        return None
 
     # -- routing -------------------------------------------------------------------
 

@@ -330,7 +330,7 @@ $("login-form").addEventListener("submit", async (event) => {
   const input = $("key-input");
   const given = input.value.trim();
   if (!given) {
-    $("login-error").textContent = "Enter the API key.";
+    $("login-error").textContent = "Enter the API key or an admin token.";
     return;
   }
   key = given;
