@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import os
 import re
 import signal
 import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 
 import pytest
@@ -348,3 +351,120 @@ def test_backup_and_restore_commands_are_wired_into_the_cli(tmp_path):
         timeout=30,
     )
     assert listed.stdout.startswith("ops\t1 message\t"), listed.stdout + listed.stderr
+
+
+# -- one settings schema: flags > environment > file > defaults -------------------
+
+
+async def test_serve_takes_settings_from_file_env_and_flags_in_that_order(
+    spawn, tmp_path, monkeypatch
+):
+    port = free_port()
+    config = tmp_path / "hubbub.toml"
+    config.write_text(
+        f'host = "127.0.0.1"\nport = {port}\ndb = "{tmp_path / "h.db"}"\n'
+        "rate = 5\nburst = 6\nmax_rooms_per_connection = 7\n"
+    )
+    monkeypatch.setenv("HUBBUB_BURST", "16")
+    monkeypatch.setenv("HUBBUB_MAX_ROOMS_PER_CONNECTION", "17")
+    args = ("-m", "hubbub", "serve", "--config", str(config), "--max-rooms-per-connection", "27")
+    proc = spawn(*args, port=port)  # host and port come from the file
+    async with connect(f"ws://127.0.0.1:{port}/", subprotocols=["hubbub.v1"]) as ws:
+        welcome = json.loads(await asyncio.wait_for(ws.recv(), 10))
+    limits = welcome["limits"]
+    # rate from the file, burst from the environment, max rooms from the flag.
+    assert (limits["rate"], limits["burst"], limits["max_rooms"]) == (5.0, 16.0, 27)
+    proc.send_signal(signal.SIGTERM)
+    out, _ = await asyncio.to_thread(proc.communicate, timeout=10)
+    assert f"hubbub listening on http://127.0.0.1:{port}/" in out
+
+
+def test_serve_refuses_a_bad_config_file_in_one_line(tmp_path):
+    config = tmp_path / "hubbub.toml"
+    config.write_text("max_mesage_size = 10\n")
+    proc = run_serve("--config", str(config))
+    assert_one_line(
+        proc,
+        2,
+        f"hubbub: error: {config}:max_mesage_size: unknown setting "
+        "(did you mean 'max_message_size'?)",
+    )
+    proc = subprocess.run(
+        [sys.executable, "-m", "hubbub", "serve", "--db", str(tmp_path / "h.db")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+        env={**os.environ, "HUBBUB_PORT": "http"},
+    )
+    assert_one_line(proc, 2, "hubbub: error: HUBBUB_PORT: must be a whole number, got 'http'")
+
+
+def test_config_check_prints_the_effective_settings_with_sources(tmp_path):
+    config = tmp_path / "hubbub.toml"
+    config.write_text('rate = 3\nstore = "postgresql://u:pw-in-url@db/x"\n')
+    env = {**os.environ, "HUBBUB_JWT_SECRET": "j" * 40, "HUBBUB_NOT_A_SETTING": "1"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "hubbub", "config", "check", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+        env=env,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "pw-in-url" not in proc.stdout and "j" * 40 not in proc.stdout
+    assert re.search(r"^rate += 3\.0  # file$", proc.stdout, re.M)
+    assert re.search(
+        r'^jwt_secret +="<set>"  # HUBBUB_JWT_SECRET$'.replace('="', '= "'), proc.stdout, re.M
+    )
+    assert re.search(r"^port +=  ?9502  # default$".replace("=  ?", "= "), proc.stdout, re.M)
+    assert "HUBBUB_NOT_A_SETTING is not a hubbub setting" in proc.stderr
+    config.write_text("rate = true\n")
+    proc = subprocess.run(
+        [sys.executable, "-m", "hubbub", "config", "check", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+    )
+    assert_one_line(proc, 2, f"hubbub: error: {config}:rate: must be a number, got True")
+    example = subprocess.run(
+        [sys.executable, "-m", "hubbub", "config", "example"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+    )
+    assert example.stdout == (ROOT / "deploy" / "hubbub.toml").read_text()
+
+
+async def test_log_format_json_is_one_object_per_line(spawn):
+    port = free_port()
+    proc = spawn(*serve_args(port, "--log-format", "json"), port=port)
+    status, _ = await asyncio.to_thread(_http_get, port, "/healthz?probe=1")
+    assert status == 200
+    proc.send_signal(signal.SIGTERM)
+    out, _ = await asyncio.to_thread(proc.communicate, timeout=10)
+    records = [json.loads(line) for line in out.splitlines()]
+    listening = [r for r in records if r["message"].startswith("hubbub listening")]
+    assert listening and listening[0]["level"] == "INFO" and listening[0]["logger"] == "hubbub"
+    access = [r for r in records if r["logger"] == "hubbub.access"]
+    assert access and '"GET /healthz" 200' in access[0]["message"]
+    assert all("timestamp" in r for r in records)
+
+
+async def test_metrics_token_from_the_environment_protects_metrics(spawn, tmp_path, monkeypatch):
+    port = free_port()
+    monkeypatch.setenv("HUBBUB_METRICS_TOKEN", "tok-123")
+    proc = spawn(*serve_args(port, "--db", str(tmp_path / "h.db")), port=port)
+    with pytest.raises(urllib.error.HTTPError) as info:
+        await asyncio.to_thread(_http_get, port, "/metrics")
+    assert info.value.code == 401
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}/metrics", headers={"Authorization": "Bearer tok-123"}
+    )
+    body = await asyncio.to_thread(lambda: urllib.request.urlopen(request, timeout=10).read())
+    assert b"hubbub_connections{" in body and b"hubbub_journal_queue_depth" in body
+    proc.send_signal(signal.SIGTERM)
+    await asyncio.to_thread(proc.communicate, timeout=10)

@@ -35,6 +35,7 @@ import hmac
 import inspect
 import logging
 import time
+import typing
 from collections.abc import Iterable, Iterator
 from typing import Any
 
@@ -53,6 +54,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from . import __version__
+from . import protocol as p
 
 log = logging.getLogger("hubbub.metrics")
 
@@ -164,6 +166,45 @@ loop_lag = Histogram(
 loop_lag_last = Gauge(
     "hubbub_event_loop_lag_last_seconds", "the latest event-loop lag sample", registry=REGISTRY
 )
+
+#: Label values that exist from the start (at 0), so that dashboards and alerts
+#: see a series before its first event.
+HANDSHAKE_REFUSALS = (
+    "max_connections",
+    "max_connections_per_ip",
+    "max_pending_handshakes",
+    "max_pending_handshakes_per_ip",
+    "shutting_down",
+    "origin",
+    "token",
+)
+CLOSE_CODES = ("1000", "1001", "1006", "1008", "1009", "1011", "1013", "4401")
+
+
+def _zero_series() -> None:
+    for proto in ("seed", "hubbub.v1"):
+        handshakes.labels(proto)
+        rate_limited.labels(proto)
+    for reason in HANDSHAKE_REFUSALS:
+        handshake_failures.labels(reason)
+    for cls in typing.get_args(p.ClientFrame):
+        frames_in.labels(_tag(cls))
+    frames_in.labels("invalid")
+    for cls in typing.get_args(p.ServerFrame):
+        frames_out.labels(_tag(cls))
+    frames_out.labels("event")
+    for name, code in vars(p).items():
+        if name.startswith("E_") and isinstance(code, str):
+            errors.labels(code)
+    for code in CLOSE_CODES:
+        closes.labels(code, "abnormal" if code == "1006" else "server")
+        if code != "1006":
+            closes.labels(code, "client")
+    for where in ("send_buffer", "replay"):
+        slow_consumers.labels(where)
+    for outcome in ("resumed", "epoch", "retention", "too_far", "overflow"):
+        resumes.labels(outcome)
+
 
 # Children created once: the hot paths skip labels() (a lock and a dict lookup).
 _in_children: dict[type, Any] = {}
@@ -359,6 +400,7 @@ class ChatCollector(Collector):
         return (depth, broker, subs, queued, reconnects, seqr)
 
 
+_zero_series()
 COLLECTOR = ChatCollector()
 REGISTRY.register(COLLECTOR)
 
