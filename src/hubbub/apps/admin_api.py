@@ -201,7 +201,7 @@ class AdminApi:
         if refused is None:
             return True
         peer = request.remote[0] if request.remote else "-"
-        self.refusals.refused("admin API", f"{refused} (from {peer})")
+        self.refusals.refused("admin API request", f"{refused} (from {peer})")
         _json_error(response, 403, refused)
         return False
 
