@@ -277,3 +277,34 @@ def test_without_coalescing_every_join_is_a_frame_to_every_member(clock: Clock) 
     n = 1_000
     _, delivered = _storm(core, clock, n, per_tick=100)
     assert delivered >= n * (n - 1) // 2
+
+
+def test_a_waiting_large_room_does_not_hold_back_a_small_one(clock: Clock) -> None:
+    core = make(clock, large_room=3, large_room_interval=1.0)
+    for fd in range(1, 7):
+        core.connect(fd)
+    for fd in range(1, 5):
+        core.handle(fd, p.Join("big"))
+    assert [f.large for f in presences(core.flush_presence())] == [True]
+    core.handle(5, p.Join("big"))
+    assert core.flush_presence() == [] and core.presence_due() == pytest.approx(101.0)
+    core.handle(6, p.Join("small"))
+    assert core.presence_due() == 0.0  # at once
+    (frame,) = presences(core.flush_presence())
+    assert frame.room == "small" and nicks(frame.joined) == ["user-6"]
+    assert core.presence_pending() and core.presence_due() == pytest.approx(101.0)
+    clock.now = 101.0
+    (frame,) = presences(core.flush_presence())
+    assert (frame.room, frame.count, frame.large) == ("big", 5, True)
+    assert not core.presence_pending() and core.presence_due() is None
+
+
+def test_a_deleted_or_emptied_room_publishes_nothing(clock: Clock) -> None:
+    core = make(clock)
+    for fd in (1, 2):
+        core.connect(fd)
+    core.handle(1, p.Join("a"))
+    core.handle(2, p.Join("b"))
+    core.handle(1, p.Leave("a"))  # empty: the room is gone
+    core.remove_room("b")
+    assert core.flush_presence() == [] and not core.presence_pending()

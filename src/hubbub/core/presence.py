@@ -89,7 +89,8 @@ def members_page(room: Room, who: p.Who, large_room: int) -> p.Members:
 
 class PresenceBuffer:
     """The presence part of :class:`~hubbub.core.ChatCore`: rooms with noted
-    changes wait in ``_dirty`` until they are published."""
+    changes wait in ``_dirty`` until they are published; a large room whose next
+    count is not due yet waits in ``_waiting`` (room -> the ``clock`` time it is due)."""
 
     limits: ChatLimits
     clock: Callable[[], float]
@@ -97,43 +98,53 @@ class PresenceBuffer:
     coalesce_presence: bool
     rooms: dict[str, Room]
     _dirty: dict[str, None]
+    _waiting: dict[str, float]
 
     def flush_presence(self) -> list[Effect]:
         """The presence changes since the last call, one ``presence`` frame per room
         (the service calls it once per loop tick, after the tick's frames). A large
         room's count waits for its ``large_room_interval``: see :meth:`presence_due`."""
         out: list[Effect] = []
-        if not self._dirty:
-            return out
         now = self.clock()
+        ready = list(self._dirty)
+        self._dirty.clear()
+        for name, due in list(self._waiting.items()):
+            if due <= now:
+                del self._waiting[name]
+                ready.append(name)
+        if not ready:
+            return out
         ts = self.wallclock()
         big = self.limits.large_room
-        for name in list(self._dirty):
+        for name in dict.fromkeys(ready):
             room = self.rooms.get(name)
-            if room is None:
-                del self._dirty[name]
-                continue
+            if room is None or name in self._waiting:
+                continue  # gone, or a large room whose count is not due yet
             large = room.count > big
             if large:
                 if now < room.count_due:
-                    continue  # stays noted until its count is due
+                    self._waiting[name] = room.count_due
+                    continue
                 room.count_due = now + self.limits.large_room_interval
-            del self._dirty[name]
             frame = presence_frame(room, ts, large)
             if frame is not None:
                 out.append(Publish(name, frame))
         return out
 
+    def presence_pending(self) -> bool:
+        """Is anything noted and not yet published (cheap: for every ``run``)?"""
+        return bool(self._dirty or self._waiting)
+
     def presence_due(self) -> float | None:
-        """When :meth:`flush_presence` has something to publish (a ``clock`` time; now
-        or earlier: at once), or None when nothing waits."""
-        due: float | None = None
-        big = self.limits.large_room
-        for name in self._dirty:
-            room = self.rooms.get(name)
-            at = room.count_due if room is not None and room.count > big else 0.0
-            due = at if due is None else min(due, at)
-        return due
+        """When :meth:`flush_presence` has something to publish: a ``clock`` time (0.0:
+        at once), or None when nothing waits. Cost: the number of large rooms waiting."""
+        if self._dirty:
+            return 0.0
+        return min(self._waiting.values(), default=None)
+
+    def _forget_presence(self, name: str) -> None:
+        self._dirty.pop(name, None)
+        self._waiting.pop(name, None)
 
     def _events(self) -> list[Effect]:
         """Without coalescing: the noted changes as ``joined``/``left``/``renamed``."""
