@@ -120,6 +120,10 @@ class ChatPage:
     async def state(self) -> str:
         return str(await self.page.get_attribute("#conn", "data-state"))
 
+    async def transport(self) -> str:
+        """The transport the page says it is on: websocket, sse or poll ("" before any)."""
+        return str(await self.page.get_attribute("#conn", "data-transport"))
+
     async def wait_for(
         self, probe: Callable[[], Awaitable[Any]], expected: Any, within: float = 10.0
     ) -> None:
@@ -138,6 +142,11 @@ class ChatPage:
         await self.wait_for(self.state, state, within)
 
 
+#: Init scripts that take transports away from a page, as a network that blocks them would.
+NO_WEBSOCKET = "delete window.WebSocket;"
+NO_STREAMS = "delete window.WebSocket; delete window.EventSource;"
+
+
 @pytest.fixture
 async def open_page(browser: Any) -> AsyncIterator[Callable[..., Awaitable[ChatPage]]]:
     """``await open_page(url, nick, viewport=DESKTOP, rooms=None)``: a new person's page.
@@ -145,6 +154,9 @@ async def open_page(browser: Any) -> AsyncIterator[Callable[..., Awaitable[ChatP
     ``nick`` (and ``rooms``) are put in localStorage before the page's first
     load, as if the person had chosen them on an earlier visit; ``nick=None``
     is a first visit. The page has its own context (own storage, own socket).
+    ``init_script`` runs before the page's scripts on every load (``NO_WEBSOCKET``
+    forces the SSE fallback, ``NO_STREAMS`` long polling); ``ignore_https_errors``
+    accepts the test's own TLS certificate.
     """
     pages: list[ChatPage] = []
 
@@ -156,10 +168,18 @@ async def open_page(browser: Any) -> AsyncIterator[Callable[..., Awaitable[ChatP
         wait: bool = True,
         route: Callable[[Any], Any] | None = None,
         color_scheme: str = "light",
+        init_script: str | None = None,
+        ignore_https_errors: bool = False,
     ) -> ChatPage:
         context = await browser.new_context(
-            viewport=viewport, reduced_motion="reduce", color_scheme=color_scheme
+            viewport=viewport,
+            reduced_motion="reduce",
+            color_scheme=color_scheme,
+            ignore_https_errors=ignore_https_errors,
         )
+        if init_script is not None:
+            # Runs before the page's own scripts on every load (e.g. to take WebSocket away).
+            await context.add_init_script(init_script)
         setup = []
         if nick is not None:
             setup.append(f"localStorage.setItem('hubbub.nick', {json.dumps(nick)});")

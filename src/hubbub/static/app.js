@@ -96,6 +96,9 @@ export function start() {
   renderMe();
   restorePending();
   renderStatus();
+  // Leaving the page ends the connection now: an HTTP session (SSE, long
+  // polling) would otherwise hold our nickname until the server's timeout.
+  addEventListener("pagehide", () => S.link?.close());
   if (S.wantNick || S.token) {
     // With a token the server knows who we are: no nickname to ask for.
     connect();

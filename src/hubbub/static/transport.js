@@ -178,10 +178,18 @@ class HttpSessionTransport {
     if (this.closed) return;
     this.closed = true;
     this._stop();
-    if (this.id !== null) {
-      // The server runs the app's close event now instead of after a timeout.
-      fetch(this._url(""), { method: "DELETE", keepalive: true }).catch(() => {});
-    }
+    this._delete();
+  }
+
+  /**
+   * End the session on the server now (the app's close event runs: our
+   * nickname is free for the next session) instead of after its timeout.
+   * keepalive: it goes out even while the page unloads. A session the server
+   * already forgot answers 404, which is fine.
+   */
+  _delete() {
+    if (this.id === null) return;
+    fetch(this._url(""), { method: "DELETE", keepalive: true }).catch(() => {});
   }
 
   _url(suffix) {
@@ -218,8 +226,8 @@ class HttpSessionTransport {
       return this._gone(0);
     }
     if (this.closed) {
-      if (res.status === 201 && res.body?.session) this.id = res.body.session;
-      if (this.id !== null) fetch(this._url(""), { method: "DELETE", keepalive: true }).catch(() => {});
+      if (res.status === 201 && typeof res.body?.session === "string") this.id = res.body.session;
+      this._delete();
       return undefined;
     }
     if (res.status !== 201 || typeof res.body?.session !== "string") {
@@ -281,6 +289,9 @@ class HttpSessionTransport {
     if (this.closed) return;
     this.closed = true;
     this._stop();
+    // The connection will resume in a new session: this one must not hold our
+    // place meanwhile (a stream cut by a proxy, or by the page unloading).
+    this._delete();
     this.onclose?.({ code, fatal: this.fatal });
   }
 }
@@ -347,6 +358,7 @@ export class PollTransport extends HttpSessionTransport {
   constructor(base, protocol) {
     super(base, protocol, "poll");
     this.after = 0; // frames up to here are acknowledged (the server forgets them)
+    this.polls = 0; // GET .../poll requests made ("any news?"): for the demo page
     this.empty = 0; // polls that came back with nothing ("no news"): for the demo page
   }
 
@@ -362,6 +374,7 @@ export class PollTransport extends HttpSessionTransport {
     let failures = 0;
     while (!this.closed) {
       let res;
+      this.polls += 1;
       try {
         // The server answers within poll_timeout; a proxy that holds the answer longer is a dead link.
         res = await this._fetch(this._url(`/poll?after=${this.after}`), {}, (this.pollTimeout + 15) * 1000);
