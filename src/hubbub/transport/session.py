@@ -382,7 +382,9 @@ class Session:
         False (nothing written) if the frames after ``after`` are no longer all
         here: the caller tells the client it is gone."""
         if not self.buffer.valid(after):
-            return False
+            if self.open:
+                return False
+            after = self.buffer.acked  # closing, its frames dropped: the close is what is left
         old, self.stream = self.stream, stream
         if old is not None:
             old.finish(None, None)  # one stream at a time: the new one replaces it
@@ -410,7 +412,9 @@ class Session:
         poll, or the loss of this one's connection (:meth:`end_poll` of
         ``fut``, a new future of the caller), ends this one with no frames."""
         if not self.buffer.valid(after):
-            return None
+            if self.open:
+                return None
+            after = self.buffer.acked  # closing, its frames dropped: the close is what is left
         self.buffer.ack(after)
         old = self.poll
         if old is not None and not old.done():

@@ -131,12 +131,11 @@ def _create(endpoint: SessionEndpoint, request: Request, response: Response) -> 
     kind = q.get("transport", "")
     if kind not in KINDS:
         return _error(response, 400, "bad_request", "transport must be 'sse' or 'poll'")
-    asked = q.get("protocol")
-    protocol: str | None = DEFAULT_PROTOCOL if asked is None else asked
-    if protocol and protocol not in endpoint.subprotocols:
-        if asked is not None:
-            return _error(response, 400, "bad_request", f"unknown protocol {protocol[:40]!r}")
-        protocol = None  # the server offers no hubbub.v1: a plain session
+    protocol = q.get("protocol", DEFAULT_PROTOCOL)
+    if protocol not in endpoint.subprotocols:
+        # As a WebSocket handshake: a protocol the server does not speak gives a
+        # plain session (the answer's "protocol" says which one it got).
+        protocol = ""
     refused = endpoint.ws_admit()
     if refused is None:
         ip = str(request.remote[0]) if request.remote else ""
@@ -160,7 +159,7 @@ def _create(endpoint: SessionEndpoint, request: Request, response: Response) -> 
     body = {
         "session": session.id,
         "transport": kind,
-        "protocol": protocol or "",
+        "protocol": protocol,
         "poll_timeout": endpoint.settings.poll_timeout,
         "max_body": max_body(endpoint),
     }
@@ -182,7 +181,7 @@ def _events(
         return _error(response, 400, "bad_request", "Last-Event-ID must be a frame number")
     stream = EventStream(response, min(PING_PERIOD, endpoint.settings.poll_timeout))
     stream.start(endpoint.security_headers)
-    if not session.buffer.valid(after):
+    if session.open and not session.buffer.valid(after):
         # The frames after `after` are gone: the client must start again.
         stream.finish("gone", _gone(session, after))
         session.abort()
@@ -223,7 +222,7 @@ def _poll(endpoint: SessionEndpoint, session: Session, request: Request, respons
     after = session.buffer.acked if text is None else _number(text)
     if after is None:
         return _error(response, 400, "bad_request", "after must be a frame number")
-    if not session.buffer.valid(after):
+    if session.open and not session.buffer.valid(after):
         gone = _gone(session, after)
         session.abort()
         return _error(response, 404, "no_such_session", gone["message"])
