@@ -28,34 +28,34 @@ from hubbub.store.sqlite import SQLiteStore
 KEY = "admin-k3y"
 
 
-def wire_admin(server: Server) -> AdminApi:
-    """Route /admin and /api/admin/* to an AdminApi around the app's request handler.
-
-    Until apps/chat.py routes them itself (then this goes, and the fixtures below
-    use make_chat as it is)."""
-    admin = AdminApi(server.app, server.settings)
-    inner = server._endpoint.handlers["request"]
-
-    def handler(request: Any, response: Any) -> Any:
-        if admin.handles(request):
-            return admin.on_request(request, response)
-        return inner(request, response)
-
-    server._endpoint.handlers["request"] = handler
-    return admin
-
-
 @pytest.fixture
-async def admin_chat(make_chat: Callable[..., Any]) -> Callable[..., Any]:
-    """``await admin_chat(**settings)``: make_chat's server with the admin API (key KEY)."""
+async def admin_chat(tmp_path: Path) -> AsyncIterator[Callable[..., Any]]:
+    """``await admin_chat(store=None, **settings)``: the built-in chat (like make_chat)
+    with the admin API, its key KEY unless given."""
+    servers: list[Server] = []
 
-    async def factory(**overrides: Any) -> Server:
+    async def factory(store: Any = None, **overrides: Any) -> Server:
         overrides.setdefault("api_key", KEY)
-        server = await make_chat(**overrides)
-        wire_admin(server)
+        overrides.setdefault("db", str(tmp_path / f"hubbub-{len(servers)}.db"))
+        server = create_app("127.0.0.1", 0, Settings(**overrides), store=store)
+        await server.listen()
+        servers.append(server)
+        # Until apps/chat.py routes /admin and /api/admin/* itself (then these lines go):
+        # an AdminApi in front of the app's request handler.
+        admin = AdminApi(server.app, server.settings)
+        inner = server._endpoint.handlers["request"]
+
+        def handler(request: Any, response: Any) -> Any:
+            if admin.handles(request):
+                return admin.on_request(request, response)
+            return inner(request, response)
+
+        server._endpoint.handlers["request"] = handler
         return server
 
-    return factory
+    yield factory
+    for server in servers:
+        await server.shutdown()
 
 
 async def http(
@@ -154,7 +154,7 @@ async def test_without_an_api_key_the_admin_api_is_off(admin_chat: Any) -> None:
 SECRET = "s" * 40
 
 
-async def test_a_token_with_the_admin_role_is_accepted_too(admin_chat: Any, tmp_path: Path) -> None:
+async def test_a_token_with_the_admin_role_is_accepted_too(admin_chat: Any) -> None:
     server = await admin_chat(jwt_secret=SECRET)
     admin = mint(SECRET, "root", roles=["admin"])
     status, _, body = await http(server, "GET", "/api/admin/overview", key=admin)
@@ -171,7 +171,7 @@ async def test_a_token_with_the_admin_role_is_accepted_too(admin_chat: Any, tmp_
     status, _, body = await http(server, "GET", "/api/admin/overview", key="not-the-key")
     assert (status, body) == (403, {"error": "invalid api key"})
     # Only a token key (no api key): tokens still work, the admin API is on.
-    server = await admin_chat(jwt_secret=SECRET, api_key="", db=str(tmp_path / "b.db"))
+    server = await admin_chat(jwt_secret=SECRET, api_key="")
     status, _, _ = await http(server, "GET", "/api/admin/overview", key=admin)
     assert status == 200
 
@@ -352,33 +352,28 @@ class FailingOnce(SQLiteStore):
 
 
 async def test_the_overview_shows_the_journal_and_its_failures(
-    tmp_path: Path, clients: list[Any]
+    admin_chat: Any, tmp_path: Path, clients: list[Any]
 ) -> None:
-    settings = Settings(api_key=KEY, db=str(tmp_path / "h.db"))
-    server = create_app("127.0.0.1", 0, settings, store=FailingOnce(settings.db))
-    await server.listen()
-    try:
-        wire_admin(server)
-        _, _, before = await http(server, "GET", "/api/admin/overview")
-        ann = await V1.open(server, "ann", "lobby")
-        clients.append(ann.ws)
-        await ann.put(type="send", room="lobby", id="c1", text="lost")
-        error = await ann.until("error", id="c1")
-        assert error["code"] == "unavailable"
-        await ann.say("lobby", "kept", "c2")
-        status, _, body = await http(server, "GET", "/api/admin/overview")
-        assert status == 200
-        journal = body["journal"]
-        assert journal["failures"] - before["journal"]["failures"] == 1
-        assert journal["committed"] == 1 and journal["queue"] == 0
-        assert journal["max_queue"] == settings.max_journal_queue
-        status, _, errors = await http(server, "GET", "/api/admin/errors")
-        newest = errors["errors"][0]
-        assert newest["logger"] == "hubbub.journal" and newest["level"] == "ERROR"
-        assert "disk full (test)" in newest["message"]
-        assert errors["summary"]["total"] >= 1
-    finally:
-        await server.shutdown()
+    db = str(tmp_path / "failing.db")
+    server = await admin_chat(store=FailingOnce(db), db=db)
+    _, _, before = await http(server, "GET", "/api/admin/overview")
+    ann = await V1.open(server, "ann", "lobby")
+    clients.append(ann.ws)
+    await ann.put(type="send", room="lobby", id="c1", text="lost")
+    error = await ann.until("error", id="c1")
+    assert error["code"] == "unavailable"
+    await ann.say("lobby", "kept", "c2")
+    status, _, body = await http(server, "GET", "/api/admin/overview")
+    assert status == 200
+    journal = body["journal"]
+    assert journal["failures"] - before["journal"]["failures"] == 1
+    assert journal["committed"] == 1 and journal["queue"] == 0
+    assert journal["max_queue"] == server.settings.max_journal_queue
+    status, _, errors = await http(server, "GET", "/api/admin/errors")
+    newest = errors["errors"][0]
+    assert newest["logger"] == "hubbub.journal" and newest["level"] == "ERROR"
+    assert "disk full (test)" in newest["message"]
+    assert errors["summary"]["total"] >= 1
 
 
 def record(message: str, level: int = logging.WARNING, exc: bool = False) -> logging.LogRecord:
