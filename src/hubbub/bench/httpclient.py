@@ -56,7 +56,8 @@ def tcp_bytes(sock: socket.socket) -> tuple[int, int]:
     if len(raw) < _TCP_INFO_LEN:
         return 0, 0
     acked, received = _BYTES.unpack_from(raw, 120)
-    return acked, received
+    # The kernel counts the SYN as one acknowledged byte.
+    return max(0, acked - 1), received
 
 
 class HttpError(Exception):

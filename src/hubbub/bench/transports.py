@@ -35,8 +35,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
+import msgspec
+
 from . import proc
-from .httpclient import Meter
+from .httpclient import HttpError, Meter
 from .measure import Progress, percentile
 from .polling_clients import (
     LongPollReceiver,
@@ -255,14 +257,15 @@ def load_figures(s0: Snap, s1: Snap, tally: Tally, window: range, cores: int) ->
 
 
 async def _settle(server: HubbubServer, limit: float) -> float:
-    """Wait (up to ``limit`` s) until the server's CPU falls under 20% of a core
-    (the presence frames of N joins delivered); the seconds it took."""
+    """Wait (up to ``limit`` s) until both the server and this generator use under 10%
+    of a core over half a second: the presence frames of N joins (N^2/2 of them) are
+    written and read. The seconds it took."""
     t0 = time.monotonic()
-    prev = proc.cpu_seconds(server.pid)
+    prev = proc.cpu_seconds(server.pid), time.process_time()
     while time.monotonic() - t0 < limit:
         await asyncio.sleep(0.5)
-        cur = proc.cpu_seconds(server.pid)
-        if cur - prev < 0.1:
+        cur = proc.cpu_seconds(server.pid), time.process_time()
+        if cur[0] - prev[0] < 0.05 and cur[1] - prev[1] < 0.05:
             break
         prev = cur
     return time.monotonic() - t0
@@ -284,34 +287,69 @@ async def _phase_load(
     return s0, s1
 
 
+async def _measure(
+    cell: Cell, server: HubbubServer, progress: Progress, prefix: str, cores: int
+) -> tuple[dict[str, Any], dict[str, Any], dict[str, float]]:
+    """Setup, idle window, load window and drain of one cell: (idle, load, timings)."""
+    opts, name, n = cell.opts, cell.name, cell.n
+    timings: dict[str, float] = {}
+    t_setup = time.monotonic()
+    async with asyncio.timeout(opts.setup_timeout):
+        await cell.open_all(progress, prefix)
+        if not name.startswith("poll-"):  # pollers are no members: nothing to settle
+            progress.show(f"{prefix} settling")
+            timings["settle_s"] = await _settle(server, opts.setup_timeout / 2)
+    timings["setup_s"] = time.monotonic() - t_setup
+    progress.show(f"{prefix} idle {opts.idle:g}s")
+    s0 = cell.snap(server.pid)
+    await asyncio.sleep(opts.idle)
+    idle = idle_figures(s0, cell.snap(server.pid), n, cores)
+    progress.show(f"{prefix} load {opts.rate:g} msg/s")
+    s0, s1 = await _phase_load(cell, server, opts)
+    drain = opts.drain + max(opts.poll_every)
+    try:
+        await asyncio.wait_for(cell.tally.complete.wait(), drain)
+    except TimeoutError:
+        cell.tally.error(f"not every message arrived within {drain:g}s")
+    lo = math.ceil(opts.rate * opts.warmup)
+    load = load_figures(s0, s1, cell.tally, range(lo, opts.messages), cores)
+    return idle, load, timings
+
+
+_COMMON = (
+    "seconds requests connects bytes_out bytes_in deliveries server_cpu_s server_cpu_pct "
+    "generator_cpu_pct other_cpu_pct"
+).split()
+_IDLE = "requests_per_s requests_per_min_per_client bytes_per_s bytes_per_s_per_client".split()
+_LOAD = (
+    "requests_per_delivery bytes_per_delivery bytes_in_per_delivery bytes_out_per_delivery "
+    "server_cpu_us_per_delivery"
+).split()
+
+
+def _no_figures() -> tuple[dict[str, Any], dict[str, Any]]:
+    """The figures of a cell that could not be measured: all NaN."""
+    idle = dict.fromkeys(_COMMON + _IDLE, math.nan)
+    load: dict[str, Any] = dict.fromkeys(_COMMON + _LOAD, math.nan)
+    load["latency_ms"] = {"p50": math.nan, "p99": math.nan, "max": math.nan, "count": 0}
+    return idle, load
+
+
 async def run_cell(opts: TransportOptions, name: str, n: int, workdir: Path) -> dict[str, Any]:
-    """One transport with ``n`` receivers on a fresh server: the result dict."""
+    """One transport with ``n`` receivers on a fresh server: the result dict. A cell
+    that fails (setup too slow, refused requests...) is a result with its errors."""
     progress = Progress(opts.progress, opts.stream)
     prefix = f"[{name} N={n:,}]"
     cores = len(opts.server_cpus) if opts.server_cpus else (os.cpu_count() or 1)
     result: dict[str, Any] = {"transport": name, "title": title(name), "receivers": n}
+    idle, load = _no_figures()
     async with HubbubServer(workdir / f"{name}-{n}", opts.server_cpus) as server:
         cell = Cell(opts, name, n, server.port)
         try:
-            t_setup = time.monotonic()
-            async with asyncio.timeout(opts.setup_timeout):
-                await cell.open_all(progress, prefix)
-                progress.show(f"{prefix} settling")
-                await _settle(server, opts.setup_timeout / 2)
-            result["setup_s"] = time.monotonic() - t_setup
-            progress.show(f"{prefix} idle {opts.idle:g}s")
-            s0 = cell.snap(server.pid)
-            await asyncio.sleep(opts.idle)
-            idle = idle_figures(s0, cell.snap(server.pid), n, cores)
-            progress.show(f"{prefix} load {opts.rate:g} msg/s")
-            s0, s1 = await _phase_load(cell, server, opts)
-            drain = opts.drain + max(opts.poll_every)
-            try:
-                await asyncio.wait_for(cell.tally.complete.wait(), drain)
-            except TimeoutError:
-                cell.tally.error(f"not every message arrived within {drain:g}s")
-            lo = math.ceil(opts.rate * opts.warmup)
-            load = load_figures(s0, s1, cell.tally, range(lo, opts.messages), cores)
+            idle, load, timings = await _measure(cell, server, progress, prefix, cores)
+            result.update(timings)
+        except (TimeoutError, OSError, HttpError, msgspec.DecodeError) as exc:
+            cell.tally.error(f"cell failed: {type(exc).__name__}: {exc}")
         finally:
             cell.close()
         server_log = server.tail()
