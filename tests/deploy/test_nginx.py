@@ -1,10 +1,7 @@
 """deploy/nginx.conf, run by Debian's nginx in front of a real ``hubbub serve``: TLS
-termination, WebSocket chat (seed protocol and hubbub.v1), the HTTP API, static pages,
-the proxy headers, and the HTTP-to-HTTPS redirect.
-
-The fallback transports (Server-Sent Events, long polling) are not in hubbub yet;
-the config is ready for them (``location /events`` unbuffered, long read
-timeouts) and their part of this test comes with them.
+termination, WebSocket chat (seed protocol and hubbub.v1), the fallback transports
+(Server-Sent Events and long polling, chatting with a WebSocket member), the HTTP API,
+static pages, the proxy headers, and the HTTP-to-HTTPS redirect.
 """
 
 from __future__ import annotations
@@ -21,6 +18,7 @@ from hubbub import Server
 
 from ..apps.test_chat import Client
 from ..conftest import ROOT, free_port, recv_all, serve_args
+from ..transport.session_clients import SessionSocket
 from .conftest import Cert, NginxPorts
 
 API_KEY = "test-key-through-nginx"
@@ -86,10 +84,34 @@ async def test_chat_api_and_pages_through_nginx(spawn, run_nginx, cert: Cert, tm
     await ann.expect("message", seq=message["seq"])
     await ann.expect("ack", id="c-1", seq=message["seq"], duplicate=False)
 
+    # SSE and long polling through nginx, in the same room. Events must pass at
+    # once (proxy_buffering off): a buffered stream would stall these waits.
+    base = f"https://127.0.0.1:{ports.https}"
+    for kind, nick in (("sse", "sam"), ("poll", "pol")):
+        other = Client(await SessionSocket.open(base, kind, ssl=tls))
+        await other.expect("welcome", protocol="hubbub.v1")
+        await other.join("lobby", nick)
+        await ann.expect("joined", nick=nick)
+        await bob.expect("joined", nick=nick)
+        await other.send(type="send", room="lobby", id=f"{kind}-1", text=f"hi from {kind}")
+        got = await ann.expect("message", text=f"hi from {kind}", nick=nick)
+        await bob.expect("message", seq=got["seq"])
+        await other.expect("message", seq=got["seq"])
+        await other.expect("ack", id=f"{kind}-1", seq=got["seq"])
+        await ann.send(type="send", room="lobby", id=f"c-{kind}", text=f"hello {nick}")
+        await other.expect("message", text=f"hello {nick}", nick="ann")
+        await bob.expect("message", text=f"hello {nick}")
+        await ann.expect("message", text=f"hello {nick}")
+        await ann.expect("ack", id=f"c-{kind}")
+        await other.close()
+        await ann.expect("left", nick=nick)
+        await bob.expect("left", nick=nick)
+        message = got
+
     # The HTTP API: read, and post with the key (the members get it live).
     status, _, body = await _https(ports.https, cert, "GET", "/api/rooms")
     assert status == 200
-    assert json.loads(body)["rooms"] == [{"name": "lobby", "members": 2, "seq": message["seq"]}]
+    assert json.loads(body)["rooms"] == [{"name": "lobby", "members": 2, "seq": message["seq"] + 1}]
     status, _, body = await _https(
         ports.https,
         cert,
@@ -101,7 +123,14 @@ async def test_chat_api_and_pages_through_nginx(spawn, run_nginx, cert: Cert, tm
     assert status in (200, 201), body
     await bob.expect("message", text="deploy done", nick="ci")
     status, _, body = await _https(ports.https, cert, "GET", "/api/rooms/lobby/messages")
-    assert [m["text"] for m in json.loads(body)["messages"]] == ["hello bob", "deploy done"]
+    assert [m["text"] for m in json.loads(body)["messages"]] == [
+        "hello bob",
+        "hi from sse",
+        "hello sam",
+        "hi from poll",
+        "hello pol",
+        "deploy done",
+    ]
     await ann.close()
     await bob.close()
 

@@ -52,9 +52,13 @@ class SessionSocket:
         protocol: str | None = "hubbub.v1",
         headers: dict[str, str] | None = None,
         read: bool = True,
+        ssl: Any = None,
     ) -> SessionSocket:
-        """POST /v1/sessions; raises :class:`SessionRefused` on a non-201 answer."""
-        http = aiohttp.ClientSession()
+        """POST /v1/sessions; raises :class:`SessionRefused` on a non-201 answer.
+
+        ``ssl``: the client's TLS context for an https:// base."""
+        connector = aiohttp.TCPConnector(ssl=ssl) if ssl is not None else None
+        http = aiohttp.ClientSession(connector=connector)
         query = f"?transport={kind}" + ("" if protocol is None else f"&protocol={protocol}")
         try:
             async with http.post(f"{base}/v1/sessions{query}", headers=headers or {}) as r:
