@@ -22,6 +22,7 @@ from hubbub.config import Settings
 from .apps.test_catchup import fill
 from .apps.test_chat import Client
 from .conftest import free_port
+from .services import REDIS_URL, redis_prefix  # noqa: F401 (a fixture)
 
 ROOT = Path(__file__).resolve().parent.parent
 TOKEN = "s3cret-metrics-token"
@@ -254,3 +255,28 @@ def test_hot_path_helpers_count_by_type():
     assert count("hubbub_closes_total", code="1013", by="server") >= 1
     assert count("hubbub_closes_total", code="1001", by="client") >= 1
     assert count("hubbub_closes_total", code="1006", by="abnormal") >= 1
+
+
+async def test_broker_and_sequencer_counters_with_redis(make_ops, redis_prefix):  # noqa: F811
+    server, _ = await make_ops(
+        metrics_token=TOKEN, rate=0, broker=f"{REDIS_URL}?prefix={redis_prefix}"
+    )
+    before = await scrape(server.port)
+    ann = await Client.open(server, "ann", "lobby")
+    for i in range(3):
+        await ann.send(type="send", room="lobby", id=f"r{i}", text="via redis")
+    frames = [await ann.recv() for _ in range(6)]  # acks, and messages back through redis
+    assert sorted(f["type"] for f in frames) == ["ack"] * 3 + ["message"] * 3
+
+    def through_redis(g: dict) -> bool:
+        def d(event: str) -> float:
+            return value(g, "hubbub_broker_frames_total", event=event) - value(
+                before, "hubbub_broker_frames_total", event=event
+            )
+
+        return d("published") >= 3 and d("received") >= 3
+
+    got = await _wait_for(server.port, through_redis)
+    assert value(got, "hubbub_broker_subscriptions") == 1
+    assert value(got, "hubbub_sequencer_messages_total", event="delivered") >= 3
+    await ann.close()

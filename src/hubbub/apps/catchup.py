@@ -178,7 +178,7 @@ class Catchups:
                     fd,
                     extra=context(fd=fd, reason="slow_replay", code=1013),
                 )
-                metrics.slow_consumers.labels("replay").inc()
+                metrics.slow_consumers.inc("replay")
                 self.server.disconnect(fd, 1013, "too slow to read")
                 return False
             await asyncio.sleep(DRAIN_POLL)
@@ -250,7 +250,7 @@ class Catchups:
             # client reloads from history (which has it all) and goes live now.
             self._reply(fd, p.Reset(room, meta.epoch, "too_far", meta.seq, meta.oldest))
             if e.since is not None:
-                metrics.resumes.labels("overflow").inc()
+                metrics.resumes.inc("overflow")
         else:
             push = self.server.push
             for seq, payload in state.buffer:
@@ -284,7 +284,7 @@ class Catchups:
         elif meta.seq - since > self.max_resume:
             reason = "too_far"
         if reason is not None:
-            metrics.resumes.labels(reason).inc()
+            metrics.resumes.inc(reason)
             self._reply(fd, p.Reset(room, meta.epoch, reason, meta.seq, meta.oldest))
             return meta.seq
         last, count = since, 0
@@ -312,6 +312,6 @@ class Catchups:
         if not state.overflow:
             # (On overflow the caller sends `reset` instead: never both.)
             self._reply(fd, p.Resumed(room, meta.epoch, since, last, count))
-            metrics.resumes.labels("resumed").inc()
-        metrics.replayed.inc(count)
+            metrics.resumes.inc("resumed")
+        metrics.replayed.inc(amount=count)
         return last

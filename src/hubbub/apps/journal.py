@@ -105,7 +105,7 @@ class Journal:
                     results = await self.store.append([pending for pending, _ in batch])
                 except Exception as exc:
                     log.error("could not store %d messages: %s", len(batch), exc)
-                    metrics.store_failures.inc(len(batch))
+                    metrics.store_failures.inc(amount=len(batch))
                     self._safe(self.on_failure, batch, exc)
                     self._settle(len(batch))
                     continue
@@ -137,9 +137,9 @@ class Journal:
         self.duplicates += dups
         metrics.journal_commit.observe(seconds)
         metrics.journal_batch.observe(len(results))
-        metrics.messages_stored.inc(len(results) - dups)
+        metrics.messages_stored.inc(amount=len(results) - dups)
         if dups:
-            metrics.duplicates.inc(dups)
+            metrics.duplicates.inc(amount=dups)
 
     @staticmethod
     def _safe(fn: Callable[..., None], *args: Any) -> None:
