@@ -80,6 +80,7 @@ conformance: install-dev
 BENCH_ARGS ?=
 bench: install-bench node-deps
 	$(BIN)/python bench/run.py $(BENCH_ARGS)
+	$(BIN)/hubbub bench --transports --json reports/bench/transports.json $(if $(filter --quick,$(BENCH_ARGS)),--quick --markdown reports/bench/transports.md --plot reports/bench/img,--markdown docs/push-vs-polling.md --plot docs/img)
 
 # The fuzz properties of tests/fuzz, 50x longer than in `make test`
 # (FUZZ_ARGS="--examples-scale 200 --seed 1" for a longer, repeatable run).

@@ -22,7 +22,7 @@ from hubbub.bench.httpclient import HttpClient, Meter, tcp_bytes
 from hubbub.bench.polling_clients import SseReceiver, Tally, message_text
 from hubbub.bench.transport_server import HubbubServer
 from hubbub.bench.transports import TransportOptions, options_from_args, run_all
-from hubbub.bench.transports_report import markdown, plot, table
+from hubbub.bench.transports_report import BEGIN, END, markdown, plot, table, write_markdown
 
 N = 5
 
@@ -180,3 +180,13 @@ def test_command_line_options() -> None:
     assert full.server_cpus is None and full.idle == 25.0
     with pytest.raises(ValueError, match="transport-list"):
         options_from_args(parser.parse_args(["--transports", "--transport-list", "x"])).validate()
+
+
+def test_markdown_goes_between_the_markers(tmp_path: Path) -> None:
+    page = tmp_path / "page.md"
+    page.write_text(f"# title\n\nbefore\n\n{BEGIN}\n\nold tables\n\n{END}\n\nafter\n")
+    write_markdown(str(page), "new tables")
+    assert page.read_text() == f"# title\n\nbefore\n\n{BEGIN}\n\nnew tables\n\n{END}\n\nafter\n"
+    bare = tmp_path / "sub" / "bare.md"
+    write_markdown(str(bare), "tables only")
+    assert bare.read_text() == "tables only\n"

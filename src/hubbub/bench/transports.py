@@ -450,7 +450,7 @@ def main(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         print("\nhubbub bench: interrupted", file=sys.stderr)
         return 130
     from .report import write_json
-    from .transports_report import markdown, plot, table
+    from .transports_report import markdown, plot, table, write_markdown
 
     print(table(results))
     meta = {"options": public(opts), "machine": proc.machine_facts()}
@@ -458,7 +458,7 @@ def main(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         write_json(args.json, {**meta, "results": results})
         print(f"results written to {args.json}")
     if args.markdown:
-        Path(args.markdown).write_text(markdown(results, meta))
+        write_markdown(args.markdown, markdown(results, meta))
         print(f"tables written to {args.markdown}")
     if args.plot:
         for path in plot(results, args.plot):

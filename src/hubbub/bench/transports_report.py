@@ -89,10 +89,24 @@ def table(results: list[dict[str, Any]]) -> str:
         "idle (no message):",
         _text_table(IDLE_HEAD, idle_rows(results)),
     ]
-    for r in results:
-        if r["errors"]:
-            out.append(f"{r['title']} N={r['receivers']}: " + "; ".join(r["errors"]))
+    out += notes(results)
     return "\n".join(out)
+
+
+def notes(results: list[dict[str, Any]]) -> list[str]:
+    """One line per cell with errors, and per short-polling cell whose server ignored
+    ``since`` (the pages then hold messages already seen: more bytes per delivery)."""
+    out = []
+    for r in results:
+        where = f"{r['title']} N={r['receivers']}"
+        if r["errors"]:
+            out.append(f"{where}: " + "; ".join(r["errors"]))
+        if r.get("since_ignored"):
+            out.append(
+                f"{where}: the server ignored ?since= in {r['since_ignored']} answers "
+                "(the client filtered the pages; their bytes include messages already seen)"
+            )
+    return out
 
 
 def _md_table(head: tuple[str, ...], rows: list[tuple[str, ...]]) -> str:
@@ -116,8 +130,27 @@ def markdown(results: list[dict[str, Any]], meta: dict[str, Any]) -> str:
             _md_table(LOAD_HEAD, load_rows(results)),
             "**Idle** (the room is silent):",
             _md_table(IDLE_HEAD, idle_rows(results)),
+            *(f"- {line}" for line in notes(results)),
         ]
     )
+
+
+BEGIN = "<!-- transports:begin (written by hubbub bench --transports --markdown) -->"
+END = "<!-- transports:end -->"
+
+
+def write_markdown(path: str, text: str) -> None:
+    """Write the tables to ``path``: between the :data:`BEGIN` and :data:`END` markers
+    if the file has them (a page around the generated tables), else the whole file."""
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    old = target.read_text() if target.exists() else ""
+    if BEGIN in old and END in old.split(BEGIN, 1)[1]:
+        head, rest = old.split(BEGIN, 1)
+        tail = rest.split(END, 1)[1]
+        target.write_text(f"{head}{BEGIN}\n\n{text}\n\n{END}{tail}")
+    else:
+        target.write_text(text + "\n")
 
 
 def plot(results: list[dict[str, Any]], folder: str) -> list[str]:
