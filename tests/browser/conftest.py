@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import time
 import urllib.request
 import uuid
@@ -40,6 +41,20 @@ AXE_URL = "/__tests__/axe.min.js"
 # What the page shows, read in the page (never through innerHTML).
 _TEXTS = """sel => Array.from(document.querySelectorAll(
   '.view:not([hidden]) ' + sel)).map(e => e.textContent)"""
+
+
+@pytest.fixture
+def shots() -> Path:
+    """Where screenshots go: reports/screenshots/ (not tracked), or docs/img/ (the
+    README's pictures) with HUBBUB_UPDATE_SCREENSHOTS=1, so a test run leaves the
+    work tree clean."""
+    root = Path(__file__).resolve().parent.parent.parent
+    if os.environ.get("HUBBUB_UPDATE_SCREENSHOTS") == "1":
+        folder = root / "docs" / "img"
+    else:
+        folder = root / "reports" / "screenshots"
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
 
 
 @pytest.fixture

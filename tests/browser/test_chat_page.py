@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import signal
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-from ..conftest import ROOT, free_port, serve_args
+from ..conftest import free_port, serve_args
 from .conftest import PHONE, ChatPage, V1Client, settled
 
 pytestmark = pytest.mark.timeout(45)
@@ -299,19 +297,6 @@ async def test_a_resend_after_a_lost_ack_is_shown_once(make_chat, open_page):
     assert [f["reason"] for f in to_page if f["type"] == "reset"] == ["too_far"]
     acks = [f for f in to_page if f["type"] == "ack"]
     assert [(a["seq"], a["duplicate"]) for a in acks] == [(2, True)]
-
-
-@pytest.fixture
-def shots() -> Path:
-    """Where screenshots go: reports/screenshots/ (not tracked), or docs/img/ (the
-    README's pictures) with HUBBUB_UPDATE_SCREENSHOTS=1, so a test run leaves the
-    work tree clean."""
-    if os.environ.get("HUBBUB_UPDATE_SCREENSHOTS") == "1":
-        folder = ROOT / "docs" / "img"
-    else:
-        folder = ROOT / "reports" / "screenshots"
-    folder.mkdir(parents=True, exist_ok=True)
-    return folder
 
 
 async def test_screenshots_at_desktop_and_phone_width(make_chat, open_page, shots):
