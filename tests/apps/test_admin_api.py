@@ -237,20 +237,26 @@ async def test_connections_are_listed_and_paged(admin_chat: Any, clients: list[A
     plain = await connect(f"ws://127.0.0.1:{server.port}/")
     clients.append(plain)
     assert await asyncio.wait_for(plain.recv(), 5) == "Hello, welcome\n"
+    status, _, session = await http(server, "POST", "/v1/sessions?transport=poll", key=None)
+    assert status == 201, session
     status, _, body = await http(server, "GET", "/api/admin/connections")
-    assert status == 200 and body["total"] == 2 and body["next"] is None
+    assert status == 200 and body["total"] == 3 and body["next"] is None
     by_fd = {c["fd"]: c for c in body["connections"]}
+    (polling,) = [c for c in by_fd.values() if c["transport"] != "websocket"]
+    # "poll" once Server.connection_info tells the kind of a session.
+    assert polling["transport"] in ("poll", "sse/poll") and polling["protocol"] == "hubbub.v1"
+    del by_fd[polling["fd"]]
     mine = by_fd[ann.fd]
     assert mine["protocol"] == "hubbub.v1" and mine["transport"] == "websocket"
     assert mine["nick"] == "ann" and mine["rooms"] == ["dev", "lobby"] and mine["room_count"] == 2
     assert mine["address"].startswith("127.0.0.1:") and mine["send_buffer"] >= 0
     (other,) = [c for fd, c in by_fd.items() if fd != ann.fd]
     assert other["protocol"] == "seed" and other["nick"] is None and other["rooms"] == []
-    first = min(by_fd)
-    status, _, page = await http(server, "GET", "/api/admin/connections?limit=1")
-    assert [c["fd"] for c in page["connections"]] == [first] and page["next"] == first
-    status, _, page = await http(server, "GET", f"/api/admin/connections?after={first}")
-    assert [c["fd"] for c in page["connections"]] == [max(by_fd)] and page["next"] is None
+    fds = sorted([*by_fd, polling["fd"]])
+    status, _, page = await http(server, "GET", "/api/admin/connections?limit=2")
+    assert [c["fd"] for c in page["connections"]] == fds[:2] and page["next"] == fds[1]
+    status, _, page = await http(server, "GET", f"/api/admin/connections?after={fds[1]}")
+    assert [c["fd"] for c in page["connections"]] == fds[2:] and page["next"] is None
 
 
 async def test_a_kicked_client_sees_the_kick_close_code(

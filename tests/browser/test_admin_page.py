@@ -14,6 +14,7 @@ import pytest
 from websockets.exceptions import ConnectionClosed
 
 from hubbub.apps.admin_api import CLOSE_KICKED, KICK_REASON
+from hubbub.store import PendingMessage
 
 from ..apps.test_admin_api import KEY, V1, admin_chat  # noqa: F401 (a fixture)
 from .conftest import DESKTOP, wait_until
@@ -170,3 +171,31 @@ async def _rate_above_zero(page: Any, room: str) -> bool:
 async def _lobby_seq(page: Any, seq: str) -> bool:
     lobby = {r[0]: r for r in await rows(page, "rooms-table")}.get("#lobby")
     return lobby is not None and lobby[2] == seq
+
+
+async def test_long_lists_are_capped_with_a_note_of_how_many_more(
+    admin_chat: Any,  # noqa: F811
+    browser: Any,
+) -> None:
+    server = await admin_chat(rate=0, room_create_rate=0)
+    store = server.app.store
+    # 101 rooms straight into the store, and the core told (as at start-up).
+    await store.append([PendingMessage(f"r{i:03d}", None, "ci", "hi", 0.0) for i in range(101)])
+    server.app.core.load_rooms(f"r{i:03d}" for i in range(101))
+    context = await browser.new_context(viewport=DESKTOP, reduced_motion="reduce")
+    # Signed in earlier in this tab: the key is in sessionStorage.
+    await context.add_init_script(f"sessionStorage.setItem('hubbub.adminKey', {KEY!r});")
+    page = await context.new_page()
+    try:
+        await page.goto(f"http://127.0.0.1:{server.port}/admin")
+        await page.locator("#dashboard").wait_for(state="visible")
+        await wait_until(
+            lambda: _equal(_count_rows(page, "rooms-table"), 100), "the first 100 rooms"
+        )
+        assert await page.text_content("#rooms-more") == "Showing the first 100 of 101 (1 more)"
+    finally:
+        await context.close()
+
+
+async def _count_rows(page: Any, table: str) -> int:
+    return len(await rows(page, table))

@@ -33,6 +33,7 @@ nodes' members of the room learn of it when they resume; see
 from __future__ import annotations
 
 import asyncio
+import heapq
 import hmac
 import logging
 import os
@@ -291,7 +292,8 @@ class AdminApi:
             return _json_error(response, 400, paging)
         after, limit = paging
         server = self.app.server
-        fds = sorted(fd for fd in server.connections if fd > after)
+        # O(n log limit): a page of the lowest fds above ``after``, and one more.
+        fds = heapq.nsmallest(limit + 1, (fd for fd in server.connections if fd > after))
         items = [c for c in (self._connection(fd) for fd in fds[:limit]) if c is not None]
         more = len(fds) > limit
         return _json(
@@ -317,7 +319,7 @@ class AdminApi:
             "fd": fd,
             "address": f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}",
             "protocol": info["subprotocol"] or "seed",
-            "transport": info.get("transport", "websocket"),
+            "transport": _transport(info),
             "nick": session.nick if session is not None else None,
             "user": identity.user if identity is not None else None,
             "rooms": rooms[:ROOMS_SHOWN],
@@ -455,6 +457,15 @@ def _paging(request: Request) -> tuple[int, int] | str:
         if isinstance(value, str):
             return value
     return int(after or 0), int(limit or PAGE_DEFAULT)
+
+
+def _transport(info: dict[str, Any]) -> str:
+    """websocket, sse or poll: what ``connection_info`` says, else from the path
+    (sessions are opened by ``POST /v1/sessions``; which kind is not told then)."""
+    known = info.get("transport")
+    if known:
+        return str(known)
+    return "sse/poll" if str(info.get("path", "")).startswith("/v1/sessions") else "websocket"
 
 
 def _ms(seconds: float | None) -> float | None:
