@@ -2,7 +2,8 @@
 live connections and rooms, kick a client (it sees the kick close code), delete a
 room and reset one; the key never goes into a URL; axe-core finds no serious issue.
 
-The screenshot docs/img/admin.png is taken here (desktop width)."""
+The screenshot admin.png is taken here (desktop width; into docs/img/ with
+HUBBUB_UPDATE_SCREENSHOTS=1, see the ``shots`` fixture)."""
 
 from __future__ import annotations
 
@@ -20,8 +21,6 @@ from ..apps.test_admin_api import KEY, V1, admin_chat  # noqa: F401 (a fixture)
 from .conftest import DESKTOP, wait_until
 
 pytestmark = pytest.mark.timeout(90)
-
-SCREENSHOT = Path(__file__).parent.parent.parent / "docs" / "img" / "admin.png"
 
 
 async def rows(page: Any, table: str) -> list[list[str]]:
@@ -59,6 +58,7 @@ async def test_an_operator_signs_in_watches_kicks_deletes_and_resets(
     admin_chat: Any,  # noqa: F811
     browser: Any,
     axe: Any,
+    shots: Path,
 ) -> None:
     server = await admin_chat(rate=0)
     ann = await V1.open(server, "ann", "lobby", "design")
@@ -117,8 +117,7 @@ async def test_an_operator_signs_in_watches_kicks_deletes_and_resets(
         await page.emulate_media(color_scheme="dark")
         await axe(page, "admin: dashboard, dark")
         await page.emulate_media(color_scheme="light")
-        SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
-        await page.screenshot(path=str(SCREENSHOT), full_page=True)
+        await page.screenshot(path=str(shots / "admin.png"), full_page=True)
 
         # Kick ann: her client sees the kick close code; her row goes.
         kick = page.get_by_role("button", name=f"Kick connection {ann.fd}", exact=False)
