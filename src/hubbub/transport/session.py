@@ -30,6 +30,7 @@ Bounds (each as for a WebSocket, see Settings):
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 from collections import deque
 from collections.abc import Callable
@@ -48,6 +49,8 @@ KINDS = ("sse", "poll")
 TRY_AGAIN_LATER = 1013
 #: Close code when the session's client went away (no poll, no stream).
 GOING_AWAY = 1001
+#: The subprotocol whose frames are JSON texts (hubbub.protocol.SUBPROTOCOL).
+JSON_PROTOCOL = "hubbub.v1"
 
 
 def idle_limit(ping_interval: float, ping_timeout: float, poll_timeout: float) -> float:
@@ -112,9 +115,17 @@ class FrameBuffer:
         self.sent = max(self.sent, after)
 
     def since(self, after: int) -> list[tuple[int, bytes]]:
-        """The frames numbered after ``after`` (call :meth:`valid` first)."""
-        skip = max(0, after - self.acked)
-        return [(self.first + skip + i, d) for i, d in enumerate(list(self.frames)[skip:])]
+        """The frames numbered after ``after`` (call :meth:`valid` first).
+
+        Costs what it returns, not what is kept (a stream takes the newest few
+        of a long replay window each tick)."""
+        count = min(self.last - max(after, self.acked), len(self.frames))
+        if count <= 0:
+            return []
+        newest = list(itertools.islice(reversed(self.frames), count))
+        newest.reverse()
+        start = self.last - count + 1
+        return [(start + i, d) for i, d in enumerate(newest)]
 
     def take_unsent(self) -> list[tuple[int, bytes]]:
         """The frames not handed to a stream yet; they count as sent from now on."""
@@ -195,8 +206,9 @@ class Session:
         self.kind = kind
         self.request = request
         self.proto = _Proto(request.subprotocol)
-        #: hubbub.v1 frames are JSON: a poll answer embeds them as they are.
-        self.json_frames = request.subprotocol is not None
+        #: hubbub.v1 frames are JSON: a poll answer embeds them as they are
+        #: (others, e.g. the seed's lines, as JSON strings).
+        self.json_frames = request.subprotocol == JSON_PROTOCOL
         s = endpoint.settings
         self.buffer = FrameBuffer(s.max_send_buffer)
         self.loop = asyncio.get_running_loop()
