@@ -38,7 +38,7 @@ from websockets.http11 import Request as WSRequest
 
 from .contract import HttpEndpoint
 from .guard import origin_refusal
-from .handshake import is_websocket, switching_protocols, ws_protocol
+from .handshake import fast_handshake, is_websocket, switching_protocols, ws_protocol
 from .messages import (
     ACCESS_PATH_MAX,
     Handler,
@@ -307,9 +307,7 @@ class HttpConnection(asyncio.Protocol):
             self.answering = (request, began)
             websocket = is_websocket(request.headers)
             if websocket or request.method not in SAFE_METHODS:
-                refused = origin_refusal(
-                    request.headers, self.tls, self.settings.allowed_origins
-                )
+                refused = origin_refusal(request.headers, self.tls, self.settings.allowed_origins)
                 if refused is not None:
                     self.queue.clear()
                     self.reject(HTTPStatus.FORBIDDEN, refused)
@@ -366,21 +364,31 @@ class HttpConnection(asyncio.Protocol):
             self.reject(HTTPStatus.SERVICE_UNAVAILABLE, refused, [("Retry-After", "5")])
             return
         proto = ws_protocol(self.settings, self.endpoint.subprotocols)
-        # Repeated headers were joined with ", " (RFC 9110 5.3), which is
-        # how websockets reads them too.
-        wsrequest = WSRequest(
-            request.path + (f"?{request.query_string}" if request.query_string else ""),
-            Headers(request.headers.items()),
-            method=request.method,
-        )
         assert self.transport is not None
-        try:
-            # websockets checks the request (RFC 6455 4.2.1) and negotiates
-            # extensions and subprotocol; the 101 answer is written below.
-            accept, extensions_header, protocol_header = proto.process_request(wsrequest)
-        except Exception:
-            self._refuse_handshake(proto, wsrequest)
-            return
+        fast = fast_handshake(
+            request.method, request.headers, self.settings.compression, self.endpoint.subprotocols
+        )
+        if fast is not None:
+            # The common request, checked as websockets would (handshake.py).
+            accept, protocol_header = fast
+            extensions_header = None
+            proto.origin = request.headers.get("origin")  # type: ignore[assignment]
+            proto.subprotocol = protocol_header  # type: ignore[assignment]
+        else:
+            # Repeated headers were joined with ", " (RFC 9110 5.3), which is
+            # how websockets reads them too.
+            wsrequest = WSRequest(
+                request.path + (f"?{request.query_string}" if request.query_string else ""),
+                Headers(request.headers.items()),
+                method=request.method,
+            )
+            try:
+                # websockets checks the request (RFC 6455 4.2.1) and negotiates
+                # extensions and subprotocol; the 101 answer is written below.
+                accept, extensions_header, protocol_header = proto.process_request(wsrequest)
+            except Exception:
+                self._refuse_handshake(proto, wsrequest)
+                return
         request.subprotocol = proto.subprotocol
         try:
             denied = self.endpoint.ws_authorize(request)
