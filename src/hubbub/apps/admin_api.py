@@ -42,23 +42,43 @@ import time
 from collections import OrderedDict, deque
 from collections.abc import Callable
 from importlib import resources
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import msgspec
 
 from .. import protocol as p
 from ..auth.tokens import TokenError, Verifier
 from ..config import Settings
-from ..server import WEBSOCKET_OPCODE_TEXT
-from ..store import RoomMeta, StoreError
+from ..core import ChatCore
+from ..server import WEBSOCKET_OPCODE_TEXT, Server
+from ..store import RoomMeta, Store, StoreError
 from ..transport.guard import RefusalLog
 from ..transport.http import Request, Response
 from . import errors_log
-from .http_api import _number, _valid_room, room_page
+from .catchup import Catchups
+from .http_api import HttpApi, _number, _valid_room, room_page
+from .journal import Journal
+from .sequencer import Sequencer
 from .wiring import describe_store
 
-if TYPE_CHECKING:
-    from .chat import ChatApp
+
+class ChatAppLike(Protocol):
+    """What this module uses of :class:`hubbub.apps.chat.ChatApp` (which imports this
+    module, so it is described here rather than imported)."""
+
+    server: Server
+    core: ChatCore
+    store: Store
+    journal: Journal
+    sequencer: Sequencer
+    catchups: Catchups
+    http: HttpApi
+    v1: set[int]
+    #: One delete (or reset) of a room at a time.
+    _delete_lock: asyncio.Lock
+
+    async def delete_room(self, room: str) -> tuple[bool, int]: ...
+
 
 log = logging.getLogger("hubbub.admin")
 
@@ -138,7 +158,7 @@ class RoomRates:
 class AdminApi:
     """Answers ``/admin`` and ``/api/admin/*`` for a :class:`~hubbub.apps.chat.ChatApp`."""
 
-    def __init__(self, app: ChatApp, settings: Settings) -> None:
+    def __init__(self, app: ChatAppLike, settings: Settings) -> None:
         self.app = app
         self.settings = settings
         self.errors = errors_log.install()
@@ -403,7 +423,7 @@ class AdminApi:
         return _json(response, 200, {"reset": room, "epoch": meta.epoch, "members_told": told})
 
 
-async def reset_room(app: ChatApp, room: str) -> tuple[RoomMeta, int] | None:
+async def reset_room(app: ChatAppLike, room: str) -> tuple[RoomMeta, int] | None:
     """Empty ``room``'s history and give it a new epoch; its members stay in and get
     ``reset`` (reason ``epoch``), which makes clients reload the (empty) history.
 
@@ -435,7 +455,7 @@ async def reset_room(app: ChatApp, room: str) -> tuple[RoomMeta, int] | None:
     return meta, len(fds)
 
 
-async def _delivered(app: ChatApp, room: str) -> None:
+async def _delivered(app: ChatAppLike, room: str) -> None:
     """Wait (bounded) until this node delivered every message ``room`` has stored."""
     if app.sequencer.cursor(room) is None:
         return
