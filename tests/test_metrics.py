@@ -62,6 +62,16 @@ async def get(port: int, path: str, headers: dict[str, str] | None = None) -> tu
     return status, hdrs, body.decode()
 
 
+async def post(port: int, path: str) -> tuple[int, dict, str]:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    head = f"POST {path} HTTP/1.1\r\nHost: t\r\nContent-Length: 0\r\n"
+    writer.write(head.encode() + b"Connection: close\r\n\r\n")
+    raw = await asyncio.wait_for(reader.read(), 10)
+    writer.close()
+    head_bytes, _, body = raw.partition(b"\r\n\r\n")
+    return int(head_bytes.split()[1]), {}, body.decode()
+
+
 def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
     """Every sample of a scrape: (name, sorted labels) -> value."""
     out = {}
@@ -160,6 +170,8 @@ async def test_a_scrape_after_chat_traffic_counts_what_happened(make_ops):
     assert got_frames[-1]["type"] == "resumed"
     seed = await connect(f"ws://127.0.0.1:{server.port}/")  # a plain client
     await asyncio.wait_for(seed.recv(), 5)
+    status, _, body = await post(server.port, "/v1/sessions?transport=poll")
+    assert status == 201 and json.loads(body)["protocol"] == "hubbub.v1", body
 
     def delta(got: dict, name: str, **labels: str) -> float:
         return value(got, name, **labels) - value(before, name, **labels)
@@ -175,9 +187,17 @@ async def test_a_scrape_after_chat_traffic_counts_what_happened(make_ops):
     assert delta(got, "hubbub_replayed_messages_total") == 3
     assert value(got, "hubbub_connections", protocol="hubbub.v1", transport="websocket") == 2
     assert value(got, "hubbub_connections", protocol="seed", transport="websocket") == 1
+    polls = sum(
+        v
+        for (name, labels), v in got.items()
+        if name == "hubbub_connections"
+        and ("protocol", "hubbub.v1") in labels
+        and ("transport", "websocket") not in labels
+    )
+    assert polls == 1, got  # "poll" once connection_info tells it, "sse/poll" until then
+    assert value(got, "hubbub_sessions") == 3
     assert value(got, "hubbub_rooms") == 1
     assert value(got, "hubbub_members") == 2
-    assert value(got, "hubbub_sessions") == 2
     assert value(got, "hubbub_rooms_known") == 1
     assert value(got, "hubbub_sequencer_messages_total", event="delivered") >= 4
     assert value(got, "hubbub_broker_subscriptions") == 1

@@ -18,14 +18,19 @@ class ChatCollector(Collector):
 
     def __init__(self) -> None:
         self.servers: list[Any] = []
+        # Per server (same index): fd -> (protocol, transport), see _connections.
+        self._kinds: list[dict[int, tuple[str, str]]] = []
 
     def attach(self, server: Any) -> None:
         if server not in self.servers:
             self.servers.append(server)
+            self._kinds.append({})
 
     def detach(self, server: Any) -> None:
         with contextlib.suppress(ValueError):
-            self.servers.remove(server)
+            i = self.servers.index(server)
+            del self.servers[i]
+            del self._kinds[i]
 
     def collect(self) -> Iterator[Any]:
         info = GaugeMetricFamily("hubbub_info", "hubbub version", labels=["version"])
@@ -40,7 +45,8 @@ class ChatCollector(Collector):
     def _connections(self) -> Iterable[Any]:
         conns = GaugeMetricFamily(
             "hubbub_connections",
-            "open client connections, by protocol (seed, hubbub.v1) and transport",
+            "open client connections, by protocol (seed, hubbub.v1) and transport "
+            "(websocket, sse, poll)",
             labels=["protocol", "transport"],
         )
         buffered = GaugeMetricFamily(
@@ -51,15 +57,20 @@ class ChatCollector(Collector):
         )
         counts: dict[tuple[str, str], int] = {}
         total = biggest = 0
-        for server in self.servers:
+        for i, server in enumerate(self.servers):
+            # An fd's kind never changes and fds are never reused: classified once,
+            # the cache rebuilt each scrape (so it holds only live fds).
+            known = self._kinds[i]
+            kinds = self._kinds[i] = {}
+            buffered_of = server.buffered
             for fd in list(server.connections):
-                meta = server.connection_info(fd) or {}
-                proto = "hubbub.v1" if meta.get("subprotocol") == "hubbub.v1" else "seed"
-                key = (proto, str(meta.get("transport") or "websocket"))
+                key = known.get(fd) or _kind(server, fd)
+                kinds[fd] = key
                 counts[key] = counts.get(key, 0) + 1
-                n = server.buffered(fd) or 0
+                n = buffered_of(fd) or 0
                 total += n
-                biggest = max(biggest, n)
+                if n > biggest:
+                    biggest = n
         for proto in ("seed", "hubbub.v1"):
             counts.setdefault((proto, "websocket"), 0)
         for (proto, transport), n in sorted(counts.items()):
@@ -143,6 +154,19 @@ class ChatCollector(Collector):
         for event, n in sq.items():
             seqr.add_metric([event], n)
         return (depth, broker, subs, queued, reconnects, seqr)
+
+
+def _kind(server: Any, fd: int) -> tuple[str, str]:
+    """(protocol, transport) of a connection: seed or hubbub.v1; websocket, or
+    what ``connection_info`` says (sse, poll), else sse/poll for a session
+    (opened by ``POST /v1/sessions``), as the admin page tells them."""
+    info = server.connection_info(fd) or {}
+    proto = "hubbub.v1" if info.get("subprotocol") == "hubbub.v1" else "seed"
+    transport = info.get("transport")
+    if not transport:
+        path = str(info.get("path", ""))
+        transport = "sse/poll" if path.startswith("/v1/sessions") else "websocket"
+    return proto, str(transport)
 
 
 COLLECTOR = ChatCollector()
