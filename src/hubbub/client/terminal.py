@@ -7,6 +7,13 @@ messages with their ids (so nothing is lost or doubled). Against any other
 WebSocket server (one that does not accept the subprotocol) it falls back
 to plain text, like websocat: each line typed is a text message, each
 message received is printed.
+
+With a token (``--token`` / ``HUBBUB_TOKEN``) it sends ``Authorization: Bearer``
+on each upgrade request. A refused token is not retried: on ``401`` at the
+upgrade, close 4401 (no valid token) or 4403 (forbidden) it says why and exits
+with status 1; on close 4402 (the token expired) it says "token expired" and
+exits with status 1 too, since it cannot mint a new one: get a fresh token and
+start it again (the server keeps the rooms' history; ``--room`` joins again).
 """
 
 from __future__ import annotations
@@ -78,6 +85,10 @@ def _close_text(code: int | None, reason: str) -> str:
     return f"closed by the server: {code}" + (f" {reason}" if reason else "")
 
 
+class AuthEnded(Exception):
+    """The server ended the session for its token (4401-4403): the line to show."""
+
+
 @dataclass
 class RoomView:
     name: str
@@ -113,8 +124,11 @@ class TerminalChat:
         *,
         max_backoff: float = 10.0,
         ssl_context: ssl.SSLContext | None = None,
+        token: str | None = None,
     ) -> None:
         self.url = url
+        #: Connection token sent as ``Authorization: Bearer`` (never printed).
+        self.token = token
         #: For wss:// URLs: whom to trust (None: the system's CAs, or SSL_CERT_FILE).
         self.ssl_context = ssl_context
         self.show = show
@@ -130,6 +144,8 @@ class TerminalChat:
         self._quit = asyncio.Event()
         #: Client ids of messages this client sent (insertion-ordered, bounded).
         self.own_ids: dict[str, None] = {}
+        #: Why the session ended for good (a refused or expired token): shown last.
+        self.final: str | None = None
         #: Called when the prompt changes (the current room); the input line redraws.
         self.redraw: Callable[[], None] = lambda: None
 
@@ -158,6 +174,8 @@ class TerminalChat:
                 extra: dict[str, Any] = {}
                 if self.ssl_context is not None and self.url.startswith("wss:"):
                     extra["ssl"] = self.ssl_context
+                if self.token:
+                    extra["additional_headers"] = {"Authorization": f"Bearer {self.token}"}
                 async with connect(
                     self.url,
                     subprotocols=[p.SUBPROTOCOL],
@@ -173,11 +191,20 @@ class TerminalChat:
                         self.show(f"* connected to {self.url} (plain text mode)")
                         self.redraw()
                     self.connected.set()
-                    await self._receive(ws)
+                    await self._receive_checked(ws)
                 reason = _close_text(ws.close_code, ws.close_reason or "")
             except (InvalidURI, ValueError) as exc:
                 self.show(f"! {exc}")
                 return 2
+            except InvalidStatus as exc:
+                if exc.response.status_code != 401 or self.quitting:
+                    reason = describe_error(exc)
+                else:
+                    self.final = self._refused(exc)
+                    return 1
+            except AuthEnded as exc:
+                self.final = str(exc)
+                return 1
             except (OSError, InvalidHandshake, ConnectionClosed, TimeoutError) as exc:
                 if self.quitting:
                     break
@@ -197,6 +224,38 @@ class TerminalChat:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._quit.wait(), delay)
         return 0
+
+    def _refused(self, exc: InvalidStatus) -> str:
+        """The line shown when the upgrade is refused with 401 (not retried)."""
+        body = exc.response.body or b""
+        why = body.decode("utf-8", "replace").strip().splitlines()
+        text = why[0][:200] if why else "no reason given"
+        hint = "" if self.token else "; give one with --token or $HUBBUB_TOKEN"
+        return f"! {self.url} refused the connection (HTTP 401: {text}){hint}"
+
+    def _auth_closed(self, code: int | None, reason: str) -> str | None:
+        """The last line when the server closed for the token (4401-4403), else None."""
+        why = f" ({reason})" if reason else ""
+        if code == p.CLOSE_TOKEN_EXPIRED:
+            return "! token expired: get a new token and start hubbub chat again"
+        if code == p.CLOSE_AUTH_FAILED:
+            hint = "" if self.token else "; give one with --token or $HUBBUB_TOKEN"
+            return f"! authentication failed{why}{hint}"
+        if code == p.CLOSE_FORBIDDEN:
+            return f"! forbidden{why}"
+        return None
+
+    async def _receive_checked(self, ws: ClientConnection) -> None:
+        """Receive until the connection ends; :class:`AuthEnded` when the server
+        closed it for the token (not worth a reconnect with the same token)."""
+        try:
+            await self._receive(ws)
+        except ConnectionClosed as exc:
+            rcvd = exc.rcvd
+            final = self._auth_closed(rcvd.code, rcvd.reason) if rcvd is not None else None
+            if final is not None and not self.quitting:
+                raise AuthEnded(final) from None
+            raise
 
     async def _receive(self, ws: ClientConnection) -> None:
         async for raw in ws:
@@ -482,7 +541,7 @@ async def run_chat(
         print(text, flush=True)
 
     context = ssl.create_default_context(cafile=cafile) if cafile else None
-    chat = TerminalChat(url, room, nick, show, ssl_context=context)
+    chat = TerminalChat(url, room, nick, show, ssl_context=context, token=token)
     runner = asyncio.create_task(chat.run())
     reader = asyncio.create_task(_read_lines(chat))
     done, _ = await asyncio.wait({runner, reader}, return_when=asyncio.FIRST_COMPLETED)
@@ -490,8 +549,11 @@ async def run_chat(
         reader.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await reader
-        return runner.result()
-    return await runner
+    status = await runner
+    if chat.final is not None:
+        # After the prompt is gone (prompt_toolkit would swallow a line printed as it closes).
+        show(chat.final)
+    return status
 
 
 _FRAME_HANDLERS: dict[type, Callable[[TerminalChat, Any], Awaitable[None]]] = {
