@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import array
 import asyncio
+import contextlib
 import random
 import socket
 import time
@@ -43,6 +44,8 @@ MAX_EVENT = 1024 * 1024
 #: The history page a short poller asks for (the API's maximum).
 PAGE = 200
 _MAX_ERRORS = 10
+#: Seconds a long poller waits between polls while the receivers are still joining.
+SETUP_PAUSE = 1.0
 #: JSON frames a receiver must decode; the others (presence: N joins make N^2 of them)
 #: are skipped by their first bytes.
 _WANTED = (b'{"type":"message"', b'{"type":"room"', b'{"type":"error"')
@@ -188,6 +191,9 @@ class Receiver:
                 self.on_frame(_frame.decode(data))
             except msgspec.DecodeError as exc:
                 self.tally.error(f"{self.kind}: bad frame {data[:60]!r}: {exc}")
+
+    def go_live(self) -> None:
+        """Every receiver has joined: from now on, behave as a real client would."""
 
     def join_line(self) -> bytes:
         return _encode({"type": "join", "room": self.room, "nick": f"r{self.rid}"})
@@ -363,6 +369,7 @@ class LongPollReceiver(_SessionReceiver):
 
     async def open(self) -> None:
         self.after = 0
+        self.live = asyncio.Event()
         await self._start_session()
         await self._post_join()
         self.task = asyncio.create_task(self._loop())
@@ -386,6 +393,18 @@ class LongPollReceiver(_SessionReceiver):
                 if not self.closing:
                     self.tally.error(f"longpoll: session closed: {answer.closed}")
                 return
+            if not self.live.is_set():
+                await self._pace()
+
+    async def _pace(self) -> None:
+        """During the setup, wait a little between polls: each join of N receivers
+        wakes every held poll, N^2/2 answers in all; paced, the presence frames of a
+        second's joins come in one answer (and the session stays alive)."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.live.wait(), SETUP_PAUSE)
+
+    def go_live(self) -> None:
+        self.live.set()
 
 
 class ShortPollReceiver(Receiver):

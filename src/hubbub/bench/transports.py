@@ -93,7 +93,7 @@ class TransportOptions:
     #: poll interval).
     drain: float = 10.0
     #: Seconds the setup (connect, join, settle) of one cell may take.
-    setup_timeout: float = 180.0
+    setup_timeout: float = 400.0
     connect_concurrency: int = 200
     room: str = "bench"
     server_cpus: set[int] | None = None
@@ -182,6 +182,8 @@ class Cell:
         )
 
     async def open_all(self, progress: Progress, prefix: str) -> None:
+        """Connect and join every receiver (a few at a time), then wait until each
+        has its ``room`` frame; fallback receivers stop pacing their setup then."""
         sem = asyncio.Semaphore(self.opts.connect_concurrency)
         opened = 0
 
@@ -189,12 +191,15 @@ class Cell:
             nonlocal opened
             async with sem:
                 await r.open()
-                await r.ready.wait()
             opened += 1
             progress.show(f"{prefix} connected {opened:,}/{self.n:,}")
 
         await self.sender.open()
         await asyncio.gather(*(one(r) for r in self.receivers))
+        progress.show(f"{prefix} waiting for every receiver's room frame")
+        for r in self.receivers:
+            r.go_live()
+        await asyncio.gather(*(r.ready.wait() for r in self.receivers))
 
     def close(self) -> None:
         self.sender.close()
