@@ -16,7 +16,14 @@ import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
-from hubbub.apps.admin_api import CLOSE_KICKED, KICK_REASON, PAGE_MAX, AdminApi, RoomRates
+from hubbub.apps.admin_api import (
+    CLOSE_KICKED,
+    FAILURE_BURST,
+    KICK_REASON,
+    PAGE_MAX,
+    AdminApi,
+    RoomRates,
+)
 from hubbub.apps.chat import create_app
 from hubbub.apps.errors_log import MAX_EXCEPTION, MAX_MESSAGE, ErrorLog
 from hubbub.auth.tokens import mint
@@ -141,6 +148,19 @@ async def test_the_admin_api_needs_the_api_key(admin_chat: Any) -> None:
     status, headers, body = await http(server, "GET", "/api/admin/overview")
     assert status == 200 and headers["cache-control"] == "no-store"
     assert body["connections"]["total"] == 0
+
+
+async def test_guessing_the_key_is_paced(admin_chat: Any) -> None:
+    server = await admin_chat()
+    for i in range(FAILURE_BURST):
+        status, _, _ = await http(server, "GET", "/api/admin/overview", key=f"guess-{i}")
+        assert status == 403
+    status, headers, body = await http(server, "GET", "/api/admin/overview", key="guess")
+    assert status == 429 and int(headers["retry-after"]) >= 1
+    assert body["error"].startswith("too many failed sign-ins; retry in ")
+    # Meanwhile this address's credentials are not even looked at: the key too waits.
+    status, _, _ = await http(server, "GET", "/api/admin/overview")
+    assert status == 429
 
 
 async def test_without_an_api_key_the_admin_api_is_off(admin_chat: Any) -> None:

@@ -24,6 +24,8 @@ Bounds: lists are pages (``limit`` at most :data:`PAGE_MAX`, default
 most :data:`ROOMS_SHOWN` of a connection's rooms (with the count). Message
 rates are sampled from the store's newest ``seq`` as the rooms are listed
 (:class:`RoomRates`: at most :data:`RATE_ROOMS` rooms, about 2 KiB each).
+Wrong keys and tokens are paced per client address (:data:`FAILURE_BURST`,
+then :data:`FAILURE_RATE` per second: 429 meanwhile).
 
 Several nodes: like deleting, resetting acts on this node's members (other
 nodes' members of the room learn of it when they resume; see
@@ -36,6 +38,7 @@ import asyncio
 import heapq
 import hmac
 import logging
+import math
 import os
 import re
 import time
@@ -50,6 +53,7 @@ from .. import protocol as p
 from ..auth.tokens import TokenError, Verifier
 from ..config import Settings
 from ..core import ChatCore
+from ..core.ratelimit import TokenBucket
 from ..server import WEBSOCKET_OPCODE_TEXT, Server
 from ..store import RoomMeta, Store, StoreError
 from ..transport.guard import RefusalLog
@@ -98,6 +102,13 @@ RATE_EVERY = 5.0
 #: Rooms whose samples are kept (least recently listed forgotten first); each
 #: costs about 2 KiB (a deque of up to 14 samples), so at most ~2 MiB.
 RATE_ROOMS = 1000
+#: Failed sign-ins (a wrong key or token) one client address may make in a burst;
+#: then one every 1 / FAILURE_RATE seconds, and until then its requests get 429
+#: without their credentials being looked at (so guessing a key is slow).
+FAILURE_BURST = 10
+FAILURE_RATE = 0.1
+#: Addresses whose failures are remembered (the oldest forgotten first; ~150 B each).
+FAILURE_ADDRESSES = 4096
 #: Seconds a reset waits for this node to deliver the messages stored before it.
 RESET_DRAIN_TIMEOUT = 5.0
 
@@ -164,6 +175,8 @@ class AdminApi:
         self.errors = errors_log.install()
         self.rates = RoomRates()
         self.refusals = RefusalLog(log)
+        self.clock: Callable[[], float] = time.monotonic
+        self._failures: OrderedDict[str, TokenBucket] = OrderedDict()
         # Tokens with the admin role are accepted wherever a token key is configured.
         self.verifier = Verifier.from_settings(settings)
         self.page = resources.files("hubbub").joinpath("static", "admin.html").read_bytes()
@@ -216,15 +229,39 @@ class AdminApi:
             response.header("WWW-Authenticate", "Bearer")
             _json_error(response, 401, "missing 'Authorization: Bearer <api key or token>'")
             return False
+        peer = request.remote[0] if request.remote else "-"
+        wait = self._paced(peer)
+        if wait:
+            response.header("Retry-After", str(math.ceil(wait)))
+            _json_error(response, 429, f"too many failed sign-ins; retry in {wait:.0f}s")
+            return False
         if key and hmac.compare_digest(given.encode(), key.encode()):
             return True
         refused = self._token_refusal(given) if self.verifier is not None else "invalid api key"
         if refused is None:
             return True
-        peer = request.remote[0] if request.remote else "-"
+        self._failed(peer)
         self.refusals.refused("admin API request", f"{refused} (from {peer})")
         _json_error(response, 403, refused)
         return False
+
+    def _paced(self, peer: str) -> float:
+        """Seconds ``peer`` must wait before its credentials are checked again (0: none)."""
+        bucket = self._failures.get(peer)
+        if bucket is None:
+            return 0.0
+        bucket.take(self.clock(), 0.0)  # refill
+        return bucket.retry_after()
+
+    def _failed(self, peer: str) -> None:
+        bucket = self._failures.get(peer)
+        if bucket is None:
+            bucket = self._failures[peer] = TokenBucket(FAILURE_RATE, FAILURE_BURST, self.clock())
+            while len(self._failures) > FAILURE_ADDRESSES:
+                self._failures.popitem(last=False)
+        else:
+            self._failures.move_to_end(peer)
+        bucket.take(self.clock())
 
     def _token_refusal(self, given: str) -> str | None:
         """None if ``given`` is a valid token with the admin role, else why not."""

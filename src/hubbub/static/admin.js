@@ -28,7 +28,8 @@ async function api(method, path) {
     body = null;
   }
   const reason = body && typeof body.error === "string" ? body.error : `HTTP ${response.status}`;
-  if (response.status === 401 || response.status === 403) throw new AuthError(reason);
+  // 429: too many failed sign-ins from here (the server paces guesses).
+  if ([401, 403, 429].includes(response.status)) throw new AuthError(reason);
   if (!response.ok) throw new Error(reason);
   return body;
 }
