@@ -16,6 +16,7 @@ from hubbub.config_file import (
     read_env,
     report,
     resolve,
+    warnings,
 )
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -189,3 +190,15 @@ def test_mask_url_keeps_urls_without_password_as_they_are():
     assert mask_url("redis://cache:6379/0?prefix=p") == "redis://cache:6379/0?prefix=p"
     assert mask_url("postgresql://app@db/chat") == "postgresql://app@db/chat"
     assert mask_url("local") == "local"
+
+
+def test_warnings_name_unknown_variables_and_readable_secrets(tmp_path):
+    path = write(tmp_path, 'metrics_token = "a-token-in-a-file"\n')
+    Path(path).chmod(0o644)
+    env = {"HUBBUB_RATEE": "3"}
+    eff = resolve({}, environ=env, config=path)
+    got = warnings(eff, env)
+    assert got[0] == "HUBBUB_RATEE is not a hubbub setting (ignored) (did you mean 'rate'?)"
+    assert got[1].startswith(f"{path} holds metrics_token and other users can read it")
+    Path(path).chmod(0o600)
+    assert warnings(eff, {}) == []

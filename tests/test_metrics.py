@@ -128,6 +128,8 @@ async def test_metrics_port_is_open_and_only_serves_metrics(make_ops):
         async with connect(f"ws://127.0.0.1:{port}/", open_timeout=5):
             pass
     assert info.value.response.status_code == 503
+    status, _, _ = await post(port, "/v1/sessions?transport=poll")  # nor a session
+    assert status != 201
     # The main port does not serve them without a token.
     status, _, _ = await get(server.port, "/metrics")
     assert status == 404

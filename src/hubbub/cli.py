@@ -226,17 +226,17 @@ def _chat(args: argparse.Namespace) -> int:
 
 
 def config_command(args: argparse.Namespace) -> int:
-    from .config_file import example, read_env, report
+    from .config_file import example, report, warnings
 
     if args.config_command == "example":
         sys.stdout.write(example())
         return 0
-    for warning in read_env(os.environ)[1]:
-        print(f"hubbub: warning: {warning}", file=sys.stderr)
     try:
         eff = resolve({}, config=args.file)
     except ConfigError as exc:
         return fail(str(exc), 2)
+    for warning in warnings(eff):
+        print(f"hubbub: warning: {warning}", file=sys.stderr)
     sys.stdout.write(report(eff))
     return 0
 
@@ -260,6 +260,10 @@ def serve(args: argparse.Namespace) -> int:
     from . import logs
 
     logs.setup(eff.log_level, eff.settings.log_format)
+    from .config_file import warnings
+
+    for warning in warnings(eff):
+        log.warning("%s", warning)
     settings, host, port = eff.settings, eff.host, eff.port
     try:
         if settings.workers > 1 and _has_module("hubbub.supervisor"):

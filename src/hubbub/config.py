@@ -1,7 +1,10 @@
 """Server settings: every limit hubbub enforces, in one place.
 
-Each field documents what it bounds and what it costs, and becomes a
-``hubbub serve`` flag (``max_message_size`` -> ``--max-message-size``).
+Each field documents what it bounds and what it costs, and is one key of the
+settings schema (:mod:`hubbub.config_file`): a ``hubbub serve`` flag
+(``max_message_size`` -> ``--max-message-size``), an environment variable
+(``HUBBUB_MAX_MESSAGE_SIZE``) and a key of the ``--config`` TOML file, with
+flags > environment > file > defaults. ``deploy/hubbub.toml`` lists them all.
 """
 
 from __future__ import annotations

@@ -294,6 +294,25 @@ def _located(name: str, problem: str, source: str, path: str | None) -> ConfigEr
     return ConfigError(where, problem, source=source)
 
 
+def warnings(eff: Effective, environ: Mapping[str, str] | None = None) -> list[str]:
+    """What an operator should know but that does not stop the server: unknown
+    ``HUBBUB_*`` variables, secrets in a file other users can read."""
+    env = os.environ if environ is None else environ
+    out = read_env(env)[1]
+    secrets = sorted(n for n in SECRETS if eff.sources.get(n) == "file" and eff.value(n))
+    if eff.file and secrets:
+        try:
+            mode = os.stat(eff.file).st_mode
+        except OSError:
+            mode = 0
+        if mode & 0o044:
+            out.append(
+                f"{eff.file} holds {', '.join(secrets)} and other users can read it "
+                f"(chmod 600 it, or give them as HUBBUB_* variables)"
+            )
+    return out
+
+
 # -- showing them -------------------------------------------------------------------
 
 
