@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from datetime import UTC, datetime
 from typing import IO, Any
 
 try:  # python-json-logger >= 3.1
@@ -77,9 +78,15 @@ class JsonFormatter(_JsonFormatter):  # type: ignore[misc, valid-type]
         super().__init__(
             "%(levelname)s %(name)s %(message)s",
             rename_fields={"levelname": "level", "name": "logger"},
-            timestamp="timestamp",
             json_ensure_ascii=True,
         )
+
+    def add_fields(
+        self, log_record: dict[str, Any], record: logging.LogRecord, message_dict: dict[str, Any]
+    ) -> None:
+        # The timestamp first (ISO 8601, UTC, microseconds): what a reader scans for.
+        log_record["timestamp"] = datetime.fromtimestamp(record.created, UTC).isoformat()
+        super().add_fields(log_record, record, message_dict)
 
 
 def formatter(fmt: str) -> logging.Formatter:
