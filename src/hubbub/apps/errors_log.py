@@ -7,14 +7,15 @@ message and :data:`MAX_EXCEPTION` characters of exception text (the last
 ones: where it was raised), so its memory is bounded whatever is logged:
 at most about ``MAX_RECORDS * (MAX_MESSAGE + MAX_EXCEPTION)`` characters
 (256 * 3 KiB = 768 KiB of text in the worst case; a few dozen KiB usually).
-Counts per level and per logger are kept since start (a flood that pushed
-the first errors out of the ring still shows in the counts; loggers are
-the code's names, a fixed set).
+Counts per (logger, level) are kept since start (a flood that pushed the
+first errors out of the ring still shows in the counts; loggers are the
+code's names, a fixed set).
 
-Text is escaped like the access log (control characters as ``\\xNN``) so
-that client-controlled text quoted in a log message cannot forge a line in
-the page either. One handler per process (:func:`install`): the records
-are the process's, like its log.
+Control characters are escaped as ``\\xNN`` (a traceback keeps its line
+breaks), so client-controlled text quoted in a log message cannot fake a
+record on the page. One handler per process (:func:`install`): the records
+are the process's, like its log; a record below the ``hubbub`` logger's
+level (``--log-level``) never reaches it.
 """
 
 from __future__ import annotations
