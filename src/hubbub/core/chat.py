@@ -250,7 +250,6 @@ class ChatCore(KnownRooms, PresenceBuffer):
         if creates:
             self.room_created(f.room)
         room.members[s.fd] = Member(s.fd, user)
-        room.live_cache = None
         s.rooms.add(f.room)
         if user.rooms.get(f.room, 0) == 0:
             room.add_person(user)
@@ -309,8 +308,7 @@ class ChatCore(KnownRooms, PresenceBuffer):
         member = room.members.get(fd) if room else None
         if member is None or room is None:
             return False
-        member.live = True
-        room.live_cache = None
+        room.go_live(member)
         return True
 
     def drop_membership(self, fd: int, room_name: str) -> list[Effect]:
@@ -374,9 +372,8 @@ class ChatCore(KnownRooms, PresenceBuffer):
         """Connection ``fd`` is out of the room; its user too if it was the last one."""
         session.rooms.discard(room_name)
         room = self.rooms.get(room_name)
-        if room is None or room.members.pop(fd, None) is None:
+        if room is None or room.drop(fd) is None:
             return
-        room.live_cache = None
         user = session.user
         left = user.rooms.get(room_name, 1) - 1
         if left > 0:

@@ -37,6 +37,7 @@ class Room:
         "count_due",
         "dirty",
         "large",
+        "live",
         "live_cache",
         "members",
         "name",
@@ -52,6 +53,9 @@ class Room:
         self.order: list[str] = []
         #: Lookalike keys (TR39 skeletons) of every member's nickname -> its user.
         self.by_look: dict[str, User] = {}
+        #: The live connections (catch-up done), in the order they went live, and
+        #: their tuple as deliveries use it (rebuilt, in C, after a change).
+        self.live: dict[int, None] = {}
         self.live_cache: tuple[int, ...] | None = None
         #: Presence notes of this tick: user -> its nickname when the tick began
         #: (None: it was not in the room).
@@ -64,8 +68,21 @@ class Room:
     def live_fds(self) -> tuple[int, ...]:
         cache = self.live_cache
         if cache is None:
-            cache = self.live_cache = tuple(fd for fd, m in self.members.items() if m.live)
+            cache = self.live_cache = tuple(self.live)
         return cache
+
+    def go_live(self, member: Member) -> None:
+        member.live = True
+        self.live[member.fd] = None
+        self.live_cache = None
+
+    def drop(self, fd: int) -> Member | None:
+        """Connection ``fd`` is out of the room (its member, if it was in)."""
+        member = self.members.pop(fd, None)
+        if fd in self.live:
+            del self.live[fd]
+            self.live_cache = None
+        return member
 
     @property
     def count(self) -> int:
