@@ -403,7 +403,7 @@ def test_serve_refuses_a_bad_config_file_in_one_line(tmp_path):
 def test_config_check_prints_the_effective_settings_with_sources(tmp_path):
     config = tmp_path / "hubbub.toml"
     config.write_text('rate = 3\nstore = "postgresql://u:pw-in-url@db/x"\n')
-    env = {**os.environ, "HUBBUB_JWT_SECRET": "j" * 40, "HUBBUB_NOT_A_SETTING": "1"}
+    env = {**os.environ, "HUBBUB_JWT_SECRET": "j" * 40, "HUBBUB_MAX_MESAGE_SIZE": "1"}
     proc = subprocess.run(
         [sys.executable, "-m", "hubbub", "config", "check", str(config)],
         capture_output=True,
@@ -419,7 +419,7 @@ def test_config_check_prints_the_effective_settings_with_sources(tmp_path):
         r'^jwt_secret +="<set>"  # HUBBUB_JWT_SECRET$'.replace('="', '= "'), proc.stdout, re.M
     )
     assert re.search(r"^port +=  ?9502  # default$".replace("=  ?", "= "), proc.stdout, re.M)
-    assert "HUBBUB_NOT_A_SETTING is not a hubbub setting" in proc.stderr
+    assert "HUBBUB_MAX_MESAGE_SIZE is not a hubbub setting" in proc.stderr
     config.write_text("rate = true\n")
     proc = subprocess.run(
         [sys.executable, "-m", "hubbub", "config", "check", str(config)],

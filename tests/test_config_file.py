@@ -116,6 +116,8 @@ def test_environment_values_are_parsed_and_checked():
         "HUBBUB_PING_INTERVAL": "2.5",
         "HUBBUB_TOKEN": "not a setting: hubbub chat's",
         "HUBBUB_MAX_CONECTIONS": "3",
+        "HUBBUB_NO_SPEEDUPS": "1",
+        "HUBBUB_SOMETHING_ELSE": "x",
     }
     values, warnings = read_env(env)
     assert values == {

@@ -42,8 +42,22 @@ LOG_LEVELS = ("debug", "info", "warning", "error")
 ENV_PREFIX = "HUBBUB_"
 #: The variable naming the config file when --config is not given.
 CONFIG_ENV = "HUBBUB_CONFIG"
-#: HUBBUB_* variables that are not settings (hubbub chat's token, the file itself).
-OTHER_ENV = frozenset({"HUBBUB_TOKEN", CONFIG_ENV})
+#: HUBBUB_* variables that are not settings (hubbub chat's token, the file itself,
+#: the transport's switch, the test and benchmark tools'). Any other unknown one is
+#: warned about only when it looks like a misspelt setting.
+OTHER_ENV = frozenset(
+    {
+        "HUBBUB_TOKEN",
+        CONFIG_ENV,
+        "HUBBUB_NO_SPEEDUPS",
+        "HUBBUB_FUZZ_EXAMPLES",
+        "HUBBUB_UPDATE_SCREENSHOTS",
+        "HUBBUB_UPDATE_GOLDEN",
+        "HUBBUB_TEST_REDIS",
+        "HUBBUB_TEST_POSTGRES",
+        "HUBBUB_BENCH_SOCKETIO_WORKER",
+    }
+)
 #: Largest config file read (a config file is a few KiB; this bounds a mistake).
 MAX_FILE_BYTES = 1024 * 1024
 SOURCES = ("default", "file", "env", "flag")
@@ -218,7 +232,8 @@ def read_env(environ: Mapping[str, str]) -> tuple[dict[str, Any], list[str]]:
         key = SCHEMA.get(name)
         if key is None:
             hint = suggest(name)
-            warnings.append(f"{var} is not a hubbub setting (ignored){hint}")
+            if hint:  # a misspelt setting; other HUBBUB_* variables belong to tools
+                warnings.append(f"{var} is not a hubbub setting (ignored){hint}")
             continue
         out[name] = parse_text(key, text, var)
     return out, warnings
