@@ -275,6 +275,13 @@ def test_private_rooms_history_and_members_are_for_members(core: ChatCore) -> No
     assert error_code(core.handle(3, p.Who("secret"))) == p.E_FORBIDDEN
     assert isinstance(core.handle(2, p.History("secret"))[0], LoadHistory)
     assert frames(core.handle(2, p.Who("secret")), p.Members)[0].members == ["Ann"]
+    # A token that names the room is a member's, joined or not (as over HTTP).
+    core.connect(4, identity=Identity("u-bob", "bob", rooms=frozenset({"secret"})))
+    core.connect(5, identity=Identity("u-cat", "cat"))  # every room, but not a member
+    assert isinstance(core.handle(4, p.History("secret"))[0], LoadHistory)
+    assert error_code(core.handle(5, p.Who("secret"))) == p.E_FORBIDDEN
+    assert core.may_read(Identity("u-bob", rooms=frozenset({"secret"})), "secret")
+    assert not core.may_read(None, "secret") and core.may_read(None, "lobby")
     core.set_private("secret", False)
     assert frames(core.handle(3, p.Who("secret")), p.Members)[0].members == ["Ann"]
 

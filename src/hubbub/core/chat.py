@@ -467,9 +467,23 @@ class ChatCore(KnownRooms, PresenceBuffer):
             frame.user = s.user.user
         return [Publish(f.room, frame)]
 
+    def may_read(self, identity: Identity | None, room_name: str) -> bool:
+        """May ``identity`` read ``room_name``'s history and member list? Anyone may
+        read a room that is not private; a private one is for its members: users
+        whose token names the room in its ``rooms`` claim, or with a connection in
+        it (on this node). The HTTP API asks the same."""
+        if room_name not in self.private:
+            return True
+        if identity is None:
+            return False
+        if identity.rooms is not None and room_name in identity.rooms:
+            return True
+        user = self.owners.get(identity.user)
+        return user is not None and user.rooms.get(room_name, 0) > 0
+
     def _members_only(self, s: Session, f: p.History | p.Who) -> Reply | None:
         """A private room's history and member list: for its members only."""
-        if f.room in self.private and f.room not in s.user.rooms:
+        if f.room not in s.user.rooms and not self.may_read(s.identity, f.room):
             return self._error(s.fd, p.E_FORBIDDEN, f"room {f.room!r} is private", f)
         return None
 
