@@ -181,6 +181,8 @@ async def test_a_scrape_after_chat_traffic_counts_what_happened(make_ops):
     got = await _wait_for(
         server.port, lambda g: delta(g, "hubbub_event_loop_lag_seconds_count") >= 1
     )
+    assert delta(got, "hubbub_handshakes_total", protocol="hubbub.v1") == 4  # 3 ws, 1 poll
+    assert delta(got, "hubbub_handshakes_total", protocol="seed") == 1
     assert delta(got, "hubbub_messages_stored_total") == 4
     assert delta(got, "hubbub_duplicates_total") == 1
     assert delta(got, "hubbub_journal_commit_seconds_count") >= 1

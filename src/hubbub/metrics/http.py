@@ -11,7 +11,7 @@ from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from . import LAG_PERIOD, REGISTRY, loop_lag, loop_lag_last
+from . import LAG_PERIOD, REGISTRY, handshakes, loop_lag, loop_lag_last
 from .collector import COLLECTOR
 
 log = logging.getLogger("hubbub.metrics")
@@ -84,9 +84,18 @@ class Ops:
         self._start = _handler(server, "start")
         self._shutdown = _handler(server, "shutdown")
         self._request = _handler(server, "request")
+        self._open = _handler(server, "open")
         server.on("start", self.on_start)
         server.on("shutdown", self.on_shutdown)
         server.on("request", self.on_request)
+        server.on("open", self.on_open)
+
+    def on_open(self, server: Any, request: Any) -> Any:
+        """Counts the connection (WebSocket or session) by protocol, then the app's."""
+        handshakes.inc("hubbub.v1" if request.subprotocol == "hubbub.v1" else "seed")
+        if self._open is not None:
+            return self._open(server, request)
+        return None
 
     def on_request(self, request: Any, response: Any) -> Any:
         if handle_request(request, response, self.server.settings.metrics_token):
