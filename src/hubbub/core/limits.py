@@ -33,5 +33,5 @@ class ChatLimits:
     large_room: int = 500
     large_room_interval: float = 1.0
     #: Users whose nicknames are remembered (owned) while they are away; past it the
-    #: user gone longest is forgotten first. About 600 bytes each (core/users.py).
+    #: user gone longest is forgotten first. About 800 bytes each (core/users.py).
     max_nick_owners: int = 100_000
