@@ -192,6 +192,20 @@ def test_the_owner_table_is_bounded_and_forgets_the_user_gone_longest() -> None:
     assert set(core.owners.users) == {"u-bob", "u-dan"}
 
 
+def test_guests_own_no_nickname(core: ChatCore) -> None:
+    for fd in range(1, 4):
+        guest = Identity(f"guest-{fd}", guest=True, can_write=False)
+        assert welcome(core.connect(fd, identity=guest)).user == f"guest-{fd}"
+    core.handle(1, p.SetNick("visitor"))
+    core.disconnect(1)
+    assert core.owners.users == {}  # nothing remembered, nothing owned
+    core.connect(9)
+    assert frames(core.handle(9, p.SetNick("visitor")), p.NickSet) == [p.NickSet("visitor")]
+    core.handle(9, p.Join("lobby"))
+    core.handle(2, p.Join("lobby"))
+    assert error_code(core.handle(2, p.SetNick("visitor"))) == p.E_NICK_TAKEN  # held here
+
+
 # -- lookalikes -------------------------------------------------------------------
 
 

@@ -132,7 +132,10 @@ class ChatCore(KnownRooms, PresenceBuffer):
         return [Reply(fd, welcome)]
 
     def _user_for(self, identity: Identity, fd: int) -> User:
-        user = self.owners.get(identity.user)
+        """The user of a new connection. A guest (``--auth optional``: one user per
+        connection) owns no nickname: guests come and go, and remembering them
+        would push real users out of the owner table."""
+        user = None if identity.guest else self.owners.get(identity.user)
         if user is None:
             name = identity.name if identity.name and valid_nick(identity.name) else None
             nick = f"user-{fd}"
@@ -141,7 +144,8 @@ class ChatCore(KnownRooms, PresenceBuffer):
                     nick = wanted
                     break
             user = User(identity.user, nick, name if name and self._free(name) else None)
-        self.owners.add(user)
+        if not identity.guest:
+            self.owners.add(user)
         return user
 
     def _free(self, nick: str) -> bool:
@@ -426,7 +430,7 @@ class ChatCore(KnownRooms, PresenceBuffer):
             self.rooms[name].rename_person(user, old, nick)
             self._dirty[name] = None
         user.nick = nick
-        if user.user is not None:
+        if user.user is not None and self.owners.get(user.user) is user:
             self.owners.claim(user)
         return []
 
