@@ -50,7 +50,7 @@ def test_a_client_cannot_forge_a_text_line(capture):
     line = out.rstrip("\n")
     assert " WARNING hubbub.test-logs: nick bob\\x0a2026-01-01" in line
     assert "\\x1b[2J\\u2028\\u202eevil refused" in line
-    assert line.endswith("[fd=7 room=ops\\x0ax]")
+    assert line.endswith("evil refused")  # the context is for JSON: the text line is as written
 
 
 def test_a_traceback_still_spans_lines_in_text(capture):

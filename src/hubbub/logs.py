@@ -8,9 +8,11 @@ and ``exc_info`` with the traceback when there is one.
 
 No client can forge a line: in text, the message's control characters (and
 other non-printable ones: line and paragraph separators, bidi overrides) are
-escaped as ``\\xNN`` / ``\\uNNNN`` (:func:`escape`, the one escaping function;
-the access log's ``log_safe`` adds quotes and backslashes to it); in JSON the
-encoder escapes them (``ensure_ascii``: every object is one ASCII line).
+escaped as ``\\xNN`` / ``\\uNNNN`` by the formatter (:func:`escape`), whatever
+the call site did; in JSON the encoder escapes them (``ensure_ascii``: every
+object is one ASCII line). The access log's ``log_safe`` (quotes and
+backslashes too, so that a field cannot end early) is meant to be
+``escape(text, also='"\\\\')`` after its truncation: one rule.
 """
 
 from __future__ import annotations
@@ -26,8 +28,8 @@ except ImportError:  # pragma: no cover - 3.0
     from pythonjsonlogger.jsonlogger import JsonFormatter as _JsonFormatter
 
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
-#: Context fields a log call may pass with ``extra=``; text lines show them as
-#: ``[fd=3 room=ops]`` after the message, JSON as fields.
+#: Context fields a log call passes with ``extra=`` (JSON has them as fields;
+#: any other ``extra`` key is a field too).
 CONTEXT_FIELDS = ("fd", "user", "room", "reason", "code", "peer")
 
 
@@ -55,20 +57,16 @@ def context(**fields: Any) -> dict[str, Any]:
 
 
 class TextFormatter(logging.Formatter):
-    """The human format, with the message escaped and the context appended."""
+    """The human format, the message escaped. The ``extra=`` context is not
+    repeated (the message says it for people; JSON carries it as fields), so
+    adding context to a log call never changes its text line."""
 
     def __init__(self) -> None:
         super().__init__(TEXT_FORMAT)
 
     def formatMessage(self, record: logging.LogRecord) -> str:
         record.message = escape(record.message)
-        line = super().formatMessage(record)
-        extra = [
-            f"{name}={escape(str(getattr(record, name)), ' ')}"
-            for name in CONTEXT_FIELDS
-            if getattr(record, name, None) is not None
-        ]
-        return f"{line} [{' '.join(extra)}]" if extra else line
+        return super().formatMessage(record)
 
 
 class JsonFormatter(_JsonFormatter):  # type: ignore[misc, valid-type]
