@@ -33,6 +33,7 @@ import time
 from collections.abc import Awaitable, Callable
 
 from .. import protocol as p
+from ..logs import context
 from ..store import StoreError
 
 log = logging.getLogger("hubbub.chat.sequencer")
@@ -256,14 +257,26 @@ class Sequencer:
                     return
                 if not messages:
                     # The store has nothing beyond: the target was wrong (a room reset).
-                    log.warning("%s: nothing stored after #%d, target #%d", room, after, st.target)
+                    log.warning(
+                        "%s: nothing stored after #%d, target #%d",
+                        room,
+                        after,
+                        st.target,
+                        extra=context(room=room),
+                    )
                     st.target = st.cursor
                     break
                 first = messages[0].seq
                 if first > st.cursor + 1:
                     # Deleted by retention before we read them: skip, say so.
                     self.skipped += first - st.cursor - 1
-                    log.warning("%s: #%d..#%d no longer stored", room, st.cursor + 1, first - 1)
+                    log.warning(
+                        "%s: #%d..#%d no longer stored",
+                        room,
+                        st.cursor + 1,
+                        first - 1,
+                        extra=context(room=room),
+                    )
                     st.cursor = first - 1
                 for msg in messages:
                     if msg.seq > st.cursor:
@@ -277,7 +290,12 @@ class Sequencer:
                         st.target = st.cursor  # reads are the truth now
                     break
         except StoreError as exc:
-            log.warning("%s: cannot read missed messages (retrying): %s", room, exc)
+            log.warning(
+                "%s: cannot read missed messages (retrying): %s",
+                room,
+                exc,
+                extra=context(room=room),
+            )
             if self.rooms.get(room) is st:
                 st.deadline = self.clock() + RETRY_AFTER
                 self._holes.add(room)
