@@ -15,6 +15,7 @@ LOAD_HEAD = (
     "bytes / delivery",
     "server CPU µs / delivery",
     "server CPU",
+    "other processes' CPU",
     "lost/dup",
 )
 IDLE_HEAD = (
@@ -34,6 +35,10 @@ def _num(x: float | None, digits: int = 0) -> str:
     return f"{x:,.{digits}f}"
 
 
+def _pct(x: float, digits: int = 0) -> str:
+    return "-" if math.isnan(x) else f"{x:.{digits}f}%"
+
+
 def load_rows(results: list[dict[str, Any]]) -> list[tuple[str, ...]]:
     rows = []
     for r in results:
@@ -48,7 +53,8 @@ def load_rows(results: list[dict[str, Any]]) -> list[tuple[str, ...]]:
                 _num(ld["requests_per_delivery"], 3),
                 _num(ld["bytes_per_delivery"]),
                 _num(ld["server_cpu_us_per_delivery"], 1),
-                f"{ld['server_cpu_pct']:.0f}%",
+                _pct(ld["server_cpu_pct"]),
+                _pct(ld["other_cpu_pct"]),
                 f"{c['lost']}/{c['duplicated']}",
             )
         )
@@ -67,7 +73,7 @@ def idle_rows(results: list[dict[str, Any]]) -> list[tuple[str, ...]]:
                 _num(idle["requests_per_s"], 1),
                 _num(idle["bytes_per_s"]),
                 _num(idle["bytes_per_s_per_client"], 1),
-                f"{idle['server_cpu_pct']:.1f}%",
+                _pct(idle["server_cpu_pct"], 1),
             )
         )
     return rows
