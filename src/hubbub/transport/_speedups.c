@@ -32,6 +32,8 @@
  * connection can change state in the middle of the loop.
  */
 #define PY_SSIZE_T_CLEAN
+/* The stable ABI of 3.11 (Py_LIMITED_API is set by the build): one wheel
+ * serves every CPython from 3.11 on. */
 #include <Python.h>
 
 #include <errno.h>
@@ -74,7 +76,7 @@ try_direct(PyObject *conn, const char *buf, Py_ssize_t len, PyObject *frame,
     PyObject *transport = PyObject_GetAttr(conn, str_transport);
     if (transport == NULL)
         return -1;
-    obj = PyObject_CallMethodNoArgs(transport, str_get_write_buffer_size);
+    obj = PyObject_CallMethodObjArgs(transport, str_get_write_buffer_size, NULL);
     Py_DECREF(transport);
     if (obj == NULL)
         return -1;
@@ -121,8 +123,10 @@ fanout(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
         PyErr_SetString(PyExc_TypeError, "fanout: conns must be a dict or None");
         return NULL;
     }
-    const char *buf = PyBytes_AS_STRING(frame);
-    Py_ssize_t len = PyBytes_GET_SIZE(frame);
+    char *buf;
+    Py_ssize_t len;
+    if (PyBytes_AsStringAndSize(frame, &buf, &len) < 0)
+        return NULL;
     PyObject *slow = PyList_New(0);
     PyObject *partial = PyList_New(0);
     PyObject *it = PyObject_GetIter(args[1]);
@@ -172,6 +176,7 @@ static PyMethodDef methods[] = {
 static struct PyModuleDef module = {
     PyModuleDef_HEAD_INIT, "hubbub.transport._speedups",
     "hubbub's compiled fan-out (see hubbub.transport.fanout).", -1, methods,
+    NULL, NULL, NULL, NULL,
 };
 
 PyMODINIT_FUNC
