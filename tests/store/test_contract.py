@@ -397,10 +397,14 @@ async def test_closed_store_refuses_work(backend: Backend) -> None:
         lambda: s.rooms(),
         lambda: s.enforce_retention(1, 0, 0.0),
         lambda: s.append([pm("a")]),
+        lambda: s.set_private("a", True),
     ]
     for call in calls:
         with pytest.raises(StoreError, match="not open"):
             await call()
+    with pytest.raises(StoreError, match="not open"):
+        async with s.leader("job"):
+            pass
 
 
 # ---------------------------------------------------------------------------
@@ -464,3 +468,151 @@ async def test_rooms_pages_in_name_byte_order(store: Store) -> None:
     assert await store.rooms("c", 5) == []
     assert (await store.rooms("B", 1))[0] == await store.room("a")
     assert [r.name for r in await store.rooms()] == ["B", "a", "b", "c"]
+
+
+# ---------------------------------------------------------------------------
+# private rooms
+
+
+async def test_rooms_are_public_until_set_private(store: Store) -> None:
+    await fill(store, "a", 2)
+    await store.create_room("b")
+    assert [(m.name, m.private) for m in await store.rooms()] == [("a", False), ("b", False)]
+    assert await store.set_private("a", True)
+    assert (await store.room("a")).private  # type: ignore[union-attr]
+    assert (await store.create_room("a")).private
+    assert not (await store.room("b")).private  # type: ignore[union-attr]
+    assert [(m.name, m.private) for m in await store.rooms()] == [("a", True), ("b", False)]
+    # Appending keeps the flag (the cached meta too).
+    await fill(store, "a", 1)
+    assert (await store.room("a")).private  # type: ignore[union-attr]
+    assert await store.set_private("a", False)
+    assert not (await store.room("a")).private  # type: ignore[union-attr]
+
+
+async def test_set_private_of_a_missing_room_creates_nothing(store: Store) -> None:
+    assert not await store.set_private("nowhere", True)
+    assert await store.room("nowhere") is None
+    assert await store.rooms() == []
+
+
+async def test_private_survives_reset_not_delete(store: Store) -> None:
+    await fill(store, "a", 2)
+    await store.set_private("a", True)
+    assert (await store.reset("a")).private
+    assert (await store.room("a")).private  # type: ignore[union-attr]
+    assert await store.delete_room("a")
+    assert not (await store.create_room("a")).private
+
+
+async def test_private_survives_reopen(backend: Backend) -> None:
+    s1 = backend.make()
+    await s1.open()
+    await fill(s1, "a", 1)
+    await s1.create_room("b")
+    await s1.set_private("a", True)
+    await s1.close()
+    s2 = backend.make()
+    await s2.open()
+    try:
+        assert [(m.name, m.private) for m in await s2.rooms()] == [("a", True), ("b", False)]
+        assert (await s2.room("a")).private  # type: ignore[union-attr]
+    finally:
+        await s2.close()
+
+
+# ---------------------------------------------------------------------------
+# once-per-cluster jobs
+
+
+async def test_leader_lock_is_exclusive_per_name_and_released(store: Store) -> None:
+    async with store.leader("retention") as first:
+        assert first
+        async with store.leader("retention") as second:
+            assert not second  # held: never waits, never both
+        async with store.leader("other") as other:
+            assert other  # names are independent
+    async with store.leader("retention") as again:
+        assert again  # released when the block ended
+
+
+async def test_leader_lock_is_released_by_an_exception(store: Store) -> None:
+    with pytest.raises(RuntimeError):
+        async with store.leader("job") as leading:
+            assert leading
+            raise RuntimeError("the job failed")
+    async with store.leader("job") as leading:
+        assert leading
+
+
+async def test_leader_lock_tasks_race_one_wins(store: Store) -> None:
+    inside = 0
+    most = 0
+    wins = 0
+
+    async def job() -> None:
+        nonlocal inside, most, wins
+        async with store.leader("race") as leading:
+            if leading:
+                wins += 1
+                inside += 1
+                most = max(most, inside)
+                await asyncio.sleep(0.05)
+                inside -= 1
+
+    await asyncio.gather(*(job() for _ in range(4)))
+    assert most == 1 and wins >= 1
+
+
+# ---------------------------------------------------------------------------
+# schema migration from version 1 (before private rooms)
+
+
+async def _make_v1(backend: Backend) -> None:
+    """A database at schema version 1 holding room "old" with one message."""
+    if backend.spec["kind"] == "sqlite":
+        import sqlite3
+
+        from hubbub.store.sqlite import MIGRATIONS as SQLITE_MIGRATIONS
+
+        db = sqlite3.connect(backend.spec["path"])
+        db.executescript(SQLITE_MIGRATIONS[0])
+        db.execute("INSERT INTO rooms VALUES ('old', 'abcdef012345', 1, 1.0)")
+        db.execute("INSERT INTO messages VALUES ('old', 1, ?, 'c1', 'ann', 'hi', 1.0)", ("f" * 32,))
+        db.execute("PRAGMA user_version=1")
+        db.commit()
+        db.close()
+        return
+    from hubbub.store.postgres import MIGRATIONS as PG_MIGRATIONS
+    from tests.services import pg_connect
+
+    schema = backend.spec["schema"]
+    conn = await pg_connect()
+    try:
+        await conn.execute(f'CREATE SCHEMA "{schema}"')
+        await conn.execute(f'SET search_path TO "{schema}"')
+        await conn.execute(PG_MIGRATIONS[0])
+        await conn.execute("CREATE TABLE schema_version (version INTEGER NOT NULL)")
+        await conn.execute("INSERT INTO schema_version VALUES (1)")
+        await conn.execute("INSERT INTO rooms VALUES ('old', 'abcdef012345', 1, 1.0)")
+        await conn.execute(
+            "INSERT INTO messages VALUES ('old', 1, $1, 'c1', 'ann', 'hi', 1.0)", "f" * 32
+        )
+    finally:
+        await conn.close()
+
+
+async def test_a_version_1_database_is_migrated_rooms_public(backend: Backend) -> None:
+    await _make_v1(backend)
+    s = backend.make()
+    await s.open()
+    try:
+        old = await s.room("old")
+        assert old is not None
+        assert (old.epoch, old.seq, old.oldest, old.private) == ("abcdef012345", 1, 1, False)
+        [msg] = await s.since("old", 0, 10)
+        assert (msg.seq, msg.text, msg.client_id) == (1, "hi", "c1")
+        assert await s.set_private("old", True)
+        assert (await s.room("old")).private  # type: ignore[union-attr]
+    finally:
+        await s.close()

@@ -289,3 +289,67 @@ def test_password_is_not_shown_in_errors() -> None:
 def test_bad_options_are_refused(kwargs: dict[str, object]) -> None:
     with pytest.raises(ValueError):
         PostgresStore(PG_DSN, **kwargs)  # type: ignore[arg-type]
+
+
+# ---------------------------------------------------------------------------
+# the leader lock across nodes
+
+
+async def test_leader_lock_is_one_node_at_a_time(nodes: list[PostgresStore]) -> None:
+    a, b = nodes
+    async with a.leader("retention") as leading_a:
+        assert leading_a
+        async with b.leader("retention") as leading_b:
+            assert not leading_b  # the other node skips the job
+        async with b.leader("backfill") as other:
+            assert other
+    async with b.leader("retention") as leading_b:
+        assert leading_b  # released at the end of a's block
+        async with a.leader("retention") as leading_a:
+            assert not leading_a
+
+
+async def test_leader_lock_is_per_schema(nodes: list[PostgresStore], pg_schema: str) -> None:
+    other_schema = f"{pg_schema}_x"
+    other = postgres_store(other_schema)
+    await other.open()
+    try:
+        async with nodes[0].leader("retention") as here, other.leader("retention") as there:
+            assert here and there  # another cluster (schema) does not contend
+    finally:
+        await other.close()
+        conn = await pg_connect()
+        try:
+            await conn.execute(f'DROP SCHEMA IF EXISTS "{other_schema}" CASCADE')
+        finally:
+            await conn.close()
+
+
+async def test_a_dead_leaders_lock_is_released(
+    nodes: list[PostgresStore], admin: asyncpg.Connection, pg_schema: str
+) -> None:
+    """The holder's connection dies (its process killed, its backend terminated):
+    PostgreSQL drops the lock, another node leads on its next try."""
+    a, b = nodes
+    async with a.leader("retention") as leading:
+        assert leading
+        # This test's connections only (named after its schema), never another's.
+        holders = await admin.fetch(
+            "SELECT l.pid FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid "
+            "WHERE l.locktype = 'advisory' AND l.classid = $1 AND l.granted "
+            "AND a.application_name = $2",
+            0x6875_6263,
+            f"hubbub-{pg_schema}",
+        )
+        assert len(holders) == 1
+        for row in holders:
+            await admin.execute("SELECT pg_terminate_backend($1)", row["pid"])
+
+        async def b_leads() -> bool:
+            async with b.leader("retention") as got:
+                return got
+
+        await wait_for(b_leads)
+    # The dead connection's unlock failed quietly; a's pool works on.
+    async with a.leader("retention") as again:
+        assert again

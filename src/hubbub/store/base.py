@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -32,6 +33,9 @@ class RoomMeta:
     seq: int
     #: Sequence number of the oldest retained message (seq + 1 when empty).
     oldest: int
+    #: History and member list for members only (kept across resets; a room
+    #: deleted and created again is public).
+    private: bool = False
 
 
 class Store(Protocol):
@@ -104,6 +108,22 @@ class Store(Protocol):
     async def reset(self, room: str) -> RoomMeta:
         """Delete a room's history and start a new epoch; creates the room (empty)
         if it does not exist. Returns its new meta (seq 0, oldest 1)."""
+        ...
+
+    async def set_private(self, room: str, private: bool) -> bool:
+        """Mark a room private (or public again); False if there is no such room
+        (it is not created). Durable when it returns."""
+        ...
+
+    def leader(self, name: str) -> AbstractAsyncContextManager[bool]:
+        """``async with store.leader("retention") as leading:``: whether this process
+        holds the cluster-wide lock ``name`` (held until the block ends; never waits).
+
+        For once-per-cluster jobs: among every process on this store, at most one
+        block per name runs with ``leading`` true at a time; the others get False
+        and skip the job. A process that dies holding it releases it. The lock is
+        per store (a PostgreSQL schema, an SQLite file), so clusters on other
+        schemas do not contend."""
         ...
 
     async def enforce_retention(self, max_count: int, max_age: float, now: float) -> int:

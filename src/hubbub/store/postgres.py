@@ -36,10 +36,11 @@ own PostgreSQL schema (``search_path``), created if missing.
 from __future__ import annotations
 
 import contextlib
+import logging
 import re
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
 import asyncpg
@@ -48,6 +49,8 @@ from ..protocol import Message
 from .base import PendingMessage, RoomMeta, StoreError
 
 T = TypeVar("T")
+
+log = logging.getLogger("hubbub.store")
 
 # Never edit a released step; append a new one.
 MIGRATIONS: list[str] = [
@@ -72,11 +75,18 @@ MIGRATIONS: list[str] = [
         WHERE client_id IS NOT NULL;
     CREATE INDEX messages_ts ON messages (ts);
     """,
+    # 2: private rooms (history and members for members only).
+    """
+    ALTER TABLE rooms ADD COLUMN private BOOLEAN NOT NULL DEFAULT FALSE;
+    """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 #: Advisory lock namespace (first key) for migrations; the second key is the schema's hash.
 _MIGRATION_LOCK = 0x6875_6262  # "hubb"
+#: Advisory lock namespace for :meth:`PostgresStore.leader`; the second key hashes
+#: the schema and the job's name.
+_LEADER_LOCK = 0x6875_6263
 
 _SCHEMA_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
 
@@ -108,7 +118,7 @@ _ERRORS: tuple[type[BaseException], ...] = (
 
 _COLUMNS = "m.room, m.seq, r.epoch, m.id, m.nick, m.text, m.ts, m.client_id"
 _ROOM_META = (
-    "SELECT r.name, r.epoch, r.last_seq, "
+    "SELECT r.name, r.epoch, r.last_seq, r.private, "
     "(SELECT min(seq) FROM messages WHERE room = r.name) AS oldest FROM rooms r"
 )
 
@@ -119,7 +129,9 @@ def _new_epoch() -> str:
 
 def _meta(row: Any) -> RoomMeta:
     oldest = row["oldest"]
-    return RoomMeta(row["name"], row["epoch"], row["last_seq"], oldest or row["last_seq"] + 1)
+    return RoomMeta(
+        row["name"], row["epoch"], row["last_seq"], oldest or row["last_seq"] + 1, row["private"]
+    )
 
 
 def _message(row: Any) -> Message:
@@ -386,13 +398,15 @@ class PostgresStore:
             row = await conn.fetchrow(
                 "INSERT INTO rooms (name, epoch, last_seq, created) VALUES ($1, $2, 0, $3) "
                 "ON CONFLICT (name) DO UPDATE SET name = EXCLUDED.name "
-                "RETURNING name, epoch, last_seq",
+                "RETURNING name, epoch, last_seq, private",
                 room,
                 _new_epoch(),
                 time.time(),
             )
             oldest = await conn.fetchval("SELECT min(seq) FROM messages WHERE room = $1", room)
-            return RoomMeta(room, row["epoch"], row["last_seq"], oldest or row["last_seq"] + 1)
+            return RoomMeta(
+                room, row["epoch"], row["last_seq"], oldest or row["last_seq"] + 1, row["private"]
+            )
 
         return await self._write(create)
 
@@ -409,17 +423,59 @@ class PostgresStore:
         epoch = _new_epoch()
 
         async def reset(conn: asyncpg.Connection) -> RoomMeta:
-            await conn.execute(
+            private = await conn.fetchval(
                 "INSERT INTO rooms (name, epoch, last_seq, created) VALUES ($1, $2, 0, $3) "
-                "ON CONFLICT (name) DO UPDATE SET epoch = EXCLUDED.epoch, last_seq = 0",
+                "ON CONFLICT (name) DO UPDATE SET epoch = EXCLUDED.epoch, last_seq = 0 "
+                "RETURNING private",
                 room,
                 epoch,
                 time.time(),
             )
             await conn.execute("DELETE FROM messages WHERE room = $1", room)
-            return RoomMeta(room, epoch, 0, 1)
+            return RoomMeta(room, epoch, 0, 1, private)
 
         return await self._write(reset)
+
+    async def set_private(self, room: str, private: bool) -> bool:
+        async def update(conn: asyncpg.Connection) -> bool:
+            found = await conn.fetchval(
+                "UPDATE rooms SET private = $2 WHERE name = $1 RETURNING 1", room, private
+            )
+            return found is not None
+
+        return await self._write(update)
+
+    @contextlib.asynccontextmanager
+    async def leader(self, name: str) -> AsyncIterator[bool]:
+        """A session-level ``pg_try_advisory_lock`` on a connection of its own, held
+        for the block: PostgreSQL releases it if this process (or the connection)
+        dies. The lock cannot be taken (PostgreSQL away) is False: the job is skipped
+        this time, and runs on the next tick wherever the lock is free."""
+        try:
+            conn = await self.pool.acquire(timeout=self.timeout)
+        except _ERRORS as exc:
+            log.warning("leader lock %r: cannot reach PostgreSQL: %s", name, exc)
+            yield False
+            return
+        try:
+            try:
+                held = await conn.fetchval(
+                    "SELECT pg_try_advisory_lock($1, hashtext(current_schema() || ':' || $2))",
+                    _LEADER_LOCK,
+                    name,
+                )
+            except _ERRORS as exc:
+                log.warning("leader lock %r: %s", name, exc)
+                _discard(conn)
+                held = False
+            try:
+                yield bool(held)
+            finally:
+                if held:
+                    await _unlock(conn, name)
+        finally:
+            with contextlib.suppress(*_ERRORS):
+                await self.pool.release(conn)
 
     async def enforce_retention(self, max_count: int, max_age: float, now: float) -> int:
         async def retention(conn: asyncpg.Connection) -> int:
@@ -490,6 +546,18 @@ class PostgresStore:
 
 class _RoomVanished(Exception):
     """A room of the batch was deleted between creating and locking it."""
+
+
+async def _unlock(conn: asyncpg.Connection, name: str) -> None:
+    """Release a leader lock; if that fails, end the session (which releases it)."""
+    try:
+        await conn.fetchval(
+            "SELECT pg_advisory_unlock($1, hashtext(current_schema() || ':' || $2))",
+            _LEADER_LOCK,
+            name,
+        )
+    except _ERRORS:
+        _discard(conn)
 
 
 def _discard(conn: asyncpg.Connection) -> None:

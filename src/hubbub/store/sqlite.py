@@ -24,12 +24,13 @@ an fsync per commit.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import fcntl
 import os
 import sqlite3
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
@@ -63,6 +64,10 @@ MIGRATIONS: list[str] = [
     CREATE UNIQUE INDEX messages_client_id ON messages (room, client_id)
         WHERE client_id IS NOT NULL;
     CREATE INDEX messages_ts ON messages (ts);
+    """,
+    # 2: private rooms (history and members for members only).
+    """
+    ALTER TABLE rooms ADD COLUMN private INTEGER NOT NULL DEFAULT 0;
     """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -151,6 +156,8 @@ class SQLiteStore:
         self._lock: FileLock | None = None
         # Room epoch and last seq, owned by the store thread.
         self._rooms: dict[str, RoomMeta] = {}
+        # Leader locks held by this process (the file lock makes it the only one).
+        self._leading: set[str] = set()
 
     # -- running on the store thread -----------------------------------------
 
@@ -271,7 +278,7 @@ class SQLiteStore:
         if meta is not None:
             return meta
         row = self.db.execute(
-            "SELECT epoch, last_seq FROM rooms WHERE name = ?", (room,)
+            "SELECT epoch, last_seq, private FROM rooms WHERE name = ?", (room,)
         ).fetchone()
         if row is None:
             if not create:
@@ -286,7 +293,9 @@ class SQLiteStore:
             oldest = self.db.execute(
                 "SELECT MIN(seq) FROM messages WHERE room = ?", (room,)
             ).fetchone()[0]
-            meta = RoomMeta(room, row[0], row[1], oldest if oldest is not None else row[1] + 1)
+            meta = RoomMeta(
+                room, row[0], row[1], oldest if oldest is not None else row[1] + 1, bool(row[2])
+            )
         self._rooms[room] = meta
         return meta
 
@@ -314,7 +323,9 @@ class SQLiteStore:
                         continue
                 if meta.name not in touched:
                     # Work on a copy: the cache changes only once the commit is done.
-                    touched[meta.name] = RoomMeta(meta.name, meta.epoch, meta.seq, meta.oldest)
+                    touched[meta.name] = RoomMeta(
+                        meta.name, meta.epoch, meta.seq, meta.oldest, meta.private
+                    )
                 live = touched[meta.name]
                 live.seq += 1
                 msg = Message(
@@ -366,7 +377,8 @@ class SQLiteStore:
 
     def _reset(self, room: str) -> RoomMeta:
         db = self.db
-        self._meta(room)
+        old = self._meta(room)
+        assert old is not None
         epoch = _new_epoch()
         db.execute("BEGIN IMMEDIATE")
         try:
@@ -376,8 +388,38 @@ class SQLiteStore:
         except BaseException:
             db.execute("ROLLBACK")
             raise
-        meta = self._rooms[room] = RoomMeta(room, epoch, 0, 1)
-        return meta
+        meta = self._rooms[room] = RoomMeta(room, epoch, 0, 1, old.private)
+        return RoomMeta(room, epoch, 0, 1, old.private)
+
+    async def set_private(self, room: str, private: bool) -> bool:
+        return await self._run(self._set_private, room, private)
+
+    def _set_private(self, room: str, private: bool) -> bool:
+        found = (
+            self.db.execute(
+                "UPDATE rooms SET private = ? WHERE name = ?", (int(private), room)
+            ).rowcount
+            > 0
+        )
+        meta = self._rooms.get(room)
+        if found and meta is not None:
+            meta.private = private
+        return found
+
+    @contextlib.asynccontextmanager
+    async def leader(self, name: str) -> AsyncIterator[bool]:
+        """One process owns the file (its lock), so this process leads unless one of
+        its own tasks already holds ``name``."""
+        if self._executor is None:
+            raise StoreError("store is not open")
+        if name in self._leading:
+            yield False
+            return
+        self._leading.add(name)
+        try:
+            yield True
+        finally:
+            self._leading.discard(name)
 
     async def delete_room(self, room: str) -> bool:
         return await self._run(self._delete_room, room)
@@ -457,7 +499,7 @@ class SQLiteStore:
         meta = self._meta(room, create)
         if meta is None:
             return None
-        return RoomMeta(meta.name, meta.epoch, meta.seq, meta.oldest)
+        return RoomMeta(meta.name, meta.epoch, meta.seq, meta.oldest, meta.private)
 
     async def rooms(self, after: str | None = None, limit: int | None = None) -> list[RoomMeta]:
         return await self._read(self._rooms_page, after, limit)
@@ -468,11 +510,11 @@ class SQLiteStore:
         db = self._rdb if self._rdb is not None else self.db
         rows = db.execute(
             "SELECT r.name, r.epoch, r.last_seq, "
-            "(SELECT MIN(seq) FROM messages WHERE room = r.name) FROM rooms r "
+            "(SELECT MIN(seq) FROM messages WHERE room = r.name), r.private FROM rooms r "
             "WHERE r.name > ? ORDER BY r.name LIMIT ?",
             ("" if after is None else after, -1 if limit is None else limit),
         ).fetchall()
         return [
-            RoomMeta(name, epoch, seq, oldest if oldest is not None else seq + 1)
-            for name, epoch, seq, oldest in rows
+            RoomMeta(name, epoch, seq, oldest if oldest is not None else seq + 1, bool(private))
+            for name, epoch, seq, oldest, private in rows
         ]
