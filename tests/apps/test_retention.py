@@ -42,7 +42,7 @@ async def oldest(store: Store) -> int:
 async def test_only_the_lock_holder_deletes(nodes: list[PostgresStore]) -> None:
     a, b = nodes
     await fill(a, 10)
-    ra, rb = Retention(a, 3, 0), Retention(b, 3, 0)
+    rb = Retention(b, 3, 0)
     async with a.leader(LOCK_NAME) as held:  # node a is mid-run (its job holds the lock)
         assert held
         await rb.run()

@@ -388,7 +388,7 @@ class SQLiteStore:
         except BaseException:
             db.execute("ROLLBACK")
             raise
-        meta = self._rooms[room] = RoomMeta(room, epoch, 0, 1, old.private)
+        self._rooms[room] = RoomMeta(room, epoch, 0, 1, old.private)
         return RoomMeta(room, epoch, 0, 1, old.private)
 
     async def set_private(self, room: str, private: bool) -> bool:
