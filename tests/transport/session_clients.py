@@ -92,8 +92,9 @@ class SessionSocket:
             assert r.status == 202, (r.status, answer)
             return json.loads(answer)
 
-    async def recv(self) -> str:
-        frame = await self.frames.get()
+    async def recv(self, within: float = 5.0) -> str:
+        """The next frame's text (TimeoutError if none comes ``within`` seconds)."""
+        frame = await asyncio.wait_for(self.frames.get(), within)
         if frame is CLOSED:
             self.frames.put_nowait(CLOSED)
             raise SessionGone(json.dumps(self.closed))

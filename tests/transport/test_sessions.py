@@ -41,7 +41,7 @@ async def until(condition: Any, within: float = 5.0) -> None:
 async def request(
     server: Server, method: str, path: str, body: bytes = b"", headers: dict[str, str] | None = None
 ) -> tuple[int, dict[str, str], bytes]:
-    async with aiohttp.ClientSession() as http:
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as http:
         async with http.request(method, base(server) + path, data=body, headers=headers or {}) as r:
             return r.status, dict(r.headers), await r.read()
 
@@ -372,3 +372,38 @@ async def test_shutdown_closes_sessions_with_1001(make_server):
     assert not server._endpoint.all
     for client in (sse, poll, idle):
         await client.stop()
+
+
+async def test_a_post_waits_while_the_app_is_behind_on_that_session(make_server):
+    go = asyncio.Event()
+    handled: list[str] = []
+
+    def setup(server: Server) -> None:
+        async def on_message(s: Server, frame: Any) -> None:
+            await go.wait()
+            handled.append(frame.data)
+
+        server.on("message", on_message)
+
+    server = await make_server(setup, max_pending_messages=2)
+    sock = await SessionSocket.open(base(server), "poll", protocol=None, read=False)
+    post = asyncio.ensure_future(sock.post([f"m{i}" for i in range(6)]))
+    session = server._endpoint.sessions[sock.sid]
+    await until(lambda: session.holds)
+    await asyncio.sleep(0.1)  # a POST not held would have been answered by now
+    assert not post.done() and handled == []
+    go.set()
+    assert await asyncio.wait_for(post, 5) == {"accepted": 6}
+    await until(lambda: len(handled) == 6)
+    assert handled == [f"m{i}" for i in range(6)]  # in order
+    await sock.close()
+
+
+async def test_a_poll_after_frames_it_never_got_ends_the_session(make_server):
+    server = await make_server(echo_room)
+    sock = await SessionSocket.open(base(server), "poll", protocol=None, read=False)
+    fd = max(server.connections)
+    status, _, body = await request(server, "GET", f"/v1/sessions/{sock.sid}/poll?after=99")
+    assert status == 404 and json.loads(body)["error"] == "no_such_session"
+    assert not server.exist(fd)
+    await sock.stop()
