@@ -58,6 +58,10 @@ export function connect() {
     // Browsers cannot set Authorization: the token is the first frame, on
     // every (re)connection and every transport; welcome comes after it.
     if (S.token) link.send({ type: "auth", token: S.token });
+    // Without a token, a ping asks whether this server wants one: a server with
+    // sign-in answers it at once with auth_required ("Sign-in needed") instead
+    // of waiting for its auth timeout; any other server welcomes us, then pongs.
+    else link.send({ type: "ping", id: "hello" });
   };
   link.onframe = (frame) => {
     if (S.link !== link) return;
