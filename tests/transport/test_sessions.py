@@ -307,6 +307,14 @@ async def test_connection_limits_apply_to_sessions(make_server):
     await two.close()
 
 
+async def test_several_workers_on_one_port_refuse_sessions_with_a_reason(make_server):
+    server = await make_server(echo_room, workers=2)
+    with pytest.raises(SessionRefused) as refused:
+        await SessionSocket.open(base(server), "poll", protocol=None, read=False)
+    assert refused.value.status == 503
+    assert "--workers 1" in json.loads(refused.value.body)["message"]
+
+
 async def test_bad_requests_get_clear_answers(make_server):
     server = await make_server(echo_room, max_message_size=100)
     sock = await SessionSocket.open(base(server), "sse", protocol=None)

@@ -137,6 +137,10 @@ def _create(endpoint: SessionEndpoint, request: Request, response: Response) -> 
         # plain session (the answer's "protocol" says which one it got).
         protocol = ""
     refused = endpoint.ws_admit()
+    if refused is None and endpoint.settings.workers > 1:
+        # Every request may reach another process of the port (SO_REUSEPORT),
+        # which does not know the session: say so, rather than 404 forever.
+        refused = "sessions need --workers 1 (a session lives in one process); use WebSocket"
     if refused is None:
         ip = str(request.remote[0]) if request.remote else ""
         refused = endpoint.session_admit_ip(ip)
