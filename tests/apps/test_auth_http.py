@@ -118,3 +118,41 @@ async def test_since_pages_are_bounded_in_bytes(make_chat: Any) -> None:
     # The next page goes on from the last one.
     _, body = await http(server, "GET", f"/api/rooms/lobby/messages?since={seqs[-1]}")
     assert body["messages"][0]["seq"] == seqs[-1] + 1
+
+
+async def test_patch_makes_a_room_private_durably(make_chat: Any, tmp_path: Any) -> None:
+    db = str(tmp_path / "private.db")
+    server = await make_chat(db=db, api_key=KEY)
+    await post(server, "lobby")
+    body = json.dumps({"private": True}).encode()
+    assert (await http(server, "PATCH", "/api/rooms/lobby", body))[0] == 401
+    status, answer = await http(server, "PATCH", "/api/rooms/lobby", body, KEY)
+    assert status == 200 and answer == {"room": "lobby", "private": True}
+    assert (await http(server, "PATCH", "/api/rooms/nowhere", body, KEY))[0] == 404
+    status, answer = await http(server, "PATCH", "/api/rooms/lobby", b'{"private": 1}', KEY)
+    assert status == 400 and answer["field"] == "private"
+    assert (await http(server, "PATCH", "/api/rooms/lobby", b"[[[", KEY))[0] == 400
+    assert (await http(server, "GET", "/api/rooms/lobby/messages"))[0] == 401
+    await server.shutdown()
+    # A restarted server knows it from the store.
+    again = await make_chat(db=db, api_key=KEY)
+    assert "lobby" in again.app.core.private
+    assert (await http(again, "GET", "/api/rooms/lobby/messages"))[0] == 401
+    await http(again, "PATCH", "/api/rooms/lobby", b'{"private": false}', KEY)
+    assert (await http(again, "GET", "/api/rooms/lobby/messages"))[0] == 200
+
+
+async def test_a_room_made_private_elsewhere_hides_its_history(make_chat: Any) -> None:
+    server = await make_chat(api_key=KEY)
+    await post(server, "lobby")
+    # Another node (same store) made it private: this node's core does not know yet.
+    assert await server.app.store.set_private("lobby", True)
+    assert "lobby" not in server.app.core.private
+    assert (await http(server, "GET", "/api/rooms/lobby/messages"))[0] == 401
+    ws = await connect(ws_url(server), subprotocols=[p.SUBPROTOCOL])
+    await ws.recv()
+    await ws.send(json.dumps({"type": "history", "room": "lobby"}))
+    answer = json.loads(await asyncio.wait_for(ws.recv(), 5))
+    assert answer["type"] == "error" and answer["code"] == p.E_FORBIDDEN
+    assert "lobby" in server.app.core.private
+    await ws.close()

@@ -189,6 +189,9 @@ class ChatApp:
             except StoreError as exc:
                 raise StartupError(f"cannot read the room list: {exc}") from exc
             self.core.load_rooms(m.name for m in page)
+            for meta in page:
+                if meta.private:
+                    self.core.set_private(meta.name, True)
             if len(page) < ROOM_LOAD_PAGE:
                 return
             after = page[-1].name
@@ -331,6 +334,7 @@ class ChatApp:
         for meta in metas:
             if meta is not None:
                 self.sequencer.position(meta.name, meta.seq, urgent=urgent)
+                self.core.set_private(meta.name, meta.private)  # set on another node
         if urgent:
             self._fill_holes()
 
@@ -453,6 +457,14 @@ class ChatApp:
                 self.reply(
                     e.fd,
                     p.Error(p.E_NO_SUCH_ROOM, f"no room called {e.room!r}", "history", e.room),
+                )
+                return
+            if meta.private and not self.core.is_member(e.fd, e.room):
+                # Made private on another node since this one last looked.
+                self.core.set_private(e.room, True)
+                self.reply(
+                    e.fd,
+                    p.Error(p.E_FORBIDDEN, f"room {e.room!r} is private", "history", e.room),
                 )
                 return
             messages, has_more = p.fit_page(*await self.store.page(e.room, e.before, e.limit))

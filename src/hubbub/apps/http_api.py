@@ -3,7 +3,8 @@ files (everything else).
 
 ``GET /api/rooms?after=&limit=``, ``GET /api/rooms/{room}/messages?before=&limit=``
 (or ``?since=`` to read forwards), and with the API key (``Authorization: Bearer
-<key>``) ``POST /api/rooms/{room}/messages`` and ``DELETE /api/rooms/{room}``.
+<key>``) ``POST /api/rooms/{room}/messages``, ``DELETE /api/rooms/{room}`` and
+``PATCH /api/rooms/{room}`` (``{"private": true}`` makes a room private).
 
 Reading needs a credential when the server checks tokens (``--auth token`` or
 ``optional``): the API key, or a connection token (``Authorization: Bearer
@@ -71,6 +72,12 @@ class PostBody(msgspec.Struct, forbid_unknown_fields=True):
     id: p.ClientId | None = None
 
 
+class PatchBody(msgspec.Struct, forbid_unknown_fields=True):
+    """Body of ``PATCH /api/rooms/{room}``."""
+
+    private: bool
+
+
 class HttpApi:
     """Routes a request to the API or to the static files, and answers the API's."""
 
@@ -109,11 +116,13 @@ class HttpApi:
             match = _API_ROOM.match(path)
             if match is not None:
                 room = match.group(1)
-                if request.method != "DELETE":
-                    response.header("Allow", "DELETE")
+                if request.method not in ("DELETE", "PATCH"):
+                    response.header("Allow", "DELETE, PATCH")
                     return _json_error(response, 405, "method not allowed")
                 if not _valid_room(room):
                     return _json_error(response, 400, f"invalid room name: {p.ROOM_RULE}")
+                if request.method == "PATCH":
+                    return await self._patch(request, response, room)
                 return await self._delete(request, response, room)
             match = _API_MESSAGES.match(path)
             if match is None:
@@ -147,8 +156,10 @@ class HttpApi:
 
     async def _history(self, request: Request, response: Response, room: str) -> None:
         reader = self._reader(request, response)
-        if reader is None or not self._may_read(reader, room, response):
+        if reader is None:
             return None
+        if isinstance(reader, Identity) and not reader.may_join(room):
+            return _json_error(response, 403, f"your token does not allow room {room!r}")
         query = request.get
         before = _number(query, "before", 0, p.MAX_SEQ)
         if isinstance(before, str):
@@ -166,6 +177,10 @@ class HttpApi:
         meta = await self.store.room(room)
         if meta is None:
             return _json_error(response, 404, f"no room called {room!r}")
+        if (meta.private or room in self.core.private) and not self._may_read_private(
+            reader, room, response
+        ):
+            return None
         if since is not None:
             newer = await self.store.since(room, since, limit + 1)
             messages, has_more = fit_forward(newer[:limit], len(newer) > limit)
@@ -208,20 +223,15 @@ class HttpApi:
             _json_error(response, 401, f"invalid token: {exc.reason}")
             return None
 
-    def _may_read(self, reader: Identity | str, room: str, response: Response) -> bool:
-        """May ``reader`` read ``room``'s history? Answers 401/403 when not."""
+    def _may_read_private(self, reader: Identity | str, room: str, response: Response) -> bool:
+        """May ``reader`` read the private ``room``'s history? Answers 401/403 when not."""
         if reader == "key":
             return True
         if not isinstance(reader, Identity):  # anyone, in --auth none
-            if room in self.core.private:
-                response.header("WWW-Authenticate", "Bearer")
-                _json_error(response, 401, f"room {room!r} is private: the api key is needed")
-                return False
-            return True
-        if not reader.may_join(room):
-            _json_error(response, 403, f"your token does not allow room {room!r}")
+            response.header("WWW-Authenticate", "Bearer")
+            _json_error(response, 401, f"room {room!r} is private: the api key is needed")
             return False
-        if room in self.core.private and not self._member_of(reader, room):
+        if not self._member_of(reader, room):
             _json_error(response, 403, f"room {room!r} is private: members only")
             return False
         return True
@@ -255,6 +265,23 @@ class HttpApi:
         if not existed:
             return _json_error(response, 404, f"no room called {room!r}")
         return _json(response, 200, {"deleted": room, "members_removed": members})
+
+    async def _patch(self, request: Request, response: Response, room: str) -> None:
+        """``PATCH /api/rooms/{room}`` ``{"private": true|false}`` with the API key."""
+        if not self._authorized(request, response, "changing rooms"):
+            return None
+        try:
+            body = msgspec.json.decode(request.body, type=PatchBody)
+        except msgspec.ValidationError as exc:
+            message, field = p.explain(exc, PatchBody)
+            return _json(response, 400, {"error": f"invalid body: {message}", "field": field})
+        except (msgspec.DecodeError, RecursionError):
+            return _json_error(response, 400, 'invalid body: expected {"private": true|false}')
+        if not await self.store.set_private(room, body.private):
+            return _json_error(response, 404, f"no room called {room!r}")
+        self.core.set_private(room, body.private)
+        log.info("room %s made %s", room, "private" if body.private else "public")
+        return _json(response, 200, {"room": room, "private": body.private})
 
     async def _post(self, request: Request, response: Response, room: str) -> None:
         if not self._authorized(request, response, "publishing"):
