@@ -44,6 +44,14 @@ def presences(effects: list[Effect]) -> list[p.Presence]:
     return out
 
 
+def published(effects: list[Effect]) -> list[p.ServerFrame]:
+    out = []
+    for e in effects:
+        assert isinstance(e, Publish), e
+        out.append(e.frame)
+    return out
+
+
 def nicks(people: list[p.Person]) -> list[str]:
     return [x.nick for x in people]
 
@@ -54,8 +62,18 @@ class View:
     def __init__(self, members: list[str]) -> None:
         self.members = set(members)
 
-    def apply(self, frame: p.Presence) -> None:
-        assert not frame.large
+    def apply(self, frame: p.ServerFrame) -> None:
+        if isinstance(frame, p.Joined):
+            self.members.add(frame.nick)
+            return
+        if isinstance(frame, p.Left):
+            self.members.discard(frame.nick)
+            return
+        if isinstance(frame, p.Renamed):
+            self.members.discard(frame.old)
+            self.members.add(frame.nick)
+            return
+        assert isinstance(frame, p.Presence) and not frame.large
         for x in frame.left:
             self.members.discard(x.nick)
         for r in frame.renamed:
@@ -73,12 +91,25 @@ def test_changes_wait_for_flush_and_come_as_one_frame_per_room(clock: Clock) -> 
     out = [*core.handle(1, p.Join("a")), *core.handle(2, p.Join("a")), *core.handle(3, p.Join("b"))]
     assert not [e for e in out if isinstance(e, Publish)]  # nothing until the tick ends
     assert core.presence_due() == 0.0
-    flushed = presences(core.flush_presence())
-    assert [(f.room, nicks(f.joined), f.count) for f in flushed] == [
-        ("a", ["user-1", "user-2"], 2),
-        ("b", ["user-3"], 1),
-    ]
+    a, b = published(core.flush_presence())
+    assert isinstance(a, p.Presence)
+    assert (a.room, nicks(a.joined), a.count) == ("a", ["user-1", "user-2"], 2)
+    # One change alone is told as it always was (clients without presence keep up).
+    assert b == p.Joined("b", "user-3", WALL)
     assert core.flush_presence() == [] and core.presence_due() is None
+
+
+def test_one_change_in_a_tick_is_a_joined_left_or_renamed_frame(clock: Clock) -> None:
+    core = make(clock)
+    for fd in (1, 2):
+        core.connect(fd)
+    core.handle(1, p.Join("a", nick="ann"))
+    core.handle(2, p.Join("a", nick="bob"))
+    core.flush_presence()
+    core.handle(1, p.SetNick("anna"))
+    assert published(core.flush_presence()) == [p.Renamed("a", "ann", "anna", WALL)]
+    core.handle(2, p.Leave("a"))
+    assert published(core.flush_presence()) == [p.Left("a", "bob", WALL)]
 
 
 def test_a_tick_carries_the_net_changes(clock: Clock) -> None:
@@ -155,9 +186,10 @@ def test_presence_converges_under_random_changes(clock: Clock, seed: int) -> Non
                 core.handle(fd, p.Leave("a"))
             else:
                 core.handle(fd, p.SetNick(f"n{rnd.randint(0, 40)}"))
-        for frame in presences(core.flush_presence()):
+        for frame in published(core.flush_presence()):
             view.apply(frame)
-            assert frame.count == core.member_count("a")
+            if isinstance(frame, p.Presence):
+                assert frame.count == core.member_count("a")
         assert view.members == set(core.members("a"))
 
 
@@ -290,8 +322,7 @@ def test_a_waiting_large_room_does_not_hold_back_a_small_one(clock: Clock) -> No
     assert core.flush_presence() == [] and core.presence_due() == pytest.approx(101.0)
     core.handle(6, p.Join("small"))
     assert core.presence_due() == 0.0  # at once
-    (frame,) = presences(core.flush_presence())
-    assert frame.room == "small" and nicks(frame.joined) == ["user-6"]
+    assert published(core.flush_presence()) == [p.Joined("small", "user-6", WALL)]
     assert core.presence_pending() and core.presence_due() == pytest.approx(101.0)
     clock.now = 101.0
     (frame,) = presences(core.flush_presence())

@@ -3,8 +3,9 @@
 Two ways to tell a room's members who came and went (:class:`ChatCore` chooses
 with ``coalesce_presence``):
 
-* coalesced (:func:`presence_frame`): one ``presence`` frame per room per loop
-  tick with every change of the tick; a room of more than
+* coalesced (:func:`presence_frame`): one frame per room per loop tick with
+  every change of the tick (``presence``; a single change in a small room is
+  the ``joined``/``left``/``renamed`` frame clients have always read); a room of more than
   ``ChatLimits.large_room`` members is *large*: its frames carry only the
   member count, at most one per ``ChatLimits.large_room_interval`` seconds, and
   members page through the list with ``who`` (docs/protocol.md, *presence*).
@@ -36,17 +37,24 @@ def users_map(users: list[User]) -> dict[str, str] | msgspec.UnsetType:
     return found or msgspec.UNSET
 
 
-def presence_frame(room: Room, ts: float, large: bool) -> p.Presence | None:
-    """The room's noted changes as one ``presence`` frame (None when nothing to say).
+def presence_frame(room: Room, ts: float, large: bool) -> p.ServerFrame | None:
+    """The room's noted changes as one frame (None when nothing to say).
 
-    A large room's frame carries only the count; the frame that says a room is
-    no longer large is sent even without changes (its members fetch the list)."""
+    A tick with one change in a small room is told the way it always was, as
+    ``joined``, ``left`` or ``renamed`` (clients written before ``presence`` keep
+    their member list right outside of storms); more changes make one
+    ``presence`` frame. A large room's frame carries only the count; the frame
+    that says a room is no longer large is sent even without changes (its
+    members fetch the list)."""
     if large:
         room.dirty.clear()
         room.large = True
         return p.Presence(room.name, room.count, ts, large=True)
     joined, left, renamed = room.diff()
     was_large, room.large = room.large, False
+    if not was_large and len(joined) + len(left) + len(renamed) == 1:
+        (frame,) = _changes(room.name, joined, left, renamed, ts)
+        return frame
     if not (joined or left or renamed or was_large):
         return None
     return p.Presence(
@@ -61,8 +69,16 @@ def presence_frame(room: Room, ts: float, large: bool) -> p.Presence | None:
 
 def event_frames(room: Room, ts: float) -> list[p.ServerFrame]:
     """The room's noted changes as ``left``, ``renamed`` and ``joined`` frames."""
-    joined, left, renamed = room.diff()
-    name = room.name
+    return _changes(room.name, *room.diff(), ts)
+
+
+def _changes(
+    name: str,
+    joined: list[User],
+    left: list[tuple[User, str]],
+    renamed: list[tuple[User, str]],
+    ts: float,
+) -> list[p.ServerFrame]:
     out: list[p.ServerFrame] = [p.Left(name, nick, ts, _user(u)) for u, nick in left]
     out.extend(p.Renamed(name, old, u.nick, ts, _user(u)) for u, old in renamed)
     out.extend(p.Joined(name, u.nick, ts, _user(u)) for u in joined)
