@@ -112,6 +112,12 @@ def fast_handshake(
     return base64.b64encode(digest).decode(), chosen
 
 
+_ID_MASK = ~((0xF000 << 64) | (0xC000 << 48)) & ((1 << 128) - 1)
+_V4 = (0x4000 << 64) | (0x8000 << 48)
+_new_uuid = object.__new__
+_set = object.__setattr__
+
+
 class _Ids:
     """Stands in for the ``uuid`` module inside ``websockets.protocol``.
 
@@ -127,8 +133,13 @@ class _Ids:
         self._count = itertools.count()
 
     def uuid4(self) -> uuid.UUID:
-        n = (self._base + next(self._count)) & ((1 << 128) - 1)
-        return uuid.UUID(int=n, version=4)
+        n = (self._base + next(self._count)) & _ID_MASK
+        # uuid.UUID(int=n, version=4) without its Python-level checks: the
+        # version and variant bits set here are the ones it would set.
+        u = _new_uuid(uuid.UUID)
+        _set(u, "int", n | _V4)
+        _set(u, "is_safe", uuid.SafeUUID.unknown)
+        return u
 
     def __getattr__(self, name: str) -> Any:
         return getattr(uuid, name)
@@ -138,21 +149,22 @@ if getattr(websockets.protocol, "uuid", None) is uuid:
     websockets.protocol.uuid = _Ids()  # type: ignore[assignment]
 
 
+#: The permessage-deflate offer answered by every connection: a factory keeps
+#: only these parameters (each connection gets its own extension object from
+#: it), so one serves them all, as in websockets' own server.
+_DEFLATE = [
+    ServerPerMessageDeflateFactory(
+        server_max_window_bits=12,
+        client_max_window_bits=12,
+        compress_settings={"memLevel": 5},
+    )
+]
+
+
 def ws_protocol(settings: Settings, subprotocols: list[str]) -> HubbubServerProtocol:
     """The sans-I/O WebSocket core for one connection's handshake and frames."""
-    extensions = (
-        [
-            ServerPerMessageDeflateFactory(
-                server_max_window_bits=12,
-                client_max_window_bits=12,
-                compress_settings={"memLevel": 5},
-            )
-        ]
-        if settings.compression
-        else None
-    )
     return HubbubServerProtocol(
-        extensions=extensions,
+        extensions=_DEFLATE if settings.compression else None,
         subprotocols=list(subprotocols) or None,
         max_size=settings.max_message_size,
         logger=_quiet,
