@@ -414,6 +414,8 @@ def _signing_key(args: argparse.Namespace) -> tuple[Any, str, str | None]:
         algorithm = _public_algorithm(key.public_key())
         return key, algorithm, thumbprint(key.public_key())
     secret = args.secret or os.environ.get(ENV_SECRET, "")
+    if not secret:
+        raise ValueError(f"give --secret, --private-key, or ${ENV_SECRET}")
     if len(secret.encode()) < MIN_SECRET:
         raise ValueError(
             f"--secret must have at least {MIN_SECRET} bytes (the server refuses less)"
