@@ -236,3 +236,15 @@ async def test_hold_makes_posts_wait_until_release(kind):
     assert not waiter.done()
     session.release(2)
     await asyncio.wait_for(waiter, 1)
+
+
+def test_session_ids_are_redacted_from_paths():
+    from hubbub.transport.session_routes import redact_path
+
+    assert redact_path("/v1/sessions/abc/events") == "/v1/sessions/<redacted>/events"
+    assert redact_path("/v1/sessions/abc") == "/v1/sessions/<redacted>"
+    assert redact_path("/v1/sessions/abc/") == "/v1/sessions/<redacted>/"
+    assert redact_path("/v1/sessions") == "/v1/sessions"
+    assert redact_path("/v1/sessions/") == "/v1/sessions/"
+    assert redact_path("/v1/sessionsabc/x") == "/v1/sessionsabc/x"
+    assert redact_path("/api/rooms") == "/api/rooms"

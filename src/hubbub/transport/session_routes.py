@@ -46,6 +46,14 @@ def is_session_path(path: str) -> bool:
     return path.startswith(PREFIX) and (len(path) == len(PREFIX) or path[len(PREFIX)] == "/")
 
 
+def redact_path(path: str) -> str:
+    """``path`` with a session id replaced by ``<redacted>`` (for logs)."""
+    if not is_session_path(path):
+        return path
+    sid, slash, tail = path[len(PREFIX) + 1 :].partition("/")
+    return f"{PREFIX}/<redacted>{slash}{tail}" if sid else path
+
+
 def max_body(endpoint: SessionEndpoint) -> int:
     """Bytes one POST .../frames may carry: 64 frames of max_message_size, at most
     max_body_size (the HTTP layer's own limit)."""
@@ -57,9 +65,8 @@ def handle(endpoint: SessionEndpoint, request: Request, response: Response) -> A
     """Answer one request under ``/v1/sessions`` (a value for ``http_request``)."""
     rest = request.path[len(PREFIX) :].strip("/")
     sid, _, tail = rest.partition("/")
-    if sid:
-        # Before anything can be logged: the id is the session's credential.
-        request.path = f"{PREFIX}/<redacted>" + (f"/{tail}" if tail else "")
+    # Before anything can be logged: the id is the session's credential.
+    request.path = redact_path(request.path)
     refused = origin_refusal(request.headers, request.tls, endpoint.settings.allowed_origins)
     if refused is not None:
         return _error(response, 403, "forbidden_origin", refused)
