@@ -120,9 +120,13 @@ class AuthGate:
     def frame(self, fd: int, data: str | bytes) -> bool:
         """The first frame of a watched connection; True if it was taken here
         (an ``auth`` frame, or a refusal), False to hand it to the core."""
-        frame = self._decode(data)
         if fd in self.first:
             self.first.discard(fd)
+            # Most first frames are not an auth: skip decoding them twice (an auth
+            # spelt with escapes reaches the core, which answers bad_frame).
+            if not isinstance(data, str) or '"auth"' not in data:
+                return False
+            frame = self._decode(data)
             if not isinstance(frame, p.Auth):
                 return False
             self._reauth(fd, frame.token)
@@ -131,6 +135,7 @@ class AuthGate:
         if timer is None:
             return False
         self.server.clear_timer(timer)
+        frame = self._decode(data)
         if not isinstance(frame, p.Auth):
             self._refuse(fd, p.E_AUTH_REQUIRED, AUTH_FIRST, p.CLOSE_AUTH_FAILED)
             return True
