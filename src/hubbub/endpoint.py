@@ -140,7 +140,7 @@ class ServerEndpoint:
         #: Headers every HTTP response gets unless it sets them (Server.security_headers).
         self.security_headers: tuple[tuple[str, str], ...] = SECURITY_HEADERS
         # Connections with bytes queued this tick (WebSocketConnection.write).
-        self._dirty: list[WebSocketConnection] = []
+        self._dirty: list[Conn] = []
         self._flush_scheduled = False
         self.loop: asyncio.AbstractEventLoop | None = None
         #: Set by Server.shutdown: no more handshakes, no more heartbeats.
@@ -261,7 +261,7 @@ class ServerEndpoint:
         if handler is not None:
             self._dispatch(conn, handler, (self.server, Frame(conn.fd, data)))
 
-    def mark_dirty(self, conn: WebSocketConnection) -> None:
+    def mark_dirty(self, conn: Conn) -> None:
         self._dirty.append(conn)
         if not self._flush_scheduled:
             self._flush_scheduled = True

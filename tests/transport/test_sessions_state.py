@@ -85,6 +85,9 @@ class FakeEndpoint:
     def session_closed(self, session: Session) -> None:
         self.events.append(("closed", session.fd))
 
+    def mark_dirty(self, session: Session) -> None:
+        asyncio.get_running_loop().call_soon(session.flush_out)
+
 
 class FakeStream:
     def __init__(self, unread: int = 0) -> None:

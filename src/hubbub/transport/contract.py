@@ -172,6 +172,11 @@ class SessionEndpoint(Protocol):
         """One client frame (a line of a POST .../frames) for the ``message`` event, in order."""
         ...
 
+    def mark_dirty(self, conn: Any) -> None:
+        """``conn`` has frames to write at the end of this tick: call its
+        ``flush_out()`` once then (as for a WebSocket; see WebSocketEndpoint)."""
+        ...
+
     def session_closing(self, session: Session) -> None:
         """``session`` left the open state: remove it from the broadcast set."""
         ...

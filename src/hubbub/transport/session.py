@@ -53,6 +53,20 @@ GOING_AWAY = 1001
 JSON_PROTOCOL = "hubbub.v1"
 
 
+# The last text encoded by Session.send and its bytes: a broadcast gives every
+# session the same str, which is then encoded once, not once per session. (The
+# reference kept here is what makes the identity check safe.)
+_encoded: list[Any] = [None, b""]
+
+
+def _utf8(data: str | bytes) -> bytes:
+    if data is _encoded[0]:
+        return _encoded[1]  # type: ignore[no-any-return]
+    raw = data.encode() if isinstance(data, str) else bytes(data)
+    _encoded[0], _encoded[1] = data, raw
+    return raw
+
+
 def idle_limit(ping_interval: float, ping_timeout: float, poll_timeout: float) -> float:
     """Seconds a session may have no stream and no poll before it is closed.
 
@@ -218,7 +232,8 @@ class Session:
         self.stream: Carrier | None = None
         #: The waiting long poll's future (resolved when there is something to answer).
         self.poll: asyncio.Future[bool] | None = None
-        self._flush: asyncio.Handle | None = None
+        # Waiting for the end-of-tick flush (ServerEndpoint.mark_dirty / flush_out).
+        self._dirty = False
         self._timer: asyncio.TimerHandle | None = None
         # The endpoint's handler queue (ServerEndpoint._dispatch).
         self.running = False
@@ -249,11 +264,12 @@ class Session:
         """Queue one frame; False if the session is no longer open."""
         if not self.open:
             return False
-        raw = data.encode() if isinstance(data, str) else bytes(data)
-        self.buffer.push(raw)
+        self.buffer.push(_utf8(data))
         if self.stream is not None:
-            if self._flush is None:
-                self._flush = self.loop.call_soon(self.flush)
+            if not self._dirty:
+                # One write per tick, for all sessions at once (as WebSockets).
+                self._dirty = True
+                self.endpoint.mark_dirty(self)
         elif self.poll is not None:
             if not self.poll.done():
                 self.poll.set_result(True)
@@ -266,9 +282,13 @@ class Session:
     def send_frame_bytes(self, frame: bytes, data: str | bytes, opcode: Any = None) -> None:
         self.send(data, opcode)
 
+    def flush_out(self) -> None:
+        """The end of the tick (ServerEndpoint.flush_writes): write what came in it."""
+        self._dirty = False
+        self.flush()
+
     def flush(self) -> None:
-        """Write the frames not sent yet to the event stream (once per tick)."""
-        self._flush = None
+        """Write the frames not sent yet to the event stream."""
         stream = self.stream
         if stream is None or not self.buffer.unsent:
             return
@@ -338,9 +358,6 @@ class Session:
             self.endpoint.session_closing(self)
         self.closed = True
         self._cancel()
-        if self._flush is not None:
-            self._flush.cancel()
-            self._flush = None
         if self.stream is not None:
             self._finish_stream()
         if self.poll is not None and not self.poll.done():
