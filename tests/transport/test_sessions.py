@@ -268,6 +268,33 @@ async def test_origin_allow_list_applies_to_sessions(make_chat):
     await sock.close()
 
 
+async def test_pages_of_another_allowed_origin_may_read_the_answers(make_server):
+    server = await make_server(echo_room, allowed_origins="https://chat.example")
+    page = {"Origin": "https://chat.example"}
+    status, headers, _ = await request(
+        server,
+        "OPTIONS",
+        "/v1/sessions?transport=sse",
+        headers={**page, "Access-Control-Request-Method": "POST"},
+    )
+    assert status == 204 and headers["Access-Control-Allow-Origin"] == "https://chat.example"
+    assert "POST" in headers["Access-Control-Allow-Methods"]
+    assert "Authorization" in headers["Access-Control-Allow-Headers"]
+    status, headers, body = await request(
+        server, "POST", "/v1/sessions?transport=sse&protocol=", headers=page
+    )
+    assert status == 201 and headers["Access-Control-Allow-Origin"] == "https://chat.example"
+    sid = json.loads(body)["session"]
+    async with aiohttp.ClientSession() as http:
+        async with http.get(f"{base(server)}/v1/sessions/{sid}/events", headers=page) as r:
+            assert r.headers["Access-Control-Allow-Origin"] == "https://chat.example"
+            assert r.headers["Content-Type"].startswith("text/event-stream")
+    # The server's own pages need none of it.
+    own = {"Origin": base(server)}
+    status, headers, _ = await request(server, "POST", "/v1/sessions?transport=poll", headers=own)
+    assert status == 201 and "Access-Control-Allow-Origin" not in headers
+
+
 async def test_the_upgrade_event_decides_who_opens_a_session(make_server):
     users: dict[int, Any] = {}
 

@@ -25,7 +25,7 @@ from typing import Any
 from urllib.parse import parse_qs
 
 from .contract import SessionEndpoint
-from .guard import origin_refusal
+from .guard import host_origin, origin_refusal, parse_origin
 from .messages import Request, Response
 from .session import KINDS, Session
 from .sse import PING_PERIOD, EventStream, Hold
@@ -70,6 +70,11 @@ def handle(endpoint: SessionEndpoint, request: Request, response: Response) -> A
     refused = origin_refusal(request.headers, request.tls, endpoint.settings.allowed_origins)
     if refused is not None:
         return _error(response, 403, "forbidden_origin", refused)
+    cors = cors_headers(request)
+    for name, value in cors:
+        response.header(name, value)
+    if cors and request.method == "OPTIONS":
+        return _preflight(response)
     if not sid:
         if request.method != "POST":
             return _not_allowed(response, "POST")
@@ -92,6 +97,25 @@ def handle(endpoint: SessionEndpoint, request: Request, response: Response) -> A
 
 
 # -- answers -------------------------------------------------------------------
+
+
+def cors_headers(request: Request) -> tuple[tuple[str, str], ...]:
+    """CORS for a page of another allowed origin (``--allowed-origins``; the Origin
+    check has passed): it may read the answers. Nothing for the server's own pages."""
+    origin = request.headers.get("origin")
+    if origin is None or parse_origin(origin) == host_origin(
+        request.headers.get("host", ""), request.tls
+    ):
+        return ()
+    return (("Access-Control-Allow-Origin", origin), ("Vary", "Origin"))
+
+
+def _preflight(response: Response) -> None:
+    response.status(204)
+    response.header("Access-Control-Allow-Methods", "GET, POST, DELETE")
+    response.header("Access-Control-Allow-Headers", "Authorization, Content-Type, Last-Event-ID")
+    response.header("Access-Control-Max-Age", "600")
+    response.end(b"")
 
 
 def _json(
@@ -191,7 +215,7 @@ def _events(
     if after is None:
         return _error(response, 400, "bad_request", "Last-Event-ID must be a frame number")
     stream = EventStream(response, min(PING_PERIOD, endpoint.settings.poll_timeout))
-    stream.start(endpoint.security_headers)
+    stream.start((*endpoint.security_headers, *cors_headers(request)))
     if session.open and not session.buffer.valid(after):
         # The frames after `after` are gone: the client must start again.
         stream.finish("gone", _gone(session, after))
