@@ -442,3 +442,18 @@ async def test_a_poll_after_frames_it_never_got_ends_the_session(make_server):
     assert status == 404 and json.loads(body)["error"] == "no_such_session"
     assert not server.exist(fd)
     await sock.stop()
+
+
+async def test_an_idle_stream_gets_ping_comments_and_proxy_friendly_headers(make_server):
+    server = await make_server(echo_room, poll_timeout=0.2)  # pings every min(15 s, 0.2 s)
+    sock = await SessionSocket.open(base(server), "sse", protocol=None, read=False)
+    async with sock.http.get(f"{sock.url}/events") as r:
+        assert r.headers["X-Accel-Buffering"] == "no"
+        assert r.headers["Cache-Control"] == "no-store"
+        assert r.headers["Transfer-Encoding"] == "chunked"
+        lines = []
+        while lines.count(b": ping\n") < 2:
+            lines.append(await asyncio.wait_for(r.content.readline(), 2))
+    assert lines[:4] == [b"retry: 1000\n", b": ok\n", b"\n", b"id: 1\n"]
+    assert b"data: hi\n" in lines
+    await sock.close()
