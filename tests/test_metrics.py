@@ -305,3 +305,16 @@ async def test_broker_and_sequencer_counters_with_redis(make_ops, redis_prefix):
     assert value(got, "hubbub_broker_subscriptions") == 1
     assert value(got, "hubbub_sequencer_messages_total", event="delivered") >= 3
     await ann.close()
+
+
+async def test_a_worker_serves_its_metrics_on_its_own_port(make_ops, tmp_path):
+    base = free_port()
+    server = create_app("127.0.0.1", 0, Settings(db=str(tmp_path / "w.db"), metrics_port=base - 2))
+    ops = metrics.install(server, worker=2)
+    await server.listen()
+    try:
+        assert ops.port_server.port == base
+        got = await scrape(base, token=None)
+        assert value(got, "hubbub_info", version=hubbub.__version__) == 1
+    finally:
+        await server.shutdown()

@@ -135,12 +135,6 @@ def _add_chat(sub: Any) -> None:
     )
 
 
-def _has_module(name: str) -> bool:
-    import importlib.util
-
-    return importlib.util.find_spec(name) is not None
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="hubbub",
@@ -163,10 +157,6 @@ def build_parser() -> argparse.ArgumentParser:
     add_token_command(sub)
     add_rooms_command(sub)
     add_backup_commands(sub)
-    if _has_module("hubbub.apps.migrate"):
-        from .apps.migrate import add_migrate_command
-
-        add_migrate_command(sub)
     return parser
 
 
@@ -205,10 +195,6 @@ def _dispatch(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         from .apps.admin import run_rooms_command
 
         return run_rooms_command(args)
-    if command == "migrate":
-        from .apps.migrate import run_migrate_command
-
-        return run_migrate_command(args)
     parser.error(f"unknown command {command}")
     return 2
 
@@ -266,7 +252,7 @@ def serve(args: argparse.Namespace) -> int:
         log.warning("%s", warning)
     settings, host, port = eff.settings, eff.host, eff.port
     try:
-        if settings.workers > 1 and _has_module("hubbub.supervisor"):
+        if settings.workers > 1:
             from .supervisor import serve_workers
 
             return serve_workers(host, port, settings)

@@ -77,8 +77,10 @@ async def _lag_monitor(period: float = LAG_PERIOD) -> None:
 class Ops:
     """The metrics of one server: the scrape collector, /metrics, the lag monitor."""
 
-    def __init__(self, server: Any) -> None:
+    def __init__(self, server: Any, worker: int | None = None) -> None:
         self.server = server
+        #: With --workers: this worker's index; its metrics port is metrics_port + index.
+        self.worker = worker
         self.port_server: Any = None
         self._lag: asyncio.Task[None] | None = None
         self._start = _handler(server, "start")
@@ -115,13 +117,17 @@ class Ops:
         self._lag = asyncio.ensure_future(_lag_monitor())
         port = server.settings.metrics_port
         if port:
-            await self._serve_port(server, port)
+            await self._serve_port(server, port + (self.worker or 0))
 
     async def _serve_port(self, server: Any, port: int) -> None:
         from ..server import Server
 
         # No WebSocket here (max_connections 0: a handshake gets 503), no health path.
-        settings = server.settings.with_overrides(max_connections=0, certfile="", keyfile="")
+        # One process per metrics port (never SO_REUSEPORT: a scrape must always
+        # reach the same worker, or its counters would jump between workers).
+        settings = server.settings.with_overrides(
+            max_connections=0, certfile="", keyfile="", workers=1
+        )
         metrics_server = Server(server.host, port, settings, health_path=None)
         metrics_server.on("request", _metrics_port_app)
         await metrics_server.listen()
@@ -156,8 +162,12 @@ def _url_host(host: str) -> str:
     return f"[{host}]" if ":" in host else host
 
 
-def install(server: Any) -> Ops:
+def install(server: Any, worker: int | None = None) -> Ops:
     """Serve metrics for ``server`` (a chat server from ``create_app``): wraps the
-    start/shutdown/request handlers it has (call it after they are set); returns the
-    :class:`Ops` (its ``port_server`` is the ``metrics_port`` server once started)."""
-    return Ops(server)
+    start/shutdown/request/open handlers it has (call it after they are set); returns
+    the :class:`Ops` (its ``port_server`` is the ``metrics_port`` server once started).
+
+    With ``--workers N``, worker ``i`` passes ``worker=i`` and serves its metrics on
+    ``metrics_port + i`` (scrape each); the token-protected ``/metrics`` of the main
+    port reaches whichever worker the kernel picks, so use the ports there."""
+    return Ops(server, worker)
