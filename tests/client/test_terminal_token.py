@@ -155,3 +155,13 @@ def test_an_expiring_token_ends_the_session_with_token_expired(token_server):
         assert term.exitstatus == 1
     finally:
         term.close(force=True)
+
+
+def test_hubbub_token_reads_the_secret_from_the_environment():
+    out = mint("--sub", "eve", env={"HUBBUB_JWT_SECRET": SECRET})
+    assert out.returncode == 0, out.stderr
+    from hubbub.auth.tokens import Verifier
+
+    assert Verifier(SECRET).verify(out.stdout.strip()).user == "eve"
+    out = mint("--sub", "eve", env={"HUBBUB_JWT_SECRET": ""})
+    assert out.returncode == 2 and "--secret, --private-key, or $HUBBUB_JWT_SECRET" in out.stderr

@@ -13,7 +13,7 @@ def add_token_command(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
         "tests, bots and operators. Give the same --secret (or the private key of "
         "--jwt-public-key) that `hubbub serve` verifies with.",
     )
-    key = token.add_mutually_exclusive_group(required=True)
+    key = token.add_mutually_exclusive_group()
     key.add_argument("--secret", help="HS256 shared secret (HUBBUB_JWT_SECRET works too)")
     key.add_argument("--private-key", help="PEM private key file (RS256 or ES256)")
     token.add_argument("--sub", required=True, help="user id (the 'sub' claim)")
