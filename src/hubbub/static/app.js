@@ -28,7 +28,7 @@
 //   util.js        DOM and text helpers (text only, never HTML), storage
 
 import { DEFAULT_ROOM, KEYS, store, session, S, nickOk, roomOk } from "./state.js";
-import { connect, setToken } from "./connection.js";
+import { connect, disconnected, setToken } from "./connection.js";
 import { ensureRoom } from "./rooms.js";
 import { restorePending } from "./outbox.js";
 import { renderStatus, renderBrowse, renderDmList, renderMe } from "./render.js";
@@ -99,6 +99,10 @@ export function start() {
   // Leaving the page ends the connection now: an HTTP session (SSE, long
   // polling) would otherwise hold our nickname until the server's timeout.
   addEventListener("pagehide", () => S.link?.close());
+  // Back from the back/forward cache: that connection is closed, resume in a new one.
+  addEventListener("pageshow", (ev) => {
+    if (ev.persisted && S.link?.closed) disconnected();
+  });
   if (S.wantNick || S.token) {
     // With a token the server knows who we are: no nickname to ask for.
     connect();
