@@ -457,3 +457,22 @@ async def test_an_idle_stream_gets_ping_comments_and_proxy_friendly_headers(make
     assert lines[:4] == [b"retry: 1000\n", b": ok\n", b"\n", b"id: 1\n"]
     assert b"data: hi\n" in lines
     await sock.close()
+
+
+async def test_an_http_1_0_client_gets_a_stream_that_ends_with_the_connection(make_server):
+    server = await make_server(echo_room)
+    sock = await SessionSocket.open(base(server), "sse", protocol=None, read=False)
+    fd = max(server.connections)
+    reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+    writer.write(f"GET /v1/sessions/{sock.sid}/events HTTP/1.0\r\n\r\n".encode())
+    await until(lambda: server._endpoint.sessions[sock.sid].stream is not None)
+    server.disconnect(fd, 1000, "done")
+    raw = await asyncio.wait_for(reader.read(), 5)  # to EOF: the server closed
+    head, _, body = raw.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200") and b"Transfer-Encoding" not in head
+    assert body == (
+        b"retry: 1000\n: ok\n\nid: 1\ndata: hi\n\n"
+        b'event: close\ndata: {"code": 1000, "reason": "done"}\n\n'
+    )
+    writer.close()
+    await sock.stop()

@@ -8,6 +8,8 @@ batch of events; the request handler's awaitable (:meth:`EventStream.run`)
 stays pending while the stream lives, which keeps the HTTP connection busy
 (it reads nothing more; pipelined requests wait). The stream ends with the
 last chunk and the connection is closed (EventSource reconnects on a new one).
+To an HTTP/1.0 request (an old proxy) the body is not chunked: it ends when
+the connection does.
 
 Backpressure: the connection's transport holds what the client has not
 read; :meth:`EventStream.buffered` reports it and the session drops a client
@@ -50,10 +52,6 @@ def event_bytes(n: int | None, data: bytes, event: str | None = None) -> bytes:
     return head + body + b"\n"
 
 
-def _chunk(data: bytes) -> bytes:
-    return b"%x\r\n%s\r\n" % (len(data), data)
-
-
 class EventStream:
     """One ``GET /v1/sessions/<id>/events`` response, written as events come.
 
@@ -70,6 +68,9 @@ class EventStream:
         self.ping_period = ping_period
         self._ping: asyncio.TimerHandle | None = None
         self.nbytes = 0
+        # HTTP/1.1: chunked (the end of the stream is visible). An HTTP/1.0 client
+        # (or proxy) knows no chunks: the body then ends when the connection does.
+        self.chunked = self.conn.parser.get_http_version() != "1.0"
 
     def start(self, security_headers: tuple[tuple[str, str], ...]) -> None:
         """Write the response head (and a first comment, so proxies pass the head on)."""
@@ -80,13 +81,13 @@ class EventStream:
             *security_headers,
             ("Date", http_date()),
             ("Server", "hubbub"),
-            ("Transfer-Encoding", "chunked"),
+            *([("Transfer-Encoding", "chunked")] if self.chunked else []),
             ("Connection", "close"),
         ]
         head = "HTTP/1.1 200 OK\r\n" + "".join(f"{k}: {v}\r\n" for k, v in headers) + "\r\n"
         self.response.ended = True  # the HTTP layer must not answer it again
         self.conn._log_access(200, 0)
-        self._write(head.encode("latin-1") + _chunk(b"retry: %d\n: ok\n\n" % RETRY_MS))
+        self._write(head.encode("latin-1") + self._body(b"retry: %d\n: ok\n\n" % RETRY_MS))
         self._arm_ping()
 
     async def run(self) -> None:
@@ -97,7 +98,7 @@ class EventStream:
 
     def write_frames(self, frames: list[tuple[int, bytes]]) -> None:
         if frames and not self.done.done():
-            self._write(_chunk(b"".join(event_bytes(n, d) for n, d in frames)))
+            self._write(self._body(b"".join(event_bytes(n, d) for n, d in frames)))
             self._arm_ping()
 
     def finish(self, event: str | None, data: dict[str, Any] | None) -> None:
@@ -106,8 +107,8 @@ class EventStream:
             return
         last = b""
         if event is not None:
-            last = _chunk(event_bytes(None, json.dumps(data or {}).encode(), event))
-        self._write(last + b"0\r\n\r\n")
+            last = self._body(event_bytes(None, json.dumps(data or {}).encode(), event))
+        self._write(last + (b"0\r\n\r\n" if self.chunked else b""))
         self._end()
 
     def buffered(self) -> int:
@@ -129,6 +130,9 @@ class EventStream:
             self.done.set_result(None)
             self.conn.close()
 
+    def _body(self, data: bytes) -> bytes:
+        return b"%x\r\n%s\r\n" % (len(data), data) if self.chunked else data
+
     def _write(self, data: bytes) -> None:
         if not self.transport.is_closing():
             self.nbytes += len(data)
@@ -142,7 +146,7 @@ class EventStream:
     def _send_ping(self) -> None:
         self._ping = None
         if not self.done.done():
-            self._write(_chunk(b": ping\n\n"))
+            self._write(self._body(b": ping\n\n"))
             self._arm_ping()
 
 
