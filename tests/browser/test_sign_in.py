@@ -76,9 +76,7 @@ async def test_without_a_token_the_page_says_sign_in_needed_then_set_token_signs
     await eve.wait_texts(["now I am in"])
 
 
-async def test_an_expired_token_is_refreshed_by_the_hook_and_the_rooms_resume(
-    make_chat, open_page
-):
+async def test_an_expired_token_is_refreshed_by_the_hook_and_the_rooms_resume(make_chat, open_page):
     server = await make_chat(auth="token", jwt_secret=SECRET)
     first = token("ann", "Ann", ttl=4)
     fresh = token("ann", "Ann")
@@ -108,5 +106,3 @@ async def test_an_expired_token_without_a_hook_says_sign_in_needed(make_chat, op
     await ann.wait_state("connected")
     await ann.wait_for(lambda: sign_in_shown(ann), True, within=20)
     assert "expired" in (await ann.page.text_content("#banner-text") or "")
-
-
