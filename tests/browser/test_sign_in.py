@@ -106,3 +106,11 @@ async def test_an_expired_token_without_a_hook_says_sign_in_needed(make_chat, op
     await ann.wait_state("connected")
     await ann.wait_for(lambda: sign_in_shown(ann), True, within=20)
     assert "expired" in (await ann.page.text_content("#banner-text") or "")
+
+
+async def test_a_bad_token_says_sign_in_needed(make_chat, open_page):
+    server = await make_chat(auth="token", jwt_secret=SECRET)
+    forged = jwt.encode({"sub": "ann", "name": "Ann"}, "another-secret-" * 3, algorithm="HS256")
+    ann = await open_page(page_url(server.port, f"#token={forged}"), None, wait=False)
+    await ann.wait_for(lambda: sign_in_shown(ann), True, within=10)
+    assert await ann.state() == "failed"
