@@ -21,7 +21,6 @@ from hubbub.apps.admin_api import (
     FAILURE_BURST,
     KICK_REASON,
     PAGE_MAX,
-    AdminApi,
     RoomRates,
 )
 from hubbub.apps.chat import create_app
@@ -47,17 +46,6 @@ async def admin_chat(tmp_path: Path) -> AsyncIterator[Callable[..., Any]]:
         server = create_app("127.0.0.1", 0, Settings(**overrides), store=store)
         await server.listen()
         servers.append(server)
-        # Until apps/chat.py routes /admin and /api/admin/* itself (then these lines go):
-        # an AdminApi in front of the app's request handler.
-        admin = AdminApi(server.app, server.settings)
-        inner = server._endpoint.handlers["request"]
-
-        def handler(request: Any, response: Any) -> Any:
-            if admin.handles(request):
-                return admin.on_request(request, response)
-            return inner(request, response)
-
-        server._endpoint.handlers["request"] = handler
         return server
 
     yield factory

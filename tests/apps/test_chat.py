@@ -164,8 +164,9 @@ async def test_nicknames_are_validated_unique_and_renamable(make_chat, via):
     await bob.send(type="nick", nick="ann")
     await bob.expect("error", code="nick_taken")
     await bob.send(type="nick", nick="bob")
-    await bob.expect("renamed", room="lobby", old=f"user-{bob.fd}", nick="bob")
+    # The answer first; presence (renamed) is published at the end of the tick.
     await bob.expect("nick", nick="bob")
+    await bob.expect("renamed", room="lobby", old=f"user-{bob.fd}", nick="bob")
     await ann.expect("renamed", old=f"user-{bob.fd}", nick="bob")
     await ann.send(type="who", room="lobby")
     await ann.expect("members", members=["ann", "bob"])

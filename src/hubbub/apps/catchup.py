@@ -211,6 +211,9 @@ class Catchups:
                 self._end(fd, room, state)
                 return
             self._reply(fd, room_state)
+            # Presence and typing buffered until now are older than the member list
+            # just sent (which has every change they tell): only messages are kept.
+            state.buffer = [item for item in state.buffer if item[0] is not None]
             last = meta.seq
             if e.since is not None:
                 replayed = await self._replay(e, meta, state)

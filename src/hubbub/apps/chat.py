@@ -58,6 +58,7 @@ from ..errors import StartupError
 from ..server import WEBSOCKET_OPCODE_TEXT, Frame, Server
 from ..store import PendingMessage, Store, StoreError
 from ..transport.http import Request, Response
+from .admin_api import AdminApi
 from .catchup import Catchups
 from .http_api import HttpApi, room_page
 from .journal import Journal
@@ -98,8 +99,12 @@ class ChatApp:
                 room_create_burst=s.room_create_burst,
                 max_invalid_frames=s.max_invalid_frames,
                 invalid_frame_window=s.invalid_frame_window,
-            )
+            ),
+            coalesce_presence=True,
         )
+        # Presence is published once per loop tick (docs/protocol.md, *presence*).
+        self._presence: asyncio.Handle | None = None
+        self._presence_at = 0.0
         self.store = store
         self.broker = broker
         self.journal = Journal(
@@ -143,6 +148,7 @@ class ChatApp:
             api_key=s.api_key or os.environ.get("HUBBUB_API_KEY", ""),
             verifier=verifier if s.auth != "none" else None,
         )
+        self.admin = AdminApi(self, s)
         self.limits = p.welcome_limits(
             s.max_message_size, s.rate, s.burst, s.max_rooms_per_connection
         )
@@ -199,6 +205,8 @@ class ChatApp:
     async def on_shutdown(self, server: Server) -> None:
         # Connections are closed by now; write what was accepted, then stop.
         await self.journal.close()
+        if self._presence is not None:
+            self._presence.cancel()
         for task in list(self._tasks):
             task.cancel()
         await self.broker.close()
@@ -227,6 +235,8 @@ class ChatApp:
     def on_request(self, request: Request, response: Response) -> Any:
         if request.path == "/readyz":
             return self._readyz(response)
+        if self.admin.handles(request):
+            return self.admin.on_request(request, response)
         return self.http.on_request(request, response)
 
     def on_message(self, server: Server, frame: Frame) -> None:
@@ -389,6 +399,30 @@ class ChatApp:
                 self._spawn(self._rooms(effect))
             elif isinstance(effect, Close):
                 self.server.disconnect(effect.fd, effect.code, effect.reason)
+        if self.core.presence_pending():
+            self._schedule_presence()
+
+    def _schedule_presence(self) -> None:
+        """Publish the core's presence changes after this loop tick's frames (or
+        when a large room's next count is due): one frame per room per tick."""
+        due = self.core.presence_due()
+        if due is None:
+            return
+        if self._presence is not None:
+            if self._presence_at <= due:
+                return  # already scheduled in time
+            self._presence.cancel()
+        loop = asyncio.get_running_loop()
+        self._presence_at = due
+        delay = due - time.monotonic()  # the core's clock is time.monotonic
+        if delay > 0:
+            self._presence = loop.call_later(delay, self._flush_presence)
+        else:
+            self._presence = loop.call_soon(self._flush_presence)
+
+    def _flush_presence(self) -> None:
+        self._presence = None
+        self.run(self.core.flush_presence())  # schedules again if a count still waits
 
     def _persist(self, effect: Persist) -> None:
         e = effect

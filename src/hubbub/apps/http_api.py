@@ -231,16 +231,10 @@ class HttpApi:
             response.header("WWW-Authenticate", "Bearer")
             _json_error(response, 401, f"room {room!r} is private: the api key is needed")
             return False
-        if not self._member_of(reader, room):
+        if not self.core.may_read(reader, room):
             _json_error(response, 403, f"room {room!r} is private: members only")
             return False
         return True
-
-    def _member_of(self, reader: Identity, room: str) -> bool:
-        if reader.rooms is not None and room in reader.rooms:
-            return True
-        user = self.core.owners.get(reader.user)
-        return user is not None and user.rooms.get(room, 0) > 0
 
     def _authorized(self, request: Request, response: Response, what: str) -> bool:
         """Check the API key; answer 401/403 and return False if it is not right."""
