@@ -245,3 +245,25 @@ def test_workers_that_cannot_start_stop_the_parent_with_status_1(
     errors = [line for line in out.splitlines() if line.startswith("hubbub: error: worker")]
     assert errors and all(str(port) in line for line in errors), out
     assert "restarting" not in out and "Traceback" not in out, out
+
+
+async def test_workers_stop_when_the_parent_is_killed(
+    spawn, pg_schema, redis_prefix  # noqa: F811
+) -> None:
+    """kill -9 of the parent: the kernel sends each worker SIGTERM (PDEATHSIG), no
+    orphan keeps serving the port."""
+    store = f"{PG_DSN}?schema={pg_schema}"
+    broker = f"{REDIS_URL}?prefix={redis_prefix}"
+    node = await asyncio.to_thread(Workers, spawn, free_port(), store, broker)
+    parent = node.proc.pid
+    await wait_for(lambda: listening_workers(parent), 30, "two workers")
+    pids = listening_workers(parent)
+    node.proc.kill()
+    await asyncio.to_thread(node.proc.wait, 30)
+
+    def gone() -> bool:
+        return not any(os.path.exists(f"/proc/{pid}") for pid in pids)
+
+    await wait_for(gone, 30, "the workers exit after their parent")
+    with pytest.raises(OSError):
+        socket.create_connection(("127.0.0.1", node.port), timeout=2).close()
