@@ -493,6 +493,7 @@ E_NICK_CONFUSABLE = "nick_confusable"  #: looks like another member's nickname
 CLOSE_AUTH_FAILED = 4401  #: no valid token in time (after an ``error`` frame)
 CLOSE_TOKEN_EXPIRED = 4402  #: the connection's token expired: refresh it and resume
 CLOSE_FORBIDDEN = 4403  #: the token no longer allows this connection
+CLOSE_KICKED = 4000  #: an administrator closed the connection: do not reconnect by itself
 
 ServerFrame = (
     Welcome

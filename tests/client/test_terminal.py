@@ -356,3 +356,25 @@ def test_chat_over_wss_with_a_cafile(spawn, tmp_path):
     refused.expect(pexpect.EOF)
     refused.close()
     assert refused.exitstatus == 2
+
+
+async def test_a_coalesced_presence_frame_is_shown_and_a_large_room_is_quiet():
+    shown: list[str] = []
+    term = TerminalChat("ws://127.0.0.1:9", "lobby", "ann", shown.append)
+    frame = {
+        "type": "presence", "room": "lobby", "count": 3, "ts": 1.0,
+        "joined": [{"nick": "bob", "user": "u-bob"}, {"nick": "cat"}],
+        "left": [{"nick": "eve"}], "renamed": [{"old": "dan", "nick": "dave"}],
+    }  # fmt: skip
+    await _feed(term, frame)
+    assert shown == ["* bob, cat joined #lobby", "* eve left #lobby", "* dan is now dave in #lobby"]
+    shown.clear()
+    await _feed(term, {"type": "presence", "room": "big", "count": 9000, "ts": 2.0, "large": True})
+    assert shown == []
+
+
+def test_a_kick_by_an_administrator_is_said_and_not_retried():
+    term = TerminalChat("ws://127.0.0.1:9", "lobby", "ann", lambda _: None)
+    line = term._auth_closed(4000, "kicked by an administrator")
+    assert line == "! disconnected by an administrator (kicked by an administrator)"
+    assert term._auth_closed(1001, "going away") is None

@@ -88,7 +88,7 @@ log = logging.getLogger("hubbub.admin")
 
 #: Close code and reason of a kicked connection (RFC 6455 7.4.2: 4000-4999 are
 #: for applications). The client should not reconnect by itself.
-CLOSE_KICKED = 4000
+CLOSE_KICKED = p.CLOSE_KICKED
 KICK_REASON = "kicked by an administrator"
 #: Entries in one page of a list (connections, rooms, errors).
 PAGE_MAX = 200

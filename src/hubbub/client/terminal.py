@@ -86,7 +86,7 @@ def _close_text(code: int | None, reason: str) -> str:
 
 
 class AuthEnded(Exception):
-    """The server ended the session for its token (4401-4403): the line to show."""
+    """The server ended the session for its token (4401-4403, or 4000: kicked): the line to show."""
 
 
 @dataclass
@@ -234,7 +234,8 @@ class TerminalChat:
         return f"! {self.url} refused the connection (HTTP 401: {text}){hint}"
 
     def _auth_closed(self, code: int | None, reason: str) -> str | None:
-        """The last line when the server closed for the token (4401-4403), else None."""
+        """The last line when the server closed for the token (4401-4403) or an
+        administrator kicked the connection (4000), else None."""
         why = f" ({reason})" if reason else ""
         if code == p.CLOSE_TOKEN_EXPIRED:
             return "! token expired: get a new token and start hubbub chat again"
@@ -243,6 +244,8 @@ class TerminalChat:
             return f"! authentication failed{why}{hint}"
         if code == p.CLOSE_FORBIDDEN:
             return f"! forbidden{why}"
+        if code == p.CLOSE_KICKED:
+            return f"! disconnected by an administrator{why}"
         return None
 
     async def _receive_checked(self, ws: ClientConnection) -> None:
@@ -358,6 +361,18 @@ class TerminalChat:
             view.resuming = False
         self.show(f"* #{f.room}: history cannot be resumed ({f.reason}); reloading")
         await self.send(p.History(f.room, limit=HISTORY_LIMIT))
+
+    async def _on_presence_batch(self, f: p.Presence) -> None:
+        """A tick's coalesced changes (docs/protocol.md, *presence*): one line each
+        kind; nothing for a large room (only its count changes, every second)."""
+        if f.large:
+            return
+        if f.joined:
+            self.show(f"* {', '.join(m.nick for m in f.joined)} joined #{f.room}")
+        if f.left:
+            self.show(f"* {', '.join(m.nick for m in f.left)} left #{f.room}")
+        for r in f.renamed:
+            self.show(f"* {r.old} is now {r.nick} in #{f.room}")
 
     async def _on_presence(self, f: p.Joined | p.Left | p.Renamed) -> None:
         if isinstance(f, p.Joined):
@@ -567,6 +582,7 @@ _FRAME_HANDLERS: dict[type, Callable[[TerminalChat, Any], Awaitable[None]]] = {
     p.Joined: TerminalChat._on_presence,
     p.Left: TerminalChat._on_presence,
     p.Renamed: TerminalChat._on_presence,
+    p.Presence: TerminalChat._on_presence_batch,
     p.NickSet: TerminalChat._on_nick,
     p.Left_: TerminalChat._on_left_room,
     p.DirectMessage: TerminalChat._on_dm,
