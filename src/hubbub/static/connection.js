@@ -1,5 +1,5 @@
 import { makeTransport, availableKinds } from "./transport.js";
-import { DEFAULT_RULES, PROTOCOL, BACKOFF_BASE, BACKOFF_CAP, STABLE_AFTER, PING_AFTER, DEAD_AFTER, CONNECT_TIMEOUT, AUTH_GRACE, FALLBACK_AFTER, DEFAULT_LIMITS, KEYS, session, S } from "./state.js";
+import { DEFAULT_RULES, PROTOCOL, BACKOFF_BASE, BACKOFF_CAP, STABLE_AFTER, PING_AFTER, DEAD_AFTER, CONNECT_TIMEOUT, AUTH_GRACE, FALLBACK_AFTER, PROBE_TIMEOUT, DEFAULT_LIMITS, KEYS, session, S } from "./state.js";
 import { onMessage, onAck, onHistory, requestHistory, onPresence, setMembers, onTyping, onDm, onNickSet, confirmNick, onError, onLeftRoom, clearRoom } from "./rooms.js";
 import { flush, setSlowed } from "./outbox.js";
 import { renderStatus, renderPendingStates, renderHistoryTop, renderBrowse, renderRoomHeader, renderTyping, renderMe } from "./render.js";
@@ -37,6 +37,10 @@ export function connect() {
   clearTimeout(S.retryTimer);
   S.retryTimer = null;
   if (S.link || S.fatal || S.refreshing) return;
+  if (S.probing) {
+    S.connectAfterProbe = true; // the transport to use is being decided
+    return;
+  }
   setStatus("connecting");
   const kinds = availableKinds();
   if (!kinds.length) {
@@ -97,16 +101,24 @@ export async function noteTransportFailure(link) {
     return;
   }
   let reachable = false;
+  S.probing = true; // a reconnect due meanwhile waits for the answer (at most PROBE_TIMEOUT)
   try {
-    reachable = (await fetch("/healthz", { cache: "no-store" })).ok;
+    const answer = await fetch("/healthz", { cache: "no-store", signal: AbortSignal.timeout(PROBE_TIMEOUT) });
+    reachable = answer.ok;
   } catch {
     reachable = false;
   }
-  if (!reachable || S.kindIndex !== index || S.welcomed) return;
-  S.kindFailures += 1;
-  if (S.kindFailures >= FALLBACK_AFTER && kinds.length > 1) {
-    S.kindIndex = (index + 1) % kinds.length;
-    S.kindFailures = 0;
+  S.probing = false;
+  if (reachable && S.kindIndex === index && !S.welcomed) {
+    S.kindFailures += 1;
+    if (S.kindFailures >= FALLBACK_AFTER && kinds.length > 1) {
+      S.kindIndex = (index + 1) % kinds.length;
+      S.kindFailures = 0;
+    }
+  }
+  if (S.connectAfterProbe) {
+    S.connectAfterProbe = false;
+    connect();
   }
 }
 

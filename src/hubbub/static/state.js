@@ -28,6 +28,8 @@ export const AUTH_GRACE = 5000; // ms more for the welcome once the channel is o
 
 export const FALLBACK_AFTER = 2; // failures before the first frame, server reachable: try the next transport
 
+export const PROBE_TIMEOUT = 3000; // ms for GET /healthz, which tells a blocked transport from a server that is away
+
 export const ROOMS_REFRESH = 30000; // ms between room list refreshes
 
 export const TYPING_SEND_EVERY = 3000; // ms
@@ -92,6 +94,8 @@ export const S = {
   kindFailures: 0, // failures before a first frame on that kind, server reachable
   gotFrame: false, // the current link has delivered a frame
   channelOpen: false, // the current link is open (the welcome may still be due)
+  probing: false, // asking /healthz whether the server is up (noteTransportFailure)
+  connectAfterProbe: false, // a reconnect came due during that
   // Sign-in (docs/security.md): a token from #token= or window.hubbub.setToken().
   token: null,
   linkToken: null, // the token the current connection authenticated with
