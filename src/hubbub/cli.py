@@ -152,11 +152,13 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config(sub)
     from .apps.admin import add_rooms_command
     from .apps.backup import add_backup_commands
+    from .apps.migrate import add_migrate_command
     from .auth.cli import add_token_command
 
     add_token_command(sub)
     add_rooms_command(sub)
     add_backup_commands(sub)
+    add_migrate_command(sub)
     return parser
 
 
@@ -195,6 +197,10 @@ def _dispatch(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         from .apps.admin import run_rooms_command
 
         return run_rooms_command(args)
+    if command == "migrate":
+        from .apps.migrate import run_migrate_command
+
+        return run_migrate_command(args)
     parser.error(f"unknown command {command}")
     return 2
 
