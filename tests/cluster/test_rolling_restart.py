@@ -35,8 +35,10 @@ def haproxy_config(ports: HaproxyPorts, third: int, stats: int, pem: Path) -> st
     """deploy/haproxy.cfg for three loopback nodes, plus a CSV stats page to watch them."""
     config = render_haproxy(ports, pem)
     node2 = f"server node2 127.0.0.1:{ports.nodes[1]}"
-    assert node2 in config
-    config = config.replace(node2, f"{node2}\n    server node3 127.0.0.1:{third}")
+    lines = config.splitlines()
+    at = next(i for i, line in enumerate(lines) if line.strip().startswith(node2))
+    lines.insert(at + 1, f"    server node3 127.0.0.1:{third} cookie n3")
+    config = "\n".join(lines) + "\n"
     return config + f"\nlisten stats\n    bind 127.0.0.1:{stats}\n    stats enable\n" \
         "    stats uri /stats\n"  # fmt: skip
 
