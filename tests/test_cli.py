@@ -25,6 +25,7 @@ from hubbub.config import setting_fields
 from hubbub.errors import StartupError
 
 from .conftest import ROOT, free_port, recv_all, serve_args
+from .services import PG_DSN, pg_schema  # noqa: F401 (a fixture)
 
 
 def test_help_documents_every_flag():
@@ -468,3 +469,27 @@ async def test_metrics_token_from_the_environment_protects_metrics(spawn, tmp_pa
     assert b"hubbub_connections{" in body and b"hubbub_journal_queue_depth" in body
     proc.send_signal(signal.SIGTERM)
     await asyncio.to_thread(proc.communicate, timeout=10)
+
+
+def test_migrate_command_is_wired_into_the_cli(tmp_path, pg_schema):  # noqa: F811
+    """`hubbub migrate` from the real command line: a SQLite history into PostgreSQL."""
+    db = tmp_path / "h.db"
+    _db_with_one_message(db)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "hubbub",
+            "migrate",
+            "--from",
+            f"sqlite:///{db}",
+            "--to",
+            f"{PG_DSN}?schema={pg_schema}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "migrated 1 rooms, 1 messages" in proc.stdout + proc.stderr
