@@ -87,6 +87,19 @@ async def test_a_websocket_that_keeps_failing_falls_back_to_sse(make_chat, open_
     await bob.send("through the proxy")
     await ann.wait_texts(["through the proxy"])
     await bob.wait_texts(["through the proxy"])
+    # The transport that worked is kept: a dropped session resumes on SSE, and
+    # the blocked WebSocket is not tried again.
+    first = await bob.page.evaluate("hubbub.link.id")
+    await bob.page.evaluate("hubbub.link._gone(1006)")
+    await bob.wait_for(
+        lambda: bob.page.evaluate("old => hubbub.welcomed && hubbub.link.id !== old", first),
+        True,
+        within=20,
+    )
+    assert await bob.transport() == "sse"
+    assert len(refused) == 2
+    await ann.send("after the drop")
+    await bob.wait_texts(["through the proxy", "after the drop"])
 
 
 async def test_a_restart_resumes_every_transport_exactly_once(spawn, tmp_path, open_page):
