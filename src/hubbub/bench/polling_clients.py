@@ -44,6 +44,8 @@ MAX_EVENT = 1024 * 1024
 #: The history page a short poller asks for (the API's maximum).
 PAGE = 200
 _MAX_ERRORS = 10
+#: Seconds a short poller waits for an answer before it counts a timeout and asks again.
+POLL_WAIT = 30.0
 #: Seconds a long poller waits between polls while the receivers are still joining.
 SETUP_PAUSE = 1.0
 #: JSON frames a receiver must decode; the others (presence: N joins make N^2 of them)
@@ -115,6 +117,8 @@ class Tally:
         #: Short pollers: pages that held messages at or before ``since`` (the server
         #: ignored ``since``, so pages were filtered here).
         self.since_ignored = 0
+        #: Short polls the server did not answer within POLL_WAIT (it was saturated).
+        self.timeouts = 0
 
     def error(self, text: str) -> None:
         if len(self.errors) < _MAX_ERRORS and text not in self.errors:
@@ -421,7 +425,17 @@ class ShortPollReceiver(Receiver):
         self.since = 0
 
     async def open(self) -> None:
-        await self._poll()  # the first answer: the room's newest seq (none yet: 0)
+        # The first answer: the room's newest seq (none yet: 0). A server too busy to
+        # answer within POLL_WAIT gets two more tries.
+        for attempt in range(3):
+            try:
+                await self._poll()
+                break
+            except TimeoutError:
+                self.http.close()
+                self.tally.timeouts += 1
+                if attempt == 2:
+                    raise
         self.ready.set()
         self.task = asyncio.create_task(self._loop())
 
@@ -431,18 +445,26 @@ class ShortPollReceiver(Receiver):
         due = loop.time() + random.uniform(0, self.interval)
         while not self.closing:
             await asyncio.sleep(max(0.0, due - loop.time()))
-            due += self.interval
             try:
                 while await self._poll():
                     pass
-            except (OSError, HttpError, TimeoutError) as exc:
+            except TimeoutError:
+                # The server is too slow to answer (saturated): counted, and asked
+                # again on a new connection (the late answer is not waited for).
+                self.tally.timeouts += 1
+                self.http.close()
+            except (OSError, HttpError) as exc:
                 self.tally.error(f"poll: request failed: {type(exc).__name__}: {exc}")
                 return
+            # The next tick; one that passed while the answer was late is not made up.
+            due = max(due + self.interval, loop.time())
 
     async def _poll(self) -> bool:
         """One request; True if the page said there is more right away."""
         status, body = await self.http.request(
-            "GET", f"/api/rooms/{self.room}/messages?since={self.since}&limit={PAGE}", within=30
+            "GET",
+            f"/api/rooms/{self.room}/messages?since={self.since}&limit={PAGE}",
+            within=POLL_WAIT,
         )
         if status == 404:
             return False  # the room is not stored yet: no news

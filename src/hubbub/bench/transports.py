@@ -126,6 +126,10 @@ class TransportOptions:
 # -- one cell: one transport, N receivers ------------------------------------
 
 
+class SetupError(Exception):
+    """The receivers of a cell could not all connect and join in time."""
+
+
 @dataclass
 class Snap:
     t: float
@@ -151,6 +155,8 @@ class Cell:
         self.tally = Tally(n, opts.messages)
         self.sender = Sender(self.tally, "127.0.0.1", port, opts.room, opts.size)
         self.receivers = [self._receiver(i) for i in range(n)]
+        #: Receivers connected and joined so far.
+        self.opened = 0
 
     def _receiver(self, i: int) -> Receiver:
         args = (i, self.tally, "127.0.0.1", self.port, self.opts.room)
@@ -185,14 +191,12 @@ class Cell:
         """Connect and join every receiver (a few at a time), then wait until each
         has its ``room`` frame; fallback receivers stop pacing their setup then."""
         sem = asyncio.Semaphore(self.opts.connect_concurrency)
-        opened = 0
 
         async def one(r: Receiver) -> None:
-            nonlocal opened
             async with sem:
                 await r.open()
-            opened += 1
-            progress.show(f"{prefix} connected {opened:,}/{self.n:,}")
+            self.opened += 1
+            progress.show(f"{prefix} connected {self.opened:,}/{self.n:,}")
 
         await self.sender.open()
         await asyncio.gather(*(one(r) for r in self.receivers))
@@ -299,11 +303,24 @@ async def _measure(
     opts, name, n = cell.opts, cell.name, cell.n
     timings: dict[str, float] = {}
     t_setup = time.monotonic()
-    async with asyncio.timeout(opts.setup_timeout):
-        await cell.open_all(progress, prefix)
-        if not name.startswith("poll-"):  # pollers are no members: nothing to settle
-            progress.show(f"{prefix} settling")
-            timings["settle_s"] = await _settle(server, opts.setup_timeout / 2)
+    try:
+        async with asyncio.timeout(opts.setup_timeout):
+            await cell.open_all(progress, prefix)
+    except TimeoutError:
+        ready = sum(r.ready.is_set() for r in cell.receivers)
+        took = time.monotonic() - t_setup
+        what = (
+            f"setup not done within {opts.setup_timeout:g}s"
+            if took >= opts.setup_timeout - 0.5
+            else f"a setup request got no answer in time (after {took:.0f}s)"
+        )
+        raise SetupError(
+            f"{what}: {cell.opened:,} of {n:,} receivers connected and joined, "
+            f"{ready:,} had their room frame"
+        ) from None
+    if not name.startswith("poll-"):  # pollers are no members: nothing to settle
+        progress.show(f"{prefix} settling")
+        timings["settle_s"] = await _settle(server, opts.setup_timeout / 2)
     timings["setup_s"] = time.monotonic() - t_setup
     progress.show(f"{prefix} idle {opts.idle:g}s")
     s0 = cell.snap(server.pid)
@@ -353,6 +370,8 @@ async def run_cell(opts: TransportOptions, name: str, n: int, workdir: Path) -> 
         try:
             idle, load, timings = await _measure(cell, server, progress, prefix, cores)
             result.update(timings)
+        except SetupError as exc:
+            cell.tally.error(str(exc))
         except (TimeoutError, OSError, HttpError, msgspec.DecodeError) as exc:
             cell.tally.error(f"cell failed: {type(exc).__name__}: {exc}")
         finally:
@@ -364,6 +383,7 @@ async def run_cell(opts: TransportOptions, name: str, n: int, workdir: Path) -> 
         load=load,
         check=check,
         since_ignored=cell.tally.since_ignored,
+        timeouts=cell.tally.timeouts,
         errors=cell.tally.errors,
         ok=not cell.tally.errors and check["lost"] == check["duplicated"] == 0,
     )

@@ -107,6 +107,11 @@ def notes(results: list[dict[str, Any]]) -> list[str]:
         where = f"{r['title']} N={r['receivers']}"
         if r["errors"]:
             out.append(f"{where}: " + "; ".join(r["errors"]))
+        if r.get("timeouts"):
+            out.append(
+                f"{where}: {r['timeouts']} polls got no answer within 30 s (the server was "
+                "saturated); each was asked again on a new connection"
+            )
         if r.get("since_ignored"):
             out.append(
                 f"{where}: the server ignored ?since= in {r['since_ignored']} answers "
