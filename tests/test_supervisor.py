@@ -13,6 +13,7 @@ import signal
 import socket
 import subprocess
 import sys
+import urllib.request
 from typing import Any
 
 import pytest
@@ -86,10 +87,12 @@ def test_exit_statuses_are_described() -> None:
 class Workers(Node):
     """``hubbub serve --workers 2``: the parent is ``proc``."""
 
+    extra: tuple[str, ...] = ()
+
     def start(self) -> subprocess.Popen[str]:
         args = serve_args(
             self.port, "--store", self.store, "--broker", self.broker, "--rate", "0",
-            "--no-access-log", "--workers", "2",
+            "--no-access-log", "--workers", "2", *self.extra,
         )  # fmt: skip
         self.proc = self.spawn(*args, port=self.port)
         return self.proc
@@ -267,3 +270,37 @@ async def test_workers_stop_when_the_parent_is_killed(
     await wait_for(gone, 30, "the workers exit after their parent")
     with pytest.raises(OSError):
         socket.create_connection(("127.0.0.1", node.port), timeout=2).close()
+
+
+def two_free_ports() -> int:
+    """A port P with P + 1 free too."""
+    for _ in range(50):
+        port = free_port()
+        with contextlib.suppress(OSError), socket.socket() as s:
+            s.bind(("127.0.0.1", port + 1))
+            return port
+    raise AssertionError("no two free ports in a row")
+
+
+async def test_each_worker_serves_its_metrics_on_a_port_of_its_own(
+    spawn, pg_schema, redis_prefix  # noqa: F811
+) -> None:
+    metrics = two_free_ports()
+
+    class WithMetrics(Workers):
+        extra = ("--metrics-port", str(metrics))
+
+    store = f"{PG_DSN}?schema={pg_schema}"
+    broker = f"{REDIS_URL}?prefix={redis_prefix}"
+    node = await asyncio.to_thread(WithMetrics, spawn, free_port(), store, broker)
+
+    def scrape(port: int) -> bool:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+                return r.status == 200 and b"hubbub_" in r.read()
+        except OSError:
+            return False
+
+    await wait_for(lambda: scrape(metrics) and scrape(metrics + 1), 30, "both metrics ports")
+    assert len(listening_workers(node.proc.pid)) == 2  # neither worker died on a clash
+    await asyncio.to_thread(node.stop, signal.SIGTERM)

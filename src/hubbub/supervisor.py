@@ -312,7 +312,8 @@ def worker_main(index: int) -> int:
 
     try:
         server = create_app(host, port, settings)
-        install(server)
+        # Worker i (from 1) serves its metrics on metrics_port + i - 1: never shared.
+        install(server, worker=index - 1)
         _die_with_parent()
         server.start()
     except (StartupError, StoreError) as exc:
