@@ -1,5 +1,8 @@
 """hubbub: a real-time chat server with a Swoole-style event API."""
 
+# First: modules imported below (the metrics collector) read it.
+__version__ = "0.1.0"
+
 from .config import Settings
 from .server import WEBSOCKET_OPCODE_BINARY, WEBSOCKET_OPCODE_TEXT, Frame, Server
 from .transport.http import Request, Response
@@ -13,4 +16,3 @@ __all__ = [
     "Server",
     "Settings",
 ]
-__version__ = "0.1.0"

@@ -51,6 +51,8 @@ from typing import TYPE_CHECKING, Any
 
 from websockets.frames import CloseCode, Opcode
 
+from . import metrics
+from .logs import context
 from .transport import session_routes
 from .transport.guard import AddressCounter, RefusalLog
 from .transport.http import HttpConnection, Request, Response
@@ -281,6 +283,13 @@ class ServerEndpoint:
             self.targets = None
 
     def ws_closed(self, conn: Conn) -> None:
+        pr = getattr(conn, "proto", None)
+        if hasattr(pr, "close_sent"):  # a WebSocket's protocol (not a session's)
+            metrics.closed(
+                pr.close_sent.code if pr.close_sent else None,
+                pr.close_rcvd.code if pr.close_rcvd else None,
+                pr.close_rcvd_then_sent,
+            )
         if self.all.pop(conn.fd, None) is not None:
             remote = conn.request.remote
             self.per_ip.remove(str(remote[0]) if remote else "")
@@ -387,7 +396,12 @@ class ServerEndpoint:
                 continue  # sessions time out by themselves (Session.detach)
             idle = now - conn.last_rx
             if conn.ping_sent and idle > s.ping_interval + s.ping_timeout:
-                log.info("client-%d dropped: no answer to ping in %.1fs", conn.fd, s.ping_timeout)
+                log.info(
+                    "client-%d dropped: no answer to ping in %.1fs",
+                    conn.fd,
+                    s.ping_timeout,
+                    extra=context(fd=conn.fd, reason="ping_timeout", code=1011),
+                )
                 conn._fail(CloseCode.INTERNAL_ERROR, "keepalive ping timeout")
                 conn.abort()
             elif not conn.ping_sent and idle >= s.ping_interval:

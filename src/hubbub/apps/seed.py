@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 import time
 
+from .. import metrics
 from ..core.ratelimit import TokenBucket
 from ..server import Frame, Server
 
@@ -58,6 +59,7 @@ class SeedRoom:
             if not bucket.take(now):
                 if now - self.told.get(frame.fd, -1.0) >= 1.0:
                     self.told[frame.fd] = now
+                    metrics.rate_limited.inc("seed")
                     server.push(frame.fd, RATE_LIMITED)
                 return
         if isinstance(frame.data, str):
