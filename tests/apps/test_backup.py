@@ -312,7 +312,9 @@ async def test_command_lines_print_one_line_each(
     dest = tmp_path / "b.db"
     assert run_backup_command(_parse("backup", str(dest), "--db", str(db))) == 0
     out = capsys.readouterr().out
-    assert out.startswith(f"backed up {db} to {dest}: 1 rooms, 3 messages, schema 1,")
+    assert out.startswith(
+        f"backed up {db} to {dest}: 1 rooms, 3 messages, schema {SCHEMA_VERSION},"
+    )
     assert run_backup_command(_parse("backup", str(dest), "--db", str(db))) == 1
     err = capsys.readouterr().err
     assert err == f"hubbub: error: {dest} exists; pick a new name or use --force to replace it\n"
