@@ -425,17 +425,9 @@ class ShortPollReceiver(Receiver):
         self.since = 0
 
     async def open(self) -> None:
-        # The first answer: the room's newest seq (none yet: 0). A server too busy to
-        # answer within POLL_WAIT gets two more tries.
-        for attempt in range(3):
-            try:
-                await self._poll()
-                break
-            except TimeoutError:
-                self.http.close()
-                self.tally.timeouts += 1
-                if attempt == 2:
-                    raise
+        # The room is new: since=0 is "after everything". The poller is ready at once
+        # (no first poll to wait for: a saturated server must not stop the setup; its
+        # slowness is what the idle and load windows then measure).
         self.ready.set()
         self.task = asyncio.create_task(self._loop())
 
