@@ -49,6 +49,7 @@ from benchrun.charts import write_charts
 from benchrun.report import render
 from benchrun.running import Plan, execute, make_plan
 from benchrun.servers import (
+    DEFAULT_SERVERS,
     GENERATOR_CPU,
     NODE_DIR,
     ROOT,
@@ -96,7 +97,12 @@ def build_parser() -> argparse.ArgumentParser:
         "mode) and Node socket.io and python-socketio (chat mode); see docs/benchmarks.md."
     )
     parser.add_argument("--quick", action="store_true", help="short smoke run (~2 min)")
-    parser.add_argument("--rounds", type=int, help="rounds (default 3; 1 with --quick)")
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        help="rounds of every scenario (default: 5 of the steady rates, 2 of idle, 3 of the "
+        "others; 1 with --quick, 2 of the steady rates)",
+    )
     parser.add_argument(
         "--duration", type=float, default=5.0, help="measured seconds per scenario run"
     )
@@ -115,7 +121,9 @@ def build_parser() -> argparse.ArgumentParser:
         "(default 540: a full run takes about 13 minutes without repeats, so it stays within 15)",
     )
     parser.add_argument(
-        "--servers", default=",".join(SERVERS), help="comma-separated, from: " + ", ".join(SERVERS)
+        "--servers",
+        default=",".join(DEFAULT_SERVERS),
+        help="comma-separated (default %(default)s), from: " + ", ".join(SERVERS),
     )
     parser.add_argument(
         "--scenarios",
@@ -184,6 +192,7 @@ def load_results(raw: Path, parser: argparse.ArgumentParser) -> tuple[Plan, RunI
         quick=meta["quick"],
         retries=meta["retries"],
         results=saved["results"],
+        default_rounds=meta.get("default_rounds", 3),
     )
     return plan, (meta["elapsed"], meta["command"], meta["facts"])
 
@@ -227,6 +236,7 @@ def run_and_save(
                     "scenarios": plan.scenarios,
                     "quick": plan.quick,
                     "retries": plan.retries,
+                    "default_rounds": plan.default_rounds,
                     "elapsed": elapsed,
                     "command": command,
                     "facts": facts,

@@ -63,7 +63,59 @@ METRICS = {
         "generator_cpu_pct",
     ],
 }
+#: The figures of each part of a result made of parts (one per rate, one per storm size).
+PART_METRICS = {
+    "steady": [
+        "latency_ms/p50",
+        "latency_ms/p99",
+        "latency_ms/p99.9",
+        "server_cpu_us_per_delivery",
+        "server_cpu_pct",
+        "generator_cpu_pct",
+        "deliveries_per_s",
+    ],
+    "join_storm": [
+        "joined_s",
+        "converged_s",
+        "server_cpu_s",
+        "generator_cpu_s",
+        "generator_cpu_pct",
+    ],
+}
+METRICS["reconnect_storm"] = [
+    "resumed_s",
+    "server_cpu_s",
+    "generator_cpu_s",
+    "generator_cpu_pct",
+    "first_join_s",
+]
 CHECKS = ("lost", "duplicated", "reordered", "malformed", "disconnected", "echo_errors")
+STORM_CHECKS = ("gaps", "duplicated", "bad_resume", "lost", "resets", "dropped")
+
+
+def _paths(kind: str, results: list[dict[str, Any]]) -> list[str]:
+    """The figures to aggregate for ``kind``; for results made of parts, each part's."""
+    if kind not in PART_METRICS:
+        return METRICS.get(kind, [])
+    parts = dict.fromkeys(p for r in results for p in r.get("parts", []))
+    return [f"{part}/{m}" for part in parts for m in PART_METRICS[kind]]
+
+
+def _checks(kind: str, results: list[dict[str, Any]]) -> dict[str, int] | None:
+    """Lost, duplicated, ... summed over the rounds (and the parts), or None."""
+    if kind in ("fanout", "latency"):
+        keys, prefixes = CHECKS, [""]
+    elif kind == "steady":
+        keys = CHECKS
+        prefixes = [f"{p}/" for p in dict.fromkeys(p for r in results for p in r.get("parts", []))]
+    elif kind == "reconnect_storm":
+        keys, prefixes = STORM_CHECKS, [""]
+    else:
+        return None
+    return {
+        k: sum(int(_get(r, f"{pre}check/{k}") or 0) for r in results for pre in prefixes)
+        for k in keys
+    }
 
 
 def aggregate(plan: Plan) -> dict[str, Any]:
@@ -80,12 +132,11 @@ def aggregate(plan: Plan) -> dict[str, Any]:
                 "repeats": sum(r.get("attempts", 1) - 1 for r in results),
             }
             kind = scenario.removeprefix("chat_")
-            for path in METRICS.get(kind, []):
+            for path in _paths(kind, results):
                 agg[path] = median_of(results, path)
                 agg[path + "#spread"] = spread_of(results, path)
-            if kind in ("fanout", "latency"):
-                agg["check"] = {
-                    k: sum(int(_get(r, f"check/{k}") or 0) for r in results) for k in CHECKS
-                }
+            check = _checks(kind, results)
+            if check is not None:
+                agg["check"] = check
             out[name][scenario] = agg
     return out

@@ -33,14 +33,26 @@ def write_charts(plan: Plan, img: Path) -> dict[str, Path]:
             if not plan.quick
             else "fan-out (quick run)",
         )
-    if "latency" in plan.scenarios:
-        charts["latency"] = plot_cdf(
-            pick("latency", "latency_ms/p99"),
-            img / "latency_cdf.png",
-            f"send-to-receive latency at 20 msg/s {TIMES} 1000 clients (median round)"
-            if not plan.quick
-            else "latency CDF (quick run)",
-        )
+    for scenario, file, mode in (
+        ("steady", "bench-steady-cdf.png", "seed mode"),
+        ("chat_steady", "bench-chat-steady-cdf.png", "chat mode"),
+    ):
+        rates = plan.options.get(scenario, {}).get("rates")
+        if scenario in plan.scenarios and rates:
+            part = f"r{max(rates):g}"
+            series = {
+                title: result[part]
+                for title, result in pick(scenario, f"{part}/latency_ms/p99").items()
+                if part in result
+            }
+            charts[scenario] = plot_cdf(
+                series,
+                img / file,
+                f"{mode}: latency at a steady {max(rates):g} msg/s {TIMES} 1000 clients "
+                "(median round)"
+                if not plan.quick
+                else f"{mode}: steady latency CDF (quick run)",
+            )
     if "idle" in plan.scenarios:
         charts["idle"] = plot_rss(
             pick("idle", "rss_per_connection_kib"),
@@ -55,18 +67,11 @@ def write_charts(plan: Plan, img: Path) -> dict[str, Path]:
             if not plan.quick
             else "chat fan-out (quick run)",
         )
-    if "chat_latency" in plan.scenarios:
-        charts["chat_latency"] = plot_cdf(
-            pick("chat_latency", "latency_ms/p99"),
-            img / "chat_latency_cdf.png",
-            "chat mode send-to-receive latency (median round)"
-            if not plan.quick
-            else "chat latency CDF (quick run)",
-        )
     if "connect" in plan.scenarios:
         charts["connect"] = plot_timeline(
             pick("connect", "handshakes_per_s"),
             img / "connect_throughput.png",
-            "connection rate: connect, greeting, close; 64 at once (median round)",
+            f"connection rate: connect, greeting, close; "
+            f"{plan.options['connect'].get('connect_concurrency', 64)} at once (median round)",
         )
     return charts

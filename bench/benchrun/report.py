@@ -17,6 +17,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from .report_steady import steady_section, steady_targets, steady_value, storm_section
 from .running import Plan
 from .servers import (
     BASELINE,
@@ -29,14 +30,12 @@ from .servers import (
 )
 from .template import (
     CHAT_FANOUT,
-    CHAT_LATENCY,
     CHAT_SUMMARY,
     CONNECT,
     DASH,
     FANOUT,
     IDLE,
     INTRO,
-    LATENCY,
     METHOD,
     PEERS,
     PER_CPU_NOTE,
@@ -189,24 +188,6 @@ def _targets(agg: dict[str, Any], plan: Plan) -> list[tuple[str, str, bool]]:
                 r >= 1.0,
             )
         )
-    p99 = hub.get("latency", {}).get("latency_ms/p99")
-    if p99 is not None:
-        peers = {
-            SERVERS[n].title: v
-            for n, per in agg.items()
-            if n != "hubbub"
-            for v in [per.get("latency", {}).get("latency_ms/p99")]
-            if v is not None
-        }
-        best = min(peers.items(), key=lambda kv: kv[1]) if peers else None
-        text = f"{p99:.2f} ms" + (f" (best peer: {best[0]} {best[1]:.2f} ms)" if best else "")
-        out.append(
-            (
-                "seed latency p99 ≤ 10 ms and below every peer",
-                text,
-                p99 <= 10.0 and (best is None or p99 < best[1]),
-            )
-        )
     kib = hub.get("idle", {}).get("rss_per_connection_kib")
     if kib is not None:
         out.append(("idle memory ≤ 8 KiB per connection", f"{kib:.2f} KiB", kib <= 8.0))
@@ -219,7 +200,7 @@ def _targets(agg: dict[str, Any], plan: Plan) -> list[tuple[str, str, bool]]:
 
 
 def _targets_section(ctx: Context) -> list[str]:
-    targets = _targets(ctx.agg, ctx.plan)
+    targets = _targets(ctx.agg, ctx.plan) + steady_targets(ctx)
     if not targets:
         return []
     return [
@@ -237,51 +218,86 @@ def _targets_section(ctx: Context) -> list[str]:
     ]
 
 
-#: The seed-mode summary's columns: (scenario, figure, digits, unit).
+#: The seed-mode summary's saturation columns: (scenario, figure, digits, unit).
 _SUMMARY_CELLS = (
     ("fanout", "deliveries_per_server_cpu_s", 0, ""),
-    ("latency", "latency_ms/p99", 2, " ms"),
     ("idle", "rss_per_connection_kib", 2, " KiB"),
     ("connect", "handshakes_per_server_cpu_s", 0, ""),
 )
 
 
+_STEADY_CELLS = (("server_cpu_us_per_delivery", 2, " µs"), ("latency_ms/p99", 2, " ms"))
+
+
+def _steady_cells(ctx: Context, name: str, scenario: str) -> list[str]:
+    """Server CPU per delivery and p99 at the highest steady rate, with ratios to Node ws."""
+    rates = ctx.plan.options.get(scenario, {}).get("rates") or []
+    if scenario not in ctx.plan.scenarios or not rates:
+        return []
+    top = max(rates)
+    cells = []
+    for path, digits, unit in (
+        ("server_cpu_us_per_delivery", 2, " µs"),
+        ("latency_ms/p99", 2, " ms"),
+    ):
+        value = steady_value(ctx, name, scenario, top, path)
+        base = steady_value(ctx, BASELINE, "steady", top, path)
+        cells.append(f"{_f(value, digits)}{unit} ({_ratio(value, base)})" if value else "n/a")
+    return cells
+
+
 def _summary(ctx: Context) -> list[str]:
     agg, base = ctx.agg, ctx.base
+    rates = ctx.plan.options.get("steady", {}).get("rates") or [0.0]
+    top = max(rates) * ctx.plan.options.get("steady", {}).get("clients", 1000)
+    steady_head = (
+        f"steady {top:,.0f} deliveries/s: server CPU per delivery | steady: p99 | "
+        if "steady" in ctx.plan.scenarios
+        else ""
+    )
     out = [
         "## Summary",
         "",
-        "Seed mode: every server speaks the seed's plain text protocol.",
+        "Seed mode: every server speaks the seed's plain text protocol. *Saturation* "
+        "columns: as fast as the generator can go; *steady* columns: a fixed rate well below "
+        "it, where a chat server spends its life (lower is better there).",
         "",
-        "| server | fan-out deliveries / server CPU-s | latency p99 | "
-        "RSS per idle connection | handshakes / server CPU-s |",
-        "|---|---:|---:|---:|---:|",
+        "| server | saturation: fan-out deliveries / server CPU-s | "
+        + steady_head
+        + "RSS per idle connection | handshakes / server CPU-s |",
+        "|---|---:|" + ("---:|---:|" if steady_head else "") + "---:|---:|",
     ]
-    for name in ctx.names("fanout"):
+    names = list(dict.fromkeys(ctx.names("fanout") + ctx.names("steady")))
+    for name in names:
         row = [SERVERS[name].title]
+        cells = []
         for scenario, path, digits, unit in _SUMMARY_CELLS:
             value = agg[name].get(scenario, {}).get(path)
             ratio = _ratio(value, base.get(scenario, {}).get(path))
-            row.append(f"{_f(value, digits)}{unit} ({ratio})" if value is not None else "n/a")
+            cells.append(f"{_f(value, digits)}{unit} ({ratio})" if value is not None else "n/a")
+        steady = _steady_cells(ctx, name, "steady") if steady_head else []
+        if steady_head and not steady:
+            steady = ["n/a", "n/a"]
+        row += cells[:1] + steady + cells[1:]
         out.append("| " + " | ".join(row) + " |")
     out.append("")
-    chat_names = ctx.names("chat_fanout")
+    chat_names = list(dict.fromkeys(ctx.names("chat_fanout") + ctx.names("chat_steady")))
     if chat_names and any(s in ctx.plan.scenarios for s in CHAT_SCENARIOS):
         out += [
             CHAT_SUMMARY,
             "",
-            "| server | chat fan-out deliveries / server CPU-s | chat latency p99 |",
-            "|---|---:|---:|",
+            "| server | saturation: chat fan-out deliveries / server CPU-s "
+            "| steady: server CPU per delivery | steady: p99 |",
+            "|---|---:|---:|---:|",
         ]
-        sio = agg.get("socketio_node", {}).get("chat_latency", {})
         for name in chat_names:
-            a = agg[name]
-            value = a.get("chat_fanout", {}).get(PER_CPU)
-            p99 = a.get("chat_latency", {}).get("latency_ms/p99")
+            value = agg[name].get("chat_fanout", {}).get(PER_CPU)
+            steady = _steady_cells(ctx, name, "chat_steady") or ["n/a", "n/a"]
+            fan = f"{_f(value)} ({_ratio(value, base.get('fanout', {}).get(PER_CPU))})"
             out.append(
-                f"| {SERVERS[name].title} "
-                f"| {_f(value)} ({_ratio(value, base.get('fanout', {}).get(PER_CPU))}) "
-                f"| {_f(p99, 2)} ms ({_ratio(p99, sio.get('latency_ms/p99'))}) |"
+                f"| {SERVERS[name].title} | {fan if value else 'n/a'} | "
+                + " | ".join(steady)
+                + " |"
             )
         out.append("")
     return [*out, PER_CPU_NOTE, ""]
@@ -361,20 +377,6 @@ def _fanout(ctx: Context) -> list[str]:
     ]
 
 
-def _latency(ctx: Context) -> list[str]:
-    if "latency" not in ctx.plan.scenarios:
-        return []
-    text = LATENCY.format(**_room_fields(ctx.plan.options["latency"]))
-    return [
-        "## Latency",
-        "",
-        text,
-        "",
-        *_latency_table(ctx, "latency", ctx.names("fanout"), BASELINE),
-        *ctx.chart("latency", "latency CDF"),
-    ]
-
-
 def _chat_fanout(ctx: Context) -> list[str]:
     if "chat_fanout" not in ctx.plan.scenarios:
         return []
@@ -386,20 +388,6 @@ def _chat_fanout(ctx: Context) -> list[str]:
         "",
         *_fanout_table(ctx, "chat_fanout", ctx.names("chat_fanout")),
         *ctx.chart("chat_fanout", "chat fan-out throughput over time"),
-    ]
-
-
-def _chat_latency(ctx: Context) -> list[str]:
-    if "chat_latency" not in ctx.plan.scenarios:
-        return []
-    text = CHAT_LATENCY.format(**_room_fields(ctx.plan.options["chat_latency"]))
-    return [
-        "## Chat mode: latency",
-        "",
-        text,
-        "",
-        *_latency_table(ctx, "chat_latency", ctx.names("chat_fanout"), "socketio_node"),
-        *ctx.chart("chat_latency", "chat latency CDF"),
     ]
 
 
@@ -527,11 +515,11 @@ SECTIONS: tuple[Callable[[Context], list[str]], ...] = (
     _targets_section,
     _summary,
     _fanout,
-    _latency,
+    steady_section,
     _chat_fanout,
-    _chat_latency,
     _idle,
     _connect,
+    storm_section,
     _errors,
     _findings,
     _servers,

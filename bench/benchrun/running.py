@@ -16,6 +16,7 @@ from .servers import (
     CHAT_SCENARIOS,
     GENERATOR_CPU,
     SERVERS,
+    STORM_SCENARIOS,
     ServerProcess,
     ServerSpec,
     hubbub_source,
@@ -24,6 +25,8 @@ from .servers import (
 
 @dataclass
 class Plan:
+    """What a run measures; ``rounds`` is the most rounds any scenario has."""
+
     rounds: int
     servers: list[str]
     scenarios: list[str]
@@ -31,41 +34,61 @@ class Plan:
     quick: bool
     retries: int = 2
     budget_s: float = 540.0
+    #: Rounds of a scenario whose options do not say (``rounds``).
+    default_rounds: int = 3
     results: dict[str, dict[str, list[dict[str, Any]]]] = field(default_factory=dict)
+
+    def rounds_of(self, scenario: str) -> int:
+        return int(self.options.get(scenario, {}).get("rounds", self.default_rounds))
 
 
 def make_plan(args: argparse.Namespace) -> Plan:
+    """What runs: each scenario's options, and its rounds (``rounds`` in its options).
+
+    Steady rates vary most from run to run (p99 above all), so they get the most
+    rounds; memory per idle connection varies least.
+    """
     if args.quick:
         room = {"clients": 200, "senders": 4, "window": 4, "duration": 2.0, "warmup": 0.5}
-        options = {
+        options: dict[str, dict[str, Any]] = {
             "fanout": room,
-            "latency": {**room, "rate": 20.0},
+            "steady": {**room, "rates": [20.0, 80.0], "rounds": 2},
             "idle": {"idle_clients": 2000, "idle_steps": 4},
             "connect": {"duration": 2.0, "warmup": 0.5, "connect_concurrency": 32},
             "chat_fanout": room,
-            "chat_latency": {**room, "rate": 20.0},
+            "chat_steady": {**room, "rates": [20.0, 80.0], "rounds": 2},
+            "join_storm": {"sizes": [200, 1000]},
+            "reconnect_storm": {"clients": 1000, "rooms": 10, "history": 20, "missed": 10},
         }
     else:
         room = {"clients": 1000, "senders": 10, "window": 4, "size": 100}
+        steady = {**room, "rates": [20.0, 80.0], "duration": 4.0, "warmup": 1.0, "rounds": 5}
         options = {
             "fanout": {**room, "duration": args.duration, "warmup": 1.5},
-            "latency": {**room, "rate": 20.0, "duration": args.duration, "warmup": 1.0},
-            "idle": {"idle_clients": 10_000, "idle_steps": 10},
+            "steady": steady,
+            "idle": {"idle_clients": 10_000, "idle_steps": 10, "rounds": 2},
             # Node's JIT needs about 2 s of this load to reach its steady rate
             # (seen in the connection-rate chart); measured before that, Node ws,
             # the baseline of every ratio, would look slower than it is.
-            "connect": {"duration": args.duration, "warmup": 3.0, "connect_concurrency": 64},
+            "connect": {"duration": args.duration, "warmup": 3.0, "connect_concurrency": 32},
             "chat_fanout": {**room, "duration": args.duration, "warmup": 1.5},
-            "chat_latency": {**room, "rate": 20.0, "duration": args.duration, "warmup": 1.0},
+            "chat_steady": steady,
+            "join_storm": {"sizes": [1000, 2000, 10_000]},
+            "reconnect_storm": {"clients": 10_000, "rooms": 10, "history": 50, "missed": 20},
         }
+    rounds = args.rounds if args.rounds else (1 if args.quick else 3)
+    if args.rounds:
+        for o in options.values():
+            o.pop("rounds", None)
     return Plan(
-        rounds=args.rounds if args.rounds else (1 if args.quick else 3),
+        rounds=max([rounds, *(o.get("rounds", 0) for o in options.values())]),
         servers=args.servers,
         scenarios=args.scenarios,
         options=options,
         quick=args.quick,
         retries=args.retries,
         budget_s=args.budget,
+        default_rounds=rounds,
     )
 
 
@@ -81,28 +104,15 @@ def server_order(servers: list[str], round_index: int) -> list[str]:
 def run_one(
     spec: ServerSpec, scenario: str, plan: Plan, tmp: Path, round_index: int
 ) -> dict[str, Any]:
-    from hubbub.bench.options import BenchError, Options
-    from hubbub.bench.scenarios import RUNNERS
+    from hubbub.bench.options import BenchError
 
     server = ServerProcess(spec, tmp)
     label = f"{spec.name} r{round_index + 1}"
-    source = hubbub_source() if spec.name == "hubbub" else None
+    source = hubbub_source() if spec.name.startswith("hubbub") else None
     try:
         server.start()
         assert server.proc is not None
-        chat = scenario in CHAT_SCENARIOS
-        opts = Options(
-            protocol=spec.chat_protocol if chat else "seed",
-            url=server.url,
-            server_pid=server.proc.pid,
-            workers=1,
-            generator_cpus={GENERATOR_CPU},
-            label=label,
-            progress=sys.stderr.isatty(),
-            **plan.options[scenario],
-        )
-        opts.validate()
-        result: dict[str, Any] = asyncio.run(RUNNERS[scenario.removeprefix("chat_")](opts))
+        result = asyncio.run(_measure(spec, scenario, plan, server, label))
         result["scenario"] = scenario
         if not server.alive():
             result["errors"].append("the server process died during the run")
@@ -127,6 +137,74 @@ def run_one(
         if hubbub_source() != source:
             result["hubbub_source_changed"] = True
     return result
+
+
+async def _measure(
+    spec: ServerSpec, scenario: str, plan: Plan, server: ServerProcess, label: str
+) -> dict[str, Any]:
+    """One scenario against the running ``server``: its result (a dict, JSON-ready)."""
+    from hubbub.bench.options import Options
+    from hubbub.bench.scenarios import RUNNERS, steady
+    from hubbub.bench.storms import join_storm, reconnect_storm
+
+    assert server.proc is not None
+    chat = scenario in CHAT_SCENARIOS
+    o = {k: v for k, v in plan.options[scenario].items() if k not in _PLAN_KEYS}
+    protocol = spec.chat_protocol if chat else "seed"
+    if scenario in STORM_SCENARIOS:
+        protocol = spec.storm_protocol
+    opts = Options(
+        protocol=protocol,
+        url=server.url,
+        server_pid=server.proc.pid,
+        workers=1,
+        generator_cpus={GENERATOR_CPU},
+        label=label,
+        progress=sys.stderr.isatty(),
+        **o,
+    )
+    opts.validate()
+    kind = scenario.removeprefix("chat_")
+    if kind == "steady":
+        return merge_parts(
+            await steady(opts, plan.options[scenario]["rates"]), "r", "rate_msgs_per_s"
+        )
+    if scenario == "join_storm":
+        parts = [await join_storm(opts, n) for n in plan.options[scenario]["sizes"]]
+        return merge_parts(parts, "n", "clients")
+    if scenario == "reconnect_storm":
+        so = plan.options[scenario]
+
+        async def restart() -> int | None:
+            server.stop()
+            server.start()
+            return server.proc.pid if server.proc is not None else None
+
+        return await reconnect_storm(
+            opts, so["clients"], so["rooms"], so["history"], so["missed"], restart
+        )
+    result: dict[str, Any] = await RUNNERS[kind](opts)
+    return result
+
+
+#: Plan options that are not :class:`hubbub.bench.options.Options` fields.
+_PLAN_KEYS = ("rounds", "rates", "sizes", "rooms", "history", "missed")
+
+
+def merge_parts(parts: list[dict[str, Any]], prefix: str, key: str) -> dict[str, Any]:
+    """Several results of one server run (one per rate or size) as one result: each under
+    ``<prefix><its key's value>`` (``r80``, ``n10000``), errors and noise merged."""
+    out: dict[str, Any] = {
+        "parts": [f"{prefix}{part[key]:g}" for part in parts],
+        "errors": [],
+        "noisy": any(part.get("noisy") for part in parts),
+        "other_cpu_pct": max((part.get("other_cpu_pct") or 0.0 for part in parts), default=0.0),
+    }
+    for name, part in zip(out["parts"], parts, strict=True):
+        out[name] = part
+        out["errors"] += [f"{name}: {e}" for e in part["errors"]]
+    out["ok"] = not out["errors"]
+    return out
 
 
 def machine_busy_pct(seconds: float) -> float:
@@ -169,7 +247,7 @@ def execute(plan: Plan, tmp: Path, log: Callable[[str], None]) -> None:
         log(f"round {r + 1}/{plan.rounds}: {', '.join(order)}")
         for name in order:
             for scenario in plan.scenarios:
-                if scenario not in SERVERS[name].scenarios:
+                if scenario not in SERVERS[name].scenarios or r >= plan.rounds_of(scenario):
                     continue
                 t = time.monotonic()
                 for attempt in range(1 + plan.retries):
@@ -198,7 +276,27 @@ def summary(result: dict[str, Any]) -> str:
     s = result["scenario"].removeprefix("chat_")
     if result.get("failed_to_run"):
         return "FAILED: " + "; ".join(result["errors"])[:300]
-    if s == "fanout":
+    if "parts" in result:
+        text = "; ".join(f"{p}: {summary(result[p])}" for p in result["parts"])
+        return text if result["ok"] else text + "  ERRORS: " + "; ".join(result["errors"])[:300]
+    if s == "steady":
+        lat = result["latency_ms"]
+        text = (
+            f"p50 {fmt(lat['p50'], 2)} ms, p99 {fmt(lat['p99'], 2)} ms, "
+            f"server {fmt(result['server_cpu_us_per_delivery'], 2)} µs/delivery "
+            f"({fmt(result['server_cpu_pct'])}% CPU)"
+        )
+    elif s == "join_storm":
+        text = (
+            f"joined in {fmt(result['joined_s'], 2)} s, server "
+            f"{fmt(result['server_cpu_s'], 2)} CPU-s, generator {fmt(result['generator_cpu_pct'])}%"
+        )
+    elif s == "reconnect_storm":
+        text = (
+            f"resumed in {fmt(result['resumed_s'], 2)} s, server "
+            f"{fmt(result['server_cpu_s'], 2)} CPU-s, generator {fmt(result['generator_cpu_pct'])}%"
+        )
+    elif s == "fanout":
         text = (
             f"{fmt(result['deliveries_per_s'])} deliveries/s, "
             f"{fmt(result['deliveries_per_server_cpu_s'])} per server CPU-s, "

@@ -13,7 +13,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 
@@ -22,9 +22,12 @@ ROOT = Path(__file__).resolve().parents[2]
 PEERS = ROOT / "bench" / "peers"
 NODE_DIR = PEERS / "node_ws"
 BASELINE = "node_ws"
-SEED_SCENARIOS = ("idle", "fanout", "latency", "connect")
-CHAT_SCENARIOS = ("chat_fanout", "chat_latency")
-SCENARIO_ORDER = SEED_SCENARIOS + CHAT_SCENARIOS
+SEED_SCENARIOS = ("idle", "fanout", "steady", "connect")
+CHAT_SCENARIOS = ("chat_fanout", "chat_steady")
+#: Many clients joining one room at once, and reconnecting together after a restart
+#: (in chat mode for hubbub; connect and greeting only for the seed baseline).
+STORM_SCENARIOS = ("join_storm", "reconnect_storm")
+SCENARIO_ORDER = SEED_SCENARIOS + CHAT_SCENARIOS + STORM_SCENARIOS
 SOCKETIO_DIR = PEERS / "socketio_node"
 SERVER_CPU = 1
 GENERATOR_CPU = 0
@@ -42,6 +45,10 @@ class ServerSpec:
     scenarios: tuple[str, ...] = SEED_SCENARIOS
     #: What the generator speaks to it in the chat scenarios.
     chat_protocol: str = "socket.io"
+    #: Environment variables set for the server process.
+    env: dict[str, str] = field(default_factory=dict)
+    #: What it speaks in the storm scenarios (``seed``: connect and greeting only).
+    storm_protocol: str = "seed"
 
 
 def _py_versions(*dists: str) -> Callable[[], str]:
@@ -113,37 +120,57 @@ def _node_package_versions(folder: Path, packages: tuple[str, ...]) -> str:
     return ", ".join(parts)
 
 
+#: The saturation scenarios only (the peers left out of the steady rates by default).
+_SATURATION = ("idle", "fanout", "connect")
+
+
+def _hubbub_argv(port: int, tmp: Path) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "hubbub",
+        "serve",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--log-level",
+        "warning",
+        "--max-connections",
+        str(NOFILE),
+        "--db",
+        str(tmp / "hubbub.db"),
+        # The chat scenarios' senders send far more than the default
+        # 20 messages/s per connection.
+        "--rate",
+        "0",
+    ]
+
+
 SERVERS: dict[str, ServerSpec] = {
     spec.name: spec
     for spec in (
         ServerSpec(
             "hubbub",
             "hubbub",
-            lambda port, tmp: [
-                sys.executable,
-                "-m",
-                "hubbub",
-                "serve",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(port),
-                "--log-level",
-                "warning",
-                "--max-connections",
-                str(NOFILE),
-                "--db",
-                str(tmp / "hubbub.db"),
-                # The chat scenarios' senders send far more than the default
-                # 20 messages/s per connection.
-                "--rate",
-                "0",
-            ],
+            _hubbub_argv,
             _py_versions("hubbub", "websockets", "httptools", "uvloop", "msgspec"),
             "`hubbub serve` (the full chat app with its SQLite store; plain clients get the "
             "seed room; `--rate 0`: no per-connection rate limit)",
             SCENARIO_ORDER,
             "hubbub.v1",
+            storm_protocol="hubbub.v1",
+        ),
+        ServerSpec(
+            "hubbub_nospeedups",
+            "hubbub, no compiled path",
+            _hubbub_argv,
+            _py_versions("hubbub"),
+            "`hubbub serve` as above with `HUBBUB_NO_SPEEDUPS=1` (the pure-Python fan-out "
+            "and handshake: what the compiled path buys)",
+            ("steady", "chat_steady"),
+            "hubbub.v1",
+            env={"HUBBUB_NO_SPEEDUPS": "1"},
         ),
         ServerSpec(
             "node_ws",
@@ -151,6 +178,7 @@ SERVERS: dict[str, ServerSpec] = {
             lambda port, tmp: ["node", str(NODE_DIR / "server.js"), str(port)],
             _node_versions(NODE_DIR, ("ws", "bufferutil")),
             "bench/peers/node_ws/server.js",
+            SEED_SCENARIOS + STORM_SCENARIOS,
         ),
         ServerSpec(
             "websockets",
@@ -158,6 +186,7 @@ SERVERS: dict[str, ServerSpec] = {
             lambda port, tmp: [sys.executable, str(PEERS / "websockets_peer.py"), str(port)],
             _py_versions("websockets", "uvloop"),
             "bench/peers/websockets_peer.py (asyncio server, `broadcast()`)",
+            _SATURATION,
         ),
         ServerSpec(
             "aiohttp",
@@ -165,6 +194,7 @@ SERVERS: dict[str, ServerSpec] = {
             lambda port, tmp: [sys.executable, str(PEERS / "aiohttp_peer.py"), str(port)],
             _py_versions("aiohttp", "uvloop"),
             "bench/peers/aiohttp_peer.py (`send_frame` to each client)",
+            _SATURATION,
         ),
         ServerSpec(
             "picows",
@@ -179,7 +209,7 @@ SERVERS: dict[str, ServerSpec] = {
             lambda port, tmp: ["node", str(SOCKETIO_DIR / "server.js"), str(port)],
             _node_versions(SOCKETIO_DIR, ("socket.io", "socket.io-client", "bufferutil")),
             "bench/peers/socketio_node/server.js (`io.to(room).emit`, ack callback)",
-            CHAT_SCENARIOS,
+            ("chat_fanout",),
         ),
         ServerSpec(
             "python_socketio",
@@ -187,10 +217,16 @@ SERVERS: dict[str, ServerSpec] = {
             lambda port, tmp: [sys.executable, str(PEERS / "python_socketio_peer.py"), str(port)],
             _py_versions("python-socketio", "aiohttp", "uvloop"),
             "bench/peers/python_socketio_peer.py (aiohttp, uvloop, `emit(..., room=...)`)",
-            CHAT_SCENARIOS,
+            ("chat_fanout",),
         ),
     )
 }
+
+
+#: The servers of a default run: hubbub (with and without its compiled path), the
+#: baseline and the fastest peer, and Node socket.io in chat mode. websockets, aiohttp
+#: and python-socketio (slower than Node ws in every earlier run) with ``--servers``.
+DEFAULT_SERVERS = ("hubbub", "hubbub_nospeedups", "node_ws", "picows", "socketio_node")
 
 
 def free_port() -> int:
@@ -228,7 +264,7 @@ class ServerProcess:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 preexec_fn=_server_preexec,
-                env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                env={**os.environ, "PYTHONUNBUFFERED": "1", **self.spec.env},
             )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

@@ -17,8 +17,8 @@ INTRO = (
 )
 CHAT_SUMMARY = (
     "Chat mode: hubbub's `hubbub.v1` protocol with durable history against "
-    "socket.io servers (ratios of fan-out against Node ws's plain fan-out, of "
-    "latency against Node socket.io)."
+    "socket.io servers (every ratio against Node ws's plain seed-mode figure: the "
+    "issue's targets)."
 )
 PER_CPU_NOTE = (
     "Per server CPU-second figures are the fairest comparison here: server and "
@@ -64,6 +64,41 @@ CHAT_LATENCY = (
     "The latency scenario in chat mode: {rate:g} messages/s into the room "
     "of {clients:,} (= {deliveries:,.0f} deliveries/s); for hubbub each "
     "message is stored before it is delivered."
+)
+STEADY = (
+    "What a chat server does most of its life: a steady rate well below saturation. "
+    "{clients:,} clients in one room, {senders} senders at a fixed rate in total "
+    "({rates} messages/s of {size} bytes, open loop), in {mode}. One connected room per "
+    "server process and round: {warmup:g} s warm-up then {duration:g} s measured at each "
+    "rate in turn. The figure that matters is the server's CPU per delivery (utime + stime "
+    "over the window divided by the deliveries): at a steady rate every server writes one "
+    "frame per recipient per message, so this is what user space adds to each send. "
+    "Latency is send to receive over every delivery of the window, as in the fan-out "
+    "checks. Medians over the runs, (min" + DASH + "max) after them: p99 varies a lot "
+    "from run to run, more so on a busy machine."
+)
+JOIN_STORM = (
+    "What happens after every restart or network blip: N clients connect at once (up to "
+    "512 handshakes in flight) and each joins one room (`hubbub.v1`) as soon as it is "
+    "connected. *All joined*: from the first connect to the last client's `room` frame. "
+    "*Presence converged*: until every client's member count (from `room` and "
+    "`presence`) is N; then the member list walked with `who` pages must be exactly the "
+    "N nicknames (no ghost, no missing member; a difference is an error). Server "
+    "CPU-seconds over the storm. Node ws has no rooms: its row is the same N clients "
+    "connecting at once and getting the greeting (the handshake storm alone), the "
+    "baseline of the ratios. The generator is one process on one core: where its CPU "
+    "is near 100% the time is the generator's, and server CPU-seconds are the figure to "
+    "compare."
+)
+RECONNECT_STORM = (
+    "{clients:,} clients in {rooms} rooms receive {history} messages per room; the server "
+    "is stopped (SIGTERM: every client gets close code 1001) and started again on the "
+    "same database; {missed} more messages are posted in each room while the clients are "
+    "away; then every client reconnects at once (up to 512 handshakes in flight) and "
+    "resumes (`join` with `since` and `epoch`). *All resumed*: from the first reconnect "
+    "to the last client's `resumed`. Every client checks its room's sequence numbers: no "
+    "gap, no duplicate, a `resumed` that matches the replay, nothing missing at the end. "
+    "Node ws: the same clients reconnect and get the greeting (nothing to resume)."
 )
 IDLE = (
     "Server RSS (VmRSS from /proc/<pid>/status) before and after opening "

@@ -122,3 +122,74 @@ class SeqChecker:
     def received(self) -> int:
         """Distinct messages received (duplicates not counted)."""
         return sum(self.last) - self.gaps()
+
+
+class RoomSeqCheck:
+    """One storm client's view of one room's sequence numbers (join, resume, live).
+
+    The join storm and the reconnect storm check what each client gets of
+    its room: after the ``room`` frame (the room's newest ``seq`` when it
+    joined), every ``message`` must carry the next number; after a ``join``
+    with ``since``, the replay must be exactly ``since + 1 .. seq`` of the
+    ``resumed`` frame that ends it, and nothing may come twice.
+
+    - ``gaps``: numbers skipped (a message that should have come did not);
+    - ``duplicated``: a number at or below the last one seen;
+    - ``bad_resume``: a ``resumed`` frame that does not match what was replayed
+      (its ``since`` is not the one asked, its ``seq`` is not the last replayed
+      message, or its ``count`` is not how many were replayed);
+    - :meth:`lost` after the run: how far the client is behind the room's top.
+    """
+
+    __slots__ = ("bad_resume", "duplicated", "gaps", "last", "replayed", "resuming", "since")
+
+    def __init__(self) -> None:
+        #: Newest seq seen (from the room frame or a message); -1 before the room frame.
+        self.last = -1
+        self.gaps = 0
+        self.duplicated = 0
+        self.bad_resume = 0
+        #: The ``since`` of a resume in progress (None: not resuming).
+        self.since: int | None = None
+        self.resuming = False
+        self.replayed = 0
+
+    def resume_from(self, since: int) -> None:
+        """A ``join`` with ``since`` is about to be sent."""
+        self.since = since
+        self.last = since
+        self.resuming = True
+        self.replayed = 0
+
+    def room(self, seq: int) -> None:
+        """The ``room`` frame: the room's newest seq when this client joined."""
+        if self.resuming:
+            return  # the replay that follows says what was missed
+        if self.last < 0 or seq > self.last:
+            self.last = seq
+
+    def message(self, seq: int) -> None:
+        last = self.last
+        if seq == last + 1:
+            self.last = seq
+        elif seq <= last:
+            self.duplicated += 1
+            return
+        else:
+            self.gaps += seq - last - 1
+            self.last = seq
+        if self.resuming:
+            self.replayed += 1
+
+    def resumed(self, since: int, seq: int, count: int) -> None:
+        """The ``resumed`` frame that ends a replay."""
+        if since != self.since or seq != self.last or count != self.replayed:
+            self.bad_resume += 1
+        if seq > self.last:  # the server says more existed than it replayed
+            self.gaps += seq - self.last
+            self.last = seq
+        self.resuming = False
+
+    def lost(self, top: int) -> int:
+        """Messages of the room (newest ``top``) this client never got."""
+        return max(0, top - self.last)

@@ -280,7 +280,7 @@ class ChatClient(Client):
             if kind == "ack" and self.sender is not None:
                 self.sender.echo(int(f.id[f.id.rindex("-") + 1 :]))
                 return
-            if kind in ("joined", "left", "welcome"):
+            if kind in ("joined", "left", "renamed", "presence", "welcome"):
                 return
             if kind == "room" and not self.greeted:
                 self._greet()

@@ -91,41 +91,120 @@ async def room(opts: Options, *, latency: bool) -> dict[str, Any]:
     name = "latency" if latency else "fanout"
     async with make_generator(opts) as gen:
         run = Run(opts, gen, name)
-        conn_res, connected = await _connect_room(run, latency)
-        errors = [e for r in conn_res for e in r["errors"]]
-        greeted = sum(r["greeted"] for r in conn_res)
-        if connected == 0:
-            run.progress.end()
-            raise BenchError(f"{name}: no client could connect to {opts.url}: {errors[:3]}")
-        t_start = time.monotonic_ns() + 200_000_000
-        t0 = t_start + int(opts.warmup * 1e9)
-        t_end = t0 + int(opts.duration * 1e9)
-        runs, s0, s1 = await _send_room(run, latency, t_start, t0, t_end)
-        sent = [0] * opts.senders
-        for r in runs:
-            for sid, n in r["sent"].items():
-                sent[int(sid)] = n
-        run.show("checking every receiver")
-        fin = await gen.call("finish", [{"sent": sent}] * gen.n)
+        connected, errors, greeted = await _open_room(run, name)
+        result = await _room_window(run, latency, connected, None)
         run.show("closing")
         await gen.call("close", [{}] * gen.n)
     run.progress.end()
+    return _room_result(opts, name, result, connected, greeted, errors)
 
+
+async def steady(opts: Options, rates: list[float]) -> list[dict[str, Any]]:
+    """The latency scenario at each of ``rates`` (messages/s) in turn, on one connected room.
+
+    One result per rate, each with its own warm-up, measured window and checks
+    (the checks of a window count what happened in it only).
+    """
+    results = []
+    async with make_generator(opts) as gen:
+        run = Run(opts, gen, "steady")
+        connected, errors, greeted = await _open_room(run, "steady")
+        before: dict[str, int] | None = None
+        for rate in rates:
+            opts.rate = rate
+            run.prefix = f"[{opts.label + ' ' if opts.label else ''}steady {rate:g}/s]"
+            result = await _room_window(run, True, connected, before)
+            before = result.pop("check_total")
+            results.append(_room_result(opts, "steady", result, connected, greeted, errors))
+        run.show("closing")
+        await gen.call("close", [{}] * gen.n)
+    run.progress.end()
+    return results
+
+
+async def _open_room(run: Run, name: str) -> tuple[int, list[str], int]:
+    """Connect the room's clients: how many connected, the errors, how many were greeted."""
+    conn_res, connected = await _connect_room(run, False)
+    errors = [e for r in conn_res for e in r["errors"]]
+    greeted = sum(r["greeted"] for r in conn_res)
+    if connected == 0:
+        run.progress.end()
+        raise BenchError(f"{name}: no client could connect to {run.opts.url}: {errors[:3]}")
+    return connected, errors, greeted
+
+
+async def _room_window(
+    run: Run, latency: bool, connected: int, before: dict[str, int] | None
+) -> dict[str, Any]:
+    """One measured window on the connected room: send, then check every receiver.
+
+    ``before``: the receivers' cumulative counters after the previous window on
+    the same clients (subtracted, so that this window's checks are its own).
+    """
+    opts, gen = run.opts, run.gen
+    t_start = time.monotonic_ns() + 200_000_000
+    t0 = t_start + int(opts.warmup * 1e9)
+    t_end = t0 + int(opts.duration * 1e9)
+    runs, s0, s1 = await _send_room(run, latency, t_start, t0, t_end)
+    sent = [0] * opts.senders
+    for r in runs:
+        for sid, n in r["sent"].items():
+            sent[int(sid)] = n
+    run.show("checking every receiver")
+    fin = await gen.call("finish", [{"sent": sent}] * gen.n)
     times = sample_times(t_start, t0, t_end, opts.sample_interval)
     i0 = times.index(t0)
     line, counts = timeline(runs, t0)
     deliveries = counts[-1] - counts[i0] if len(counts) > i0 else 0
-    cpu = cpu_fields(s0, s1, run.gen_cores, gen.n)
-    check = {k: sum(f[k] for f in fin) for k in _CHECK_KEYS}
-    errors += [e for f in fin for e in f["errors"] if e not in errors]
+    total = {k: sum(f[k] for f in fin) for k in _CHECK_KEYS}
+    check = {k: v - (before or {}).get(k, 0) for k, v in total.items()}
+    # Still missing now is missing, whatever happened in earlier windows.
+    check["incomplete"] = total["incomplete"]
+    messages = sum(sent) - (before or {}).get("sent", 0)
+    total["sent"] = sum(sent)
+    result: dict[str, Any] = {
+        "messages_sent": messages,
+        "deliveries": deliveries,
+        "deliveries_per_s": deliveries / opts.duration,
+        **cpu_fields(s0, s1, run.gen_cores, gen.n),
+        "check": check,
+        "check_total": total,
+        "timeline": line,
+        "errors": [e for f in fin for e in f["errors"]],
+    }
+    cpu_s = result["server_cpu_s"]
+    result["deliveries_per_server_cpu_s"] = deliveries / cpu_s if cpu_s else None
+    result["server_cpu_us_per_delivery"] = (
+        cpu_s / deliveries * 1e6 if cpu_s and deliveries else None
+    )
+    if latency:
+        result.update(_latency_fields(opts, connected, runs, fin))
+        if not result["latency_ms"]["count"]:
+            result["errors"].append("no latency sample was recorded")
+    return result
+
+
+def _room_result(
+    opts: Options,
+    name: str,
+    window: dict[str, Any],
+    connected: int,
+    greeted: int,
+    connect_errors: list[str],
+) -> dict[str, Any]:
+    """One window's figures as a scenario result, with the errors that make it fail."""
+    window.pop("check_total", None)
+    errors = list(connect_errors)
+    errors += [e for e in window.pop("errors") if e not in errors]
     if connected < opts.clients:
         errors.insert(0, f"only {connected} of {opts.clients} clients connected")
     if greeted < connected:
         errors.insert(0, f"{connected - greeted} clients got no greeting")
+    check = window["check"]
     for key in _CHECK_ERRORS:
         if check[key]:
             errors.append(f"{check[key]:,} {key.replace('_', ' ')}")
-    if sum(sent) == 0:
+    if window["messages_sent"] == 0:
         errors.append("no message was sent (did the server answer 'server: ...'?)")
     result: dict[str, Any] = {
         "scenario": name,
@@ -139,21 +218,9 @@ async def room(opts: Options, *, latency: bool) -> dict[str, Any]:
         "size": opts.size,
         "duration_s": opts.duration,
         "warmup_s": opts.warmup,
-        "messages_sent": sum(sent),
-        "deliveries": deliveries,
-        "deliveries_per_s": deliveries / opts.duration,
-        **cpu,
-        "deliveries_per_server_cpu_s": (
-            deliveries / cpu["server_cpu_s"] if cpu["server_cpu_s"] else None
-        ),
-        "check": check,
-        "timeline": line,
+        **window,
     }
-    if latency:
-        result.update(_latency_fields(opts, connected, runs, fin))
-        if not result["latency_ms"]["count"]:
-            errors.append("no latency sample was recorded")
-    else:
+    if name == "fanout":
         result["window"] = opts.window
     result["errors"] = errors
     result["ok"] = not errors

@@ -33,6 +33,7 @@ from .checker import filler
 from .clients import ChatClient, ChatSender, Client, Sender, Shared, monotonic_ns
 from .handshake import Churn
 from .sioclients import SocketIOClient, SocketIOSender, socketio_url
+from .storm_clients import StormCommands
 
 #: Each protocol's error when some client is not ready in time after ``connect``.
 _NOT_GREETED = {
@@ -66,7 +67,7 @@ def make_client(
     return Client(shared, nsenders, sender), sender
 
 
-class Worker:
+class Worker(StormCommands):
     def __init__(self, conn: Connection, index: int, progress: Any) -> None:
         self.conn = conn
         self.index = index
@@ -74,6 +75,7 @@ class Worker:
         self.shared = Shared()
         self.clients: list[Client] = []
         self.senders: list[Sender] = []
+        self._storm_init()
 
     def report(self, value: int) -> None:
         self.progress[self.index] = value
