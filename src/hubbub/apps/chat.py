@@ -14,10 +14,12 @@ Several nodes. With a shared store (PostgreSQL) and broker (Redis), several
 follows (subscribes to) only the rooms its clients are in, and delivers every
 room's messages to its members once, in ``seq`` order, whichever node
 published them (:mod:`hubbub.apps.sequencer` reorders, drops repeats and reads
-what the broker lost from the store). Presence is per node today: member
-lists, ``joined``/``left``/typing of other nodes' members are relayed as they
-come, but nickname uniqueness and the member list in ``room`` cover only this
-node's members, and a room deleted on one node is emptied only there.
+what the broker lost from the store). Presence is cluster-wide with Redis
+(:mod:`hubbub.presence`, docs/presence.md): every node's members are listed
+and counted, a nickname is claimed atomically per room, each node computes
+its clients' presence frames from the mirrored list (they are not relayed),
+and a dead node's members are removed when its lease lapses. Typing is
+relayed as it comes. A room deleted on one node is emptied only there.
 
 Rooms. Reading a room (``history``, ``GET .../messages``) never creates it;
 a join or a message does. Deleting a room (``DELETE /api/rooms/{room}``)
@@ -55,6 +57,8 @@ from ..core import (
     RoomsQuery,
 )
 from ..errors import StartupError
+from ..presence import ClusterPresence, PresenceManager
+from ..presence.base import MARKER, PresenceError
 from ..server import WEBSOCKET_OPCODE_TEXT, Frame, Server
 from ..store import PendingMessage, Store, StoreError
 from ..transport.http import Request, Response
@@ -83,25 +87,35 @@ log = logging.getLogger("hubbub.chat")
 TEXT = WEBSOCKET_OPCODE_TEXT
 
 
+def _make_core(s: Settings) -> ChatCore:
+    return ChatCore(
+        ChatLimits(
+            s.rate,
+            s.burst,
+            s.max_rooms_per_connection,
+            max_rooms=s.max_rooms,
+            room_create_rate=s.room_create_rate,
+            room_create_burst=s.room_create_burst,
+            max_invalid_frames=s.max_invalid_frames,
+            invalid_frame_window=s.invalid_frame_window,
+        ),
+        coalesce_presence=True,
+    )
+
+
 class ChatApp:
     """Where the core's effects meet the store, the journal and the broker."""
 
-    def __init__(self, server: Server, store: Store, broker: Broker) -> None:
+    def __init__(
+        self,
+        server: Server,
+        store: Store,
+        broker: Broker,
+        presence: PresenceManager | None = None,
+    ) -> None:
         self.server = server
         s = self.settings = server.settings
-        self.core = ChatCore(
-            ChatLimits(
-                s.rate,
-                s.burst,
-                s.max_rooms_per_connection,
-                max_rooms=s.max_rooms,
-                room_create_rate=s.room_create_rate,
-                room_create_burst=s.room_create_burst,
-                max_invalid_frames=s.max_invalid_frames,
-                invalid_frame_window=s.invalid_frame_window,
-            ),
-            coalesce_presence=True,
-        )
+        self.core = _make_core(s)
         # Presence is published once per loop tick (docs/protocol.md, *presence*).
         self._presence: asyncio.Handle | None = None
         self._presence_at = 0.0
@@ -114,6 +128,8 @@ class ChatApp:
         self.v1: set[int] = set()
         self._tasks: set[asyncio.Task[Any]] = set()
         self.sequencer = Sequencer(self._emit, store.since, self._position)
+        #: Presence across nodes (None with the local broker: one node).
+        self.cluster = self._cluster_presence(broker, presence)
         # Members this node subscribed the broker for, per room.
         self._subs: dict[str, set[int]] = {}
         self._rooms_of: dict[int, set[str]] = {}  # the same, per member
@@ -162,6 +178,18 @@ class ChatApp:
         server.on("request", self.on_request)
         server.on("upgrade", self.gate.upgrade)
 
+    def _cluster_presence(
+        self, broker: Broker, manager: PresenceManager | None
+    ) -> ClusterPresence | None:
+        if manager is None:
+            if not hasattr(broker, "channel") or not hasattr(broker, "node_id"):
+                return None  # the local broker: the core's own presence is the whole truth
+            from ..presence.redis import RedisPresence
+
+            b: Any = broker
+            manager = RedisPresence(b.url, prefix=b.prefix, node_id=b.node_id, channel=b.channel)
+        return ClusterPresence(self.core, manager, self.run, self._spawn, self._lost)
+
     # -- lifecycle -----------------------------------------------------------
 
     async def on_start(self, server: Server) -> None:
@@ -178,6 +206,15 @@ class ChatApp:
         except BrokerError as exc:
             await self.store.close()
             raise StartupError(f"cannot start the broker {self.settings.broker}: {exc}") from exc
+        if self.cluster is not None:
+            try:
+                await self.cluster.start()
+            except PresenceError as exc:
+                await self.broker.close()
+                await self.store.close()
+                raise StartupError(f"cannot start presence: {exc}") from exc
+            every = self.cluster.manager.renew_every * 1000
+            server.tick(every, lambda _tid: self._spawn(self._presence_tick()))
         await self._load_rooms()
         self.journal.start()
         await self.retention.run()
@@ -209,6 +246,8 @@ class ChatApp:
             self._presence.cancel()
         for task in list(self._tasks):
             task.cancel()
+        if self.cluster is not None:
+            await self.cluster.close()  # this node's members leave every list
         await self.broker.close()
         await self.store.close()
 
@@ -254,7 +293,11 @@ class ChatApp:
         except p.ProtocolError as exc:
             self.run(self.core.error(fd, exc))
             return
+        renaming = self.cluster is not None and isinstance(decoded, (p.SetNick, p.Join))
+        before = self.core.nick_of(fd) if renaming else None
         self.run(self.core.handle(fd, decoded))
+        if renaming and self.core.nick_of(fd) not in (before, None):
+            self._spawn(self._renamed(fd, before or ""))
         if isinstance(decoded, p.Leave) and not self.core.is_member(fd, decoded.room):
             self._left(fd, decoded.room)
 
@@ -286,7 +329,67 @@ class ChatApp:
             raise
         self._subs.setdefault(room, set()).add(fd)
         self._rooms_of.setdefault(fd, set()).add(room)
+        if self.cluster is not None:
+            # Optimistic: the core took the join (its nickname checked against the
+            # mirrored members of other nodes); the atomic claim decides a race
+            # with another node's join, before the joiner's ``room`` frame. The
+            # alternative, claiming before the core sees the join, would have to
+            # hold the connection's later frames (a send right after the join)
+            # for a round trip. The price: when two nodes take one nickname in
+            # the same instant, the loser's room-mates on its node may see it
+            # join and leave.
+            try:
+                await self.cluster.follow(room)  # the other nodes' members, first
+                claimed = await self.cluster.claim(fd, room)
+            except PresenceError as exc:
+                raise BrokerError(f"presence unavailable: {exc}") from exc
+            if not claimed:
+                nick = self.core.nick_of(fd)
+                self._out(
+                    fd,
+                    room,
+                    p.Error(
+                        p.E_NICK_TAKEN, f"nickname {nick!r} is taken in {room!r}", "join", room
+                    ),
+                )
+                # The member is out: its catch-up ends quietly.
+                raise BrokerError(f"nickname taken in {room!r}")
         await self.sequencer.ready(room)
+
+    def _out(self, fd: int, room: str, why: p.Error, left: bool = False) -> None:
+        """Take ``fd`` out of ``room`` (its nickname was taken on another node)."""
+        self.run(self.core.drop_membership(fd, room))
+        self._left(fd, room)
+        self.reply(fd, why)
+        if left:
+            self.reply(fd, p.Left_(room))
+
+    def _lost(self, fd: int, room: str) -> None:
+        why = f"nickname {self.core.nick_of(fd)!r} was taken in {room!r} while this node was away"
+        self._out(fd, room, p.Error(p.E_NICK_TAKEN, why, "join", room), left=True)
+
+    async def _renamed(self, fd: int, old: str) -> None:
+        """Claim the new nickname on every node; where another node's member holds
+        it, the rename is undone (the client gets ``nick_taken``, then ``nick`` back)."""
+        assert self.cluster is not None
+        try:
+            taken = await self.cluster.rename(fd)
+        except PresenceError as exc:
+            log.warning("rename of client-%d not registered: %s", fd, exc)
+            return
+        new = self.core.nick_of(fd)
+        if not taken or new is None or not old:
+            return
+        self.reply(
+            fd,
+            p.Error(p.E_NICK_TAKEN, f"nickname {new!r} is taken in {taken[0]!r}", "nick", taken[0]),
+        )
+        self.run(self.core.handle(fd, p.SetNick(old)))
+        await self.cluster.rename(fd)
+
+    async def _presence_tick(self) -> None:
+        if self.cluster is not None:
+            await self.cluster.tick()
 
     def _left(self, fd: int, room: str) -> None:
         """``fd`` is no longer a member of ``room``: its catch-up stops, its interest ends.
@@ -297,6 +400,8 @@ class ChatApp:
         before the room can be forgotten, so a catch-up never waits on
         (``Sequencer.reach``) a room that is not followed."""
         self.catchups.cancel(fd, room)
+        if self.cluster is not None:
+            self.cluster.release(fd, room)
         fds = self._subs.get(room)
         if fds is None or fd not in fds:
             return
@@ -310,6 +415,8 @@ class ChatApp:
         if not fds:
             del self._subs[room]
             self.sequencer.forget(room)
+            if self.cluster is not None:
+                self.cluster.forget(room)
 
     def _undo_join(self, fd: int, room: str) -> None:
         self.run(self.core.drop_membership(fd, room))
@@ -323,8 +430,11 @@ class ChatApp:
             self._spawn(self.sequencer.backfill(room))
 
     def on_broker_reconnect(self) -> None:
-        """Frames published while the broker was away are lost: read positions now."""
+        """Frames published while the broker was away are lost: read positions now
+        (and every followed room's member list)."""
         self._spawn(self.check_positions(urgent=True))
+        if self.cluster is not None:
+            self.cluster.reconnected()
 
     async def check_positions(self, urgent: bool = False) -> None:
         """Compare every followed room's cursor with the store (a lost last message
@@ -388,7 +498,11 @@ class ChatApp:
             if isinstance(effect, Reply):
                 self.reply(effect.fd, effect.frame)
             elif isinstance(effect, Publish):
-                self.broker.publish(effect.room, p.encode(effect.frame), None)
+                if self.cluster is not None and not isinstance(effect.frame, p.TypingEvent):
+                    # Presence: every node tells its own clients (from its mirror).
+                    self._emit(effect.room, p.encode(effect.frame), None)
+                else:
+                    self.broker.publish(effect.room, p.encode(effect.frame), None)
             elif isinstance(effect, Persist):
                 self._persist(effect)
             elif isinstance(effect, Catchup):
@@ -445,6 +559,10 @@ class ChatApp:
         Messages go through the sequencer (in seq order, once); ephemeral frames
         (presence, typing) are delivered as they come."""
         if seq is None:
+            if payload.startswith(MARKER):  # for the nodes, never for clients
+                if self.cluster is not None:
+                    self.cluster.on_payload(room, payload)
+                return
             self._emit(room, payload, None)
         else:
             self.sequencer.feed(room, seq, payload)
@@ -553,6 +671,7 @@ def create_app(
     settings: Settings | None = None,
     store: Store | None = None,
     broker: Broker | None = None,
+    presence: PresenceManager | None = None,
 ) -> Server:
     """The server ``hubbub serve`` runs, with the store of ``settings.store`` (the
     SQLite file ``settings.db`` by default) and the broker of ``settings.broker``
@@ -564,5 +683,5 @@ def create_app(
         store = build_store(s)
     if broker is None:
         broker = build_broker(s)
-    server.app = ChatApp(server, store, broker)
+    server.app = ChatApp(server, store, broker, presence)
     return server

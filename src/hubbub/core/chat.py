@@ -14,6 +14,7 @@ from .limits import ChatLimits
 from .nicknames import nick_key, same_text, valid_nick
 from .presence import PresenceBuffer, first_page, members_page, users_map
 from .ratelimit import TokenBucket
+from .remote import RemoteMembers
 from .rooms import Member, Room
 from .users import Owners, User
 
@@ -52,7 +53,7 @@ class Session:
         return self.user.nick
 
 
-class ChatCore(KnownRooms, PresenceBuffer):
+class ChatCore(KnownRooms, PresenceBuffer, RemoteMembers):
     """All chat state of one node.
 
     Identity: an anonymous connection's nickname defaults to ``user-<fd>`` (the
@@ -68,6 +69,9 @@ class ChatCore(KnownRooms, PresenceBuffer):
     may take either. A user may change its nickname (``nick``, ``join`` with
     ``nick``) to one nobody else owns or holds in its rooms; the change reaches
     all its connections (each gets ``nick``) and all their rooms.
+
+    Several nodes: members of other nodes are mirrored in as users without a
+    connection here (:mod:`hubbub.core.remote`): listed, counted, clashing.
 
     Presence: with ``coalesce_presence`` the changes wait for
     :meth:`flush_presence` (one ``presence`` frame per room per loop tick); without,
@@ -256,6 +260,7 @@ class ChatCore(KnownRooms, PresenceBuffer):
         room.members[s.fd] = Member(s.fd, user)
         s.rooms.add(f.room)
         if user.rooms.get(f.room, 0) == 0:
+            self.displace(room, user)  # the same user, already in from another node
             room.add_person(user)
             self._dirty[f.room] = None
         user.rooms[f.room] = user.rooms.get(f.room, 0) + 1
@@ -271,6 +276,8 @@ class ChatCore(KnownRooms, PresenceBuffer):
         """The error for taking ``nick`` when ``holder`` has it or a lookalike."""
         if holder is None or holder is s.user:
             return None
+        if holder.user is not None and holder.user == s.user.user:
+            return None  # the same user, on another node
         names = [holder.nick] if holder.name is None else [holder.nick, holder.name]
         place = f" in {where!r}" if where else ""
         if any(same_text(nick, name) for name in names):
@@ -386,6 +393,7 @@ class ChatCore(KnownRooms, PresenceBuffer):
             user.rooms.pop(room_name, None)
             room.remove_person(user)
             self._dirty[room_name] = None
+            self.unshadow(room, nick_key(user.nick), user)
         if not room.members:
             del self.rooms[room_name]
             self._forget_presence(room_name)
@@ -448,6 +456,9 @@ class ChatCore(KnownRooms, PresenceBuffer):
             ]
         if target is s.user:
             return [self._error(s.fd, p.E_DM_SELF, "you cannot send yourself a direct message", f)]
+        if not target.fds:
+            why = f"{target.nick!r} is connected to another node: direct messages across nodes"
+            return [self._error(s.fd, p.E_UNAVAILABLE, why + " are not supported yet", f)]
         dm = p.DirectMessage(
             f.room, uuid.uuid4().hex, target.nick, f.text, self.wallclock(), f.id, sender=s.nick
         )

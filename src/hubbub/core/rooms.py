@@ -42,6 +42,8 @@ class Room:
         "members",
         "name",
         "order",
+        "remote",
+        "shadow",
     )
 
     def __init__(self, name: str) -> None:
@@ -64,6 +66,12 @@ class Room:
         #: of a large room may be sent.
         self.large = False
         self.count_due = 0.0
+        #: Members on other nodes (cluster presence): member id -> its user (no
+        #: connection here). One user seen on several nodes is indexed once.
+        self.remote: dict[str, User] = {}
+        #: Nickname key -> ids of remote members not indexed because someone else
+        #: (the same user elsewhere, or a stale clash) holds that nickname here.
+        self.shadow: dict[str, dict[str, None]] = {}
 
     def live_fds(self) -> tuple[int, ...]:
         cache = self.live_cache
@@ -102,12 +110,14 @@ class Room:
 
     # -- changes (each noted for presence) ---------------------------------------
 
-    def add_person(self, user: User) -> None:
-        self.dirty.setdefault(user, None)
+    def add_person(self, user: User, quiet: bool = False) -> None:
+        if not quiet:
+            self.dirty.setdefault(user, None)
         self._index(user, user.nick)
 
-    def remove_person(self, user: User) -> None:
-        self.dirty.setdefault(user, user.nick)
+    def remove_person(self, user: User, quiet: bool = False) -> None:
+        if not quiet:
+            self.dirty.setdefault(user, user.nick)
         self._unindex(user, user.nick)
 
     def rename_person(self, user: User, old: str, new: str) -> None:

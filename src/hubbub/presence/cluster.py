@@ -1,0 +1,333 @@
+"""What the chat app runs for presence across nodes (with a shared broker).
+
+:class:`ClusterPresence` keeps three things true:
+
+* **This node's members are registered** in the cluster list of each room
+  (:meth:`claim` when one joins, :meth:`release` when its last connection
+  leaves, :meth:`rename`), in call order (the manager queues operations).
+* **Other nodes' members are mirrored** into the chat core
+  (:mod:`hubbub.core.remote`) for every room this node follows: the first local
+  join reads the room's list (:meth:`follow`), then each event with a version
+  above the last one applied is applied; events that come while the list is
+  read wait and are applied after it. The core's coalesced presence frames then
+  tell this node's members about them (each node computes its own frames: they
+  are no longer relayed between nodes).
+* **The lease**: :meth:`tick` (every ``renew_every`` seconds) renews it, removes
+  dead nodes' members (one node per dead node), and compares the rooms'
+  versions with what was applied: a room behind at two ticks in a row is read
+  again (a lost event). A lease found lapsed (the node was paused, or cut off
+  from Redis) is taken again, every local member is registered again and every
+  followed room is read again.
+
+Convergence after a node dies: its lease lapses within ``lease_ttl`` seconds,
+the next tick of a surviving node removes its members (``renew_every``
+later at most) and every node's next loop tick tells its clients: at most
+``lease_ttl + renew_every`` seconds (13 s by default), plus Redis round trips.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+from ..core import ChatCore, Effect
+from ..core.nicknames import nick_key
+from .base import Entry, Event, PresenceError, PresenceManager, decode_event
+
+log = logging.getLogger("hubbub.presence")
+
+#: Events held for a room while its list is read; past it the room is read again.
+MAX_HELD = 10_000
+
+
+class ClusterPresence:
+    """``ClusterPresence(core, manager, run, spawn, lost)``: ``run`` carries out
+    core effects (and schedules the presence flush), ``spawn`` runs a background
+    coroutine, ``lost(fd, room)`` is told when a member's nickname in a room was
+    taken while this node was cut off (the app takes it out of the room)."""
+
+    def __init__(
+        self,
+        core: ChatCore,
+        manager: PresenceManager,
+        run: Callable[[list[Effect]], None],
+        spawn: Callable[[Coroutine[Any, Any, None]], asyncio.Task[Any]],
+        lost: Callable[[int, str], None],
+    ) -> None:
+        self.core = core
+        self.manager = manager
+        self.node = manager.node
+        self._run = run
+        self._spawn = spawn
+        self._lost = lost
+        self._mine = f"{self.node}/"
+        #: Followed rooms whose list was read: the last version applied.
+        self._ver: dict[str, int] = {}
+        self._loading: dict[str, asyncio.Future[None]] = {}
+        self._held: dict[str, list[Event]] = {}
+        self._own_max: dict[str, int] = {}
+        self._behind: set[str] = set()
+        #: This node's registered members: (room, member id) -> entry, and their connections.
+        self._claims: dict[tuple[str, str], Entry] = {}
+        self._holders: dict[tuple[str, str], set[int]] = {}
+        self._mid_of: dict[tuple[int, str], str] = {}
+        self._unsent_leaves: set[tuple[str, str]] = set()
+        self._stale = False
+        self.halted = False
+        self.bad_events = 0
+
+    async def start(self) -> None:
+        await self.manager.start(self.on_event)
+
+    async def close(self) -> None:
+        await self.manager.close(retire=not self.halted)
+
+    async def halt(self) -> None:
+        """Go silent as a crashed node would: no renewal, no goodbye (for tests
+        and drills; a real crash needs nothing)."""
+        self.halted = True
+        await self.manager.close(retire=False)
+
+    # -- this node's members ------------------------------------------------------------
+
+    def _entry(self, fd: int, room: str) -> Entry | None:
+        session = self.core.sessions.get(fd)
+        if session is None:
+            return None
+        user, identity = session.user, session.identity
+        if user.user is not None and identity is not None and not identity.guest:
+            mid = f"{self.node}/u:{user.user}"
+            owner = f"u:{user.user}"
+        else:
+            mid = f"{self.node}/c:{fd}"
+            owner = f"c:{mid}"
+        return Entry(mid, user.nick, user.user, self.node, nick_key(user.nick), owner)
+
+    async def claim(self, fd: int, room: str) -> bool:
+        """Register ``fd``'s member in ``room`` (once per member): False when another
+        node's member holds the nickname there. :class:`PresenceError` when Redis
+        cannot say (the join is then refused as ``unavailable``)."""
+        entry = self._entry(fd, room)
+        if entry is None:
+            return False
+        key = (room, entry.mid)
+        self._mid_of[(fd, room)] = entry.mid
+        holders = self._holders.setdefault(key, set())
+        holders.add(fd)
+        if key in self._claims:
+            return True  # another connection of the user registered it
+        self._claims[key] = entry
+        try:
+            version = await self.manager.join(room, entry)
+        except PresenceError:
+            self.release(fd, room, send=False)
+            raise
+        if version is None:
+            self.release(fd, room, send=False)
+            return False
+        self._own(room, version)
+        return True
+
+    def release(self, fd: int, room: str, send: bool = True) -> None:
+        """Connection ``fd`` is out of ``room``: the member leaves the cluster list
+        with its last connection."""
+        mid = self._mid_of.pop((fd, room), None)
+        if mid is None:
+            return
+        key = (room, mid)
+        holders = self._holders.get(key)
+        if holders is not None:
+            holders.discard(fd)
+            if holders:
+                return
+            del self._holders[key]
+        if self._claims.pop(key, None) is None or not send:
+            return
+        self._spawn(self._leave(room, mid, self.manager.leave(room, mid)))
+
+    async def _leave(self, room: str, mid: str, pending: Any) -> None:
+        try:
+            self._own(room, await pending)
+        except PresenceError as exc:
+            log.warning("presence: %s could not leave %s (retried): %s", mid, room, exc)
+            self._unsent_leaves.add((room, mid))
+
+    async def rename(self, fd: int) -> list[str]:
+        """The user of ``fd`` has a new nickname (in every room): claim it in each.
+        Returns the rooms where another node's member holds it."""
+        session = self.core.sessions.get(fd)
+        if session is None:
+            return []
+        pending = []
+        for (f, room), mid in list(self._mid_of.items()):
+            entry = self._entry(f, room) if f == fd else None
+            if entry is None or (room, mid) not in self._claims:
+                continue
+            self._claims[(room, mid)] = entry
+            pending.append((room, self.manager.join(room, entry)))
+        taken = []
+        for room, result in pending:
+            try:
+                version = await result
+            except PresenceError as exc:
+                log.warning("presence: rename in %s not registered (retried): %s", room, exc)
+                self._stale = True
+                continue
+            if version is None:
+                taken.append(room)
+            else:
+                self._own(room, version)
+        return taken
+
+    def _own(self, room: str, version: int) -> None:
+        if version > self._own_max.get(room, 0):
+            self._own_max[room] = version
+
+    # -- other nodes' members -------------------------------------------------------------
+
+    async def follow(self, room: str) -> None:
+        """Make sure ``room``'s list was read (before its joiner's ``room`` frame)."""
+        if room in self._ver:
+            return
+        fut = self._loading.get(room)
+        if fut is None:
+            fut = self._loading[room] = self._spawn(self._load(room))
+        await asyncio.shield(fut)
+
+    async def _load(self, room: str) -> None:
+        held = self._held.setdefault(room, [])
+        try:
+            version, entries = await self.manager.snapshot(room)
+        finally:
+            self._loading.pop(room, None)
+            self._held.pop(room, None)
+        if room not in self.core.rooms:
+            self.forget(room)
+            return
+        quiet = room not in self._ver and not self.core.live_fds(room)
+        others = {e.mid: (e.nick, e.user) for e in entries if e.node != self.node}
+        self.core.remote_sync(room, others, quiet=quiet)
+        applied = version
+        for event in held:
+            if event.version > applied:
+                self._apply(event)
+                applied = event.version
+        self._ver[room] = applied
+        self._run([])  # schedule the presence flush
+
+    def reload(self, room: str) -> None:
+        if room in self._loading or room not in self.core.rooms:
+            return
+        self._loading[room] = self._spawn(self._load(room))
+
+    def forget(self, room: str) -> None:
+        """This node no longer follows ``room``."""
+        self._ver.pop(room, None)
+        self._own_max.pop(room, None)
+        self._behind.discard(room)
+
+    def on_payload(self, room: str, payload: bytes) -> None:
+        """A presence event on the room's broker channel."""
+        event = decode_event(room, payload)
+        if event is None:
+            self.bad_events += 1
+            if self.bad_events == 1 or self.bad_events % 1000 == 0:
+                log.warning("presence: %d malformed event(s), last in %s", self.bad_events, room)
+            return
+        self.on_event(event)
+
+    def on_event(self, event: Event) -> None:
+        room = event.room
+        if room not in self.core.rooms:
+            return  # not followed here
+        held = self._held.get(room)
+        if held is not None:
+            if len(held) < MAX_HELD:
+                held.append(event)
+            else:
+                self._behind.add(room)
+            return
+        last = self._ver.get(room)
+        if last is None or event.version <= last:
+            return
+        self._ver[room] = event.version
+        self._apply(event)
+        self._run([])
+
+    def _apply(self, event: Event) -> None:
+        room, mine = event.room, self._mine
+        if event.op == "leave":
+            for mid in event.ids:
+                if not mid.startswith(mine):
+                    self.core.remote_leave(room, mid)
+        else:
+            for mid, nick, user in event.entries:
+                if not mid.startswith(mine):
+                    self.core.remote_join(room, mid, nick, user)
+
+    # -- the lease ------------------------------------------------------------------------
+
+    async def tick(self) -> None:
+        """Renew the lease, remove dead nodes' members, look for lost events."""
+        if self.halted:
+            return
+        try:
+            kept = await self.manager.renew()
+            if not kept:
+                log.warning("presence: this node's lease had lapsed; registering its members again")
+            if not kept or self._stale:
+                self._stale = False
+                await self._register_all()
+            await self._retry_leaves()
+            reaped = await self.manager.reap()
+            if reaped:
+                log.info("presence: removed the members of %s (lease lapsed)", ", ".join(reaped))
+            if not kept:
+                for room in list(self._ver):
+                    self.reload(room)
+                return
+            await self._check_versions()
+        except PresenceError as exc:
+            log.warning("presence: lease renewal or check failed: %s", exc)
+            self._stale = True
+
+    async def _register_all(self) -> None:
+        pending = [(key, self.manager.join(key[0], e)) for key, e in list(self._claims.items())]
+        for (room, mid), result in pending:
+            version = await result
+            if version is not None:
+                self._own(room, version)
+                continue
+            # Taken by another node's member while this node was away: out of the room.
+            log.warning("presence: %s lost its nickname in %s while cut off", mid, room)
+            for fd in sorted(self._holders.get((room, mid), ())):
+                self._lost(fd, room)
+
+    async def _retry_leaves(self) -> None:
+        for room, mid in list(self._unsent_leaves):
+            if (room, mid) in self._claims:
+                self._unsent_leaves.discard((room, mid))  # joined again meanwhile
+                continue
+            self._own(room, await self.manager.leave(room, mid))
+            self._unsent_leaves.discard((room, mid))
+
+    async def _check_versions(self) -> None:
+        rooms = [r for r in self._ver if r not in self._loading]
+        if not rooms:
+            return
+        found = await self.manager.versions(rooms)
+        behind = set()
+        for room, version in found.items():
+            if version > max(self._ver.get(room, 0), self._own_max.get(room, 0)):
+                behind.add(room)
+        for room in behind & self._behind:
+            log.info("presence: %s missed an event; reading its members again", room)
+            self.reload(room)
+        self._behind = behind - self._behind
+
+    def reconnected(self) -> None:
+        """The broker lost frames (its connection came back): read every room again."""
+        for room in list(self._ver):
+            self.reload(room)
