@@ -100,8 +100,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--rounds",
         type=int,
-        help="rounds of every scenario (default: 5 of the steady rates, 2 of idle, 3 of the "
-        "others; 1 with --quick, 2 of the steady rates)",
+        help="rounds of every scenario (default: 5 of the steady rates, 2 of the storms, 1 of "
+        "idle, 3 of the others; 1 with --quick, 2 of the steady rates)",
     )
     parser.add_argument(
         "--duration", type=float, default=5.0, help="measured seconds per scenario run"

@@ -62,19 +62,27 @@ def make_plan(args: argparse.Namespace) -> Plan:
         }
     else:
         room = {"clients": 1000, "senders": 10, "window": 4, "size": 100}
-        steady = {**room, "rates": [20.0, 80.0], "duration": 4.0, "warmup": 1.0, "rounds": 5}
+        steady = {**room, "rates": [20.0, 80.0], "duration": 3.0, "warmup": 1.0, "rounds": 5}
         options = {
             "fanout": {**room, "duration": args.duration, "warmup": 1.5},
             "steady": steady,
-            "idle": {"idle_clients": 10_000, "idle_steps": 10, "rounds": 2},
+            # Memory per idle connection varies by less than 1% between rounds.
+            "idle": {"idle_clients": 10_000, "idle_steps": 10, "rounds": 1},
             # Node's JIT needs about 2 s of this load to reach its steady rate
             # (seen in the connection-rate chart); measured before that, Node ws,
             # the baseline of every ratio, would look slower than it is.
             "connect": {"duration": args.duration, "warmup": 3.0, "connect_concurrency": 32},
             "chat_fanout": {**room, "duration": args.duration, "warmup": 1.5},
             "chat_steady": steady,
-            "join_storm": {"sizes": [1000, 2000, 10_000]},
-            "reconnect_storm": {"clients": 10_000, "rooms": 10, "history": 50, "missed": 20},
+            # A storm round takes 30 to 90 s: two rounds keep `make bench` within 15 minutes.
+            "join_storm": {"sizes": [1000, 2000, 10_000], "rounds": 2},
+            "reconnect_storm": {
+                "clients": 10_000,
+                "rooms": 10,
+                "history": 50,
+                "missed": 20,
+                "rounds": 2,
+            },
         }
     rounds = args.rounds if args.rounds else (1 if args.quick else 3)
     if args.rounds:

@@ -168,7 +168,7 @@ SERVERS: dict[str, ServerSpec] = {
             _py_versions("hubbub"),
             "`hubbub serve` as above with `HUBBUB_NO_SPEEDUPS=1` (the pure-Python fan-out "
             "and handshake: what the compiled path buys)",
-            ("steady", "chat_steady"),
+            ("steady",),
             "hubbub.v1",
             env={"HUBBUB_NO_SPEEDUPS": "1"},
         ),

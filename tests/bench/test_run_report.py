@@ -3,7 +3,9 @@
 ``data/report_results.json`` holds the results of a real ``--quick`` run
 (charts' raw series left out) plus a made-up second round with a failed
 run, a noisy repeated one, lost messages and a changed hubbub source, so
-that every branch of the report is drawn. ``data/report_*.md`` are what the
+that every branch of the report is drawn; the steady rates and the storms
+are from a later real ``--quick`` run against hubbub and Node ws, with a
+made-up reconnect storm round in which hubbub's clients lost 3 messages. ``data/report_*.md`` are what the
 report writer made of them (dates, package versions and bench/findings.md
 held fixed). Regenerate them only when the report is meant to change:
 ``HUBBUB_UPDATE_GOLDEN=1 pytest tests/bench/test_run_report.py``.
@@ -93,9 +95,11 @@ def test_report_golden_files_show_every_section() -> None:
         "## Targets",
         "## Summary",
         "## Fan-out",
-        "## Latency",
+        "## Steady load, seed mode",
         "## Chat mode: fan-out",
-        "## Chat mode: latency",
+        "## Steady load, chat mode",
+        "## Join storm",
+        "## Reconnect storm",
         "## Idle connections",
         "## Connection rate",
         "## Servers",
@@ -108,3 +112,7 @@ def test_report_golden_files_show_every_section() -> None:
     assert "results mix versions" in full and "hubbub measured at git" in quick
     assert "quick smoke run" in quick and "quick smoke run" not in full
     assert "1 round(s) with errors" in full
+    # The made-up second round of the reconnect storm lost messages: a missed target.
+    assert "| reconnect storm: 1,000 clients resumed (no gap, no duplicate) within 15 s " in full
+    assert "(with errors) | **no** |" in full
+    assert "| 3/0/0/3 |" in full  # gaps/duplicated/bad resumed/lost, summed over the rounds
