@@ -5,9 +5,10 @@
 run, a noisy repeated one, lost messages and a changed hubbub source, so
 that every branch of the report is drawn; the steady rates and the storms
 are from a later real ``--quick`` run against hubbub and Node ws, with a
-made-up reconnect storm round in which hubbub's clients lost 3 messages. ``data/report_*.md`` are what the
-report writer made of them (dates, package versions and bench/findings.md
-held fixed). Regenerate them only when the report is meant to change:
+made-up reconnect storm round in which hubbub's clients lost 3 messages.
+``data/report_*.md`` are what the report writer made of them (dates,
+package versions and bench/findings.md held fixed). Regenerate them only
+when the report is meant to change:
 ``HUBBUB_UPDATE_GOLDEN=1 pytest tests/bench/test_run_report.py``.
 """
 

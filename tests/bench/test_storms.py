@@ -147,7 +147,7 @@ class HubbubProcess:
         argv = [sys.executable, "-m", "hubbub", "serve", "--host", "127.0.0.1"]
         argv += ["--port", str(self.port), "--log-level", "warning", "--rate", "0"]
         argv += ["--db", str(self.db)]
-        log = open(self.tmp / "server.log", "ab")  # noqa: SIM115 (the child keeps it)
+        log = open(self.tmp / "server.log", "ab")  # the child keeps its own copy
         self.proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
         log.close()
         deadline = time.monotonic() + 30
@@ -238,11 +238,14 @@ async def test_reconnect_storm_reports_a_restart_that_lost_the_history(
     """A server that comes back without its history (a fresh database) cannot resume
     anyone: every client gets ``reset`` instead of its replay, and the run fails."""
 
-    async def restart_empty() -> int | None:
-        await asyncio.to_thread(hubbub.stop)
+    def forget() -> None:
+        hubbub.stop()
         os.replace(hubbub.db, hubbub.tmp / "old.db")
         for suffix in ("-wal", "-shm"):
             Path(str(hubbub.db) + suffix).unlink(missing_ok=True)
+
+    async def restart_empty() -> int | None:
+        await asyncio.to_thread(forget)
         return await asyncio.to_thread(hubbub.start)
 
     result = await reconnect_storm(_opts(hubbub), 10, 2, 5, 3, restart_empty)
