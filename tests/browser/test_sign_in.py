@@ -114,3 +114,25 @@ async def test_a_bad_token_says_sign_in_needed(make_chat, open_page):
     ann = await open_page(page_url(server.port, f"#token={forged}"), None, wait=False)
     await ann.wait_for(lambda: sign_in_shown(ann), True, within=10)
     assert await ann.state() == "failed"
+
+
+async def test_a_page_kicked_by_an_administrator_says_so_and_stays_away(make_chat, open_page):
+    server = await make_chat()
+    ann = await open_page(page_url(server.port), "ann")
+    await ann.wait_state("connected")
+    (fd,) = list(server.connections)
+    assert server.disconnect(fd, 4000, "kicked by an administrator")
+    await ann.wait_for(lambda: _kicked_shown(ann), True)
+    # It does not come back by itself: a reconnect would come within 0.5 s of
+    # the close; none comes in six times that.
+    with pytest.raises(AssertionError):
+        await ann.wait_for(lambda: _count(server), 1, within=3.0)
+
+
+async def _kicked_shown(who: ChatPage) -> bool:
+    text = await who.page.text_content("#banner-text") or ""
+    return "disconnected by an administrator" in text
+
+
+async def _count(server: object) -> int:
+    return len(server.connections)  # type: ignore[attr-defined]

@@ -175,6 +175,8 @@ export function disconnected(code = 0) {
     tokenExpired();
   } else if (code === 4403) {
     S.fatal = "Your sign-in no longer allows you into this chat.";
+  } else if (code === 4000) {
+    S.fatal = "You were disconnected by an administrator."; // the admin page's Kick: no retry
   } else if (!S.welcomed && !S.gotFrame && !link?.fatal && link) {
     void noteTransportFailure(link); // it never said a word: maybe the transport is blocked
   }
