@@ -327,3 +327,39 @@ def test_c_fanout_rejects_bad_arguments():
     del odd.out
     with pytest.raises(AttributeError):
         direct(b"x", [odd], None)
+
+
+async def test_tls_connections_are_never_written_directly(make_fan, path, tmp_path):
+    """Over TLS every byte must go through the transport (it encrypts): the
+    compiled path leaves them to the Python path, and clients read clean frames."""
+    import ssl
+    from contextlib import AsyncExitStack
+
+    import trustme
+
+    ca = trustme.CA()
+    cert = ca.issue_cert("127.0.0.1")
+    certfile, keyfile = tmp_path / "cert.pem", tmp_path / "key.pem"
+    cert.private_key_and_cert_chain_pem.write_to_path(certfile)
+    cert.private_key_pem.write_to_path(keyfile)
+    ctx = ssl.create_default_context()
+    ca.configure_trust(ctx)
+    server = await make_fan(compression=False, certfile=str(certfile), keyfile=str(keyfile))
+    url = f"wss://127.0.0.1:{server.port}/"
+    async with AsyncExitStack() as stack:
+        clients = [
+            await stack.enter_async_context(connect(url, ssl=ctx, compression=None))
+            for _ in range(3)
+        ]
+        loop = asyncio.get_running_loop()
+        end = loop.time() + 5.0
+        while len(server.connections) < 3:
+            assert loop.time() < end
+            await asyncio.sleep(0.01)
+        assert [c.sockfd for c in server._endpoint.open.values()] == [-1, -1, -1]
+        for i in range(10):
+            await _next_tick()
+            await _next_tick()
+            server.push_many(list(server.connections), f"secret {i}")
+        for ws in clients:
+            assert await recv_all(ws, 10) == [f"secret {i}" for i in range(10)]
