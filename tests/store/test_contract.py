@@ -15,8 +15,10 @@ import signal
 import subprocess
 import sys
 
+import msgspec
 import pytest
 
+from hubbub.protocol import Message
 from hubbub.store import PendingMessage, Store, StoreError
 from tests.services import ROOT
 
@@ -120,6 +122,61 @@ async def test_messages_without_client_id_are_never_duplicates(store: Store) -> 
     assert [dup for _, dup in results] == [False, False]
     [(third, dup)] = await store.append([pm("a", None)])
     assert (third.seq, dup) == (3, False)
+
+
+# ---------------------------------------------------------------------------
+# user ids (a token's ``sub``): kept when the sender had one, absent otherwise
+
+
+def _users(msgs: list[Message]) -> list[tuple[int, str | None]]:
+    return [(m.seq, m.user if m.user is not msgspec.UNSET else None) for m in msgs]
+
+
+async def test_user_id_is_kept_through_every_read(backend: Backend) -> None:
+    s = backend.make()
+    await s.open()
+    try:
+        batch = [
+            PendingMessage("lobby", "c1", "ann", "hi", 1.0, user="u-ann"),
+            PendingMessage("lobby", "c2", "bob", "yo", 2.0),
+            PendingMessage("lobby", None, "ann", "again", 3.0, user="u-ann"),
+            PendingMessage("lobby", "c1", "ann", "retry in the batch", 4.0, user="u-ann"),
+        ]
+        out = await s.append(batch)
+        assert [(m.seq, dup) for m, dup in out] == [(1, False), (2, False), (3, False), (1, True)]
+        assert _users([m for m, _ in out]) == [(1, "u-ann"), (2, None), (3, "u-ann"), (1, "u-ann")]
+        stored = [m for m, dup in out if not dup]
+        # An anonymous sender's message has no "user" field at all (--auth none frames
+        # are byte-identical to what they were before user ids).
+        anon = stored[1]
+        assert msgspec.json.encode(anon) == msgspec.json.encode(
+            Message(anon.room, 2, anon.epoch, anon.id, "bob", "yo", 2.0, "c2")
+        )
+        assert b'"user"' not in msgspec.json.encode(anon)
+        assert b'"user":"u-ann"' in msgspec.json.encode(stored[0])
+
+        assert await s.since("lobby", 0, 10) == stored
+        assert await s.page("lobby", None, 10) == (stored, False)
+        assert await s.page("lobby", 3, 1) == ([stored[1]], True)
+        # A retry in a later batch (the client resends after a lost ack): the stored
+        # message, with its user id (or without one), not the retry's.
+        again = await s.append(
+            [
+                PendingMessage("lobby", "c1", "ann", "retry", 5.0, user="u-other"),
+                PendingMessage("lobby", "c2", "bob", "retry", 5.0, user="u-bob"),
+            ]
+        )
+        assert again == [(stored[0], True), (stored[1], True)]
+    finally:
+        await s.close()
+    s2 = backend.make()  # and after a restart
+    await s2.open()
+    try:
+        assert await s2.since("lobby", 0, 10) == stored
+        [(dup, was_dup)] = await s2.append([PendingMessage("lobby", "c1", "ann", "x", 6.0)])
+        assert (dup, was_dup) == (stored[0], True)
+    finally:
+        await s2.close()
 
 
 # ---------------------------------------------------------------------------
@@ -565,21 +622,31 @@ async def test_leader_lock_tasks_race_one_wins(store: Store) -> None:
 
 
 # ---------------------------------------------------------------------------
-# schema migration from version 1 (before private rooms)
+# schema migration from older versions (1: before private rooms, 2: before user ids)
 
 
-async def _make_v1(backend: Backend) -> None:
-    """A database at schema version 1 holding room "old" with one message."""
+async def _make_old(backend: Backend, version: int = 1) -> None:
+    """A database at schema ``version`` holding room "old" with one message (client id
+    "c1"); at version 2 and later, room "old" is private."""
+    room = "INSERT INTO rooms (name, epoch, last_seq, created) VALUES ('old', 'abcdef012345', 1, 1)"
+    message = (
+        "INSERT INTO messages (room, seq, id, client_id, nick, text, ts) "
+        "VALUES ('old', 1, '{}', 'c1', 'ann', 'hi', 1.0)".format("f" * 32)
+    )
+    private = "UPDATE rooms SET private = {} WHERE name = 'old'"
     if backend.spec["kind"] == "sqlite":
         import sqlite3
 
         from hubbub.store.sqlite import MIGRATIONS as SQLITE_MIGRATIONS
 
         db = sqlite3.connect(backend.spec["path"])
-        db.executescript(SQLITE_MIGRATIONS[0])
-        db.execute("INSERT INTO rooms VALUES ('old', 'abcdef012345', 1, 1.0)")
-        db.execute("INSERT INTO messages VALUES ('old', 1, ?, 'c1', 'ann', 'hi', 1.0)", ("f" * 32,))
-        db.execute("PRAGMA user_version=1")
+        for step in SQLITE_MIGRATIONS[:version]:
+            db.executescript(step)
+        db.execute(room)
+        db.execute(message)
+        if version >= 2:
+            db.execute(private.format(1))
+        db.execute(f"PRAGMA user_version={version}")
         db.commit()
         db.close()
         return
@@ -591,15 +658,20 @@ async def _make_v1(backend: Backend) -> None:
     try:
         await conn.execute(f'CREATE SCHEMA "{schema}"')
         await conn.execute(f'SET search_path TO "{schema}"')
-        await conn.execute(PG_MIGRATIONS[0])
+        for step in PG_MIGRATIONS[:version]:
+            await conn.execute(step)
         await conn.execute("CREATE TABLE schema_version (version INTEGER NOT NULL)")
-        await conn.execute("INSERT INTO schema_version VALUES (1)")
-        await conn.execute("INSERT INTO rooms VALUES ('old', 'abcdef012345', 1, 1.0)")
-        await conn.execute(
-            "INSERT INTO messages VALUES ('old', 1, $1, 'c1', 'ann', 'hi', 1.0)", "f" * 32
-        )
+        await conn.execute("INSERT INTO schema_version VALUES ($1)", version)
+        await conn.execute(room)
+        await conn.execute(message)
+        if version >= 2:
+            await conn.execute(private.format("TRUE"))
     finally:
         await conn.close()
+
+
+async def _make_v1(backend: Backend) -> None:
+    await _make_old(backend, 1)
 
 
 async def test_a_version_1_database_is_migrated_rooms_public(backend: Backend) -> None:
@@ -616,3 +688,30 @@ async def test_a_version_1_database_is_migrated_rooms_public(backend: Backend) -
         assert (await s.room("old")).private  # type: ignore[union-attr]
     finally:
         await s.close()
+
+
+async def test_a_version_2_database_is_migrated_old_messages_without_user(
+    backend: Backend,
+) -> None:
+    await _make_old(backend, 2)
+    s = backend.make()
+    await s.open()
+    try:
+        old = await s.room("old")
+        assert old is not None
+        assert (old.epoch, old.seq, old.oldest, old.private) == ("abcdef012345", 1, 1, True)
+        [msg] = await s.since("old", 0, 10)
+        assert (msg.seq, msg.text, msg.client_id, msg.user) == (1, "hi", "c1", msgspec.UNSET)
+        [(dup, was_dup)] = await s.append([PendingMessage("old", "c1", "ann", "x", 2.0, "u-a")])
+        assert (dup, was_dup) == (msg, True)
+        [(new, _)] = await s.append([PendingMessage("old", "c2", "ann", "x", 2.0, user="u-a")])
+        assert (new.seq, new.epoch, new.user) == (2, "abcdef012345", "u-a")
+        assert await s.page("old", None, 10) == ([msg, new], False)
+    finally:
+        await s.close()
+    s2 = backend.make()  # opened again: migrated once, nothing lost
+    await s2.open()
+    try:
+        assert _users(await s2.since("old", 0, 10)) == [(1, None), (2, "u-a")]
+    finally:
+        await s2.close()

@@ -6,6 +6,8 @@ from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Protocol
 
+import msgspec
+
 from ..protocol import Message
 
 
@@ -22,6 +24,32 @@ class PendingMessage:
     nick: str
     text: str
     ts: float
+    #: The sender's user id (its token's ``sub``), None for an anonymous sender: the
+    #: stored message carries it as ``Message.user`` (left out when None).
+    user: str | None = None
+
+
+def stored_message(
+    room: str,
+    seq: int,
+    epoch: str,
+    id: str,
+    nick: str,
+    text: str,
+    ts: float,
+    client_id: str | None,
+    user: str | None,
+) -> Message:
+    """The :class:`Message` of a stored row: ``user`` only when the sender had one (an
+    anonymous sender's message has no ``user`` field at all, as before user ids)."""
+    return Message(
+        room, seq, epoch, id, nick, text, ts, client_id, msgspec.UNSET if user is None else user
+    )
+
+
+def user_of(msg: Message) -> str | None:
+    """A message's user id for a store's nullable ``user`` column (None when unset)."""
+    return msg.user if isinstance(msg.user, str) else None
 
 
 @dataclass(slots=True)
@@ -60,7 +88,9 @@ class Store(Protocol):
 
         Returns, for each pending message, the stored message and whether it
         was a duplicate (same room and client_id as an earlier one, which is
-        returned instead of storing a second copy).
+        returned instead of storing a second copy). A stored message carries its
+        pending message's ``user`` (``Message.user``, unset when None), here and in
+        every read.
 
         One transaction: either the whole batch is stored or none of it
         (StoreError). Numbers are per room, start at 1 and have no gaps, also

@@ -46,7 +46,7 @@ from typing import Any, TypeVar
 import asyncpg
 
 from ..protocol import Message
-from .base import PendingMessage, RoomMeta, StoreError
+from .base import PendingMessage, RoomMeta, StoreError, stored_message, user_of
 
 T = TypeVar("T")
 
@@ -78,6 +78,11 @@ MIGRATIONS: list[str] = [
     # 2: private rooms (history and members for members only).
     """
     ALTER TABLE rooms ADD COLUMN private BOOLEAN NOT NULL DEFAULT FALSE;
+    """,
+    # 3: the sender's user id (a token's ``sub``; NULL for an anonymous sender).
+    # ``user`` is a reserved word in PostgreSQL: always quoted.
+    """
+    ALTER TABLE messages ADD COLUMN "user" TEXT;
     """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -116,7 +121,7 @@ _ERRORS: tuple[type[BaseException], ...] = (
     TimeoutError,
 )
 
-_COLUMNS = "m.room, m.seq, r.epoch, m.id, m.nick, m.text, m.ts, m.client_id"
+_COLUMNS = 'm.room, m.seq, r.epoch, m.id, m.nick, m.text, m.ts, m.client_id, m."user"'
 _ROOM_META = (
     "SELECT r.name, r.epoch, r.last_seq, r.private, "
     "(SELECT min(seq) FROM messages WHERE room = r.name) AS oldest FROM rooms r"
@@ -135,7 +140,7 @@ def _meta(row: Any) -> RoomMeta:
 
 
 def _message(row: Any) -> Message:
-    return Message(*row)
+    return stored_message(*row)
 
 
 class PostgresStore:
@@ -359,18 +364,17 @@ class PostgresStore:
                 continue
             room = rooms[p.room]
             room[1] += 1
-            msg = Message(
-                p.room, room[1], room[0], uuid.uuid4().hex, p.nick, p.text, p.ts, p.client_id
-            )
+            epoch, seq, mid = room[0], room[1], uuid.uuid4().hex
+            msg = stored_message(p.room, seq, epoch, mid, p.nick, p.text, p.ts, p.client_id, p.user)
             if key is not None:
                 known[key] = msg
             new.append(msg)
             out.append((msg, False))
         if new:
             await conn.execute(
-                "INSERT INTO messages (room, seq, id, client_id, nick, text, ts) "
+                'INSERT INTO messages (room, seq, id, client_id, nick, text, ts, "user") '
                 "SELECT * FROM unnest($1::text[], $2::bigint[], $3::text[], $4::text[], "
-                "$5::text[], $6::text[], $7::float8[])",
+                "$5::text[], $6::text[], $7::float8[], $8::text[])",
                 [m.room for m in new],
                 [m.seq for m in new],
                 [m.id for m in new],
@@ -378,6 +382,7 @@ class PostgresStore:
                 [m.nick for m in new],
                 [m.text for m in new],
                 [m.ts for m in new],
+                [user_of(m) for m in new],
             )
             touched = sorted({m.room for m in new}, key=lambda n: n.encode())
             await conn.execute(

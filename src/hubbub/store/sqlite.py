@@ -37,7 +37,7 @@ from typing import Any, TypeVar
 
 from ..errors import StartupError
 from ..protocol import Message
-from .base import PendingMessage, RoomMeta, StoreError
+from .base import PendingMessage, RoomMeta, StoreError, stored_message
 
 T = TypeVar("T")
 
@@ -69,10 +69,19 @@ MIGRATIONS: list[str] = [
     """
     ALTER TABLE rooms ADD COLUMN private INTEGER NOT NULL DEFAULT 0;
     """,
+    # 3: the sender's user id (a token's ``sub``; NULL for an anonymous sender).
+    """
+    ALTER TABLE messages ADD COLUMN "user" TEXT;
+    """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
-_COLUMNS = "room, seq, id, client_id, nick, text, ts"
+_COLUMNS = 'room, seq, id, client_id, nick, text, ts, "user"'
+
+
+def _columns(msg: Message, user: str | None) -> tuple[Any, ...]:
+    """A message's row, in the order of ``_COLUMNS``."""
+    return (msg.room, msg.seq, msg.id, msg.client_id, msg.nick, msg.text, msg.ts, user)
 
 
 def _new_epoch() -> str:
@@ -328,7 +337,7 @@ class SQLiteStore:
                     )
                 live = touched[meta.name]
                 live.seq += 1
-                msg = Message(
+                msg = stored_message(
                     pending.room,
                     live.seq,
                     live.epoch,
@@ -337,14 +346,15 @@ class SQLiteStore:
                     pending.text,
                     pending.ts,
                     pending.client_id,
+                    pending.user,
                 )
                 if key is not None:
                     seen[key] = msg
-                rows.append((msg.room, msg.seq, msg.id, msg.client_id, msg.nick, msg.text, msg.ts))
+                rows.append(_columns(msg, pending.user))
                 out.append((msg, False))
             if rows:
                 db.executemany(
-                    f"INSERT INTO messages ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)", rows
+                    f"INSERT INTO messages ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows
                 )
                 db.executemany(
                     "UPDATE rooms SET last_seq = ? WHERE name = ?",
@@ -367,10 +377,10 @@ class SQLiteStore:
         return self._row(row) if row else None
 
     def _row(self, row: tuple[Any, ...]) -> Message:
-        room, seq, mid, client_id, nick, text, ts = row
+        room, seq, mid, client_id, nick, text, ts, user = row
         meta = self._rooms.get(room) or self._meta(room, create=False)
         assert meta is not None  # a stored message's room exists
-        return Message(room, seq, meta.epoch, mid, nick, text, ts, client_id)
+        return stored_message(room, seq, meta.epoch, mid, nick, text, ts, client_id, user)
 
     async def reset(self, room: str) -> RoomMeta:
         return await self._run(self._reset, room)
