@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import io
+import os
 import subprocess
 import sys
 from pathlib import Path
 
+import msgspec
 import pytest
 
 from hubbub.apps.chat import create_app
@@ -33,9 +35,16 @@ def schema(request: pytest.FixtureRequest) -> str:
 ROOMS = {"lobby": 1200, "dev": 300, "quiet": 0}
 
 
+def sent(room: str, i: int) -> PendingMessage:
+    """Message ``i`` of ``room``: two in three with the sender's user id."""
+    user = f"sub-{i % 7}" if i % 3 else None
+    return PendingMessage(room, f"{room}-{i}", f"u{i % 7}", f"{room} {i} ✓", 1e9 + i, user)
+
+
 async def make_source(path: Path) -> dict[str, list[object]]:
-    """Rooms of every kind: many messages, a reset one (new epoch), a trimmed one,
-    a private one, an empty one. Returns each room's (epoch, seq, messages)."""
+    """Rooms of every kind: many messages (two in three with a user id), a reset one
+    (new epoch), a trimmed one, a private one, an empty one. Returns each room's
+    (epoch, seq, messages)."""
     store = SQLiteStore(path)
     await store.open()
     try:
@@ -44,12 +53,7 @@ async def make_source(path: Path) -> dict[str, list[object]]:
         for room, n in ROOMS.items():
             await store.create_room(room)
             for start in range(0, n, 250):
-                await store.append(
-                    [
-                        PendingMessage(room, f"{room}-{i}", f"u{i % 7}", f"{room} {i} ✓", 1e9 + i)
-                        for i in range(start, min(n, start + 250))
-                    ]
-                )
+                await store.append([sent(room, i) for i in range(start, min(n, start + 250))])
         await store.append([PendingMessage("reset", "old", "ann", "before", 5.0)])
         await store.reset("reset")
         await store.append(
@@ -63,7 +67,7 @@ async def make_source(path: Path) -> dict[str, list[object]]:
 
 async def all_of(store: Store, room: str) -> list[tuple[object, ...]]:
     msgs = await store.since(room, 0, 100_000)
-    return [(m.seq, m.epoch, m.id, m.client_id, m.nick, m.text, m.ts) for m in msgs]
+    return [(m.seq, m.epoch, m.id, m.client_id, m.nick, m.text, m.ts, m.user) for m in msgs]
 
 
 
@@ -102,6 +106,8 @@ async def test_migrate_keeps_everything_and_clients_resume(tmp_path: Path, schem
     assert "copying 5 rooms" in proc.stderr
     assert await target_state(schema) == source
     assert len(source["lobby"][2]) == ROOMS["lobby"]  # type: ignore[arg-type]
+    users = [m[-1] for m in source["lobby"][2]]  # type: ignore[union-attr]
+    assert users[:3] == [msgspec.UNSET, "sub-1", "sub-2"]  # copied as they were
     pg = postgres_store(schema)
     await pg.open()
     assert [m.name for m in await pg.rooms() if m.private] == ["dev"]
@@ -194,6 +200,32 @@ async def test_refusals_are_one_line(tmp_path: Path, schema: str) -> None:
     assert "in use by another hubbub process" in line, line
     bad = await asyncio.to_thread(run_cli, "--from", "x", "--to", "y", "--batch", "0")
     assert bad.returncode == 2 and "--batch must be 1 to 100000" in bad.stderr
+
+
+async def test_a_missing_source_file_is_refused_and_not_created(
+    tmp_path: Path, schema: str
+) -> None:
+    missing = tmp_path / "missing.db"
+    proc = await asyncio.to_thread(
+        run_cli, "--from", f"sqlite:///{missing}", "--to", target_url(schema)
+    )
+    assert proc.returncode == 1, proc.stdout
+    [line] = proc.stderr.strip().splitlines()
+    assert line.startswith("hubbub: error: --from: ") and line.endswith(
+        f"{missing} does not exist (sqlite:///PATH is relative to the current directory, "
+        "sqlite:////PATH absolute)"
+    ), line
+    assert "migrated" not in proc.stdout
+    assert await asyncio.to_thread(os.listdir, tmp_path) == []  # no empty database, no lock
+    # A relative path is looked up from the current directory.
+    relative = await asyncio.to_thread(
+        run_cli, "--from", "sqlite:///no-such-dir-h13/missing.db", "--to", target_url(schema)
+    )
+    assert relative.returncode == 1
+    assert "no-such-dir-h13/missing.db does not exist" in relative.stderr
+    assert not (ROOT / "no-such-dir-h13").exists()
+    with pytest.raises(MigrateError, match="is not a file"):
+        await migrate(f"sqlite:///{tmp_path}", target_url(schema), 10, False, io.StringIO())
 
 
 def test_help_names_the_flags() -> None:

@@ -1,8 +1,8 @@
 """``hubbub migrate --from sqlite:///hubbub.db --to postgresql://...``: copy history.
 
 For a user who outgrows SQLite: every room (its epoch, last seq and private
-flag) and every retained message (its seq, id, client id, nick, text and
-timestamp) is copied as it is, so clients resume on the new store with the
+flag) and every retained message (its seq, id, client id, nick, text, timestamp
+and sender's user id) is copied as it is, so clients resume on the new store with the
 epoch and seq they hold, and a client id retried after the move is still
 recognized as a duplicate.
 
@@ -10,6 +10,8 @@ recognized as a duplicate.
   server running on it is refused: stop it first, which also makes the copy a
   consistent snapshot). It is read room by room in batches of ``--batch``
   messages, so memory stays bounded whatever the history's size.
+- A ``sqlite:///PATH`` source that does not exist is refused (opening it would
+  create an empty database and "migrate" nothing).
 - The target must be PostgreSQL; its schema is created or migrated first. Each
   batch is one transaction (``ON CONFLICT DO NOTHING``), so an interrupted
   migration can simply be run again: it resumes, copying what is missing. A
@@ -26,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sys
 import time
 from dataclasses import dataclass
@@ -37,7 +40,9 @@ from ..config import Settings
 from ..errors import StartupError
 from ..protocol import Message
 from ..store import RoomMeta, Store, StoreError
+from ..store.base import user_of
 from ..store.postgres import PostgresStore
+from ..store.sqlite import SQLiteStore
 from .wiring import build_store
 
 #: Messages per batch by default (one transaction each; ~200 bytes of Python per message).
@@ -143,9 +148,9 @@ class Migration:
     async def insert(self, batch: list[Message]) -> int:
         async with self.target.pool.acquire() as conn, conn.transaction():
             status = await conn.execute(
-                "INSERT INTO messages (room, seq, id, client_id, nick, text, ts) "
+                'INSERT INTO messages (room, seq, id, client_id, nick, text, ts, "user") '
                 "SELECT * FROM unnest($1::text[], $2::bigint[], $3::text[], $4::text[], "
-                "$5::text[], $6::text[], $7::float8[]) ON CONFLICT DO NOTHING",
+                "$5::text[], $6::text[], $7::float8[], $8::text[]) ON CONFLICT DO NOTHING",
                 [m.room for m in batch],
                 [m.seq for m in batch],
                 [m.id for m in batch],
@@ -153,6 +158,7 @@ class Migration:
                 [m.nick for m in batch],
                 [m.text for m in batch],
                 [m.ts for m in batch],
+                [user_of(m) for m in batch],
             )
         return int(status.split()[-1])
 
@@ -198,6 +204,20 @@ def _open_target(url: str) -> PostgresStore:
     return store
 
 
+def _source_must_exist(source: Store) -> None:
+    """Refuse a SQLite source file that is not there: opening it would create an empty
+    database, and the migration would report 0 rooms as if it had worked."""
+    if not isinstance(source, SQLiteStore) or source.path == ":memory:":
+        return
+    if not os.path.exists(source.path):
+        raise MigrateError(
+            f"--from: {source.path} does not exist (sqlite:///PATH is relative to the "
+            "current directory, sqlite:////PATH absolute)"
+        )
+    if not os.path.isfile(source.path):
+        raise MigrateError(f"--from: {source.path} is not a file")
+
+
 async def migrate(
     source_url: str, target_url: str, batch: int, force: bool, out: TextIO
 ) -> Totals:
@@ -205,6 +225,7 @@ async def migrate(
         raise MigrateError("--from and --to are the same store")
     target = _open_target(target_url)
     source = build_store(Settings(store=source_url))
+    _source_must_exist(source)
     await source.open()
     try:
         await target.open()
