@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -25,6 +26,7 @@ async def _db_with_rooms(path: Path) -> None:
     await store.open()
     await store.append([PendingMessage(room, None, "ann", "hi", 1.0) for room in "aab"])
     await store.create_room("empty")
+    await store.set_private("b", True)
     await store.close()
 
 
@@ -37,10 +39,10 @@ def _parse(*argv: str) -> argparse.Namespace:
 async def test_delete_and_list_rooms_of_a_database(tmp_path: Path) -> None:
     db = tmp_path / "hubbub.db"
     await _db_with_rooms(db)
-    assert [(m.name, m.seq) for m in await list_rooms(str(db))] == [
-        ("a", 2),
-        ("b", 1),
-        ("empty", 0),
+    assert [(m.name, m.seq, m.private) for m in await list_rooms(str(db))] == [
+        ("a", 2, False),
+        ("b", 1, True),
+        ("empty", 0, False),
     ]
     assert await delete_room(str(db), "a") is True
     assert await delete_room(str(db), "a") is False
@@ -88,11 +90,13 @@ def test_the_rooms_command_prints_and_exits_with_a_status(tmp_path: Path, capsys
     asyncio.run(_db_with_rooms(db))
     assert run_rooms_command(_parse("rooms", "list", "--db", str(db))) == 0
     out = capsys.readouterr().out.splitlines()
-    assert [line.split("\t")[:2] for line in out] == [
-        ["a", "2 messages"],
-        ["b", "1 message"],
-        ["empty", "0 messages"],
+    rows = [line.split("\t") for line in out]
+    assert [row[:3] + row[4:] for row in rows] == [
+        ["a", "2 messages", "last seq 2", "public"],
+        ["b", "1 message", "last seq 1", "private"],
+        ["empty", "0 messages", "last seq 0", "public"],
     ]
+    assert all(re.fullmatch(r"epoch [0-9a-f]{12}", row[3]) for row in rows)
     assert run_rooms_command(_parse("rooms", "delete", "a", "--db", str(db))) == 0
     assert "deleted room 'a'" in capsys.readouterr().out
     assert run_rooms_command(_parse("rooms", "delete", "a", "--db", str(db))) == 1

@@ -70,7 +70,8 @@ async def delete_room(db_path: str, room: str) -> bool:
 
 
 async def list_rooms(db_path: str) -> list[RoomMeta]:
-    """Every room of the database with its newest sequence number, by name."""
+    """Every room of the database with its newest sequence number and whether it is
+    private, by name."""
     store = await _open(db_path, "list the rooms through it: GET http://<host>:<port>/api/rooms")
     try:
         return await store.rooms()
@@ -94,7 +95,13 @@ def add_rooms_command(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
         "/api/rooms/NAME with the API key), which also tells the room's members.",
     )
     actions = rooms.add_subparsers(dest="rooms_command", metavar="ACTION", required=True)
-    listing = actions.add_parser("list", help="list the rooms and their message counts")
+    listing = actions.add_parser(
+        "list",
+        help="list the rooms: name, messages kept, last seq, epoch, private or public",
+        description="One room a line, tab-separated: its name, the messages it keeps, its "
+        "last sequence number, its epoch, and 'private' (history and members for members "
+        "only) or 'public'.",
+    )
     listing.add_argument("--db", default=default_db, help="the SQLite history file")
     delete = actions.add_parser("delete", help="delete a room and all its messages")
     delete.add_argument("name", help="the room to delete")
@@ -109,7 +116,8 @@ def run_rooms_command(args: argparse.Namespace) -> int:
             for meta in metas:
                 kept = meta.seq - meta.oldest + 1
                 count = f"{kept} message" + ("" if kept == 1 else "s")
-                print(f"{meta.name}\t{count}\tlast seq {meta.seq}\tepoch {meta.epoch}")
+                access = "private" if meta.private else "public"
+                print(f"{meta.name}\t{count}\tlast seq {meta.seq}\tepoch {meta.epoch}\t{access}")
             if not metas:
                 print(f"no rooms in {args.db}", file=sys.stderr)
             return 0
