@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 
 from hubbub.apps.backup import (
@@ -24,7 +25,7 @@ from hubbub.apps.backup import (
 )
 from hubbub.errors import StartupError
 from hubbub.store import PendingMessage
-from hubbub.store.sqlite import SCHEMA_VERSION, SQLiteStore
+from hubbub.store.sqlite import MIGRATIONS, SCHEMA_VERSION, SQLiteStore
 
 from ..conftest import free_port, serve_args
 from .test_chat import Client
@@ -324,3 +325,64 @@ async def test_command_lines_print_one_line_each(
     out = capsys.readouterr().out
     assert out.startswith(f"restored {db} from {dest} (the previous database is kept as {db}.")
     assert _parse("backup", "x").db == "hubbub.db"  # the same default as hubbub serve --db
+
+
+async def test_user_ids_survive_backup_and_restore_and_an_older_backup_is_migrated(
+    tmp_path: Path,
+) -> None:
+    """Schema 3 keeps the sender's user id: a backup and a restore carry it; a backup taken
+    before user ids (schema 2) restores as it is and is migrated when a store opens it."""
+    db = tmp_path / "hubbub.db"
+    store = SQLiteStore(db)
+    await store.open()
+    await store.append(
+        [
+            PendingMessage("lobby", "c1", "ann", "signed in", 1.0, user="sub-ann"),
+            PendingMessage("lobby", "c2", "bob", "anonymous", 2.0),
+        ]
+    )
+    await store.close()
+    copy = tmp_path / "copy.db"
+    assert backup(str(db), str(copy)).schema_version == SCHEMA_VERSION == 3
+    assert _rows(copy, 'SELECT room, seq, "user" FROM messages') == [
+        ("lobby", 1, "sub-ann"),
+        ("lobby", 2, None),
+    ]
+    restored = tmp_path / "restored.db"
+    assert restore(str(copy), str(restored)).messages == 2
+    store = SQLiteStore(restored)
+    await store.open()
+    try:
+        users = [(m.seq, m.user) for m in await store.since("lobby", 0, 10)]
+    finally:
+        await store.close()
+    assert users == [(1, "sub-ann"), (2, msgspec.UNSET)]
+
+    # A backup from before user ids: schema 2, no "user" column.
+    old = tmp_path / "old.db"
+    raw = sqlite3.connect(old)
+    for step in MIGRATIONS[:2]:
+        raw.executescript(step)
+    raw.execute("INSERT INTO rooms (name, epoch, last_seq, created) VALUES ('old', 'e', 1, 1)")
+    raw.execute(
+        "INSERT INTO messages (room, seq, id, client_id, nick, text, ts) "
+        "VALUES ('old', 1, 'i', 'c1', 'ann', 'hi', 1.0)"
+    )
+    raw.execute("PRAGMA user_version=2")
+    raw.commit()
+    raw.close()
+    older = tmp_path / "older.db"
+    assert restore(str(old), str(older)).schema_version == 2
+    store = SQLiteStore(older)
+    await store.open()
+    try:
+        [msg] = await store.since("old", 0, 10)
+        [(new, _)] = await store.append([PendingMessage("old", "c2", "ann", "x", 2.0, "sub-a")])
+    finally:
+        await store.close()
+    assert (msg.text, msg.user, new.seq, new.user) == ("hi", msgspec.UNSET, 2, "sub-a")
+    raw = sqlite3.connect(f"file:{older}?mode=ro", uri=True)
+    try:
+        assert raw.execute("PRAGMA user_version").fetchone()[0] == 3
+    finally:
+        raw.close()
