@@ -456,6 +456,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=float, default=120.0, help="most seconds per measurement")
     p.add_argument("--budget", type=float, default=1500.0, help="most seconds for the whole run")
     p.add_argument("--json", metavar="FILE", help="write every run's result as JSON")
+    p.add_argument(
+        "--from-json", metavar="FILE", help="report the results of an earlier --json, run nothing"
+    )
     p.add_argument("--markdown", metavar="FILE", help="write the tables as markdown")
     p.add_argument(
         "--docs", metavar="PAGE", help="write the tables between the scaleout markers of PAGE"
@@ -485,20 +488,30 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
-    problems = check_services([CONFIGS[c] for c in args.configs])
-    if problems:
-        for line in problems:
-            print(f"scaleout: {line}", file=sys.stderr)
-        return 2
-    _raise_nofile()
-    signal.signal(signal.SIGINT, _on_signal)
-    signal.signal(signal.SIGTERM, _on_signal)
-    results = run_all(args)
+    if args.from_json:
+        saved = json.loads(Path(args.from_json).read_text())
+        results = saved["results"]
+        args.argv = saved["argv"]
+        for key in ("rounds", "clients", "senders", "rate", "duration", "warmup"):
+            setattr(args, key, saved["options"][key])
+    else:
+        problems = check_services([CONFIGS[c] for c in args.configs])
+        if problems:
+            for line in problems:
+                print(f"scaleout: {line}", file=sys.stderr)
+            return 2
+        _raise_nofile()
+        signal.signal(signal.SIGINT, _on_signal)
+        signal.signal(signal.SIGTERM, _on_signal)
+        results = run_all(args)
     text = render(results, args)
     print(text)
-    if args.json:
+    if args.json and not args.from_json:
+        options = {k: getattr(args, k) for k in ("rounds", "clients", "senders", "rate")}
+        options.update(duration=args.duration, warmup=args.warmup)
+        saved = {"argv": args.argv, "options": options, "results": results}
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(results, indent=1))
+        Path(args.json).write_text(json.dumps(saved, indent=1))
     if args.markdown:
         Path(args.markdown).parent.mkdir(parents=True, exist_ok=True)
         Path(args.markdown).write_text(text)
