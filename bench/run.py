@@ -1,19 +1,25 @@
 """``make bench``: hubbub against other chat servers, same generator, same work.
 
-    .venv/bin/python bench/run.py            # the full run (about 13 minutes on 2 cores)
-    .venv/bin/python bench/run.py --quick    # a smoke run (about 3 minutes)
+    .venv/bin/python bench/run.py            # the full run (about 14 minutes on 2 cores)
+    .venv/bin/python bench/run.py --quick    # a smoke run (about 4 minutes)
 
 Installs nothing: ``pip install -e '.[bench]'``,
 ``npm install --prefix bench/peers/node_ws`` and
 ``npm install --prefix bench/peers/socketio_node`` come first (``make bench``
 does all three).
 
-Two families of scenarios. *Seed mode* (idle, fanout, latency, connect):
-one-room servers speaking the seed's plain text protocol (hubbub, Node ws,
-websockets, aiohttp, picows). *Chat mode* (chat_fanout, chat_latency): the
-same room and load as chat frameworks do it, hubbub with its ``hubbub.v1``
-JSON protocol and durable history, Node socket.io and python-socketio with
-socket.io events driven by socket.io-client workers.
+Three families of scenarios. *Seed mode* (idle, fanout, steady, connect):
+one-room servers speaking the seed's plain text protocol (hubbub with and
+without its compiled path, Node ws, picows; websockets and aiohttp with
+``--servers``). *Chat mode* (chat_fanout, chat_steady): the same room and
+load as chat frameworks do it, hubbub with its ``hubbub.v1`` JSON protocol
+and durable history, Node socket.io (and python-socketio with ``--servers``)
+with socket.io events driven by socket.io-client workers. *Storms*
+(join_storm, reconnect_storm, :mod:`hubbub.bench.storms`): N clients joining
+one room at once, and 10,000 clients resuming after a server restart, hubbub
+in chat mode against Node ws's handshake storm. The steady rates (20 and 80
+messages/s into a room of 1,000) run 5 rounds, the storms 2, idle 1, the
+others 3.
 
 For every round, every server and every scenario it runs, a fresh server
 process is started on CPU 1 with a raised open-file limit, the generator

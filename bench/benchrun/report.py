@@ -502,12 +502,35 @@ def _method(ctx: Context) -> list[str]:
         "repeats": sum(a.get("repeats", 0) for per in agg.values() for a in per.values()),
         "noisy": sum(a.get("noisy_rounds", 0) for per in agg.values() for a in per.values()),
         "minutes": ctx.elapsed / 60,
+        "rounds_text": ", ".join(
+            f"{s} {ctx.plan.rounds_of(s)}" for s in ctx.plan.scenarios if s in ctx.plan.options
+        ),
     }
     return ["## Method and machine", "", *(line.format(**fields) for line in METHOD), ""]
 
 
 def _reproduce(ctx: Context) -> list[str]:
     return [REPRODUCE.format(command=ctx.command)]
+
+
+#: Sections of the document written by hand (by other work) that a new report keeps as
+#: they are, at its end: from the heading to the next heading of the same level.
+KEPT_HEADINGS = ("## Steady load: the compiled path",)
+
+
+def _kept(ctx: Context) -> list[str]:
+    try:
+        text = ctx.doc.read_text()
+    except OSError:
+        return []
+    out: list[str] = []
+    for heading in KEPT_HEADINGS:
+        start = text.find("\n" + heading + "\n")
+        if start < 0:
+            continue
+        end = text.find("\n## ", start + 1 + len(heading))
+        out += [text[start + 1 : end if end >= 0 else len(text)].rstrip(), ""]
+    return out
 
 
 SECTIONS: tuple[Callable[[Context], list[str]], ...] = (
@@ -525,4 +548,5 @@ SECTIONS: tuple[Callable[[Context], list[str]], ...] = (
     _servers,
     _method,
     _reproduce,
+    _kept,
 )

@@ -132,8 +132,11 @@ METHOD = (
     "- Each server process is pinned to CPU {server_cpu} (all its threads) and gets "
     "an open-file soft limit of {nofile:,}; the generator and this script run on "
     "CPU {generator_cpu}. Everything goes over loopback (127.0.0.1).",
-    "- A fresh server process for every (round, server, scenario); rounds alternate "
-    "the server order (forward, reversed, rotated, …); medians over the rounds.",
+    "- A fresh server process for every (round, server, scenario): the steady rates "
+    "run one after the other on one connected room, the join storm's sizes one after "
+    "the other, the reconnect storm restarts its server once; rounds alternate the "
+    "server order (forward, reversed, rotated, …); medians over the rounds. Rounds per "
+    "scenario: {rounds_text}.",
     "- CPU: utime + stime of the server (and of the generator processes) from "
     "`/proc/<pid>/stat` at the start and the end of the measured window, divided by "
     "`SC_CLK_TCK`. *Saturated* names the side that used at least 90% of its core(s) "
@@ -159,6 +162,15 @@ make bench
 npm install --prefix bench/peers/node_ws
 npm install --prefix bench/peers/socketio_node
 {command}
+```
+
+The steady rates, the storms or one server only (`--quick` for a smoke run into
+reports/bench/; `--report-only` writes the report again from the last raw results):
+
+```sh
+.venv/bin/python bench/run.py --scenarios steady,chat_steady \
+--servers hubbub,hubbub_nospeedups,node_ws,picows
+.venv/bin/python bench/run.py --scenarios join_storm,reconnect_storm --servers hubbub,node_ws
 ```
 
 One scenario against one running server:

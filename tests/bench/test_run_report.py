@@ -117,3 +117,20 @@ def test_report_golden_files_show_every_section() -> None:
     assert "| reconnect storm: 1,000 clients resumed (no gap, no duplicate) within 15 s " in full
     assert "(with errors) | **no** |" in full
     assert "| 3/0/0/3 |" in full  # gaps/duplicated/bad resumed/lost, summed over the rounds
+
+
+@pytest.mark.filterwarnings("ignore:No artists with labels found")
+def test_a_new_report_keeps_the_hand_written_sections(bench_run: Any, tmp_path: Path) -> None:
+    """docs/benchmarks.md's hand-written section on the compiled path survives a new run."""
+    raw = tmp_path / "results.json"
+    raw.write_text(json.dumps(_variant("quick")))
+    out = tmp_path / "bench.md"
+    kept = "## Steady load: the compiled path\n\nWritten by hand.\n\n### A part\n\nMore.\n"
+    out.write_text("# Benchmarks\n\nold figures\n\n" + kept + "\n## Later\n\nnot kept\n")
+    bench_run.main(
+        ["--report-only", "--json", str(raw), "--out", str(out), "--img", str(tmp_path / "img")]
+    )
+    text = out.read_text()
+    assert text.count(kept.rstrip()) == 1
+    assert "old figures" not in text and "not kept" not in text
+    assert text.index("## Reproduce") < text.index("## Steady load: the compiled path")
