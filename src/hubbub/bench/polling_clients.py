@@ -119,6 +119,8 @@ class Tally:
         self.since_ignored = 0
         #: Short polls the server did not answer within POLL_WAIT (it was saturated).
         self.timeouts = 0
+        #: Short polls the server answered 503 (shedding load).
+        self.refused = 0
 
     def error(self, text: str) -> None:
         if len(self.errors) < _MAX_ERRORS and text not in self.errors:
@@ -460,6 +462,11 @@ class ShortPollReceiver(Receiver):
         )
         if status == 404:
             return False  # the room is not stored yet: no news
+        if status == 503:
+            # The server sheds load (too many connections opening): counted; asked
+            # again at the next tick, as a browser's timer would.
+            self.tally.refused += 1
+            return False
         if status != 200:
             raise HttpError(f"GET messages answered {status}: {body[:100]!r}")
         page = _page.decode(body)

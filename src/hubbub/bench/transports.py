@@ -384,6 +384,7 @@ async def run_cell(opts: TransportOptions, name: str, n: int, workdir: Path) -> 
         check=check,
         since_ignored=cell.tally.since_ignored,
         timeouts=cell.tally.timeouts,
+        refused=cell.tally.refused,
         errors=cell.tally.errors,
         ok=not cell.tally.errors and check["lost"] == check["duplicated"] == 0,
     )

@@ -112,6 +112,8 @@ def notes(results: list[dict[str, Any]]) -> list[str]:
                 f"{where}: {r['timeouts']} polls got no answer within 30 s (the server was "
                 "saturated); each was asked again on a new connection"
             )
+        if r.get("refused"):
+            out.append(f"{where}: {r['refused']} polls were refused with 503 (server busy)")
         if r.get("since_ignored"):
             out.append(
                 f"{where}: the server ignored ?since= in {r['since_ignored']} answers "
