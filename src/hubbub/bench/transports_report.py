@@ -167,7 +167,8 @@ def write_markdown(path: str, text: str) -> None:
 
 
 def plot(results: list[dict[str, Any]], folder: str) -> list[str]:
-    """push-vs-polling-{latency,bytes,cpu}.png in ``folder``; their paths."""
+    """push-vs-polling-{latency,bytes,cpu}.png in ``folder``; their paths. Each chart
+    has two panels: latency p50 | p99, and for bytes and CPU load | idle."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -180,34 +181,26 @@ def plot(results: list[dict[str, Any]], folder: str) -> list[str]:
         n: sorted((r for r in results if r["transport"] == n), key=lambda r: r["receivers"])
         for n in names
     }
-    charts = (
-        ("latency", "delivery latency (ms, log)", [("p50", "-"), ("p99", "--")]),
-        ("bytes", "bytes on the wire", [("load", "-"), ("idle", "--")]),
-        ("cpu", "server CPU", [("load", "-"), ("idle", "--")]),
-    )
     paths = []
-    for key, ylabel, lines in charts:
-        fig, ax = plt.subplots(figsize=(8, 4.5), dpi=110)
-        for i, name in enumerate(names):
-            rows = series[name]
-            xs = [r["receivers"] for r in rows]
-            for which, style in lines:
+    for key, panels in _CHARTS.items():
+        fig, axes = plt.subplots(1, 2, figsize=(11, 4.6), dpi=110)
+        for ax, (which, ylabel, scale) in zip(axes, panels, strict=True):
+            for i, name in enumerate(names):
+                rows = series[name]
+                xs = [r["receivers"] for r in rows]
                 ys = [_y(key, which, r) for r in rows]
-                ax.plot(
-                    xs,
-                    ys,
-                    style,
-                    marker="o",
-                    color=f"C{i}",
-                    label=f"{rows[0]['title']} ({_legend(key, which)})",
-                )
-        ax.set_xscale("log")
-        ax.set_yscale("log")
-        ax.set_xlabel("receivers N (log)")
-        ax.set_ylabel(ylabel)
-        ax.set_title(_chart_title(key))
-        ax.grid(True, which="both", alpha=0.3)
-        ax.legend(fontsize=7, ncol=2)
+                ax.plot(xs, ys, "-", marker="o", color=f"C{i}", label=rows[0]["title"])
+            ax.set_xscale("log")
+            if scale == "symlog":
+                ax.set_yscale("symlog", linthresh=1.0)
+                ax.set_ylim(bottom=0)
+            else:
+                ax.set_yscale(scale)
+            ax.set_xlabel("receivers N (log)")
+            ax.set_ylabel(ylabel)
+            ax.grid(True, which="both", alpha=0.3)
+        axes[0].legend(fontsize=8)
+        fig.suptitle(_chart_title(key))
         fig.tight_layout()
         path = out / f"push-vs-polling-{key}.png"
         fig.savefig(path)
@@ -216,32 +209,38 @@ def plot(results: list[dict[str, Any]], folder: str) -> list[str]:
     return paths
 
 
+#: chart -> its two panels: (figure, y label, y scale).
+_CHARTS = {
+    "latency": (
+        ("p50", "p50 latency, ms (log)", "log"),
+        ("p99", "p99 latency, ms (log)", "log"),
+    ),
+    "bytes": (
+        ("load", "load: bytes per delivered message", "log"),
+        ("idle", "idle: bytes/s per client (symlog)", "symlog"),
+    ),
+    "cpu": (
+        ("load", "load: server CPU µs per delivered message", "log"),
+        ("idle", "idle: server CPU, % of a core (symlog)", "symlog"),
+    ),
+}
+
+
 def _y(key: str, which: str, r: dict[str, Any]) -> float:
     if key == "latency":
         return float(r["load"]["latency_ms"][which])
     if key == "bytes":
         if which == "load":
             return float(r["load"]["bytes_per_delivery"])
-        return max(float(r["idle"]["bytes_per_s_per_client"]), 1e-3)
+        return float(r["idle"]["bytes_per_s_per_client"])
     if which == "load":
         return float(r["load"]["server_cpu_us_per_delivery"])
-    return max(float(r["idle"]["server_cpu_pct"]), 1e-3)
-
-
-def _legend(key: str, which: str) -> str:
-    return {
-        ("latency", "p50"): "p50",
-        ("latency", "p99"): "p99",
-        ("bytes", "load"): "load: bytes per delivered message",
-        ("bytes", "idle"): "idle: bytes/s per client",
-        ("cpu", "load"): "load: µs per delivered message",
-        ("cpu", "idle"): "idle: % of a core",
-    }[(key, which)]
+    return float(r["idle"]["server_cpu_pct"])
 
 
 def _chart_title(key: str) -> str:
     return {
         "latency": "send-to-receipt latency vs N",
         "bytes": "bytes on the wire (both directions, HTTP heads included) vs N",
-        "cpu": "server CPU vs N: per delivered message under load, share of a core at idle",
+        "cpu": "server CPU vs N",
     }[key]
