@@ -193,6 +193,11 @@ class HttpClient:
         #: The connection of :meth:`stream`, while one is open.
         self.streaming: HttpConn | None = None
 
+    async def connect(self) -> None:
+        """Open the keep-alive connection now (else the first request opens it)."""
+        if self.conn is None or self.conn.closed:
+            await self._open()
+
     async def _open(self) -> HttpConn:
         loop = asyncio.get_running_loop()
         _, conn = await loop.create_connection(

@@ -427,9 +427,12 @@ class ShortPollReceiver(Receiver):
         self.since = 0
 
     async def open(self) -> None:
-        # The room is new: since=0 is "after everything". The poller is ready at once
-        # (no first poll to wait for: a saturated server must not stop the setup; its
-        # slowness is what the idle and load windows then measure).
+        # The keep-alive connection is opened now, a few receivers at a time like the
+        # other transports' (N pollers opening theirs within one interval would be
+        # refused by the server's max_pending_handshakes). The room is new: since=0
+        # is "after everything", so the poller is ready without a first poll (a
+        # saturated server must not stop the setup: the windows measure it).
+        await self.http.connect()
         self.ready.set()
         self.task = asyncio.create_task(self._loop())
 

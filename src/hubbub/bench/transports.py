@@ -332,7 +332,9 @@ async def _measure(
     try:
         await asyncio.wait_for(cell.tally.complete.wait(), drain)
     except TimeoutError:
-        cell.tally.error(f"not every message arrived within {drain:g}s")
+        cell.tally.error(
+            f"not every message arrived within {drain:g}s of the last send (counted as lost)"
+        )
     lo = math.ceil(opts.rate * opts.warmup)
     load = load_figures(s0, s1, cell.tally, range(lo, opts.messages), cores)
     return idle, load, timings
@@ -467,6 +469,7 @@ def main(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         opts.validate()
     except ValueError as exc:
         parser.error(str(exc))
+    facts = proc.machine_facts()  # before pinning: nproc counts the CPUs we may use
     if opts.generator_cpus:
         os.sched_setaffinity(0, opts.generator_cpus)
     proc.raise_nofile()
@@ -479,7 +482,7 @@ def main(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     from .transports_report import markdown, plot, table, write_markdown
 
     print(table(results))
-    meta = {"options": public(opts), "machine": proc.machine_facts()}
+    meta = {"options": public(opts), "machine": facts}
     if args.json:
         write_json(args.json, {**meta, "results": results})
         print(f"results written to {args.json}")

@@ -143,9 +143,9 @@ def markdown(results: list[dict[str, Any]], meta: dict[str, Any]) -> str:
             _md_table(LOAD_HEAD, load_rows(results)),
             "**Idle** (the room is silent):",
             _md_table(IDLE_HEAD, idle_rows(results)),
-            *(f"- {line}" for line in notes(results)),
+            "\n".join(f"- {line}" for line in notes(results)),
         ]
-    )
+    ).rstrip()
 
 
 BEGIN = "<!-- transports:begin (written by hubbub bench --transports --markdown) -->"
