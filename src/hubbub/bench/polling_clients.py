@@ -252,6 +252,8 @@ class WsReceiver(Receiver):
     """A WebSocket member of the room: frames pushed by the server."""
 
     kind = "ws"
+    transport: WSTransport | None = None
+    sock: socket.socket | None = None
 
     async def open(self) -> None:
         self.transport, self.sock = await _ws_open(
@@ -261,11 +263,11 @@ class WsReceiver(Receiver):
 
     def close(self) -> None:
         super().close()
-        if hasattr(self, "transport"):
+        if self.transport is not None:
             self.transport.disconnect()
 
     def wire(self) -> tuple[int, int]:
-        return tcp_bytes(self.sock) if hasattr(self, "sock") else (0, 0)
+        return (0, 0) if self.sock is None else tcp_bytes(self.sock)
 
 
 class _SessionReceiver(Receiver):
@@ -491,6 +493,7 @@ class Sender:
     """The room's one sender: a hubbub.v1 WebSocket member sending at a fixed rate."""
 
     kind = "sender"
+    transport: WSTransport | None = None
 
     def __init__(self, tally: Tally, host: str, port: int, room: str, size: int) -> None:
         self.tally = tally
@@ -516,6 +519,8 @@ class Sender:
     async def run(self, count: int, rate: float, start: float) -> None:
         """Send messages 0..count-1, message i at ``start + i / rate`` (loop time)."""
         loop = asyncio.get_running_loop()
+        transport = self.transport
+        assert transport is not None, "open() first"
         for i in range(count):
             delay = start + i / rate - loop.time()
             if delay > 0:
@@ -528,10 +533,10 @@ class Sender:
             }
             data = _encode(frame)
             self.tally.sent_ns[i] = monotonic_ns()
-            self.transport.send(TEXT, data)
+            transport.send(TEXT, data)
             self.sent = i + 1
 
     def close(self) -> None:
         self.closing = True
-        if hasattr(self, "transport"):
+        if self.transport is not None:
             self.transport.disconnect()
