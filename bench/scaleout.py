@@ -362,7 +362,9 @@ def _public_argv(server: Server) -> list[str]:
         (server.prefix, "hubbub-scaleout-RANDOM:"),
     ):
         argv = [a.replace(old, new) for a in argv]
-    ports = {str(server.port): "PORT", str(server.metrics_port): "METRICS_PORT"}
+    ports = {str(server.port): "PORT"}
+    if server.metrics_port:
+        ports[str(server.metrics_port)] = "METRICS_PORT"
     argv = [ports.get(a, a) for a in argv]
     return ["hubbub", *argv]
 
