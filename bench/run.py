@@ -18,8 +18,8 @@ with socket.io events driven by socket.io-client workers. *Storms*
 (join_storm, reconnect_storm, :mod:`hubbub.bench.storms`): N clients joining
 one room at once, and 10,000 clients resuming after a server restart, hubbub
 in chat mode against Node ws's handshake storm. The steady rates (20 and 80
-messages/s into a room of 1,000) run 5 rounds, the storms 2, idle 1, the
-others 3.
+messages/s into a room of 1,000) run 5 rounds, connect 3, idle 1, the
+others 2.
 
 For every round, every server and every scenario it runs, a fresh server
 process is started on CPU 1 with a raised open-file limit, the generator
@@ -106,8 +106,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--rounds",
         type=int,
-        help="rounds of every scenario (default: 5 of the steady rates, 2 of the storms, 1 of "
-        "idle, 3 of the others; 1 with --quick, 2 of the steady rates)",
+        help="rounds of every scenario (default: 5 of the steady rates, 3 of connect, 1 of "
+        "idle, 2 of the others; 1 with --quick, 2 of the steady rates)",
     )
     parser.add_argument(
         "--duration", type=float, default=5.0, help="measured seconds per scenario run"

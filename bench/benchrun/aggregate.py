@@ -73,6 +73,7 @@ PART_METRICS = {
         "server_cpu_pct",
         "generator_cpu_pct",
         "deliveries_per_s",
+        "other_cpu_pct",
     ],
     "join_storm": [
         "joined_s",
@@ -88,6 +89,7 @@ METRICS["reconnect_storm"] = [
     "generator_cpu_s",
     "generator_cpu_pct",
     "first_join_s",
+    "other_cpu_pct",
 ]
 CHECKS = ("lost", "duplicated", "reordered", "malformed", "disconnected", "echo_errors")
 STORM_CHECKS = ("gaps", "duplicated", "bad_resume", "lost", "resets", "dropped")

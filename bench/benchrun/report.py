@@ -208,12 +208,29 @@ def _targets_section(ctx: Context) -> list[str]:
         "",
         "The issue's targets, as ratios against Node ws measured in this same run.",
         "",
+        *_noise_warning(ctx),
         "| target | measured | met |",
         "|---|---|---|",
         *(
             f"| {label} | {measured} | {'yes' if met else '**no**'} |"
             for label, measured, met in targets
         ),
+        "",
+    ]
+
+
+def _noise_warning(ctx: Context) -> list[str]:
+    """A warning above the targets when the machine was busy during the run."""
+    results = [r for per in ctx.plan.results.values() for rs in per.values() for r in rs]
+    noisy = [r for r in results if r.get("noisy")]
+    if not noisy:
+        return []
+    others = sorted(r.get("other_cpu_pct") or 0.0 for r in noisy)
+    return [
+        f"**A busy machine: {len(noisy)} of the {len(results)} measurements of this run were "
+        f"made while other processes used more than {noisy_pct():.0f}% of a core (median "
+        f"{others[len(others) // 2]:.0f}%, up to {others[-1]:.0f}%).** CPU per delivery and "
+        "per handshake hold up best under such sharing; times and latencies do not.",
         "",
     ]
 

@@ -10,6 +10,13 @@ from .template import DASH, JOIN_STORM, RECONNECT_STORM, STEADY, TIMES
 if TYPE_CHECKING:
     from .report import Context
 
+
+def noisy_pct() -> float:
+    from hubbub.bench.options import NOISY_PCT
+
+    return NOISY_PCT
+
+
 #: No run's p99 above this at the highest steady rate (the issue's bound on a quiet machine).
 P99_RUN_MAX_MS = 15.0
 #: The issue's p99 target at the highest steady rate.
@@ -78,8 +85,9 @@ def _steady_table(ctx: Context, scenario: str, rate: float) -> list[str]:
         f"**{rate:g} messages/s** ({rate * _clients(ctx, scenario):,.0f} deliveries/s):",
         "",
         "| server | server CPU µs per delivery | vs Node ws | server CPU | p50 ms | p99 ms "
-        "| p99 vs Node ws | p99.9 ms | runs | lost/dup/reordered |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+        "| p99 vs Node ws | p99.9 ms | generator CPU | other processes | runs "
+        "| lost/dup/reordered |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for name in ctx.names(scenario):
         a = ctx.agg[name].get(scenario, {})
@@ -94,6 +102,8 @@ def _steady_table(ctx: Context, scenario: str, rate: float) -> list[str]:
             f"| {_cell(a, f'{part}/latency_ms/p99', 2)} "
             f"| {_ratio(p99, base.get(f'{part}/latency_ms/p99'))} "
             f"| {_cell(a, f'{part}/latency_ms/p99.9', 2)} "
+            f"| {_f(a.get(f'{part}/generator_cpu_pct'))}% "
+            f"| {_f(a.get(f'{part}/other_cpu_pct'))}% "
             f"| {a.get('rounds', 0)} | {_check_cell(a)} |"
         )
     return [*out, ""]
@@ -119,6 +129,7 @@ def steady_section(ctx: Context) -> list[str]:
                 rates=" and ".join(f"{r:g}" for r in o["rates"]),
                 warmup=o.get("warmup", 1.0),
                 duration=o.get("duration", 4.0),
+                noisy=noisy_pct(),
                 mode=(
                     "the seed's plain text"
                     if scenario == "steady"

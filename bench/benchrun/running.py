@@ -64,7 +64,7 @@ def make_plan(args: argparse.Namespace) -> Plan:
         room = {"clients": 1000, "senders": 10, "window": 4, "size": 100}
         steady = {**room, "rates": [20.0, 80.0], "duration": 3.0, "warmup": 1.0, "rounds": 5}
         options = {
-            "fanout": {**room, "duration": args.duration, "warmup": 1.5},
+            "fanout": {**room, "duration": args.duration, "warmup": 1.5, "rounds": 2},
             "steady": steady,
             # Memory per idle connection varies by less than 1% between rounds.
             "idle": {"idle_clients": 10_000, "idle_steps": 10, "rounds": 1},
@@ -72,7 +72,7 @@ def make_plan(args: argparse.Namespace) -> Plan:
             # (seen in the connection-rate chart); measured before that, Node ws,
             # the baseline of every ratio, would look slower than it is.
             "connect": {"duration": args.duration, "warmup": 3.0, "connect_concurrency": 32},
-            "chat_fanout": {**room, "duration": args.duration, "warmup": 1.5},
+            "chat_fanout": {**room, "duration": args.duration, "warmup": 1.5, "rounds": 2},
             "chat_steady": steady,
             # A storm round takes 30 to 90 s: two rounds keep `make bench` within 15 minutes.
             "join_storm": {"sizes": [1000, 2000, 10_000], "rounds": 2},

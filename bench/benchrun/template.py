@@ -75,7 +75,11 @@ STEADY = (
     "frame per recipient per message, so this is what user space adds to each send. "
     "Latency is send to receive over every delivery of the window, as in the fan-out "
     "checks. Medians over the runs, (min" + DASH + "max) after them: p99 varies a lot "
-    "from run to run, more so on a busy machine."
+    "from run to run, more so on a busy machine. *Generator CPU* is the share of its "
+    "one core the generator used, *other processes* the CPU that the rest of the machine "
+    "used meanwhile (percent of one core; above {noisy:.0f}% a run counts as noisy): a "
+    "generator short of CPU reads late, and its latencies are then its own, not the "
+    "server's."
 )
 JOIN_STORM = (
     "What happens after every restart or network blip: N clients connect at once (up to "
