@@ -228,7 +228,7 @@ def render(results: list[dict[str, Any]], args: argparse.Namespace) -> str:
     ):
         if not any(k[0] == scenario for k in aggs):
             continue
-        out += [f"#### {title}", "", *table(aggs, scenario), ""]
+        out += [f"### {title}", "", *table(aggs, scenario), ""]
         splits = aggs.get((scenario, "pg-redis-2w"), {}).get("split")
         if splits:
             out += [
@@ -238,11 +238,11 @@ def render(results: list[dict[str, Any]], args: argparse.Namespace) -> str:
             ]
     target = scaleout_lines(aggs)
     if target:
-        out += ["#### `--workers 2` against one worker", "", *target, ""]
+        out += ["### `--workers 2` against one worker", "", *target, ""]
     if ("chat_steady", "pg-local") in aggs:
-        out += ["#### The Redis hop (chat mode, fixed rate)", "", *redis_hop_table(aggs), ""]
+        out += ["### The Redis hop (chat mode, fixed rate)", "", *redis_hop_table(aggs), ""]
     out += [
-        "#### Commands",
+        "### Commands",
         "",
         "```",
         "# the runner (all of the above):",

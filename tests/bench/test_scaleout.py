@@ -192,8 +192,8 @@ def test_report_and_docs_markers(so: ModuleType, tmp_path: Path) -> None:
         rounds=1, clients=20, senders=2, rate=40.0, duration=0.6, warmup=0.2, argv=["--quick"]
     )
     text = so.render(results, args)
-    assert "#### Saturation, chat mode (hubbub.v1, one room)" in text
-    assert "#### The Redis hop (chat mode, fixed rate)" in text
+    assert "### Saturation, chat mode (hubbub.v1, one room)" in text
+    assert "### The Redis hop (chat mode, fixed rate)" in text
     assert "| `pg-redis-2w`: --workers 2, PostgreSQL + Redis |" in text
     assert "--workers 2 --metrics-port METRICS_PORT" in text
     assert "hubbub_scaleout_RANDOM" in text
@@ -210,4 +210,4 @@ def test_report_and_docs_markers(so: ModuleType, tmp_path: Path) -> None:
     body = page.read_text()
     assert body.startswith("# Scaling\n\nintro\n\n## Scaling out\n\nprose\n")
     assert body.count(rep.BEGIN) == body.count(rep.END) == 1
-    assert "second" in body and "#### Saturation" not in body
+    assert "second" in body and "### Saturation" not in body
