@@ -103,7 +103,7 @@ def _run(so: ModuleType, config_name: str, scenario: str, tmp: Path) -> dict[str
     assert _keys(so.REDIS_URL, server.prefix) == []
     assert len(workers) == config.workers
 
-    assert result["errors"] == [] and result["ok"]
+    assert result["errors"] == [] and result["ok"], result["errors"]
     assert (result["scenario"], result["config"]) == (scenario, config_name)
     assert result["protocol"] == so.SCENARIOS[scenario][0]
     assert result["connected"] == TINY["clients"]
