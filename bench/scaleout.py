@@ -1,7 +1,7 @@
 """Scale-out benchmarks: ``hubbub serve --workers 2`` against one worker, and the Redis hop.
 
-    .venv/bin/python bench/scaleout.py                     # 3 rounds, about 10 minutes
-    .venv/bin/python bench/scaleout.py --quick             # 1 short round, about 2 minutes
+    .venv/bin/python bench/scaleout.py                     # 3 rounds, about 15 minutes
+    .venv/bin/python bench/scaleout.py --quick             # 1 short round, about 4 minutes
     .venv/bin/python bench/scaleout.py --docs docs/scaling.md --json reports/scaleout.json
 
 Servers (each measurement starts a fresh one and stops it after):
@@ -331,6 +331,7 @@ def run_one(
 ) -> dict[str, Any]:
     server = Server(config, tmp)
     t0 = time.monotonic()
+    started = time.strftime("%Y-%m-%d %H:%M")
     try:
         server.start()
         result = asyncio.run(asyncio.wait_for(measure(server, scenario, fields), timeout))
@@ -348,6 +349,7 @@ def run_one(
     finally:
         server.stop()
     result["round"] = round_no
+    result["started"] = started
     result["argv"] = " ".join(shlex.quote(a) for a in _public_argv(server))
     result["run_s"] = time.monotonic() - t0
     return result
