@@ -16,7 +16,7 @@ BENCH_STAMP   := $(VENV)/.installed-bench
 APT_PACKAGES := chromium nginx haproxy openssl
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: install install-dev install-bench run test lint system-deps node-deps conformance bench fuzz soak clean
+.PHONY: install install-dev install-bench run test lint system-deps node-deps conformance bench bench-core bench-transports bench-scaleout fuzz soak clean
 
 install: $(RUNTIME_STAMP)
 install-dev: $(DEV_STAMP)
@@ -78,9 +78,21 @@ conformance: install-dev
 # 14 minutes); writes docs/benchmarks.md and docs/img/*.png.
 # `make bench BENCH_ARGS=--quick` is a 2-minute smoke run into reports/bench/.
 BENCH_ARGS ?=
-bench: install-bench node-deps
+# `make bench` runs the three parts below in turn; each can be run alone.
+bench: bench-core bench-transports bench-scaleout
+
+# hubbub against the peers: saturation, steady rates, storms, handshakes (docs/benchmarks.md).
+bench-core: install-bench node-deps
 	$(BIN)/python bench/run.py $(BENCH_ARGS)
+
+# Push vs polling (docs/push-vs-polling.md).
+bench-transports: install-bench
 	$(BIN)/hubbub bench --transports --json reports/bench/transports.json $(if $(filter --quick,$(BENCH_ARGS)),--quick --markdown reports/bench/transports.md --plot reports/bench/img,--markdown docs/push-vs-polling.md --plot docs/img)
+
+# --workers 2 against one worker, and the Redis hop (docs/scaling.md; needs the
+# local PostgreSQL and Redis). Exits non-zero when a run reports errors.
+bench-scaleout: install-bench
+	$(BIN)/python bench/scaleout.py $(if $(filter --quick,$(BENCH_ARGS)),--quick --markdown reports/bench/scaleout.md,--docs docs/scaling.md) --json reports/bench/scaleout.json
 
 # The fuzz properties of tests/fuzz, 50x longer than in `make test`
 # (FUZZ_ARGS="--examples-scale 200 --seed 1" for a longer, repeatable run).
