@@ -15,7 +15,7 @@ from hubbub.presence.redis import RedisPresence
 from tests.apps.test_chat import Client
 from tests.services import REDIS_URL, postgres_store
 
-from .conftest import Cluster, wait_until
+from .conftest import Cluster
 
 #: Short leases so that a death is noticed in a second or two (defaults: 10 s / 3 s).
 LEASE_TTL = 1.5
@@ -140,7 +140,7 @@ async def test_a_nickname_taken_on_one_node_is_refused_on_the_other(cluster: Clu
     got = [await x.recv(), await y.recv()]
     kinds = sorted(f["type"] for f in got)
     assert kinds == ["error", "room"], got
-    assert [f for f in got if f["type"] == "error"][0]["code"] == "nick_taken"
+    assert next(f for f in got if f["type"] == "error")["code"] == "nick_taken"
     for c in (ann, other, x, y):
         await c.close()
 
@@ -150,7 +150,7 @@ async def test_a_renamed_member_is_renamed_everywhere_and_a_taken_name_refused(
 ) -> None:
     a, b = await node(cluster, "A"), await node(cluster, "B")
     ann, ann_view = await joined(a, "ann", "r")
-    bob, bob_view = await joined(b, "bob", "r")
+    bob, _bob_view = await joined(b, "bob", "r")
     await ann_view.until({"ann", "bob"})
     await bob.send(type="nick", nick="robert")
     await ann_view.until({"ann", "robert"})

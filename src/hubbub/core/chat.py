@@ -235,7 +235,10 @@ class ChatCore(KnownRooms, PresenceBuffer, RemoteMembers):
         nick = f.nick if f.nick is not None else user.nick
         # Check the room first: a refused join must leave the nickname as it was.
         if room is not None and not room.has(user):
-            clash = self._clash(s, nick, room.holder(nick), f, f.room)
+            holder = room.holder(nick)
+            if self.deferred(holder, nick):
+                holder = None  # the cluster's claim decides (see hubbub.core.remote)
+            clash = self._clash(s, nick, holder, f, f.room)
             if clash is not None:
                 return [clash]
         creates = room is None and not self.room_exists(f.room)

@@ -12,7 +12,16 @@ members about them. They never get a frame: they have no connection here.
 A nickname is indexed once per room. One user connected on two nodes is one
 member: the second entry of the same nickname waits in ``Room.shadow`` and
 takes over when the first leaves (no ``left``/``joined`` pair for a user still
-in the room). Memory: one :class:`RemoteUser` per remote member of a followed
+in the room).
+
+A local join whose nickname is exactly a remote member's is not refused here
+(:meth:`RemoteMembers.deferred`): the cluster's atomic claim decides, after
+waiting a little for the remote entry to go. That is a client reconnecting to
+another node before the old node has seen its connection end: the local member
+takes the name (the remote entry is shadowed, nobody sees a change), and the
+old entry's ``leave`` follows. If the claim is lost, the local member is taken
+out and the remote one is back. Lookalikes of remote members are refused at
+once, like local ones. Memory: one :class:`RemoteUser` per remote member of a followed
 room (about 800 bytes, like a local user), so at most
 ``max_members_per_room`` of them per room.
 """
@@ -144,13 +153,19 @@ class RemoteMembers:
         self._dirty[room.name] = None
         room.add_person(u, quiet=True)
 
+    @staticmethod
+    def deferred(holder: User | None, nick: str) -> bool:
+        """Is a join's clash with ``holder`` left to the cluster claim? (A remote
+        member with exactly this nickname.)"""
+        return isinstance(holder, RemoteUser) and nick_key(holder.nick) == nick_key(nick)
+
     def displace(self, room: Room, user: User) -> None:
-        """Local ``user`` joins ``room`` where the same user is indexed from another
-        node: the local one takes the nickname, the remote entry waits (no change
-        shown: the person was already there)."""
+        """Local ``user`` joins ``room`` where its nickname is held by a member of
+        another node (the same user, or one the claim decides about): the local one
+        takes the nickname, the remote entry waits (no change shown)."""
         key = nick_key(user.nick)
         held = room.by_key.get(key)
-        if not isinstance(held, RemoteUser) or held.user is None or held.user != user.user:
+        if not isinstance(held, RemoteUser):
             return
         room.remove_person(held, quiet=True)
         note = room.dirty.pop(held, held.nick)

@@ -40,6 +40,11 @@ log = logging.getLogger("hubbub.presence")
 
 #: Events held for a room while its list is read; past it the room is read again.
 MAX_HELD = 10_000
+#: Seconds a join waits for another node's member to give up its nickname (a
+#: client reconnecting to another node before the old one saw it go), and
+#: seconds between tries.
+CLAIM_PATIENCE = 1.0
+CLAIM_RETRY = 0.05
 
 
 class ClusterPresence:
@@ -69,12 +74,14 @@ class ClusterPresence:
         self._held: dict[str, list[Event]] = {}
         self._own_max: dict[str, int] = {}
         self._behind: set[str] = set()
+        self._retry: set[str] = set()
         #: This node's registered members: (room, member id) -> entry, and their connections.
         self._claims: dict[tuple[str, str], Entry] = {}
         self._holders: dict[tuple[str, str], set[int]] = {}
         self._mid_of: dict[tuple[int, str], str] = {}
         self._unsent_leaves: set[tuple[str, str]] = set()
         self._stale = False
+        self.claim_patience = CLAIM_PATIENCE
         self.halted = False
         self.bad_events = 0
 
@@ -119,8 +126,13 @@ class ClusterPresence:
         if key in self._claims:
             return True  # another connection of the user registered it
         self._claims[key] = entry
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.claim_patience
         try:
-            version = await self.manager.join(room, entry)
+            while (version := await self.manager.join(room, entry)) is None:
+                if loop.time() >= deadline or self._claims.get(key) is not entry:
+                    break
+                await asyncio.sleep(CLAIM_RETRY)
         except PresenceError:
             self.release(fd, room, send=False)
             raise
@@ -195,11 +207,17 @@ class ClusterPresence:
         if fut is None:
             fut = self._loading[room] = self._spawn(self._load(room))
         await asyncio.shield(fut)
+        if room not in self._ver and room in self.core.rooms:
+            raise PresenceError(f"the member list of {room!r} could not be read")
 
     async def _load(self, room: str) -> None:
         held = self._held.setdefault(room, [])
         try:
             version, entries = await self.manager.snapshot(room)
+        except PresenceError as exc:
+            log.warning("presence: the member list of %s could not be read: %s", room, exc)
+            self._retry.add(room)  # a followed room is read again at the next tick
+            return
         finally:
             self._loading.pop(room, None)
             self._held.pop(room, None)
@@ -227,6 +245,7 @@ class ClusterPresence:
         self._ver.pop(room, None)
         self._own_max.pop(room, None)
         self._behind.discard(room)
+        self._retry.discard(room)
 
     def on_payload(self, room: str, payload: bytes) -> None:
         """A presence event on the room's broker channel."""
@@ -284,9 +303,10 @@ class ClusterPresence:
             reaped = await self.manager.reap()
             if reaped:
                 log.info("presence: removed the members of %s (lease lapsed)", ", ".join(reaped))
+            retry, self._retry = self._retry, set()
+            for room in self._ver if not kept else retry:
+                self.reload(room)
             if not kept:
-                for room in list(self._ver):
-                    self.reload(room)
                 return
             await self._check_versions()
         except PresenceError as exc:

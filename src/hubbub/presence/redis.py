@@ -210,8 +210,8 @@ class RedisPresence:
         worker, self._worker = self._worker, None
         if worker is not None:
             worker.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await worker
+            # Bounded: a redis-py call cut off mid-reconnect may take its time to end.
+            await asyncio.wait({worker}, timeout=min(1.0, self.io_timeout))
         for _, fut in self._queue:
             if not fut.done():
                 fut.set_exception(PresenceError("presence closed"))
@@ -223,7 +223,8 @@ class RedisPresence:
                 await asyncio.wait_for(self._retire(), self.io_timeout)
             except (RedisError, OSError, TimeoutError) as exc:
                 log.warning("could not remove this node's members from presence: %s", exc)
-        await self._redis.aclose()
+        with contextlib.suppress(RedisError, OSError, TimeoutError):
+            await asyncio.wait_for(self._redis.aclose(), self.io_timeout)
         self._redis = None
 
     async def _retire(self) -> None:

@@ -1,0 +1,189 @@
+"""ClusterPresence on the in-memory backend, with a fake clock for the leases:
+claims, the mirror, a dead node's members removed, a paused node coming back."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+
+from hubbub import protocol as p
+from hubbub.core import ChatCore, ChatLimits, Effect, Publish
+from hubbub.presence import ClusterPresence, MemoryBackend, MemoryPresence
+from hubbub.presence.base import Event, decode_event, encode_event
+
+WALL = 1_700_000_000.0
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class Node:
+    """A node without sockets: a core, its ClusterPresence, the frames it would publish."""
+
+    def __init__(self, backend: MemoryBackend, name: str) -> None:
+        self.core = ChatCore(
+            ChatLimits(rate=0, room_create_rate=0), wallclock=lambda: WALL, coalesce_presence=True
+        )
+        self.told: list[p.ServerFrame] = []
+        self.lost: list[tuple[int, str]] = []
+        self.tasks: set[asyncio.Task[Any]] = set()
+        manager = MemoryPresence(backend, name, lease_ttl=10.0, renew_every=3.0)
+        self.presence = ClusterPresence(self.core, manager, self.run, self.spawn, self.on_lost)
+
+    def run(self, effects: list[Effect]) -> None:
+        effects = [*effects, *self.core.flush_presence()]
+        self.told += [e.frame for e in effects if isinstance(e, Publish)]
+
+    def spawn(self, coro: Any) -> asyncio.Task[Any]:
+        task = asyncio.ensure_future(coro)
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+        return task
+
+    def on_lost(self, fd: int, room: str) -> None:
+        self.lost.append((fd, room))
+        self.run(self.core.drop_membership(fd, room))
+        self.presence.release(fd, room)
+
+    async def join(self, fd: int, room: str, nick: str) -> bool:
+        self.core.connect(fd)
+        self.run(self.core.handle(fd, p.Join(room, nick=nick)))
+        await self.presence.follow(room)
+        ok = await self.presence.claim(fd, room)
+        if not ok:
+            self.run(self.core.drop_membership(fd, room))
+        return ok
+
+    async def leave(self, fd: int, room: str) -> None:
+        self.run(self.core.handle(fd, p.Leave(room)))
+        self.presence.release(fd, room)
+        await self.settle()
+
+    async def settle(self) -> None:
+        while self.tasks:
+            await asyncio.gather(*list(self.tasks))
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+async def two(clock: Clock) -> tuple[MemoryBackend, Node, Node]:
+    backend = MemoryBackend(clock)
+    a, b = Node(backend, "A"), Node(backend, "B")
+    await a.presence.start()
+    await b.presence.start()
+    return backend, a, b
+
+
+async def test_members_of_both_nodes_are_in_each_list(clock: Clock) -> None:
+    _, a, b = await two(clock)
+    assert await a.join(1, "r", "ann")
+    assert await b.join(1, "r", "bob")
+    assert a.core.members("r") == ["ann", "bob"] == b.core.members("r")
+    assert p.Joined("r", "bob", WALL) in a.told  # a's members are told
+    await b.leave(1, "r")
+    assert a.core.members("r") == ["ann"]
+    assert a.told[-1] == p.Left("r", "bob", WALL)
+
+
+async def test_the_claim_is_atomic_across_nodes(clock: Clock) -> None:
+    _, a, b = await two(clock)
+    # Both cores see an empty room (no mirror yet): the backend decides.
+    results = await asyncio.gather(a.join(1, "r", "zed"), b.join(1, "r", "ZED"))
+    assert sorted(results) == [False, True]
+    assert a.core.members("r") + b.core.members("r") in (["zed"], ["ZED"], ["zed", "zed"])
+
+
+async def test_a_dead_nodes_members_are_removed_once_its_lease_lapses(clock: Clock) -> None:
+    backend, a, b = await two(clock)
+    c = Node(backend, "C")
+    await c.presence.start()
+    await a.join(1, "r", "ann")
+    await a.join(2, "r", "cat")
+    await b.join(1, "r", "bob")
+    await c.join(1, "r", "cy")
+    assert b.core.members("r") == ["ann", "bob", "cat", "cy"]
+    a.presence.halted = True  # A stops renewing (it died)
+    clock.now += 9.0
+    await b.presence.tick()
+    await c.presence.tick()
+    assert b.core.members("r") == ["ann", "bob", "cat", "cy"]  # lease still valid
+    clock.now += 1.5
+    await b.presence.tick()  # B reaps A (one node does)
+    await c.presence.tick()  # nothing left to reap
+    assert b.core.members("r") == ["bob", "cy"] == c.core.members("r")
+    left = b.told[-1]
+    assert isinstance(left, p.Presence) and sorted(x.nick for x in left.left) == ["ann", "cat"]
+    assert "A" not in backend.nodes
+    assert await c.join(2, "r", "ann")  # the name is free again: no ghost
+
+
+async def test_a_paused_node_registers_its_members_again(clock: Clock) -> None:
+    _backend, a, b = await two(clock)
+    await a.join(1, "r", "ann")
+    await b.join(1, "r", "bob")
+    clock.now += 11.0  # A was paused past its lease
+    await b.presence.tick()
+    assert b.core.members("r") == ["bob"]
+    await a.presence.tick()  # A wakes: its lease had lapsed
+    await a.settle()
+    assert b.core.members("r") == ["ann", "bob"]
+    assert a.core.members("r") == ["ann", "bob"]  # A's own clients saw no change
+    assert [f for f in a.told if isinstance(f, p.Left)] == []
+
+
+async def test_a_nickname_taken_while_paused_takes_the_member_out(clock: Clock) -> None:
+    _, a, b = await two(clock)
+    await a.join(1, "r", "ann")
+    await b.join(1, "r", "bob")
+    clock.now += 11.0
+    await b.presence.tick()
+    assert await b.join(2, "r", "ann")  # free now, taken on B
+    await a.presence.tick()
+    await a.settle()
+    assert a.lost == [(1, "r")]
+    assert b.core.members("r") == ["ann", "bob"]
+
+
+async def test_a_lost_event_is_caught_by_the_version_check(clock: Clock) -> None:
+    backend, a, b = await two(clock)
+    await a.join(1, "r", "ann")
+    await b.join(1, "r", "bob")
+    del backend.listeners["A"]  # A's broker misses what follows
+    await b.join(2, "r", "cat")
+    backend.listeners["A"] = a.presence.on_event
+    assert a.core.members("r") == ["ann", "bob"]
+    await a.presence.tick()  # behind once: maybe in flight
+    await a.presence.tick()  # behind twice: read again
+    await a.settle()
+    assert a.core.members("r") == ["ann", "bob", "cat"]
+
+
+async def test_events_older_than_the_read_list_are_skipped(clock: Clock) -> None:
+    _, a, b = await two(clock)
+    await b.join(1, "r", "bob")
+    await a.join(1, "r", "ann")
+    a.presence.on_event(Event("r", "leave", 1, ids=["B/c:1"]))  # version 1 is old
+    assert a.core.members("r") == ["ann", "bob"]
+
+
+def test_events_round_trip_and_bad_ones_are_refused() -> None:
+    join = Event("r", "join", 7, entries=[("A/c:1", "ann", None), ("A/u:x", "X", "x")])
+    leave = Event("r", "leave", 8, ids=["A/c:1"])
+    for event in (join, leave):
+        assert decode_event("r", encode_event(event)) == event
+    for bad in (
+        b"{",
+        b'{"type":"~presence","op":"join","e":[[1]],"v":1}',
+        b'{"op":"x","e":[],"v":1}',
+    ):
+        assert decode_event("r", bad) is None
