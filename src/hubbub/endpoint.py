@@ -116,6 +116,7 @@ class ServerEndpoint:
         self.health_path = health_path
         #: Event name -> handler (Server.on).
         self.handlers: dict[str, Callable[..., Any]] = {}
+        #: Connection ids: 1, 2, 3... (number_fds: unique across --workers N).
         self._fds = itertools.count(1)
         # The tables below are never rebound, only mutated: Server keeps a
         # reference to ``open`` for its hot paths (push, push_many).
@@ -151,6 +152,14 @@ class ServerEndpoint:
         self._heartbeat: asyncio.TimerHandle | None = None
         # Handler tasks in flight (a reference keeps them from being collected).
         self._tasks: set[asyncio.Future[Any]] = set()
+
+    def number_fds(self, index: int, count: int) -> None:
+        """Worker ``index`` (from 0) of ``count`` numbers its connections
+        ``index+1, index+1+count, ...``: unique across the workers of one
+        ``hubbub serve --workers N`` (``from <fd>`` in the plain room). Before start."""
+        if not 0 <= index < count:
+            raise ValueError(f"worker index {index} not in 0..{count - 1}")
+        self._fds = itertools.count(index + 1, count)
 
     def build_targets(self) -> Targets:
         """The broadcast targets of the current ``open`` set (cached in ``targets``)."""

@@ -314,6 +314,9 @@ def worker_main(index: int) -> int:
         server = create_app(host, port, settings)
         # Worker i (from 1) serves its metrics on metrics_port + i - 1: never shared.
         install(server, worker=index - 1)
+        # Worker i of N numbers its connections i, i+N, ...: an fd names one client
+        # across the workers (the plain room's ``from <fd>``).
+        server._endpoint.number_fds(index - 1, settings.workers)
         _die_with_parent()
         server.start()
     except (StartupError, StoreError) as exc:
