@@ -4,8 +4,11 @@ nickname claims, and a dead node's members removed when its lease lapses."""
 from __future__ import annotations
 
 import asyncio
+import signal
 import time
 from typing import Any
+
+from websockets.exceptions import ConnectionClosed
 
 from hubbub import Server
 from hubbub.apps.chat import create_app
@@ -13,9 +16,11 @@ from hubbub.broker.redis import RedisBroker
 from hubbub.config import Settings
 from hubbub.presence.redis import RedisPresence
 from tests.apps.test_chat import Client
-from tests.services import REDIS_URL, postgres_store
+from tests.services import PG_DSN, REDIS_URL, postgres_store
 
+from ..conftest import free_port
 from .conftest import Cluster
+from .drill import Node
 
 #: Short leases so that a death is noticed in a second or two (defaults: 10 s / 3 s).
 LEASE_TTL = 1.5
@@ -104,6 +109,10 @@ async def next_of(client: Client, kind: str, within: float = 5.0) -> dict[str, A
 
 
 async def joined(server: Server, nick: str, room: str) -> tuple[Client, Roster]:
+    return await joined_url(server, nick, room)
+
+
+async def joined_url(server: Any, nick: str, room: str) -> tuple[Client, Roster]:
     client = await Client.open(server)
     await client.send(type="join", room=room, nick=nick)
     state = await client.expect("room", room=room)
@@ -184,3 +193,46 @@ async def test_a_dead_nodes_members_leave_every_list_when_its_lease_lapses(
     assert page["members"] == ["ann", "bob"] and page["count"] == 2
     for c in (ann, cat, bob, dan):
         await c.close()
+
+
+async def test_a_paused_serve_node_loses_its_lease_and_recovers(
+    spawn: Any, pg_schema: str, redis_prefix: str
+) -> None:
+    """Two ``hubbub serve`` processes; one is SIGSTOPped past its lease (default 10 s,
+    renewed every 3 s): the other node's clients see its members leave within 15 s.
+    After SIGCONT it registers them again: every list converges, its clients go on."""
+    store = f"{PG_DSN}?schema={pg_schema}"
+    broker = f"{REDIS_URL}?prefix={redis_prefix}"
+    a = await asyncio.to_thread(Node, spawn, free_port(), store, broker)
+    b = await asyncio.to_thread(Node, spawn, free_port(), store, broker)
+    url_a, url_b = f"ws://127.0.0.1:{a.port}/", f"ws://127.0.0.1:{b.port}/"
+    ann = await Client.open(url_a)
+    await ann.send(type="join", room="r", nick="ann")
+    ann_view = Roster(ann, "r", await next_of(ann, "room"))
+    bob, bob_view = await joined_url(url_b, "bob", "r")
+    assert bob_view.members == {"ann", "bob"}
+    await ann_view.until({"ann", "bob"})
+    a.proc.send_signal(signal.SIGSTOP)
+    try:
+        took = await bob_view.until({"bob"}, within=20)
+        assert took <= 15.0, took
+    finally:
+        a.proc.send_signal(signal.SIGCONT)
+    # Back: A registers ann again; bob sees her, and a newcomer on B lists her.
+    await bob_view.until({"ann", "bob"}, within=15)
+    cat, cat_view = await joined_url(url_b, "cat", "r")
+    assert cat_view.members == {"ann", "bob", "cat"}
+    # ann's connection lived through the pause (or she comes back on A): her list
+    # converges and what she says reaches B.
+    try:
+        await ann_view.until({"ann", "bob", "cat"}, within=10)
+    except ConnectionClosed:
+        ann, ann_view = await joined_url(url_a, "ann", "r")
+        await ann_view.until({"ann", "bob", "cat"}, within=10)
+    await ann.send(type="send", room="r", id="after", text="back")
+    got = await next_of(bob, "message", within=10)
+    assert got["text"] == "back"
+    for c in (ann, bob, cat):
+        await c.close()
+    a.stop(signal.SIGTERM)
+    b.stop(signal.SIGTERM)
