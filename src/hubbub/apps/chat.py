@@ -57,8 +57,9 @@ from ..core import (
     RoomsQuery,
 )
 from ..errors import StartupError
-from ..presence import ClusterPresence, PresenceManager
+from ..presence import PresenceManager
 from ..presence.base import MARKER, PresenceError
+from ..presence.node import NodePresence
 from ..server import WEBSOCKET_OPCODE_TEXT, Frame, Server
 from ..store import PendingMessage, Store, StoreError
 from ..transport.http import Request, Response
@@ -129,7 +130,10 @@ class ChatApp:
         self._tasks: set[asyncio.Task[Any]] = set()
         self.sequencer = Sequencer(self._emit, store.since, self._position)
         #: Presence across nodes (None with the local broker: one node).
-        self.cluster = self._cluster_presence(broker, presence)
+        self.cluster = NodePresence.for_broker(
+            broker, presence, core=self.core, run=self.run, spawn=self._spawn,
+            reply=self.reply, drop=self._drop,
+        )  # fmt: skip
         # Members this node subscribed the broker for, per room.
         self._subs: dict[str, set[int]] = {}
         self._rooms_of: dict[int, set[str]] = {}  # the same, per member
@@ -178,18 +182,6 @@ class ChatApp:
         server.on("request", self.on_request)
         server.on("upgrade", self.gate.upgrade)
 
-    def _cluster_presence(
-        self, broker: Broker, manager: PresenceManager | None
-    ) -> ClusterPresence | None:
-        if manager is None:
-            if not hasattr(broker, "channel") or not hasattr(broker, "node_id"):
-                return None  # the local broker: the core's own presence is the whole truth
-            from ..presence.redis import RedisPresence
-
-            b: Any = broker
-            manager = RedisPresence(b.url, prefix=b.prefix, node_id=b.node_id, channel=b.channel)
-        return ClusterPresence(self.core, manager, self.run, self._spawn, self._lost)
-
     # -- lifecycle -----------------------------------------------------------
 
     async def on_start(self, server: Server) -> None:
@@ -214,7 +206,7 @@ class ChatApp:
                 await self.store.close()
                 raise StartupError(f"cannot start presence: {exc}") from exc
             every = self.cluster.manager.renew_every * 1000
-            server.tick(every, lambda _tid: self._spawn(self._presence_tick()))
+            server.tick(every, lambda _tid: self._spawn(self.cluster.tick()))  # type: ignore[union-attr]
         await self._load_rooms()
         self.journal.start()
         await self.retention.run()
@@ -297,7 +289,7 @@ class ChatApp:
         before = self.core.nick_of(fd) if renaming else None
         self.run(self.core.handle(fd, decoded))
         if renaming and self.core.nick_of(fd) not in (before, None):
-            self._spawn(self._renamed(fd, before or ""))
+            self._spawn(self.cluster.renamed(fd, before or ""))  # type: ignore[union-attr]
         if isinstance(decoded, p.Leave) and not self.core.is_member(fd, decoded.room):
             self._left(fd, decoded.room)
 
@@ -330,66 +322,8 @@ class ChatApp:
         self._subs.setdefault(room, set()).add(fd)
         self._rooms_of.setdefault(fd, set()).add(room)
         if self.cluster is not None:
-            # Optimistic: the core took the join (its nickname checked against the
-            # mirrored members of other nodes); the atomic claim decides a race
-            # with another node's join, before the joiner's ``room`` frame. The
-            # alternative, claiming before the core sees the join, would have to
-            # hold the connection's later frames (a send right after the join)
-            # for a round trip. The price: when two nodes take one nickname in
-            # the same instant, the loser's room-mates on its node may see it
-            # join and leave.
-            try:
-                await self.cluster.follow(room)  # the other nodes' members, first
-                claimed = await self.cluster.claim(fd, room)
-            except PresenceError as exc:
-                raise BrokerError(f"presence unavailable: {exc}") from exc
-            if not claimed:
-                nick = self.core.nick_of(fd)
-                self._out(
-                    fd,
-                    room,
-                    p.Error(
-                        p.E_NICK_TAKEN, f"nickname {nick!r} is taken in {room!r}", "join", room
-                    ),
-                )
-                # The member is out: its catch-up ends quietly.
-                raise BrokerError(f"nickname taken in {room!r}")
+            await self.cluster.joining(fd, room)  # BrokerError: the member cannot stay
         await self.sequencer.ready(room)
-
-    def _out(self, fd: int, room: str, why: p.Error, left: bool = False) -> None:
-        """Take ``fd`` out of ``room`` (its nickname was taken on another node)."""
-        self.run(self.core.drop_membership(fd, room))
-        self._left(fd, room)
-        self.reply(fd, why)
-        if left:
-            self.reply(fd, p.Left_(room))
-
-    def _lost(self, fd: int, room: str) -> None:
-        why = f"nickname {self.core.nick_of(fd)!r} was taken in {room!r} while this node was away"
-        self._out(fd, room, p.Error(p.E_NICK_TAKEN, why, "join", room), left=True)
-
-    async def _renamed(self, fd: int, old: str) -> None:
-        """Claim the new nickname on every node; where another node's member holds
-        it, the rename is undone (the client gets ``nick_taken``, then ``nick`` back)."""
-        assert self.cluster is not None
-        try:
-            taken = await self.cluster.rename(fd)
-        except PresenceError as exc:
-            log.warning("rename of client-%d not registered: %s", fd, exc)
-            return
-        new = self.core.nick_of(fd)
-        if not taken or new is None or not old:
-            return
-        self.reply(
-            fd,
-            p.Error(p.E_NICK_TAKEN, f"nickname {new!r} is taken in {taken[0]!r}", "nick", taken[0]),
-        )
-        self.run(self.core.handle(fd, p.SetNick(old)))
-        await self.cluster.rename(fd)
-
-    async def _presence_tick(self) -> None:
-        if self.cluster is not None:
-            await self.cluster.tick()
 
     def _left(self, fd: int, room: str) -> None:
         """``fd`` is no longer a member of ``room``: its catch-up stops, its interest ends.
@@ -419,6 +353,10 @@ class ChatApp:
                 self.cluster.forget(room)
 
     def _undo_join(self, fd: int, room: str) -> None:
+        self._drop(fd, room)
+
+    def _drop(self, fd: int, room: str) -> None:
+        """Take ``fd`` out of ``room`` (a join that could not complete, a lost nickname)."""
         self.run(self.core.drop_membership(fd, room))
         self._left(fd, room)
 
