@@ -10,6 +10,8 @@ sender the order holds.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
 import signal
 from collections.abc import AsyncIterator
 from typing import Any
@@ -33,7 +35,7 @@ from tests.services import (  # noqa: F401
 
 from ..cluster.drill import wait_for
 from ..conftest import free_port, recv_all, ws_url
-from ..test_supervisor import Workers, listening_workers
+from ..test_supervisor import Workers, listening_workers, peer_ports
 
 # -- the room, no network --------------------------------------------------------------
 
@@ -168,6 +170,25 @@ async def test_binary_frames_cross_nodes_as_binary(two_nodes: list[Server]) -> N
 # -- hubbub serve --workers 2 --------------------------------------------------------------
 
 
+def listens(pid: int, port: int) -> bool:
+    """Whether process ``pid`` has a socket listening on ``port`` (from /proc)."""
+    inodes = set()
+    with contextlib.suppress(OSError):
+        for fd in os.listdir(f"/proc/{pid}/fd"):
+            with contextlib.suppress(OSError):
+                target = os.readlink(f"/proc/{pid}/fd/{fd}")
+                if target.startswith("socket:["):
+                    inodes.add(target[8:-1])
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with open(table) as f:
+            for line in list(f)[1:]:
+                cols = line.split()
+                local_port = int(cols[1].rsplit(":", 1)[1], 16)
+                if cols[3] == "0A" and local_port == port and cols[9] in inodes:
+                    return True
+    return False
+
+
 async def test_plain_clients_over_two_workers_see_each_other_with_distinct_fds(
     spawn: Any,
     pg_schema: str,  # noqa: F811
@@ -178,30 +199,36 @@ async def test_plain_clients_over_two_workers_see_each_other_with_distinct_fds(
     workers = await asyncio.to_thread(Workers, spawn, free_port(), store, broker)
     parent = workers.proc.pid
     await wait_for(lambda: listening_workers(parent), 30, "two workers")
+    pids = listening_workers(parent)
+    await wait_for(lambda: all(listens(p, workers.port) for p in pids), 30, "both listening")
     url = f"ws://127.0.0.1:{workers.port}/"
     conns: list[ClientConnection] = []
     clients: list[tuple[int, ClientConnection]] = []
+    where: list[int] = []  # the worker pid of each client
     try:
-        # Connect until both workers (fd parity: worker 1 odd, worker 2 even) have two.
+        # Connect until each worker (the kernel picks) serves two plain clients.
         for i in range(40):
             ws = await connect(url)
             conns.append(ws)
             assert await recv_all(ws, 1, within=10.0) == [GREETING]
+            port = ws.local_address[1]
+            served = {p: await asyncio.to_thread(peer_ports, p) for p in pids}
+            pid = next(p for p in pids if port in served[p])
             await ws.send(f"who-{i}")
             got = await recv_all(ws, 2, within=10.0)
             fd = int(got[0].split(":")[0].removeprefix("from "))
             assert got == [f"from {fd}: who-{i}", f"server: who-{i}"]
-            # The others saw it (from the other worker too).
+            # The others saw it, from either worker.
             for _, other in clients:
                 assert await recv_all(other, 1, within=10.0) == [f"from {fd}: who-{i}"]
             clients.append((fd, ws))
-            parities = [f % 2 for f, _ in clients]
-            if parities.count(0) >= 2 and parities.count(1) >= 2:
+            where.append(pid)
+            if all(where.count(p) >= 2 for p in pids):
                 break
         else:
-            raise AssertionError(f"40 connections did not reach both workers: {clients}")
+            raise AssertionError(f"40 connections did not reach both workers: {where}")
         fds = [f for f, _ in clients]
-        assert len(set(fds)) == len(fds), fds
+        assert len(set(fds)) == len(fds), f"fds shared between workers: {fds} on {where}"
         await check_everyone_sees_everything(clients, 3)
     finally:
         for ws in conns:
