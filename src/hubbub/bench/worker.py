@@ -5,7 +5,8 @@ The parent (:mod:`hubbub.bench.scenarios`) starts one or more of these with
 ``connect`` (open clients and wait for each greeting), ``run`` (send for a
 while, sample delivery counters), ``finish`` (wait until every receiver has
 everything that was sent, then report the ordering check), ``churn``
-(connect / greet / close in a loop), ``close`` and ``exit``.
+(connect / greet / close in a loop), ``close`` and ``exit``; and the storm
+scenarios' ``storm_*`` commands (:class:`hubbub.bench.storm_clients.StormCommands`).
 
 This module is the command loop (:class:`Worker`). The clients it opens
 are in :mod:`hubbub.bench.clients` (the seed's plain text and hubbub's
