@@ -7,6 +7,9 @@ the metrics, :meth:`hubbub.server.Server.start`. Each worker binds the port
 with ``SO_REUSEPORT`` (the server does when ``workers > 1``), so the kernel
 spreads new connections over the workers; an established connection stays on
 its worker.
+Worker i (from 1) of N numbers its connections i, i+N, i+2N, ...: an fd names
+one client across the workers (the plain room's ``from <fd>``, which spans them
+over the shared broker: :mod:`hubbub.apps.seed`).
 
 Why a fresh interpreter rather than ``fork``: a worker starts from nothing
 (no inherited event loop, threads, sockets or half-open pools of the parent),
