@@ -25,6 +25,7 @@ from hubbub.apps.seed import CHANNEL, GREETING, SeedRoom
 from hubbub.broker import LocalBroker
 from hubbub.broker.redis import RedisBroker
 from hubbub.config import Settings
+from hubbub.server import Frame
 from tests.services import (  # noqa: F401
     PG_DSN,
     REDIS_URL,
@@ -77,6 +78,59 @@ def test_malformed_frames_from_other_processes_are_dropped() -> None:
     assert server.sent == [] and room.bad_frames == 2
     room.deliver(CHANNEL, b"tfrom 9: hi")
     assert server.sent == [((1,), b"from 9: hi", 1)]
+
+
+class HeldBroker:
+    """A shared broker whose subscription is confirmed when the test says, and whose
+    publish hands the frame to the local deliver at once (base.Broker's contract)."""
+
+    def __init__(self) -> None:
+        self.confirm = asyncio.Event()
+        self.published: list[tuple[str, bytes, int | None]] = []
+        self.deliver: Any = None
+
+    async def subscribe(self, room: str) -> None:
+        await self.confirm.wait()
+
+    def publish(self, room: str, payload: bytes, seq: int | None = None) -> None:
+        self.published.append((room, payload, seq))
+        self.deliver(room, payload, seq)
+
+
+async def test_greeting_waits_for_the_channel_unless_the_client_speaks() -> None:
+    server: Any = FakeServer()
+    broker: Any = HeldBroker()
+    room = SeedRoom(server)
+    broker.deliver = room.attach_broker(broker, lambda *a: None)
+    room.open(1)
+    room.open(2)
+    await asyncio.sleep(0)
+    assert server.sent == []  # not greeted before the channel is followed
+    room.message(Frame(2, "early"))  # spoke first: greeted at once, then answered
+    assert server.sent == [
+        ((2,), GREETING, None),
+        ((2,), "from 2: early", None),
+        ((2,), "server: early", None),
+    ]
+    assert broker.published == [(CHANNEL, b"tfrom 2: early", None)]  # local copy skipped
+    broker.confirm.set()
+    await wait_until(lambda: room.following)
+    assert server.sent[3:] == [((1,), GREETING, None)]
+    room.open(3)  # once following, at once
+    assert server.sent[4:] == [((3,), GREETING, None)]
+
+
+def test_worker_fd_numbering() -> None:
+    server = Server("127.0.0.1", 0)
+    with pytest.raises(ValueError, match=r"not in 0\.\.1"):
+        server._endpoint.number_fds(2, 2)
+
+
+async def wait_until(check: Any, within: float = 5.0) -> None:
+    deadline = asyncio.get_running_loop().time() + within
+    while not check():
+        assert asyncio.get_running_loop().time() < deadline, "condition not met in time"
+        await asyncio.sleep(0.01)
 
 
 # -- two nodes on the real Redis -----------------------------------------------------
