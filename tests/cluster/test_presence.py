@@ -236,3 +236,16 @@ async def test_a_paused_serve_node_loses_its_lease_and_recovers(
         await c.close()
     a.stop(signal.SIGTERM)
     b.stop(signal.SIGTERM)
+
+
+async def test_default_nicknames_do_not_clash_across_nodes(cluster: Cluster) -> None:
+    a, b = await node(cluster, "A"), await node(cluster, "B")
+    x, y = await Client.open(a), await Client.open(b)
+    assert x.fd == y.fd == 1  # fds repeat from node to node
+    await x.send(type="join", room="r")
+    await y.send(type="join", room="r")
+    rx, ry = await next_of(x, "room"), await next_of(y, "room")
+    assert (rx["nick"], ry["nick"]) == ("user-1.A", "user-1.B")
+    await Roster(x, "r", rx).until({"user-1.A", "user-1.B"})
+    for c in (x, y):
+        await c.close()

@@ -103,6 +103,13 @@ class ChatCore(KnownRooms, PresenceBuffer, RemoteMembers):
         #: byte order: what ``max_rooms`` counts. The service loads it when it
         #: starts (:meth:`load_rooms`).
         self.known: list[str] = []
+        #: Appended to ``user-<fd>`` (several nodes: fds repeat from node to node,
+        #: so each node sets its own tag, e.g. ``.b7f3``; empty on one node).
+        self.nick_suffix = ""
+
+    def default_nick(self, fd: int) -> str:
+        """A connection's nickname until it picks one."""
+        return f"user-{fd}{self.nick_suffix}"
 
     # -- connections -------------------------------------------------------
 
@@ -114,7 +121,7 @@ class ChatCore(KnownRooms, PresenceBuffer, RemoteMembers):
         With an ``identity`` the connection speaks for its user (see the class
         docstring for its nickname) and frames about it carry ``user``."""
         if identity is None:
-            user = User(None, f"user-{fd}")
+            user = User(None, self.default_nick(fd))
         else:
             user = self._user_for(identity, fd)
         user.fds.add(fd)
@@ -142,7 +149,7 @@ class ChatCore(KnownRooms, PresenceBuffer, RemoteMembers):
         user = None if identity.guest else self.owners.get(identity.user)
         if user is None:
             name = identity.name if identity.name and valid_nick(identity.name) else None
-            nick = f"user-{fd}"
+            nick = self.default_nick(fd)
             for wanted in (name, identity.user):
                 if wanted is not None and valid_nick(wanted) and self._free(wanted):
                     nick = wanted

@@ -9,7 +9,9 @@ while this node was away is taken out of the room.
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import re
 from collections.abc import Callable, Coroutine
 from typing import Any
 
@@ -39,6 +41,8 @@ class NodePresence(ClusterPresence):
         super().__init__(core, manager, run, spawn, self._lost_name)
         self._reply = reply
         self._drop = drop
+        # fds repeat from node to node: ``user-<fd>`` gets the node's tag.
+        core.nick_suffix = "." + node_tag(manager.node)
 
     @classmethod
     def for_broker(
@@ -103,3 +107,11 @@ class NodePresence(ClusterPresence):
         self._reply(fd, p.Error(p.E_NICK_TAKEN, why, "nick", taken[0]))
         self._run(self.core.handle(fd, p.SetNick(old)))
         await self.rename(fd)
+
+
+def node_tag(node: str) -> str:
+    """A short tag of a node id for default nicknames: the id itself when it is a
+    short word (``node0``), else 6 hex digits of its hash (``user-7.3fa2c1``)."""
+    if re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9-]{0,7}", node):
+        return node
+    return hashlib.blake2s(node.encode(), digest_size=3).hexdigest()
