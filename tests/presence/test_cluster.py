@@ -187,3 +187,16 @@ def test_events_round_trip_and_bad_ones_are_refused() -> None:
         b'{"op":"x","e":[],"v":1}',
     ):
         assert decode_event("r", bad) is None
+
+
+def test_one_node_runs_no_cluster_presence_and_tags_are_short() -> None:
+    from hubbub.broker import LocalBroker
+    from hubbub.presence.node import NodePresence, node_tag
+
+    core = ChatCore()
+    hooks: dict[str, Any] = {"core": core, "run": print, "spawn": print}
+    assert NodePresence.for_broker(LocalBroker(), None, reply=print, drop=print, **hooks) is None
+    assert core.default_nick(3) == "user-3"  # one node: as it always was
+    assert node_tag("node0") == "node0"
+    tag = node_tag("3f9a0c2b7d1e4a55")
+    assert len(tag) == 6 and tag == node_tag("3f9a0c2b7d1e4a55") != node_tag("3f9a0c2b7d1e4a56")
