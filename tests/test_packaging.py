@@ -143,6 +143,9 @@ def test_the_wheel_holds_every_static_file_and_states_its_pythons(wheel: Path) -
     assert static and static <= names, sorted(static - names)
     assert not [n for n in names if "__pycache__" in n or n.startswith(("tests/", "bench/"))]
     assert meta["Version"] == VERSION
+    # The compiled fan-out, built for the stable ABI: one wheel for 3.11 and newer.
+    assert any(n.startswith("hubbub/transport/_speedups") and n.endswith(".so") for n in names)
+    assert "-cp311-abi3-" in wheel.name, wheel.name
     assert meta["Requires-Python"] == PYPROJECT["requires-python"]
     # Every extra's requirement is conditional on that extra.
     for requirement in meta.get_all("Requires-Dist") or []:

@@ -255,18 +255,39 @@ async def test_a_busy_tick_turns_direct_writes_off_until_a_quiet_one(make_server
 
 
 class _Transport:
-    def __init__(self, buffered: int = 0) -> None:
+    def __init__(self, buffered: int = 0, closing: bool = False) -> None:
         self.buffered = buffered
+        self.closing = closing
 
     def get_write_buffer_size(self) -> int:
         return self.buffered
 
+    def is_closing(self) -> bool:
+        return self.closing
+
 
 class _Conn:
-    def __init__(self, sockfd: int, out: Any = None, buffered: int = 0) -> None:
+    def __init__(
+        self, sockfd: int, out: Any = None, buffered: int = 0, closing: bool = False
+    ) -> None:
         self.sockfd = sockfd
         self.out = out
-        self.transport = _Transport(buffered)
+        self.transport = _Transport(buffered, closing)
+
+
+def test_c_fanout_never_writes_to_the_fd_of_a_closing_transport():
+    # uvloop closes the socket when the transport closes, and connection_lost
+    # (which takes the connection out of the broadcast set) comes a loop
+    # iteration later: the fd number may by then be a new connection's.
+    assert fanout._direct is not None, "hubbub.transport._speedups is not built"
+    new, new_peer = socket.socketpair()
+    with new, new_peer:
+        stale = _Conn(new.fileno(), closing=True)  # the old connection's number, reused
+        n, slow, partial = fanout._direct(encode_frame("secret"), [stale], None)
+        assert (n, slow, partial) == (1, [stale], [])
+        new_peer.setblocking(False)
+        with pytest.raises(BlockingIOError):
+            new_peer.recv(100)  # the new connection got nothing
 
 
 def test_c_fanout_writes_queues_and_reports_partial_writes():

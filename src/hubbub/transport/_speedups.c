@@ -10,10 +10,11 @@
  * For each connection found, ``n`` is counted and:
  *
  *  - if it can be written directly (``sockfd >= 0``: plain TCP, no TLS, no
- *    compression), nothing of it is queued (``out is None``) and its
- *    transport's write buffer is empty (``transport.get_write_buffer_size()
- *    == 0``, which includes libuv's own queue), the frame is sent with
- *    send(2) MSG_DONTWAIT | MSG_NOSIGNAL on that fd.
+ *    compression), nothing of it is queued (``out is None``), its transport
+ *    is not closing (``transport.is_closing()`` is false) and its write
+ *    buffer is empty (``transport.get_write_buffer_size() == 0``, which
+ *    includes libuv's own queue), the frame is sent with send(2)
+ *    MSG_DONTWAIT | MSG_NOSIGNAL on that fd.
  *      - all of it sent: done;
  *      - part of it sent: ``(conn, rest)`` is appended to ``partial``;
  *      - nothing sent (EAGAIN, an error): ``conn`` goes to ``slow``;
@@ -27,9 +28,18 @@
  * when nothing of the connection waits anywhere, and everything else goes
  * behind it through the same queue, a connection's bytes never reorder.
  *
- * Nothing here calls back into Python except get_write_buffer_size (a C
- * method of uvloop's transport) and the dict/attribute reads, so no
- * connection can change state in the middle of the loop.
+ * Invariant (the fd is this connection's socket): uvloop closes a
+ * transport's socket at once when it closes it (a read error, an abort: libuv
+ * closes the fd in uv_close) but calls connection_lost, which takes the
+ * connection out of the broadcast set, only on a later loop iteration. In
+ * between, the fd number may already belong to a new connection accepted
+ * meanwhile. A closing transport is never written to directly: its
+ * is_closing() turns true before the fd is closed.
+ *
+ * Nothing here calls back into Python except is_closing and
+ * get_write_buffer_size (C methods of uvloop's transport) and the
+ * dict/attribute reads, so no connection can change state in the middle of
+ * the loop.
  */
 #define PY_SSIZE_T_CLEAN
 /* The stable ABI of 3.11 (Py_LIMITED_API is set by the build): one wheel
@@ -44,6 +54,7 @@ static PyObject *str_sockfd;
 static PyObject *str_out;
 static PyObject *str_transport;
 static PyObject *str_get_write_buffer_size;
+static PyObject *str_is_closing;
 
 /* 1: the frame was sent whole or in part (partial appended), 0: conn must
  * take the slow path, -1: a Python error is set. */
@@ -76,6 +87,17 @@ try_direct(PyObject *conn, const char *buf, Py_ssize_t len, PyObject *frame,
     PyObject *transport = PyObject_GetAttr(conn, str_transport);
     if (transport == NULL)
         return -1;
+    obj = PyObject_CallMethodObjArgs(transport, str_is_closing, NULL);
+    if (obj == NULL) {
+        Py_DECREF(transport);
+        return -1;
+    }
+    int closing = PyObject_IsTrue(obj);
+    Py_DECREF(obj);
+    if (closing != 0) {
+        Py_DECREF(transport);
+        return closing < 0 ? -1 : 0;
+    }
     obj = PyObject_CallMethodObjArgs(transport, str_get_write_buffer_size, NULL);
     Py_DECREF(transport);
     if (obj == NULL)
@@ -186,7 +208,9 @@ PyInit__speedups(void)
     str_out = PyUnicode_InternFromString("out");
     str_transport = PyUnicode_InternFromString("transport");
     str_get_write_buffer_size = PyUnicode_InternFromString("get_write_buffer_size");
-    if (!str_sockfd || !str_out || !str_transport || !str_get_write_buffer_size)
+    str_is_closing = PyUnicode_InternFromString("is_closing");
+    if (!str_sockfd || !str_out || !str_transport || !str_get_write_buffer_size ||
+        !str_is_closing)
         return NULL;
     return PyModule_Create(&module);
 }
