@@ -82,6 +82,7 @@ class ClusterPresence:
         self._unsent_leaves: set[tuple[str, str]] = set()
         self._stale = False
         self.claim_patience = CLAIM_PATIENCE
+        self._ticking = False
         self.halted = False
         self.bad_events = 0
 
@@ -289,9 +290,17 @@ class ClusterPresence:
     # -- the lease ------------------------------------------------------------------------
 
     async def tick(self) -> None:
-        """Renew the lease, remove dead nodes' members, look for lost events."""
-        if self.halted:
+        """Renew the lease, remove dead nodes' members, look for lost events (one
+        tick at a time: a slow Redis does not pile them up)."""
+        if self.halted or self._ticking:
             return
+        self._ticking = True
+        try:
+            await self._tick()
+        finally:
+            self._ticking = False
+
+    async def _tick(self) -> None:
         try:
             kept = await self.manager.renew()
             if not kept:
