@@ -9,14 +9,13 @@ by row.
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from .context import Context
 from .report_steady import steady_section, steady_targets, steady_value, storm_section
 from .running import Plan
 from .servers import (
@@ -47,33 +46,6 @@ PER_CPU = "deliveries_per_server_cpu_s"
 HS_CPU = "handshakes_per_server_cpu_s"
 #: Copied into the report as it is (profiles measured by hand).
 FINDINGS = ROOT / "bench" / "findings.md"
-
-
-@dataclass
-class Context:
-    """What the report is made of: the plan and its results, aggregated, and where it goes."""
-
-    plan: Plan
-    agg: dict[str, Any]
-    charts: dict[str, Path]
-    doc: Path
-    facts: dict[str, str]
-    elapsed: float
-    command: str
-
-    @property
-    def base(self) -> dict[str, Any]:
-        """Node ws's figures, the baseline of every ratio."""
-        return self.agg.get(BASELINE, {})  # type: ignore[no-any-return]
-
-    def names(self, scenario: str) -> list[str]:
-        """The servers of the run that take part in ``scenario``, in the run's order."""
-        return [n for n in self.plan.servers if scenario in SERVERS[n].scenarios]
-
-    def chart(self, scenario: str, alt: str) -> list[str]:
-        if scenario not in self.charts:
-            return []
-        return [f"![{alt}]({os.path.relpath(self.charts[scenario], self.doc.parent)})", ""]
 
 
 def render(

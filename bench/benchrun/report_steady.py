@@ -8,7 +8,7 @@ from .servers import BASELINE, SERVERS
 from .template import DASH, JOIN_STORM, RECONNECT_STORM, STEADY, TIMES
 
 if TYPE_CHECKING:
-    from .report import Context
+    from .context import Context
 
 
 def noisy_pct() -> float:
