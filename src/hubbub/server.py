@@ -276,6 +276,9 @@ class Server:
             "subprotocol": conn.proto.subprotocol,
             "compressed": conn.compressed,
             "established": conn.open,
+            #: websocket, or a fallback session's carriage: sse, poll.
+            "transport": getattr(conn, "kind", "websocket"),
+            "connected_at": conn.connected_at,
         }
 
     # ------------------------------------------------------------------

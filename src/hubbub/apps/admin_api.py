@@ -382,7 +382,7 @@ class AdminApi:
             "rooms": rooms[:ROOMS_SHOWN],
             "room_count": len(rooms),
             "send_buffer": server.buffered(fd) or 0,
-            "connected_at": info.get("connect_time"),
+            "connected_at": info.get("connected_at"),
         }
 
     async def _rooms(self, request: Request, response: Response) -> None:

@@ -22,6 +22,8 @@ import logging
 import time
 from urllib.parse import urlsplit
 
+from .. import metrics
+
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 
 
@@ -137,6 +139,7 @@ class RefusalLog:
 
     def refused(self, cause: str, detail: str) -> bool:
         """Record one refusal; True if a line was logged for it."""
+        metrics.handshake_failures.inc(cause)
         now = self.clock()
         last = self._last.get(cause)
         if last is not None and now - last < self.period:

@@ -36,6 +36,7 @@ import httptools
 from websockets.datastructures import Headers
 from websockets.http11 import Request as WSRequest
 
+from .. import metrics
 from .contract import HttpEndpoint
 from .guard import origin_refusal
 from .handshake import fast_handshake, is_websocket, switching_protocols, ws_protocol
@@ -566,6 +567,7 @@ class HttpConnection(asyncio.Protocol):
         """Answer with an error status and a one-line reason, then close."""
         if self.closing:
             return
+        metrics.handshake_failures.inc(str(status.value))
         log.info("%s %s from %s: %s", status.value, status.phrase, self.peer, text)
         hdrs = [("Content-Type", "text/plain; charset=utf-8"), *(headers or [])]
         self.write_response(status.value, status.phrase, hdrs, (text + "\n").encode(), False, "GET")

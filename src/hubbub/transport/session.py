@@ -32,9 +32,12 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import time
 from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
+
+from .. import metrics
 
 if TYPE_CHECKING:
     from .contract import SessionEndpoint
@@ -219,6 +222,8 @@ class Session:
         self.id = sid
         self.kind = kind
         self.request = request
+        #: Wall-clock time the session was created (Server.connection_info).
+        self.connected_at = time.time()
         self.proto = _Proto(request.subprotocol)
         #: hubbub.v1 frames are JSON: a poll answer embeds them as they are
         #: (others, e.g. the seed's lines, as JSON strings).
@@ -301,6 +306,7 @@ class Session:
     def _overflow(self) -> None:
         if not self.open:
             return
+        metrics.slow_consumers.inc("send_buffer")
         log.warning(
             "client-%d dropped: %d bytes waiting for its %s session (limit %d)",
             self.fd,

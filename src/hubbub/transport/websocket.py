@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import codecs
 import logging
+import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -23,6 +24,8 @@ from websockets.frames import Close, CloseCode, Frame, Opcode
 from websockets.protocol import State
 from websockets.server import ServerProtocol
 from websockets.typing import Subprotocol
+
+from .. import metrics
 
 if TYPE_CHECKING:
     from ..config import Settings
@@ -184,6 +187,7 @@ class WebSocketConnection(asyncio.Protocol):
         "backlog",
         "closed",
         "compressed",
+        "connected_at",
         "endpoint",
         "failed",
         "fd",
@@ -226,6 +230,8 @@ class WebSocketConnection(asyncio.Protocol):
         #: nothing of this connection is queued (hubbub.transport.fanout); -1
         #: when every byte must go through the transport (TLS, compression).
         self.sockfd = -1 if self.compressed else _socket_fd(transport)
+        #: Wall-clock time of the upgrade (Server.connection_info).
+        self.connected_at = time.time()
         self.open = True
         self.failed = False
         self.closed = False
@@ -362,6 +368,7 @@ class WebSocketConnection(asyncio.Protocol):
         # write): leave the broadcast set at once, and close from a fresh
         # callback rather than from inside the transport's write.
         if self.open:
+            metrics.slow_consumers.inc("send_buffer")
             size = self.transport.get_write_buffer_size()
             log.warning(
                 "client-%d dropped: %d bytes waiting in its send buffer (limit %d)",
