@@ -38,6 +38,7 @@ import time
 from collections.abc import Coroutine
 from typing import Any
 
+from .. import metrics
 from .. import protocol as p
 from ..auth.gate import AuthGate
 from ..auth.tokens import Verifier
@@ -57,6 +58,7 @@ from ..core import (
     RoomsQuery,
 )
 from ..errors import StartupError
+from ..logs import context
 from ..presence import PresenceManager
 from ..presence.base import MARKER, PresenceError
 from ..presence.node import NodePresence
@@ -194,7 +196,7 @@ class ChatApp:
                 f"cannot open the history store {describe_store(self.settings)}: {exc}"
             ) from exc
         try:
-            await self.broker.start(self.deliver)
+            await self.broker.start(self.seed.attach_broker(self.broker, self.deliver))
         except BrokerError as exc:
             await self.store.close()
             raise StartupError(f"cannot start the broker {self.settings.broker}: {exc}") from exc
@@ -278,13 +280,16 @@ class ChatApp:
         if self.gate.watching(fd) and self.gate.frame(fd, frame.data):
             return  # an auth frame, or a connection refused before its welcome
         if not isinstance(frame.data, str):
+            metrics.frame_invalid()
             self.run(self.core.not_text(fd))
             return
         try:
             decoded = p.decode(frame.data)
         except p.ProtocolError as exc:
+            metrics.frame_invalid()
             self.run(self.core.error(fd, exc))
             return
+        metrics.frame_in(decoded)
         renaming = self.cluster is not None and isinstance(decoded, (p.SetNick, p.Join))
         before = self.core.nick_of(fd) if renaming else None
         self.run(self.core.handle(fd, decoded))
@@ -429,6 +434,7 @@ class ChatApp:
     # -- carrying out effects ------------------------------------------------
 
     def reply(self, fd: int, frame: p.ServerFrame) -> None:
+        metrics.frame_out(frame)
         self.server.push(fd, p.encode(frame), TEXT)
 
     def run(self, effects: list[Effect]) -> None:
@@ -450,6 +456,13 @@ class ChatApp:
             elif isinstance(effect, RoomsQuery):
                 self._spawn(self._rooms(effect))
             elif isinstance(effect, Close):
+                log.info(
+                    "client-%d closed by the server: %d %s",
+                    effect.fd,
+                    effect.code,
+                    effect.reason,
+                    extra=context(fd=effect.fd, code=effect.code, reason=effect.reason),
+                )
                 self.server.disconnect(effect.fd, effect.code, effect.reason)
         if self.core.presence_pending():
             self._schedule_presence()
@@ -478,7 +491,7 @@ class ChatApp:
 
     def _persist(self, effect: Persist) -> None:
         e = effect
-        pending = PendingMessage(e.room, e.client_id, e.nick, e.text, time.time())
+        pending = PendingMessage(e.room, e.client_id, e.nick, e.text, time.time(), user=e.user)
         if not self.journal.submit(pending, (e.fd, e.client_id)):
             self.reply(
                 effect.fd,
@@ -506,7 +519,7 @@ class ChatApp:
             self.sequencer.feed(room, seq, payload)
 
     def _emit(self, room: str, payload: bytes, seq: int | None) -> None:
-        self.server.push_many(self.core.live_fds(room), payload, TEXT)
+        metrics.fanout(seq, self.server.push_many(self.core.live_fds(room), payload, TEXT))
         self.catchups.buffer(room, seq, payload)
 
     # -- journal callbacks ---------------------------------------------------
