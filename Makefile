@@ -73,9 +73,10 @@ test: install-dev system-deps node-deps lint
 conformance: install-dev
 	$(BIN)/python -m tools.conformance --all --outdir reports/conformance
 
-# hubbub against Node ws, websockets, aiohttp and picows (seed mode) and Node
-# socket.io and python-socketio (chat mode), same generator, same run (about
-# 14 minutes); writes docs/benchmarks.md and docs/img/*.png.
+# bench-core: hubbub against Node ws and picows (seed mode; websockets, aiohttp
+# with --servers) and Node socket.io (chat mode), same generator, same run:
+# saturation, steady rates, join and reconnect storms, handshakes (about 20
+# minutes on a shared 2-core machine); writes docs/benchmarks.md and docs/img/*.png.
 # `make bench BENCH_ARGS=--quick` is a 2-minute smoke run into reports/bench/.
 BENCH_ARGS ?=
 # `make bench` runs the three parts below in turn; each can be run alone.
