@@ -279,7 +279,7 @@ async def test_a_resend_after_a_lost_ack_is_shown_once(make_chat, open_page):
     page_ws, server_ws = routes[-1]
     cut.clear()
     await server_ws.close()
-    await page_ws.close(code=4000, reason="test: connection lost")
+    await page_ws.close(code=4100, reason="test: connection lost")
 
     async def sockets() -> int:
         return len(routes)
@@ -414,7 +414,7 @@ async def test_a_reconnect_waits_for_its_dead_connection_to_release_the_nickname
     await bob.wait_texts(["first"])
     # ann's page loses its socket, but the server still sees "ann" connected.
     page_ws, ghost = routes[-1]
-    await page_ws.close(code=4000, reason="test: network switch")
+    await page_ws.close(code=4100, reason="test: network switch")
     await ann.page.get_by_text("Waiting for your previous session in #lobby").wait_for()
     await ann.send("typed while the old session lingers")
     assert await ann.pending() == ["typed while the old session lingers"]

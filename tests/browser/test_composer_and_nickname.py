@@ -230,7 +230,7 @@ async def test_the_first_retry_after_a_working_connection_comes_within_a_second(
     # ...but a connection that was up, even for less than 10 s, is retried at once
     # after it drops, however many attempts the previous outage took.
     # (It waited 4-16 s here before: the failed attempts of the outage still counted.)
-    assert await lost({"code": 4000, "reason": "test: connection lost"}) < 2.0
+    assert await lost({"code": 4100, "reason": "test: connection lost"}) < 2.0
     await ann.wait_state("connected", within=10)
     assert await ann.page.evaluate("hubbub.attempt") == 0
 
