@@ -66,7 +66,7 @@ node-deps:
 	fi
 
 test: install-dev system-deps node-deps lint
-	$(BIN)/pytest
+	$(BIN)/pytest -n 3 --dist loadfile
 
 # Full Autobahn|Testsuite run (sections 1-7, 9, 10, 12, 13) against
 # examples/echo_server.py; reports land in reports/conformance/.

@@ -86,14 +86,18 @@ def serve_args(port: int, *extra: str) -> tuple[str, ...]:
 #: told to use one port would then race (the loser exits, and a test that waits
 #: for "the port" finds the winner). A port is never handed out twice.
 _HANDED_OUT: set[int] = set()
+#: Under pytest-xdist (make test runs the suite in several processes), worker i
+#: of n only hands out ports p with p % n == i: two workers never get one port.
+_WORKER = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0")[2:] or 0)
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1") or 1)
 
 
 def free_port() -> int:
-    for _ in range(1000):
+    for _ in range(10_000):
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             port = int(s.getsockname()[1])
-        if port not in _HANDED_OUT:
+        if port % _WORKERS == _WORKER and port not in _HANDED_OUT:
             _HANDED_OUT.add(port)
             return port
     raise RuntimeError("no free port that was not handed out already")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import re
 import signal
@@ -246,7 +247,15 @@ def test_an_error_of_the_start_handler_reaches_the_cli_as_one_line(
         return server
 
     monkeypatch.setattr(chat_app, "create_app", create_app)
-    status = main(["serve", "--host", "127.0.0.1", "--port", "0", "--log-level", "error"])
+    # serve sets up logging for the process (root level and handler): put it back,
+    # or every later test in this process logs at ERROR into a closed stream.
+    root = logging.getLogger()
+    saved = root.handlers[:], root.level
+    try:
+        status = main(["serve", "--host", "127.0.0.1", "--port", "0", "--log-level", "error"])
+    finally:
+        root.handlers[:] = saved[0]
+        root.setLevel(saved[1])
     err = capsys.readouterr().err
     assert status == 1
     (line,) = err.splitlines()

@@ -426,6 +426,7 @@ def test_the_error_ring_is_bounded_in_count_and_bytes() -> None:
 def test_the_error_ring_takes_warnings_up_and_escapes_control_characters() -> None:
     ring = ErrorLog()
     logger = logging.getLogger("hubbub.test.ring")
+    logger.setLevel(logging.DEBUG)  # whatever level another test left the root at
     logger.addHandler(ring)
     try:
         logger.info("just info")

@@ -117,7 +117,9 @@ def _run(so: ModuleType, config_name: str, scenario: str, tmp: Path) -> dict[str
     # The server's CPU is measured (summed over its processes), and so is the generator's.
     assert result["server_cpu_s"] > 0 and result["server_cores"] > 0
     assert result["server_cpu_us_per_delivery"] > 0
-    assert result["generator_cores"] > 0 and result["other_cores"] >= 0
+    # (The kernel counts CPU time in 10 ms ticks: the generator of a one-second tiny
+    # run on a busy machine may read 0; the server's, asserted above, never does.)
+    assert result["generator_cores"] >= 0 and result["other_cores"] >= 0
     # Each worker has sockets: the clients were split over the workers.
     assert len(result["worker_sockets"]) == config.workers
     assert all(n > 0 for n in result["worker_sockets"])

@@ -47,6 +47,12 @@ class _Frame(msgspec.Struct):
     id: str = ""
     code: str = ""
     message: str = ""
+    nick: str = ""
+    old: str = ""
+    joined: list[dict[str, str]] = msgspec.field(default_factory=list)
+    left: list[dict[str, str]] = msgspec.field(default_factory=list)
+    renamed: list[dict[str, str]] = msgspec.field(default_factory=list)
+    large: bool = False
 
 
 _decode = msgspec.json.Decoder(_Frame).decode
@@ -80,6 +86,7 @@ class StormClient(WSListener):  # type: ignore[misc]
         "count",
         "dropped",
         "epoch",
+        "known",
         "members",
         "nick",
         "ready",
@@ -99,6 +106,10 @@ class StormClient(WSListener):  # type: ignore[misc]
         self.chk = RoomSeqCheck()
         self.epoch = ""
         self.count = -1
+        #: The member list of a small room, kept from `room` and the changes
+        #: (joined, left, renamed, presence: applied idempotently, as
+        #: docs/protocol.md says); None for a large room (its count only).
+        self.known: set[str] | None = None
         self.ready = False
         self.closing = False
         self.dropped = False
@@ -157,11 +168,12 @@ class StormClient(WSListener):  # type: ignore[misc]
         chk = self.chk
         if kind == "message":
             chk.message(f.seq)
-        elif kind == "presence":
-            self.count = f.count
+        elif kind in ("presence", "joined", "left", "renamed"):
+            self._presence(f)
         elif kind == "room":
             self.epoch = f.epoch
             self.count = f.count
+            self.known = None if f.has_more else set(f.members)
             chk.room(f.seq)
             if not chk.resuming:
                 self._ready()
@@ -179,7 +191,28 @@ class StormClient(WSListener):  # type: ignore[misc]
             self.shared.error(f"error frame: {f.code}: {f.message}")
             if not self.ready:
                 self._ready()  # counted as an error, not waited for
-        # welcome, joined, left, renamed, typing: nothing to check
+        # welcome, typing: nothing to check
+
+    def _presence(self, f: _Frame) -> None:
+        """Apply a change of the members: remove, then add; a large room's count as told."""
+        if f.type == "presence" and (f.large or self.known is None):
+            self.known = None
+            self.count = f.count
+            return
+        if self.known is None:
+            return  # a large room: single changes do not come, its count does
+        gone = [m["nick"] for m in f.left] + [r["old"] for r in f.renamed]
+        came = [r["nick"] for r in f.renamed] + [m["nick"] for m in f.joined]
+        if f.type == "joined":
+            came.append(f.nick)
+        elif f.type == "left":
+            gone.append(f.nick)
+        elif f.type == "renamed":
+            gone.append(f.old)
+            came.append(f.nick)
+        self.known.difference_update(gone)
+        self.known.update(came)
+        self.count = len(self.known)
 
     def who(self) -> asyncio.Future[list[str]]:
         """Walk the room's member list with ``who`` pages; the future gets every nickname."""
