@@ -22,7 +22,7 @@ from hubbub.config import Settings
 from hubbub.errors import StartupError
 from hubbub.supervisor import RestartPolicy, check_shared, describe_exit
 from tests.cluster.checker import check
-from tests.cluster.drill import DrillClient, Node, read_history, wait_for
+from tests.cluster.drill import DrillClient, Node, peer_ports, settle, shut, wait_for
 from tests.services import PG_DSN, REDIS_URL, pg_schema, redis_prefix  # noqa: F401
 
 from .conftest import ROOT, free_port, serve_args
@@ -111,25 +111,6 @@ def listening_workers(parent: int) -> list[int]:
     return pids if len(pids) == 2 else []
 
 
-def peer_ports(pid: int) -> set[int]:
-    """The remote ports of a process's TCP sockets (from /proc)."""
-    inodes = set()
-    with contextlib.suppress(OSError):
-        for fd in os.listdir(f"/proc/{pid}/fd"):
-            with contextlib.suppress(OSError):
-                target = os.readlink(f"/proc/{pid}/fd/{fd}")
-                if target.startswith("socket:["):
-                    inodes.add(target[8:-1])
-    ports = set()
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        with open(table) as f:
-            for line in list(f)[1:]:
-                cols = line.split()
-                if cols[9] in inodes:
-                    ports.add(int(cols[2].rsplit(":", 1)[1], 16))
-    return ports
-
-
 def placement(clients: list[DrillClient], pids: list[int]) -> dict[str, int]:
     """Client name -> the pid of the worker serving its connection."""
     peers = {pid: peer_ports(pid) for pid in pids}
@@ -202,20 +183,9 @@ async def test_two_workers_one_port_kill_9_restart_and_sigterm(
         )
         before = acked()
         await wait_for(lambda: acked() >= before + 40, 30, "traffic after the restart")
-        stop_sending.set()
-        await asyncio.gather(*senders)
-        await asyncio.gather(*(c.drain_refused(60) for c in clients))
-        await wait_for(lambda: not any(c.unacked for c in clients), 60, "every message acked")
-        history = await asyncio.to_thread(read_history, node.port)
-        last = history[-1].seq
-        await wait_for(lambda: all(c.seq == last for c in clients), 60, "all saw the last")
+        history = await settle(clients, senders, stop_sending, node.port)
     finally:
-        stop_sending.set()
-        stop_reading.set()
-        for c in clients:
-            if c.ws is not None:
-                await c.ws.close()
-        await asyncio.wait_for(asyncio.gather(*readers, *senders, return_exceptions=True), 30)
+        await shut(clients, [*readers, *senders], stop_sending, stop_reading)
     workers_now = children(parent)
     await asyncio.to_thread(node.stop, signal.SIGTERM)  # asserts the parent exits 0
     alive = [pid for pid in workers_now if await asyncio.to_thread(os.path.exists, f"/proc/{pid}")]

@@ -10,8 +10,6 @@ sender the order holds.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import os
 import signal
 from collections.abc import AsyncIterator
 from typing import Any
@@ -34,9 +32,9 @@ from tests.services import (  # noqa: F401
     redis_prefix,
 )
 
-from ..cluster.drill import wait_for
+from ..cluster.drill import listens, peer_ports, wait_for
 from ..conftest import free_port, recv_all, ws_url
-from ..test_supervisor import Workers, listening_workers, peer_ports
+from ..test_supervisor import Workers, listening_workers
 
 # -- the room, no network --------------------------------------------------------------
 
@@ -222,25 +220,6 @@ async def test_binary_frames_cross_nodes_as_binary(two_nodes: list[Server]) -> N
 
 
 # -- hubbub serve --workers 2 --------------------------------------------------------------
-
-
-def listens(pid: int, port: int) -> bool:
-    """Whether process ``pid`` has a socket listening on ``port`` (from /proc)."""
-    inodes = set()
-    with contextlib.suppress(OSError):
-        for fd in os.listdir(f"/proc/{pid}/fd"):
-            with contextlib.suppress(OSError):
-                target = os.readlink(f"/proc/{pid}/fd/{fd}")
-                if target.startswith("socket:["):
-                    inodes.add(target[8:-1])
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        with open(table) as f:
-            for line in list(f)[1:]:
-                cols = line.split()
-                local_port = int(cols[1].rsplit(":", 1)[1], 16)
-                if cols[3] == "0A" and local_port == port and cols[9] in inodes:
-                    return True
-    return False
 
 
 async def test_plain_clients_over_two_workers_see_each_other_with_distinct_fds(

@@ -166,19 +166,62 @@ def read_history(port: int) -> list[Stored]:
 
 
 
-def local_tcp_ports(pid: int) -> set[int]:
-    """The local ports of a process's TCP sockets (from /proc: no psutil here)."""
+def tcp_sockets(pid: int) -> list[tuple[int, int, str]]:
+    """(local port, remote port, state) of a process's TCP sockets, from /proc (no
+    psutil here); state "0A" is LISTEN. Empty when the process is gone."""
     inodes = set()
-    for fd in os.listdir(f"/proc/{pid}/fd"):
-        with contextlib.suppress(OSError):
-            target = os.readlink(f"/proc/{pid}/fd/{fd}")
-            if target.startswith("socket:["):
-                inodes.add(target[8:-1])
-    ports = set()
+    with contextlib.suppress(OSError):
+        for fd in os.listdir(f"/proc/{pid}/fd"):
+            with contextlib.suppress(OSError):
+                target = os.readlink(f"/proc/{pid}/fd/{fd}")
+                if target.startswith("socket:["):
+                    inodes.add(target[8:-1])
+    out = []
     for table in ("/proc/net/tcp", "/proc/net/tcp6"):
         with open(table) as f:
             for line in list(f)[1:]:
                 cols = line.split()
                 if cols[9] in inodes:
-                    ports.add(int(cols[1].rsplit(":", 1)[1], 16))
-    return ports
+                    local = int(cols[1].rsplit(":", 1)[1], 16)
+                    out.append((local, int(cols[2].rsplit(":", 1)[1], 16), cols[3]))
+    return out
+
+
+def local_tcp_ports(pid: int) -> set[int]:
+    """The local ports of a process's TCP sockets."""
+    return {local for local, _, _ in tcp_sockets(pid)}
+
+
+def peer_ports(pid: int) -> set[int]:
+    """The remote ports of a process's TCP sockets."""
+    return {remote for _, remote, _ in tcp_sockets(pid)}
+
+
+def listens(pid: int, port: int) -> bool:
+    """Whether process ``pid`` has a socket listening on ``port``."""
+    return any(local == port and state == "0A" for local, _, state in tcp_sockets(pid))
+
+
+async def settle(
+    clients: list[DrillClient], senders: list[Any], stop_sending: asyncio.Event, port: int
+) -> list[Stored]:
+    """Stop sending, wait until every message is acknowledged and every client saw
+    the last one; the stored history (read from the node on ``port``)."""
+    stop_sending.set()
+    await asyncio.gather(*senders)
+    await asyncio.gather(*(c.drain_refused(60) for c in clients))
+    await wait_for(lambda: not any(c.unacked for c in clients), 60, "every message acked")
+    history = await asyncio.to_thread(read_history, port)
+    last = history[-1].seq
+    await wait_for(lambda: all(c.seq == last for c in clients), 60, "all saw the last")
+    return history
+
+
+async def shut(clients: list[DrillClient], tasks: list[Any], *events: asyncio.Event) -> None:
+    """Stop the clients (set ``events``, close their sockets) and wait for ``tasks``."""
+    for event in events:
+        event.set()
+    for c in clients:
+        if c.ws is not None:
+            await c.ws.close()
+    await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), 30)

@@ -23,7 +23,7 @@ from tests.services import PG_DSN, REDIS_URL, pg_connect
 
 from ..conftest import free_port
 from .checker import check
-from .drill import DrillClient, Node, local_tcp_ports, read_history, wait_for
+from .drill import DrillClient, Node, local_tcp_ports, settle, shut, wait_for
 
 
 def ready(node: Node) -> int:
@@ -115,20 +115,9 @@ async def test_partition_killed_connections_and_terminated_backends_lose_nothing
         await under_traffic(None, "node a's PostgreSQL backends were terminated")
         assert await terminate_pg_backends(b) >= 1
         await under_traffic(None, "node b's PostgreSQL backends were terminated")
-        stop_sending.set()
-        await asyncio.gather(*senders)
-        await asyncio.gather(*(c.drain_refused(60) for c in clients))
-        await wait_for(lambda: not any(c.unacked for c in clients), 60, "every message acked")
-        history = await asyncio.to_thread(read_history, a.port)
-        last = history[-1].seq
-        await wait_for(lambda: all(c.seq == last for c in clients), 60, "all saw the last")
+        history = await settle(clients, senders, stop_sending, a.port)
     finally:
-        stop_sending.set()
-        stop_reading.set()
-        for c in clients:
-            if c.ws is not None:
-                await c.ws.close()
-        await asyncio.wait_for(asyncio.gather(*readers, *senders, return_exceptions=True), 30)
+        await shut(clients, [*readers, *senders], stop_sending, stop_reading)
         await proxy.close()
     logs = [c.log for c in clients]
     assert len(history) == sum(len(log.sent) for log in logs)

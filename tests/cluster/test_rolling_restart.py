@@ -28,7 +28,7 @@ from tests.services import PG_DSN, REDIS_URL
 
 from ..conftest import free_port
 from .checker import check
-from .drill import DrillClient, Node, read_history, wait_for
+from .drill import DrillClient, Node, settle, shut, wait_for
 
 
 def haproxy_config(ports: HaproxyPorts, third: int, stats: int, pem: Path) -> str:
@@ -112,21 +112,9 @@ async def run_drill(
                 30,
                 f"clients of node{i} reconnected",
             )
-        stop_sending.set()
-        await asyncio.gather(*senders)
-        await wait_for(lambda: not any(c.unacked for c in clients), 60, "every message acked")
-        history = await asyncio.to_thread(read_history, nodes[0].port)
-        last = history[-1].seq
-        await wait_for(
-            lambda: all(c.seq == last for c in clients), 60, "every client saw the last message"
-        )
+        history = await settle(clients, senders, stop_sending, nodes[0].port)
     finally:
-        stop_sending.set()
-        stop_reading.set()
-        for c in clients:
-            if c.ws is not None:
-                await c.ws.close()
-        await asyncio.wait_for(asyncio.gather(*readers, return_exceptions=True), 30)
+        await shut(clients, [*readers, *senders], stop_sending, stop_reading)
     logs = [c.log for c in clients]
     sent = sum(len(log.sent) for log in logs)
     assert len(history) == sent, f"{sent} messages sent, {len(history)} stored"
