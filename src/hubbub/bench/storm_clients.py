@@ -22,9 +22,10 @@ from collections import Counter
 from typing import Any
 
 import msgspec
-from picows import WSCloseCode, WSFrame, WSListener, WSMsgType, WSTransport, ws_connect
+from picows import WSFrame, WSListener, WSMsgType, WSTransport, ws_connect
 
 from .checker import GREETING, RoomSeqCheck
+from .closing import close_all
 
 TEXT = WSMsgType.TEXT
 CLOSE = WSMsgType.CLOSE
@@ -488,23 +489,5 @@ class StormCommands:
         """Close every storm client and poster (Close frame, then the end of TCP)."""
         everyone = [*self.storm, *self.posters.values()]
         self._storm_init()
-        transports = []
-        for c in everyone:
-            c.closing = True
-            t = c.transport
-            if t is not None and not t.is_disconnected:
-                if not t.is_close_frame_sent:
-                    t.send_close(WSCloseCode.OK)
-                transports.append(t)
-        if transports:
-            waits = [asyncio.ensure_future(t.wait_disconnected()) for t in transports]
-            _, pending = await asyncio.wait(waits, timeout=wait_s)
-            for fut in pending:
-                fut.cancel()
-            for t in transports:
-                if not t.is_disconnected:
-                    t.disconnect(graceful=False)
-            for fut in waits:
-                if not fut.cancelled():
-                    fut.exception()
+        await close_all(everyone, wait_s)
         return {"closed": len(everyone)}

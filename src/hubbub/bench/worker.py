@@ -27,11 +27,12 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 import uvloop
-from picows import WSCloseCode, ws_connect
+from picows import ws_connect
 
 from . import proc
 from .checker import filler
 from .clients import ChatClient, ChatSender, Client, Sender, Shared, monotonic_ns
+from .closing import close_all
 from .handshake import Churn
 from .sioclients import SocketIOClient, SocketIOSender, socketio_url
 from .storm_clients import StormCommands
@@ -327,26 +328,7 @@ class Worker(StormCommands):
         clients = self.clients
         self.clients = []
         self.senders = []
-        transports = []
-        for c in clients:
-            c.closing = True
-            t = c.transport
-            if t is not None and not t.is_disconnected:
-                if not t.is_close_frame_sent:
-                    t.send_close(WSCloseCode.OK)
-                transports.append(t)
-        if transports:
-            waits = [asyncio.ensure_future(t.wait_disconnected()) for t in transports]
-            _, pending = await asyncio.wait(waits, timeout=wait_s)
-            for fut in pending:
-                fut.cancel()
-            for t in transports:
-                if not t.is_disconnected:
-                    t.disconnect(graceful=False)
-            # Collect results (wait_disconnected re-raises local failures).
-            for fut in waits:
-                if not fut.cancelled():
-                    fut.exception()
+        await close_all(clients, wait_s)
         self.shared = Shared()
         self.report(0)
         return {"closed": len(clients)}
