@@ -69,6 +69,7 @@ from .admin_api import AdminApi
 from .catchup import Catchups
 from .http_api import HttpApi, room_page
 from .journal import Journal
+from .readiness import answer_readyz
 from .retention import RETENTION_PERIOD, Retention
 from .seed import SeedRoom
 from .sequencer import Sequencer
@@ -80,10 +81,6 @@ POSITION_PERIOD = 2.0
 HOLE_CHECK_MS = 50
 #: Rooms read per query when the core learns the stored rooms at start.
 ROOM_LOAD_PAGE = 1000
-#: Seconds /readyz gives the store and the broker to answer.
-READY_TIMEOUT = 2.0
-#: The broker subscription /readyz makes (not a valid room name: never a real room).
-READY_PROBE = "-readyz"
 
 log = logging.getLogger("hubbub.chat")
 
@@ -267,7 +264,7 @@ class ChatApp:
 
     def on_request(self, request: Request, response: Response) -> Any:
         if request.path == "/readyz":
-            return self._readyz(response)
+            return answer_readyz(self.store, self.broker, response)
         if self.admin.handles(request):
             return self.admin.on_request(request, response)
         return self.http.on_request(request, response)
@@ -400,36 +397,6 @@ class ChatApp:
                 self.core.set_private(meta.name, meta.private)  # set on another node
         if urgent:
             self._fill_holes()
-
-    # -- readiness ----------------------------------------------------------------
-
-    async def _readyz(self, response: Response) -> None:
-        problems = []
-        try:
-            await asyncio.wait_for(self.store.room(READY_PROBE), READY_TIMEOUT)
-        except (StoreError, TimeoutError) as exc:
-            problems.append(f"store unreachable: {exc or 'no answer'}")
-        if not await self._broker_ready():
-            problems.append("broker unreachable")
-        response.header("Content-Type", "text/plain; charset=utf-8")
-        response.header("Cache-Control", "no-store")
-        if problems:
-            response.status(503)
-            response.end("; ".join(problems) + "\n")
-        else:
-            response.end("ready\n")
-
-    async def _broker_ready(self) -> bool:
-        """Can this node still subscribe (Redis confirms a subscription in time)?"""
-        try:
-            await asyncio.wait_for(self.broker.subscribe(READY_PROBE), READY_TIMEOUT)
-        except BrokerError:
-            return False  # the count is unchanged
-        except TimeoutError:
-            self.broker.unsubscribe(READY_PROBE)  # cancelled after it counted
-            return False
-        self.broker.unsubscribe(READY_PROBE)
-        return True
 
     # -- carrying out effects ------------------------------------------------
 
