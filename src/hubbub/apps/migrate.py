@@ -40,8 +40,7 @@ from ..config import Settings
 from ..errors import StartupError
 from ..protocol import Message
 from ..store import RoomMeta, Store, StoreError
-from ..store.base import user_of
-from ..store.postgres import PostgresStore
+from ..store.postgres import PostgresStore, insert_messages
 from ..store.sqlite import SQLiteStore
 from .wiring import build_store
 
@@ -147,20 +146,7 @@ class Migration:
 
     async def insert(self, batch: list[Message]) -> int:
         async with self.target.pool.acquire() as conn, conn.transaction():
-            status = await conn.execute(
-                'INSERT INTO messages (room, seq, id, client_id, nick, text, ts, "user") '
-                "SELECT * FROM unnest($1::text[], $2::bigint[], $3::text[], $4::text[], "
-                "$5::text[], $6::text[], $7::float8[], $8::text[]) ON CONFLICT DO NOTHING",
-                [m.room for m in batch],
-                [m.seq for m in batch],
-                [m.id for m in batch],
-                [m.client_id for m in batch],
-                [m.nick for m in batch],
-                [m.text for m in batch],
-                [m.ts for m in batch],
-                [user_of(m) for m in batch],
-            )
-        return int(status.split()[-1])
+            return await insert_messages(conn, batch, skip_existing=True)
 
     async def verify(self, rooms: list[RoomMeta]) -> None:
         async with self.target.pool.acquire() as conn:

@@ -128,6 +128,28 @@ _ROOM_META = (
 )
 
 
+async def insert_messages(
+    conn: asyncpg.Connection, messages: list[Message], skip_existing: bool = False
+) -> int:
+    """Insert ``messages`` (numbered already) in one statement; how many rows went in.
+    ``skip_existing`` leaves rows whose (room, seq) is there already (hubbub migrate)."""
+    status = await conn.execute(
+        'INSERT INTO messages (room, seq, id, client_id, nick, text, ts, "user") '
+        "SELECT * FROM unnest($1::text[], $2::bigint[], $3::text[], $4::text[], "
+        "$5::text[], $6::text[], $7::float8[], $8::text[])"
+        + (" ON CONFLICT DO NOTHING" if skip_existing else ""),
+        [m.room for m in messages],
+        [m.seq for m in messages],
+        [m.id for m in messages],
+        [m.client_id for m in messages],
+        [m.nick for m in messages],
+        [m.text for m in messages],
+        [m.ts for m in messages],
+        [user_of(m) for m in messages],
+    )
+    return int(status.split()[-1])
+
+
 def _new_epoch() -> str:
     return uuid.uuid4().hex[:12]
 
@@ -371,19 +393,7 @@ class PostgresStore:
             new.append(msg)
             out.append((msg, False))
         if new:
-            await conn.execute(
-                'INSERT INTO messages (room, seq, id, client_id, nick, text, ts, "user") '
-                "SELECT * FROM unnest($1::text[], $2::bigint[], $3::text[], $4::text[], "
-                "$5::text[], $6::text[], $7::float8[], $8::text[])",
-                [m.room for m in new],
-                [m.seq for m in new],
-                [m.id for m in new],
-                [m.client_id for m in new],
-                [m.nick for m in new],
-                [m.text for m in new],
-                [m.ts for m in new],
-                [user_of(m) for m in new],
-            )
+            await insert_messages(conn, new)
             touched = sorted({m.room for m in new}, key=lambda n: n.encode())
             await conn.execute(
                 "UPDATE rooms SET last_seq = t.seq "
