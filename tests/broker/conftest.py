@@ -19,14 +19,19 @@ Frame = tuple[str, bytes, int | None]
 
 @dataclass
 class Node:
-    """A started broker and what its ``deliver`` received."""
+    """A started broker, what its ``deliver`` received and what its node channel did."""
 
     broker: Broker
     name: str
     got: list[Frame] = field(default_factory=list)
+    #: (origin node id, payload) of every payload sent to this node.
+    from_nodes: list[tuple[str, bytes]] = field(default_factory=list)
 
     def deliver(self, room: str, payload: bytes, seq: int | None) -> None:
         self.got.append((room, payload, seq))
+
+    def on_node(self, origin: str, payload: bytes) -> None:
+        self.from_nodes.append((origin, payload))
 
 
 @dataclass
@@ -42,7 +47,7 @@ class Cluster:
         assert len(self.nodes) < self.max_nodes, f"{self.kind} has at most {self.max_nodes}"
         name = f"n{len(self.nodes)}"
         node = Node(self.make(name), name)
-        await node.broker.start(node.deliver)
+        await node.broker.start(node.deliver, node.on_node)
         self.nodes.append(node)
         return node
 
@@ -50,12 +55,10 @@ class Cluster:
 @pytest.fixture(params=["local", "redis"])
 async def cluster(request: pytest.FixtureRequest) -> AsyncIterator[Cluster]:
     if request.param == "local":
-        c = Cluster("local", lambda name: LocalBroker(), 1)
+        c = Cluster("local", lambda name: LocalBroker(name), 1)
     else:
         prefix = request.getfixturevalue("redis_prefix")
-        c = Cluster(
-            "redis", lambda name: RedisBroker(REDIS_URL, prefix=prefix, node_id=name), 3
-        )
+        c = Cluster("redis", lambda name: RedisBroker(REDIS_URL, prefix=prefix, node_id=name), 3)
     try:
         yield c
     finally:

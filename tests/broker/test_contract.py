@@ -10,7 +10,7 @@ from collections import defaultdict
 
 import pytest
 
-from hubbub.broker import BrokerError, LocalBroker
+from hubbub.broker import NODE_PAYLOAD_MAX, BrokerError, LocalBroker
 from hubbub.broker.redis import RedisBroker
 from tests.services import REDIS_URL
 
@@ -140,3 +140,84 @@ async def test_before_start_and_after_close(cluster: Cluster) -> None:
     await node.broker.close()  # idempotent
     node.broker.publish("r", b"late", None)
     assert node.got == []
+
+
+# -- node channels: one node to another ------------------------------------------------
+
+
+async def test_a_node_payload_reaches_its_node_alone_with_the_senders_id(
+    cluster: Cluster,
+) -> None:
+    nodes = await nodes_in(cluster, ["r"])
+    sender, target = nodes[0], nodes[-1]
+    me = sender.broker.node_id
+    lost: list[str] = []
+    sender.broker.send_node(target.broker.node_id, b"\x00psst\xff", lambda: lost.append("x"))
+    await wait_until(lambda: target.from_nodes, what="the payload at its node")
+    assert target.from_nodes == [(me, b"\x00psst\xff")]
+    # A last payload to every node: one sender's payloads to a node keep their order,
+    # so a copy of the first that went astray would have arrived before it.
+    for node in nodes:
+        sender.broker.send_node(node.broker.node_id, b"end")
+    for node in nodes:
+        await wait_until(lambda node=node: node.from_nodes[-1:] == [(me, b"end")])
+        if node is not target:
+            assert node.from_nodes == [(me, b"end")], node.name
+        assert node.got == []  # a node payload is not a room frame
+    assert lost == []
+
+
+async def test_a_payload_for_this_node_is_handed_over_inside_the_call(cluster: Cluster) -> None:
+    [node] = await nodes_in(cluster, [], 1)
+    node.broker.send_node(node.broker.node_id, b"to myself")
+    assert node.from_nodes == [(node.broker.node_id, b"to myself")]  # no await in between
+
+
+async def test_node_payloads_keep_their_order_and_room_frames_stay_rooms(
+    cluster: Cluster,
+) -> None:
+    nodes = await nodes_in(cluster, ["r"], 2)
+    sender, target = nodes[0], nodes[-1]
+    for i in range(300):
+        sender.broker.send_node(target.broker.node_id, b"%d" % i)
+        sender.broker.publish("r", b"room %d" % i, i)
+    await wait_until(lambda: len(target.from_nodes) >= 300 and len(target.got) >= 300)
+    assert [payload for _, payload in target.from_nodes] == [b"%d" % i for i in range(300)]
+    assert [payload for _, payload, _ in target.got] == [b"room %d" % i for i in range(300)]
+
+
+async def test_a_payload_over_the_cap_is_told_lost_and_one_at_the_cap_arrives(
+    cluster: Cluster,
+) -> None:
+    nodes = await nodes_in(cluster, [], 2)
+    sender, target = nodes[0], nodes[-1]
+    lost: list[str] = []
+    big = b"x" * (NODE_PAYLOAD_MAX + 1)
+    sender.broker.send_node(target.broker.node_id, big, lambda: lost.append("big"))
+    assert lost == ["big"]  # known at once: never sent
+    most = b"y" * NODE_PAYLOAD_MAX
+    sender.broker.send_node(target.broker.node_id, most, lambda: lost.append("most"))
+    await wait_until(lambda: target.from_nodes)
+    assert target.from_nodes == [(sender.broker.node_id, most)]
+    assert lost == ["big"]
+
+
+async def test_a_payload_for_a_node_nobody_runs_is_told_lost(cluster: Cluster) -> None:
+    [node] = await nodes_in(cluster, [], 1)
+    lost: list[str] = []
+    node.broker.send_node("nobody", b"?", lambda: lost.append("nobody"))
+    await wait_until(lambda: lost, what="on_lost for a node nobody runs")
+    assert lost == ["nobody"] and node.from_nodes == []
+
+
+async def test_send_node_before_start_and_after_close_is_told_lost(cluster: Cluster) -> None:
+    unstarted = (
+        LocalBroker() if cluster.kind == "local" else RedisBroker(REDIS_URL, prefix="unused:")
+    )
+    lost: list[str] = []
+    unstarted.send_node(unstarted.node_id, b"x", lambda: lost.append("unstarted"))
+    assert lost == ["unstarted"]
+    [node] = await nodes_in(cluster, [], 1)
+    await node.broker.close()
+    node.broker.send_node(node.broker.node_id, b"late", lambda: lost.append("closed"))
+    assert lost == ["unstarted", "closed"] and node.from_nodes == []

@@ -4,7 +4,15 @@ The default is in-process (one node); :class:`hubbub.broker.redis.RedisBroker`
 carries frames between nodes over Redis pub/sub.
 """
 
-from .base import Broker, BrokerError, Deliver
+from .base import NODE_PAYLOAD_MAX, Broker, BrokerError, Deliver, Lost, NodeDeliver
 from .local import LocalBroker
 
-__all__ = ["Broker", "BrokerError", "Deliver", "LocalBroker"]
+__all__ = [
+    "NODE_PAYLOAD_MAX",
+    "Broker",
+    "BrokerError",
+    "Deliver",
+    "LocalBroker",
+    "Lost",
+    "NodeDeliver",
+]

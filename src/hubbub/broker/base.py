@@ -2,13 +2,27 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from typing import Protocol
+
+log = logging.getLogger("hubbub.broker")
 
 #: ``deliver(room, payload, seq)``: hand an encoded frame to this node's
 #: members of ``room``; ``seq`` is the message's sequence number, or None for
 #: ephemeral frames (presence, typing).
 Deliver = Callable[[str, bytes, int | None], None]
+#: ``on_node(origin, payload)``: a payload node ``origin`` sent to this node alone
+#: (:meth:`Broker.send_node`).
+NodeDeliver = Callable[[str, bytes], None]
+#: ``on_lost()``: a payload sent with :meth:`Broker.send_node` is known not to have
+#: reached its node.
+Lost = Callable[[], None]
+
+#: Largest payload :meth:`Broker.send_node` sends (and a node accepts from its
+#: node channel), in bytes: a direct message (at most 8000 characters of text)
+#: and its envelope fit with room to spare.
+NODE_PAYLOAD_MAX = 64 * 1024
 
 
 class BrokerError(Exception):
@@ -43,10 +57,37 @@ class Broker(Protocol):
       ``seq`` tells duplicates apart.
     * A ``deliver`` that raises is logged; delivery of later frames goes on.
     * ``publish`` before ``start`` or after ``close`` does nothing.
+
+    Node channels (one node talking to another, e.g. a direct message for a member
+    connected there):
+
+    * **Addressing**: every node has a ``node_id``. A broker started with ``on_node``
+      listens on its own node channel (Redis: ``<prefix>node:{<node id>}``); once
+      ``start`` returns, every payload sent to its node id reaches ``on_node``, with
+      the sender's node id, exactly the bytes sent. A payload reaches the node it is
+      sent to and no other; a payload for this node itself is handed to ``on_node``
+      inside the call.
+    * **Ordering**: one sender's payloads to one node arrive in the order sent. Node
+      payloads and room frames are independent streams: no order between them.
+    * **At most once**: a payload is never delivered twice (a round trip that failed
+      is not sent again) and may be lost (a connection loss, a full queue).
+    * **Lost payloads are told when known**: ``on_lost()`` is called (at most once,
+      on the event loop, possibly inside the call) when the payload is known not to
+      have been delivered: no node listens on that node's channel (it is dead, or
+      cut off from Redis), the outgoing queue dropped it, it is larger than
+      :data:`NODE_PAYLOAD_MAX`, or the broker is not started or closed. No call:
+      delivered, or unknown (the connection failed during the round trip).
+    * **Bounded**: payloads over :data:`NODE_PAYLOAD_MAX` bytes are neither sent nor
+      accepted.
     """
 
-    async def start(self, deliver: Deliver) -> None:
-        """Start delivering published frames (from any node) to ``deliver``.
+    #: This node's id (what other nodes address it by with :meth:`send_node`).
+    node_id: str
+
+    async def start(self, deliver: Deliver, on_node: NodeDeliver | None = None) -> None:
+        """Start delivering published frames (from any node) to ``deliver``, and, with
+        ``on_node``, the payloads sent to this node (its node channel is followed
+        before this returns).
 
         Raises :class:`BrokerError` if the broker's service cannot be reached at all;
         once started, connection losses are handled inside (reconnect, resubscribe).
@@ -72,6 +113,20 @@ class Broker(Protocol):
         """
         ...
 
+    def send_node(self, node: str, payload: bytes, on_lost: Lost | None = None) -> None:
+        """Send one payload to node ``node`` alone (see *Node channels*). Never blocks."""
+        ...
+
     async def close(self) -> None:
         """Stop delivering; idempotent."""
         ...
+
+
+def tell_lost(on_lost: Lost | None) -> None:
+    """Call a :data:`Lost` callback (if any); its failure is logged, never raised."""
+    if on_lost is None:
+        return
+    try:
+        on_lost()
+    except Exception:
+        log.exception("on_lost callback failed")

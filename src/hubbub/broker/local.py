@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from .base import BrokerError, Deliver
+from .base import NODE_PAYLOAD_MAX, BrokerError, Deliver, Lost, NodeDeliver, tell_lost
 
 log = logging.getLogger("hubbub.broker")
 
@@ -14,14 +14,21 @@ class LocalBroker:
 
     Subscriptions are counted (``subscribed``) but do not filter: there is no
     network to save, and the app delivers only to a room's local members.
+
+    Node channels: this node (``node_id``, ``"local"`` unless given) is the only
+    one; a payload sent to it is handed to ``on_node`` inside ``send_node``, a
+    payload for any other node is lost at once (``on_lost``).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, node_id: str = "local") -> None:
+        self.node_id = node_id
         self._deliver: Deliver | None = None
+        self._on_node: NodeDeliver | None = None
         self._counts: dict[str, int] = {}
 
-    async def start(self, deliver: Deliver) -> None:
+    async def start(self, deliver: Deliver, on_node: NodeDeliver | None = None) -> None:
         self._deliver = deliver
+        self._on_node = on_node
 
     @property
     def subscribed(self) -> frozenset[str]:
@@ -46,6 +53,17 @@ class LocalBroker:
             except Exception:
                 log.exception("deliver failed for a frame of room %r", room)
 
+    def send_node(self, node: str, payload: bytes, on_lost: Lost | None = None) -> None:
+        on_node = self._on_node
+        if on_node is None or node != self.node_id or len(payload) > NODE_PAYLOAD_MAX:
+            tell_lost(on_lost)
+            return
+        try:
+            on_node(self.node_id, payload)
+        except Exception:
+            log.exception("on_node failed for a payload from this node")
+
     async def close(self) -> None:
         self._deliver = None
+        self._on_node = None
         self._counts.clear()

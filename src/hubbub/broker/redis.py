@@ -37,6 +37,19 @@ by redis-py's pub/sub object (whose reconnects have lost subscriptions: redis-py
   a gap in ``seq``, which the app fills from the store. A round trip that fails is
   sent again after the reconnect, so another node may receive a frame twice
   (at-least-once; ``seq`` tells).
+
+Node channels (``send_node``): each node started with ``on_node`` subscribes to
+``<prefix>node:{<node id>}`` (on the subscriber connection, with the rooms, so it
+is restored after a reconnect like them). A payload for another node is one
+``PUBLISH`` on that channel, in the same outgoing queue as room frames (one
+node's payloads to another arrive in the order sent), with the same header
+(the origin says who sent it; no seq). Unlike room frames they are **at most
+once**: a round trip that fails is not sent again for them (a duplicate direct
+message would show; a lost one cannot be told apart from a slow one). Redis's
+answer to ``PUBLISH`` is the number of subscribers that received it: 0 means no
+node listens on that channel (the node is dead or cut off from Redis), and the
+sender's ``on_lost`` is called; so is it for a payload dropped from the full
+queue or over ``max_node_payload`` bytes.
 """
 
 from __future__ import annotations
@@ -54,7 +67,7 @@ from typing import Any
 from redis.asyncio.connection import AbstractConnection, ConnectionPool
 from redis.exceptions import RedisError
 
-from .base import BrokerError, Deliver
+from .base import NODE_PAYLOAD_MAX, BrokerError, Deliver, Lost, NodeDeliver, tell_lost
 
 log = logging.getLogger("hubbub.broker.redis")
 
@@ -66,6 +79,15 @@ _CHUNK = 256
 
 #: What a lost or broken connection raises.
 _IO_ERRORS: tuple[type[BaseException], ...] = (RedisError, OSError, TimeoutError, EOFError)
+
+
+def _no_callback() -> None:
+    """The ``on_lost`` of a node payload sent without one (marks it a node payload)."""
+
+
+#: One outgoing PUBLISH: channel, frame, and for a node payload its ``on_lost``
+#: (None for a room frame, which is sent again after a failed round trip).
+_Outgoing = tuple[bytes, bytes, Lost | None]
 
 
 def encode_frame(node: bytes, payload: bytes, seq: int | None) -> bytes:
@@ -92,9 +114,11 @@ class RedisBroker:
 
     ``url``: ``redis://[user:password@]host:port/db`` (``rediss://`` for TLS,
     ``unix://`` for a socket). ``prefix`` starts every channel name (no braces).
-    ``node_id`` names this node in frame headers (1-64 ASCII characters; random by
-    default; must differ between nodes). ``on_reconnect()`` is called after the
-    subscriptions were restored following a connection loss.
+    ``node_id`` names this node in frame headers and its node channel (1-64
+    printable ASCII characters without ``/``; random by default; must differ between
+    nodes). ``on_reconnect()`` is called after the subscriptions were restored
+    following a connection loss. ``max_node_payload`` bounds what ``send_node``
+    sends and what the node channel accepts.
     """
 
     def __init__(
@@ -107,6 +131,7 @@ class RedisBroker:
         max_queue: int = 10_000,
         max_queue_bytes: int = 16 * 1024 * 1024,
         max_payload: int = 1024 * 1024,
+        max_node_payload: int = NODE_PAYLOAD_MAX,
         subscribe_timeout: float = 5.0,
         health_interval: float = 5.0,
         io_timeout: float = 5.0,
@@ -118,7 +143,9 @@ class RedisBroker:
         node = node_id if node_id is not None else uuid.uuid4().hex[:16]
         if not 1 <= len(node) <= 64 or not node.isascii() or not node.isprintable():
             raise ValueError("node_id must be 1-64 printable ASCII characters")
-        if min(max_queue, max_queue_bytes, max_payload) < 1:
+        if "/" in node:
+            raise ValueError("node_id must not contain '/' (member ids are '<node>/...')")
+        if min(max_queue, max_queue_bytes, max_payload, max_node_payload) < 1:
             raise ValueError("queue and payload limits must be positive")
         if min(subscribe_timeout, health_interval, io_timeout, backoff_min) <= 0:
             raise ValueError("timeouts and back-off must be positive")
@@ -129,6 +156,7 @@ class RedisBroker:
         self.max_queue = max_queue
         self.max_queue_bytes = max_queue_bytes
         self.max_payload = max_payload
+        self.max_node_payload = max_node_payload
         self.subscribe_timeout = subscribe_timeout
         self.health_interval = health_interval
         self.io_timeout = io_timeout
@@ -136,6 +164,9 @@ class RedisBroker:
         self.backoff_max = max(backoff_max, backoff_min)
         self._node = node.encode()
         self._deliver: Deliver | None = None
+        self._on_node: NodeDeliver | None = None
+        #: This node's channel while it listens (``start`` with ``on_node``).
+        self._node_channel: bytes | None = None
         self._pool: ConnectionPool | None = None
         self._closing = False
         self._tasks: list[asyncio.Task[None]] = []
@@ -148,7 +179,7 @@ class RedisBroker:
         self._dirty = asyncio.Event()
         self._notify_after_resubscribe = False
         # Outgoing frames.
-        self._queue: deque[tuple[bytes, bytes]] = deque()
+        self._queue: deque[_Outgoing] = deque()
         self._queue_bytes = 0
         self._wake = asyncio.Event()
         self._overflowing = False
@@ -158,10 +189,13 @@ class RedisBroker:
         self.dropped = 0
         self.bad_frames = 0
         self.reconnects = 0
+        self.node_sent = 0
+        self.node_received = 0
+        self.node_lost = 0
 
     # -- lifecycle ----------------------------------------------------------------
 
-    async def start(self, deliver: Deliver) -> None:
+    async def start(self, deliver: Deliver, on_node: NodeDeliver | None = None) -> None:
         if self._deliver is not None:
             raise BrokerError("broker already started")
         self._pool = ConnectionPool.from_url(
@@ -178,10 +212,30 @@ class RedisBroker:
             await self._pool.disconnect()
             raise BrokerError(f"cannot reach Redis at {self._where()}: {exc}") from exc
         self._deliver = deliver
+        if on_node is not None:
+            ch = self._node_channel = self.node_channel(self.node_id)
+            self._on_node = on_node
+            self._channels[ch] = ""  # not a room: _on_message routes it to on_node
+            self._confirmed[ch] = asyncio.Event()
         self._tasks = [
             asyncio.create_task(self._subscriber(sub), name="hubbub-redis-sub"),
             asyncio.create_task(self._publisher(pub), name="hubbub-redis-pub"),
         ]
+        if on_node is not None:
+            await self._await_node_channel()
+
+    async def _await_node_channel(self) -> None:
+        assert self._node_channel is not None
+        try:
+            await asyncio.wait_for(
+                self._confirmed[self._node_channel].wait(), self.subscribe_timeout
+            )
+        except TimeoutError:
+            await self.close()
+            raise BrokerError(
+                f"Redis at {self._where()} did not confirm this node's channel "
+                f"within {self.subscribe_timeout}s"
+            ) from None
 
     async def close(self) -> None:
         """Send what is queued (for at most ``io_timeout`` seconds), then stop."""
@@ -200,6 +254,7 @@ class RedisBroker:
         if self._pool is not None:
             await self._pool.disconnect()
         self._deliver = None
+        self._on_node = None
         self._tasks = []
 
     def _where(self) -> str:
@@ -236,6 +291,10 @@ class RedisBroker:
 
     def channel(self, room: str) -> bytes:
         return f"{self.prefix}{{{room}}}".encode()
+
+    def node_channel(self, node: str) -> bytes:
+        """Node ``node``'s own channel (never a room's: those start with a brace)."""
+        return f"{self.prefix}node:{{{node}}}".encode()
 
     @property
     def subscribed(self) -> frozenset[str]:
@@ -372,6 +431,9 @@ class RedisBroker:
                 log.exception("on_reconnect callback failed")
 
     def _on_message(self, ch: bytes, data: bytes) -> None:
+        if ch == self._node_channel:
+            self._on_node_message(data)
+            return
         room = self._channels.get(ch)
         if room is None:
             return  # in flight when we unsubscribed
@@ -388,6 +450,28 @@ class RedisBroker:
             self.bad_frames += 1
             return
         self._deliver_safely(room, payload, seq)
+
+    def _on_node_message(self, data: bytes) -> None:
+        try:
+            origin, payload, _ = decode_frame(data)
+        except ValueError as exc:
+            origin, payload = b"", b""
+            log.debug("malformed frame on this node's channel: %s", exc)
+        on_node = self._on_node
+        if not origin or origin == self._node or len(payload) > self.max_node_payload:
+            self.bad_frames += 1
+            if self.bad_frames == 1 or self.bad_frames % 1000 == 0:
+                log.warning(
+                    "dropped %d malformed frame(s), on this node's channel", self.bad_frames
+                )
+            return
+        if on_node is None:
+            return
+        self.node_received += 1
+        try:
+            on_node(origin.decode("ascii", "replace"), payload)
+        except Exception:
+            log.exception("on_node failed for a payload from %r", origin)
 
     def _deliver_safely(self, room: str, payload: bytes, seq: int | None) -> None:
         if self._deliver is None:
@@ -411,17 +495,48 @@ class RedisBroker:
         if seq is not None and not 0 <= seq < 2**64:
             raise ValueError(f"seq out of range: {seq}")
         frame = encode_frame(self._node, payload, seq)
-        self._queue.append((self.channel(room), frame))
+        self._queue.append((self.channel(room), frame, None))
         self._queue_bytes += len(frame)
         self.published += 1
         self._trim()
         self._wake.set()
 
+    def send_node(self, node: str, payload: bytes, on_lost: Lost | None = None) -> None:
+        if (
+            self._deliver is None
+            or self._closing
+            or len(payload) > self.max_node_payload
+            or not _valid_node(node)
+        ):
+            self.node_lost += 1
+            tell_lost(on_lost)
+            return
+        self.node_sent += 1
+        if node == self.node_id:
+            on_node = self._on_node
+            if on_node is None:
+                self.node_lost += 1
+                tell_lost(on_lost)
+                return
+            try:
+                on_node(self.node_id, payload)
+            except Exception:
+                log.exception("on_node failed for a payload from this node")
+            return
+        frame = encode_frame(self._node, payload, None)
+        self._queue.append((self.node_channel(node), frame, on_lost or _no_callback))
+        self._queue_bytes += len(frame)
+        self._trim()
+        self._wake.set()
+
     def _trim(self) -> None:
         while len(self._queue) > self.max_queue or self._queue_bytes > self.max_queue_bytes:
-            _, frame = self._queue.popleft()
+            _, frame, lost = self._queue.popleft()
             self._queue_bytes -= len(frame)
             self.dropped += 1
+            if lost is not None:
+                self.node_lost += 1
+                tell_lost(lost)
             if not self._overflowing:
                 self._overflowing = True
                 log.warning(
@@ -450,22 +565,31 @@ class RedisBroker:
                     break
                 log.info("redis publisher reconnected to %s", self._where())
             batch = [self._queue.popleft() for _ in range(min(_CHUNK, len(self._queue)))]
-            self._queue_bytes -= sum(len(f) for _, f in batch)
+            self._queue_bytes -= sum(len(f) for _, f, _ in batch)
+            answered = 0
             try:
                 await conn.send_packed_command(
-                    conn.pack_commands([("PUBLISH", ch, f) for ch, f in batch]),
+                    conn.pack_commands([("PUBLISH", ch, f) for ch, f, _ in batch]),
                     check_health=False,
                 )
-                for _ in batch:
-                    if await conn.read_response(timeout=self.io_timeout) is None:
+                for _, _, lost in batch:
+                    reply = await conn.read_response(timeout=self.io_timeout)
+                    if reply is None:
                         raise TimeoutError(f"no answer to PUBLISH within {self.io_timeout}s")
+                    answered += 1
+                    if lost is not None and reply == 0:  # no node listens on that channel
+                        self.node_lost += 1
+                        tell_lost(lost)
             except _IO_ERRORS as exc:
                 log.warning("redis publisher lost its connection: %s", exc)
                 await conn.disconnect(nowait=True)
                 conn = None
-                # Unknown how much of the batch went out: send it all again (at-least-once).
-                self._queue.extendleft(reversed(batch))
-                self._queue_bytes += sum(len(f) for _, f in batch)
+                # Unknown whether the unanswered frames went out: room frames are sent
+                # again (at-least-once), node payloads not (at-most-once).
+                again = [item for item in batch[answered:] if item[2] is None]
+                self.dropped += len(batch) - answered - len(again)
+                self._queue.extendleft(reversed(again))
+                self._queue_bytes += sum(len(f) for _, f, _ in again)
                 self._trim()
                 if self._closing:
                     break
@@ -481,6 +605,14 @@ class RedisBroker:
             "dropped": self.dropped,
             "bad_frames": self.bad_frames,
             "reconnects": self.reconnects,
+            "node_sent": self.node_sent,
+            "node_received": self.node_received,
+            "node_lost": self.node_lost,
             "backlog": len(self._queue),
             "subscribed": len(self._counts),
         }
+
+
+def _valid_node(node: str) -> bool:
+    """A node id another node may be addressed by (see ``RedisBroker``'s ``node_id``)."""
+    return 1 <= len(node) <= 64 and node.isascii() and node.isprintable() and "/" not in node
