@@ -118,13 +118,13 @@ def test_one_user_on_two_nodes_is_one_member() -> None:
     assert frames(core) == [p.Left("r", "ann", WALL, "u-ann")]
 
 
-def test_a_dm_to_a_member_of_another_node_says_so() -> None:
+def test_a_dm_to_a_member_of_another_node_is_relayed_to_its_node() -> None:
     core = make()
     join(core, 1, "r", "ann")
     core.remote_join("r", "B/c:1", "bob", None, quiet=True)
-    (err,) = core.handle(1, p.Direct("r", "bob", "hi", "d1"))
-    assert isinstance(err, Reply) and err.frame.code == p.E_UNAVAILABLE  # type: ignore[union-attr]
-    assert "another node" in err.frame.message  # type: ignore[union-attr]
+    relay, echo = core.handle(1, p.Direct("r", "bob", "hi", "d1"))
+    assert (relay.node, relay.to) == ("B", ("B/c:1",))  # type: ignore[union-attr]
+    assert isinstance(echo, Reply) and echo.fd == 1  # more in tests/core/test_dm_nodes.py
 
 
 def test_the_mirror_goes_with_the_last_local_member() -> None:

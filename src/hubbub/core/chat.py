@@ -464,11 +464,8 @@ class ChatCore(KnownRooms, PresenceBuffer, RemoteMembers):
             return [
                 self._error(s.fd, p.E_NO_SUCH_MEMBER, f"nobody called {f.to!r} in {f.room!r}", f)
             ]
-        if target is s.user:
+        if target is s.user or (target.user is not None and target.user == s.user.user):
             return [self._error(s.fd, p.E_DM_SELF, "you cannot send yourself a direct message", f)]
-        if not target.fds:
-            why = f"{target.nick!r} is connected to another node: direct messages across nodes"
-            return [self._error(s.fd, p.E_UNAVAILABLE, why + " are not supported yet", f)]
         dm = p.DirectMessage(
             f.room, uuid.uuid4().hex, target.nick, f.text, self.wallclock(), f.id, sender=s.nick
         )
@@ -476,10 +473,12 @@ class ChatCore(KnownRooms, PresenceBuffer, RemoteMembers):
             dm.user = s.user.user
         if target.user is not None:
             dm.to_user = target.user
-        # Every connection of the recipient in the room, then the sender's (this one first).
+        # Every connection of the recipient in the room, here and on other nodes, then
+        # the sender's here (this one first): its echo says the message went out.
         to = sorted(fd for fd in target.fds if fd in room.members)
         mine = [s.fd, *sorted(fd for fd in s.user.fds if fd != s.fd and fd in room.members)]
-        return [Reply(fd, dm) for fd in (*to, *mine)]
+        away = self.relays(room, target, dm, s.fd)
+        return [*(Reply(fd, dm) for fd in to), *away, *(Reply(fd, dm) for fd in mine)]
 
     def _typing(self, s: Session, f: p.Typing) -> list[Effect]:
         refused = self._read_only(s, f)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..protocol import ROOMS_PAGE_DEFAULT, ServerFrame
+from ..protocol import ROOMS_PAGE_DEFAULT, DirectMessage, ServerFrame
 
 
 @dataclass(slots=True)
@@ -76,4 +76,21 @@ class Close:
     reason: str
 
 
-Effect = Reply | Publish | Persist | Catchup | LoadHistory | RoomsQuery | Close
+@dataclass(slots=True)
+class RemoteDirect:
+    """Send direct message ``frame`` to members of ``room`` connected to another node.
+
+    ``node`` is that node's id, ``to`` the cluster member ids there
+    (``<node>/u:<user id>`` or ``<node>/c:<fd>``), ``fd`` the sender's connection
+    (told when the message cannot reach that node). The receiving node checks the
+    members are still in the room (:meth:`ChatCore.direct_in
+    <hubbub.core.remote.RemoteMembers.direct_in>`)."""
+
+    node: str
+    room: str
+    to: tuple[str, ...]
+    frame: DirectMessage
+    fd: int
+
+
+Effect = Reply | Publish | Persist | Catchup | LoadHistory | RoomsQuery | Close | RemoteDirect

@@ -24,15 +24,31 @@ out and the remote one is back. Lookalikes of remote members are refused at
 once, like local ones. Memory: one :class:`RemoteUser` per remote member of a followed
 room (about 800 bytes, like a local user), so at most
 ``max_members_per_room`` of them per room.
+
+Direct messages across nodes: a ``dm`` whose recipient has connections on other
+nodes (its indexed entry is a :class:`RemoteUser`, or the same user waits in
+``Room.shadow`` from other nodes) yields one
+:class:`~hubbub.core.effects.RemoteDirect` per node, naming the member ids there;
+the service sends it over the broker to that node, whose core turns it into
+replies to its own connections of those members (:meth:`RemoteMembers.direct_in`),
+if they are still in the room.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
+from itertools import islice
+from typing import Any
 
+from .. import protocol as p
+from .effects import Effect, RemoteDirect, Reply
 from .nicknames import nick_key
 from .rooms import Room
-from .users import User
+from .users import Owners, User
+
+#: Member ids named in one relayed direct message (one user has one id per node;
+#: the bound keeps a malformed relay cheap).
+MAX_RELAY_IDS = 16
 
 
 class RemoteUser(User):
@@ -50,6 +66,8 @@ class RemoteMembers:
 
     rooms: dict[str, Room]
     _dirty: dict[str, None]
+    sessions: dict[int, Any]
+    owners: Owners
 
     def remote_join(
         self, room_name: str, mid: str, nick: str, user: str | None, quiet: bool = False
@@ -106,6 +124,72 @@ class RemoteMembers:
     def remote_ids(self, room_name: str) -> list[str]:
         room = self.rooms.get(room_name)
         return list(room.remote) if room is not None else []
+
+    # -- direct messages across nodes -------------------------------------------------
+
+    def member_key(self, fd: int) -> str | None:
+        """Connection ``fd``'s member id on this node without the node part, as cluster
+        presence registers it: ``u:<user id>`` for a user with a token, ``c:<fd>`` for
+        an anonymous connection or a guest (None: no such connection)."""
+        session = self.sessions.get(fd)
+        if session is None:
+            return None
+        user, identity = session.user, session.identity
+        if user.user is not None and identity is not None and not identity.guest:
+            return f"u:{user.user}"
+        return f"c:{fd}"
+
+    @staticmethod
+    def remote_targets(room: Room, target: User) -> dict[str, list[str]]:
+        """Where ``target`` (the member a ``dm`` names) is connected on other nodes:
+        node id -> member ids there. Its indexed entry if it is another node's member,
+        and every shadowed entry of the same user (one user on several nodes is one
+        member: the entries wait in ``Room.shadow`` behind the indexed one)."""
+        out: dict[str, list[str]] = {}
+        mids = [target.mid] if isinstance(target, RemoteUser) else []
+        if target.user is not None:
+            for mid in room.shadow.get(nick_key(target.nick), ()):
+                other = room.remote.get(mid)
+                if other is not None and other.user == target.user:
+                    mids.append(mid)
+        for mid in mids:
+            node, sep, _ = mid.partition("/")
+            if sep and node:
+                out.setdefault(node, []).append(mid)
+        return out
+
+    def relays(
+        self, room: Room, target: User, frame: p.DirectMessage, fd: int
+    ) -> list[RemoteDirect]:
+        """``frame`` for ``target``'s connections on other nodes: one effect per node
+        (``fd`` is the sender's connection)."""
+        away = self.remote_targets(room, target)
+        return [
+            RemoteDirect(n, room.name, tuple(ids), frame, fd) for n, ids in sorted(away.items())
+        ]
+
+    def direct_in(
+        self, room_name: str, keys: Iterable[str], frame: p.DirectMessage
+    ) -> list[Effect]:
+        """A direct message another node relayed for this node's members ``keys``
+        (member ids without the node part) of ``room_name``: one reply per connection
+        of those members in the room, in fd order. Members no longer in the room (or
+        connections whose member id changed) get nothing: an empty list."""
+        room = self.rooms.get(room_name)
+        if room is None:
+            return []
+        fds: set[int] = set()
+        for key in islice(keys, MAX_RELAY_IDS):
+            kind, _, rest = key.partition(":")
+            if kind == "u":
+                user = self.owners.get(rest)
+                candidates = user.fds if user is not None else ()
+            elif kind == "c" and rest.isascii() and rest.isdigit() and len(rest) <= 18:
+                candidates = (int(rest),)
+            else:
+                continue
+            fds.update(fd for fd in candidates if fd in room.members and self.member_key(fd) == key)
+        return [Reply(fd, frame) for fd in sorted(fds)]
 
     # -- the index ------------------------------------------------------------------
 
