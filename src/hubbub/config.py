@@ -13,7 +13,9 @@ import math
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
+from .transport.forwarded import FORWARDED_HEADERS, proxies
 from .transport.guard import parse_allowed
+from .transport.hosts import parse_allowed_hosts
 
 KiB = 1024
 MiB = 1024 * KiB
@@ -136,6 +138,32 @@ class Settings:
         "not browser pages) are allowed. Behind a TLS-terminating proxy, list the "
         "public https:// origin.",
         default="",
+    )
+    allowed_hosts: str = _doc(
+        "Host names this server answers (comma- or space-separated; '.example.com' also "
+        "matches its subdomains; '*' any name). A request for another Host gets 421, "
+        "before any handler: a page whose name an attacker re-points at this server's "
+        "address (DNS rebinding) is then not same-origin with it. localhost and loopback "
+        "addresses are always answered. Empty: any name, except on a connection that "
+        "reached a loopback address directly (not from a proxy of forwarded_allow_ips): "
+        "there a DNS name (with a dot, not an IP address) gets 421. List the names "
+        "before exposing hubbub (docs/security.md).",
+        default="",
+    )
+    forwarded_allow_ips: str = _doc(
+        "Addresses or networks (CIDR) of the reverse proxies in front of hubbub, comma- "
+        "or space-separated. For connections from them, the client's address is taken "
+        "from forwarded_header (the right-most address that is not one of them): the "
+        "per-address limits, the access log, the admin page and connection_info use it. "
+        "Empty: trust no proxy (every client is its TCP peer).",
+        default="",
+    )
+    forwarded_header: str = _doc(
+        "The header the proxies of forwarded_allow_ips name the client in: "
+        "'x-forwarded-for' (nginx, HAProxy's option forwardfor) or 'forwarded' (RFC 7239, "
+        "HAProxy's option forwarded). Only this one is read: a proxy passes the other on "
+        "as the client wrote it.",
+        default="x-forwarded-for",
     )
     certfile: str = _doc(
         "PEM certificate chain: serve HTTPS and WSS on the port (with keyfile).",
@@ -383,6 +411,22 @@ class Settings:
             parse_allowed(self.allowed_origins)
         except ValueError as exc:
             raise SettingError("allowed_origins", f"has {exc}") from None
+        self._check_proxies()
+
+    def _check_proxies(self) -> None:
+        try:
+            parse_allowed_hosts(self.allowed_hosts)
+        except ValueError as exc:
+            raise SettingError("allowed_hosts", f"has {exc}") from None
+        if self.forwarded_header not in FORWARDED_HEADERS:
+            raise SettingError(
+                "forwarded_header",
+                f"must be one of {', '.join(FORWARDED_HEADERS)}, got {self.forwarded_header!r}",
+            )
+        try:
+            proxies(self.forwarded_allow_ips, self.forwarded_header)
+        except ValueError as exc:
+            raise SettingError("forwarded_allow_ips", f"has {exc}") from None
 
 
 class SettingError(ValueError):

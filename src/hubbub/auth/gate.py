@@ -4,8 +4,11 @@ identity between the transports (``upgrade``, frames, timers) and the chat core.
 How a connection gets its identity (docs/security.md, *Auth modes*):
 
 * ``Authorization: Bearer <token>`` on the upgrade request: checked in the
-  ``upgrade`` event, before the ``101``; a bad token is refused with ``401``
-  and the reason (the token is never logged nor echoed).
+  ``upgrade`` event, before the ``101``; a bad token is refused with ``401``,
+  the reason, and ``WWW-Authenticate: Bearer error="invalid_token",
+  error_description="<reason>"`` (RFC 6750 3; the token is never logged nor
+  echoed). A 401 without a bearer token (a plain client in ``token`` mode,
+  another scheme) carries ``WWW-Authenticate: Bearer``.
 * Otherwise, in ``token`` mode, the connection gets no ``welcome`` until its
   first frame ``{"type":"auth","token":...}`` verifies. Any other first frame
   gets ``auth_required`` and close 4401; no frame within ``auth_timeout``
@@ -32,14 +35,34 @@ from typing import Any
 
 from .. import protocol as p
 from ..core import Identity
+from ..transport.contract import Refusal
 from .tokens import TokenError, Verifier
 
 #: The reason a plain (seed-protocol) client gets in ``token`` mode.
 SEED_REFUSED = "this server requires a token (hubbub.v1 with Authorization: Bearer)"
 AUTH_FIRST = 'authenticate first: send {"type":"auth","token":"..."} as the first frame'
 NO_TOKENS = "this server has no tokens (no --jwt-secret or --jwt-public-key)"
+NOT_BEARER = "the Authorization header must be 'Bearer <token>'"
 #: Longest single expiry timer (s); a token living longer is re-armed then.
 MAX_TIMER = 86400.0
+#: Longest error_description of a challenge (the reason is in the body too).
+MAX_DESCRIPTION = 200
+#: What a quoted error_description may hold (RFC 6750 3: %x20-21 / %x23-5B / %x5D-7E).
+_DESCRIPTION_CHARS = frozenset(chr(c) for c in range(0x20, 0x7F)) - {'"', "\\"}
+
+
+def bearer_challenge(error: str | None = None, description: str = "") -> tuple[str, str]:
+    """The ``WWW-Authenticate`` header of a 401 (RFC 6750 3): ``Bearer`` when no token
+    was given, ``Bearer error="invalid_token", error_description="..."`` when one was
+    refused. The description keeps only the characters RFC 6750 allows there
+    (others become ``?``) and at most MAX_DESCRIPTION of them."""
+    if error is None:
+        return ("WWW-Authenticate", "Bearer")
+    text = "".join(c if c in _DESCRIPTION_CHARS else "?" for c in description[:MAX_DESCRIPTION])
+    value = f'Bearer error="{error}"'
+    if text:
+        value += f', error_description="{text}"'
+    return ("WWW-Authenticate", value)
 
 
 class AuthGate:
@@ -81,11 +104,12 @@ class AuthGate:
 
     # -- the upgrade request ---------------------------------------------------
 
-    def upgrade(self, server: Any, request: Any) -> tuple[int, str] | None:
-        """The ``upgrade`` event: None to accept, ``(status, reason)`` to refuse."""
+    def upgrade(self, server: Any, request: Any) -> Refusal | None:
+        """The ``upgrade`` event: None to accept, a :class:`Refusal` (status, reason,
+        headers) to refuse; a 401 carries ``WWW-Authenticate`` (:func:`bearer_challenge`)."""
         if request.subprotocol != p.SUBPROTOCOL:
             if self.mode == "token" and not self.allow_anonymous_seed:
-                return 401, SEED_REFUSED
+                return Refusal(401, SEED_REFUSED, (bearer_challenge(),))
             return None
         header = request.headers.get("authorization")
         if header is None or self.verifier is None:
@@ -93,11 +117,12 @@ class AuthGate:
         scheme, _, token = header.partition(" ")
         token = token.strip()
         if scheme.lower() != "bearer" or not token:
-            return 401, "the Authorization header must be 'Bearer <token>'"
+            # No bearer token given: the challenge names the scheme, no error (RFC 6750 3.1).
+            return Refusal(401, NOT_BEARER, (bearer_challenge(),))
         try:
             request.user = self.verifier.verify(token)
         except TokenError as exc:
-            return 401, exc.reason
+            return Refusal(401, exc.reason, (bearer_challenge("invalid_token", exc.reason),))
         return None
 
     # -- connection events ---------------------------------------------------

@@ -8,15 +8,61 @@ Implemented by :class:`hubbub.endpoint.ServerEndpoint`; called by
 from __future__ import annotations
 
 import asyncio
+import logging
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
-from .messages import Request, Response
+from .messages import Request, Response, check_field
 
 if TYPE_CHECKING:
     from ..config import Settings
     from .http import HttpConnection
     from .session import Session
     from .websocket import WebSocketConnection
+
+
+log = logging.getLogger("hubbub.http")
+
+
+class Refusal(tuple[int, str]):
+    """Why a request is refused: ``(status, reason)``, with ``headers`` for the
+    answer (``WWW-Authenticate`` with a 401, ``Retry-After`` with a 503).
+
+    A tuple of two, so that code that unpacks ``status, reason`` keeps working;
+    an ``upgrade`` handler may return one, a plain ``(status, reason)`` or
+    ``(status, reason, headers)``.
+    """
+
+    headers: tuple[tuple[str, str], ...]
+
+    def __new__(cls, status: int, reason: str, headers: Sequence[tuple[str, str]] = ()) -> Refusal:
+        self = super().__new__(cls, (status, reason))
+        self.headers = tuple(headers)
+        return self
+
+    def __repr__(self) -> str:
+        return f"Refusal({self[0]!r}, {self[1]!r}, {self.headers!r})"
+
+
+def refusal_parts(denied: Any) -> tuple[int, str, list[tuple[str, str]]]:
+    """``(status, reason, headers)`` of a refusal (a :class:`Refusal`, or what an
+    ``upgrade`` handler returned). A header that would break the answer (CR, LF,
+    NUL, not latin-1) is left out and logged; a value that is not a refusal raises
+    (TypeError, ValueError), which the caller answers with ``500``."""
+    status, reason, *rest = denied
+    if len(rest) > 1 or not isinstance(status, int) or not isinstance(reason, str):
+        raise TypeError(f"not a (status, reason[, headers]) refusal: {denied!r}")
+    given = rest[0] if rest else getattr(denied, "headers", ())
+    headers: list[tuple[str, str]] = []
+    for name, value in given:
+        try:
+            check_field(name, "header name")
+            check_field(value, "header value")
+        except (TypeError, ValueError) as exc:
+            log.error("refusal header %r left out: %s", name, exc)
+            continue
+        headers.append((name, value))
+    return status, reason, headers
 
 
 class HttpEndpoint(Protocol):
@@ -47,6 +93,21 @@ class HttpEndpoint(Protocol):
         :meth:`http_connection_lost` so that a shutdown can close it
         (``conn.close()`` when not ``conn.busy``, ``conn.transport.abort()``
         after the grace period).
+        """
+        ...
+
+    def http_request_head(self, conn: HttpConnection, request: Request) -> tuple[int, str] | None:
+        """Who sent ``request`` and whether its ``Host`` is served: None to go on,
+        else the refusal to answer (a :class:`Refusal`; then the connection is closed).
+
+        Caller: once per complete request, before its ``Origin`` is checked and
+        before any handler (``request.remote`` is ``conn.peer``).
+        Implementation: when ``conn.peer`` is a proxy of ``forwarded_allow_ips``,
+        set ``request.remote`` to the client its header names
+        (:func:`hubbub.transport.forwarded.forwarded_client`) and count ``conn``
+        against that address from now on (``conn.ip``): over
+        ``max_connections_per_ip``, refuse ``503`` with ``Retry-After``. Then
+        :func:`hubbub.transport.hosts.host_refusal` (``400``/``421``).
         """
         ...
 
@@ -95,10 +156,13 @@ class HttpEndpoint(Protocol):
         ...
 
     def ws_authorize(self, request: Request) -> tuple[int, str] | None:
-        """None to open the WebSocket, or ``(status, reason)`` to refuse it.
+        """None to open the WebSocket, or ``(status, reason)`` to refuse it (a
+        :class:`Refusal` with headers, or ``(status, reason, headers)``).
 
         Caller: for each upgrade request that websockets accepted (RFC 6455
-        4.2.1 checks passed, ``request.subprotocol`` chosen), before the 101.
+        4.2.1 checks passed, ``request.subprotocol`` chosen), before the 101;
+        answers a refusal with its status, reason and headers
+        (:func:`refusal_parts`: a ``401`` carries ``WWW-Authenticate``, RFC 6750 3).
         May set ``request.user``.
         """
         ...
@@ -147,7 +211,8 @@ class SessionEndpoint(Protocol):
         ...
 
     def ws_authorize(self, request: Request) -> tuple[int, str] | None:
-        """As for a WebSocket: the ``upgrade`` event (token checks) for a session's POST."""
+        """As for a WebSocket: the ``upgrade`` event (token checks) for a session's POST;
+        a refusal's headers go with its JSON answer."""
         ...
 
     def session_admit_ip(self, ip: str) -> str | None:

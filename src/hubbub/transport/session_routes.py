@@ -11,7 +11,8 @@ docs/transports.md is the contract for client authors; in short::
 The endpoint (:class:`~hubbub.transport.contract.SessionEndpoint`) routes
 these paths here before the app's ``request`` handler. Session creation
 passes the WebSocket admission rules: Origin allow-list (403), connection
-limits and per-address limits (503), the ``upgrade`` event (its status). A
+limits and per-address limits (503), the ``upgrade`` event (its status, and its
+headers: a 401 carries ``WWW-Authenticate: Bearer``). A
 session id is a credential: the access log shows ``/v1/sessions/<redacted>/...``.
 """
 
@@ -24,7 +25,7 @@ from http import HTTPStatus
 from typing import Any
 from urllib.parse import parse_qs
 
-from .contract import SessionEndpoint
+from .contract import SessionEndpoint, refusal_parts
 from .guard import host_origin, origin_refusal, parse_origin
 from .messages import Request, Response
 from .session import KINDS, Session
@@ -180,16 +181,17 @@ def _create(endpoint: SessionEndpoint, request: Request, response: Response) -> 
     request.subprotocol = protocol or None
     try:
         denied = endpoint.ws_authorize(request)
+        refusal = None if denied is None else refusal_parts(denied)
     except Exception:
         log.error("upgrade handler failed", exc_info=True)
-        denied = (500, "Internal Server Error")
-    if denied is not None:
-        status, reason = denied
+        refusal = (500, "Internal Server Error", [])
+    if refusal is not None:
+        status, reason, headers = refusal
         try:
             code = HTTPStatus(status).phrase.lower().replace(" ", "_")
         except ValueError:
             code = "refused"
-        return _error(response, status, code, reason)
+        return _error(response, status, code, reason, tuple(headers))
     session = endpoint.session_opened(request, kind)
     body = {
         "session": session.id,
