@@ -162,7 +162,7 @@ class Proxies:
         node: tuple[Address, int] | None = None
         for i in range(len(entries) - 1, -1, -1):
             entry = entries[i]
-            if i == 0 and len(entries) > MAX_HOPS and "," in entry:
+            if i == 0 and len(entries) > MAX_HOPS:  # the rest of the header
                 raise BadForwarded(f"more than {MAX_HOPS} hops, all of them trusted proxies")
             if len(entry) > MAX_ENTRY:
                 raise BadForwarded(f"an entry of {len(entry)} characters")
