@@ -55,4 +55,7 @@ def test_new_limits_have_safe_defaults():
     s = Settings()
     assert s.seed_rate == 0  # the seed's behaviour unless asked
     assert s.allowed_origins == ""  # own origin only
+    assert s.forwarded_allow_ips == ""  # no proxy's header believed
+    assert s.forwarded_header == "x-forwarded-for"
+    assert s.allowed_hosts == ""  # any name, but DNS names refused on loopback (hosts.py)
     assert s.max_connections_per_ip > 0 and s.max_pending_handshakes > 0

@@ -12,6 +12,7 @@ from hubbub.config_file import (
     SCHEMA,
     ConfigError,
     example,
+    exposure_warnings,
     mask_url,
     read_env,
     report,
@@ -204,3 +205,37 @@ def test_warnings_name_unknown_variables_and_readable_secrets(tmp_path):
     assert got[1].startswith(f"{path} holds metrics_token and other users can read it")
     Path(path).chmod(0o600)
     assert warnings(eff, {}) == []
+
+
+def test_proxy_and_host_settings_from_every_source(tmp_path):
+    path = write(tmp_path, 'forwarded_allow_ips = "10.0.0.0/8"\nallowed_hosts = "a.example"\n')
+    env = {"HUBBUB_FORWARDED_HEADER": "forwarded"}
+    eff = resolve({"allowed_hosts": "chat.example.com"}, environ=env, config=path)
+    s = eff.settings
+    assert (s.forwarded_allow_ips, s.forwarded_header, s.allowed_hosts) == (
+        "10.0.0.0/8",
+        "forwarded",
+        "chat.example.com",
+    )
+    assert SCHEMA["forwarded_allow_ips"].flag == "--forwarded-allow-ips"
+    assert SCHEMA["allowed_hosts"].env == "HUBBUB_ALLOWED_HOSTS"
+    bad = write(tmp_path, 'forwarded_allow_ips = "*"\n')
+    with pytest.raises(ConfigError) as info:
+        resolve({}, environ={}, config=bad)
+    assert str(info.value).startswith(f"{bad}:forwarded_allow_ips: has '*'")
+    with pytest.raises(ConfigError, match="HUBBUB_ALLOWED_HOSTS: has 'a:1'"):
+        resolve({}, environ={"HUBBUB_ALLOWED_HOSTS": "a:1"})
+
+
+def test_config_check_warns_about_exposure_without_allowed_hosts():
+    def check(**flags):
+        return exposure_warnings(resolve(flags, environ={}))
+
+    (public,) = check(host="0.0.0.0")
+    assert "hubbub listens on 0.0.0.0" in public and "DNS rebinding" in public
+    assert check(host="0.0.0.0", allowed_hosts="chat.example.com") == []
+    assert check(host="127.0.0.1") == [] and check(host="::1") == []
+    (proxied,) = check(host="127.0.0.1", forwarded_allow_ips="127.0.0.1")
+    assert "forwarded_allow_ips is set and allowed_hosts is empty" in proxied
+    everyone = check(host="127.0.0.1", allowed_hosts="x.example", forwarded_allow_ips="0.0.0.0/0")
+    assert len(everyone) == 1 and "any client can choose the address" in everyone[0]

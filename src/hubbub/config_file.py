@@ -31,6 +31,8 @@ from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from .config import SettingError, Settings, setting_fields
+from .transport.forwarded import proxies
+from .transport.hosts import is_loopback_name
 
 #: Settings that are secrets: never printed (``config check`` shows ``<set>``).
 SECRETS = frozenset({"jwt_secret", "api_key", "metrics_token"})
@@ -324,6 +326,35 @@ def warnings(eff: Effective, environ: Mapping[str, str] | None = None) -> list[s
             out.append(
                 f"{eff.file} holds {', '.join(secrets)} and other users can read it "
                 f"(chmod 600 it, or give them as HUBBUB_* variables)"
+            )
+    return out
+
+
+def exposure_warnings(eff: Effective) -> list[str]:
+    """What ``hubbub config check`` says about exposing these settings: no
+    ``allowed_hosts`` on a public address or behind proxies (DNS rebinding,
+    docs/security.md), a proxy network that takes in every address."""
+    s = eff.settings
+    out = []
+    public = not is_loopback_name(eff.host.strip("[]").lower())
+    if not s.allowed_hosts and public:
+        out.append(
+            f"hubbub listens on {eff.host} (other machines can reach it) and allowed_hosts "
+            "is empty: it answers any Host name, so a page whose name is re-pointed at "
+            "this address (DNS rebinding) counts as its own origin; list the names "
+            'clients use (allowed_hosts = "chat.example.com")'
+        )
+    elif not s.allowed_hosts and s.forwarded_allow_ips:
+        out.append(
+            "forwarded_allow_ips is set and allowed_hosts is empty: every Host name the "
+            "proxies pass on is answered; list the public names (allowed_hosts)"
+        )
+    networks = proxies(s.forwarded_allow_ips, s.forwarded_header).networks
+    for net in networks:
+        if net.prefixlen == 0:
+            out.append(
+                f"forwarded_allow_ips has {net}: every peer is a trusted proxy, so any "
+                "client can choose the address hubbub sees; list only the proxies"
             )
     return out
 
