@@ -27,9 +27,10 @@ rates are sampled from the store's newest ``seq`` as the rooms are listed
 Wrong keys and tokens are paced per client address (:data:`FAILURE_BURST`,
 then :data:`FAILURE_RATE` per second: 429 meanwhile).
 
-Several nodes: like deleting, resetting acts on this node's members (other
-nodes' members of the room learn of it when they resume; see
-:mod:`hubbub.apps.chat`), and the connection list is this node's.
+Several nodes: deleting and resetting act on every node's members (this node
+carries it out in the store and tells the others: :mod:`hubbub.apps.cluster_control`;
+``members_removed`` and ``members_told`` count this node's); the connection list
+is this node's.
 """
 
 from __future__ import annotations
@@ -54,12 +55,13 @@ from ..auth.tokens import TokenError, Verifier
 from ..config import Settings
 from ..core import ChatCore
 from ..core.ratelimit import TokenBucket
-from ..server import WEBSOCKET_OPCODE_TEXT, Server
+from ..server import Server
 from ..store import RoomMeta, Store, StoreError
 from ..transport.guard import RefusalLog
 from ..transport.http import Request, Response
 from . import errors_log
 from .catchup import Catchups
+from .cluster_control import ClusterControl, RoomControl
 from .http_api import HttpApi, _number, _valid_room, room_page
 from .journal import Journal
 from .sequencer import Sequencer
@@ -76,6 +78,7 @@ class ChatAppLike(Protocol):
     journal: Journal
     sequencer: Sequencer
     catchups: Catchups
+    control: ClusterControl
     http: HttpApi
     v1: set[int]
     #: One delete (or reset) of a room at a time.
@@ -467,7 +470,9 @@ async def reset_room(app: ChatAppLike, room: str) -> tuple[RoomMeta, int] | None
     None if there is no such room. Like a delete: the room is closed meanwhile (joins
     and sends refused), joins and messages accepted before wait, this node delivers
     every message stored before the reset, and only then is the history emptied and
-    the room followed from seq 0. Returns the new meta and how many members were told.
+    the room followed from seq 0 of the new epoch (no message of the old one is
+    delivered after the ``reset``). Then the other nodes are told (they do the same
+    for their members). Returns the new meta and how many members here were told.
     """
     if await app.store.room(room) is None:
         return None
@@ -479,17 +484,14 @@ async def reset_room(app: ChatAppLike, room: str) -> tuple[RoomMeta, int] | None
             await app.catchups.wait_room(room)
             await app.journal.barrier()
             await _delivered(app, room)
+            before = await app.store.room(room)
             meta = await app.store.reset(room)
-            if app.sequencer.cursor(room) is not None:
-                app.sequencer.forget(room)  # its cursor is the old epoch's
-                await app.sequencer.ready(room)
+            told = app.control.reset_here(room, meta.epoch, meta.seq, meta.oldest)
         finally:
             core.reopen_room(room)
-        state = core.rooms.get(room)
-        fds = sorted(state.members) if state is not None else []
-        frame = p.Reset(room, meta.epoch, "epoch", meta.seq, meta.oldest)
-        app.server.push_many(fds, p.encode(frame), WEBSOCKET_OPCODE_TEXT)
-    return meta, len(fds)
+    was = before.epoch if before is not None else None
+    app.control.announce(room, RoomControl("reset", meta.epoch, was, meta.seq, meta.oldest))
+    return meta, told
 
 
 async def _delivered(app: ChatAppLike, room: str) -> None:

@@ -19,7 +19,8 @@ what the broker lost from the store). Presence is cluster-wide with Redis
 and counted, a nickname is claimed atomically per room, each node computes
 its clients' presence frames from the mirrored list (they are not relayed),
 and a dead node's members are removed when its lease lapses. Typing is
-relayed as it comes. A room deleted on one node is emptied only there.
+relayed as it comes. Direct messages reach members on other nodes, and a
+room's delete or reset reaches every node (:mod:`hubbub.apps.cluster_control`).
 
 Rooms. Reading a room (``history``, ``GET .../messages``) never creates it;
 a join or a message does. Deleting a room (``DELETE /api/rooms/{room}``)
@@ -57,16 +58,18 @@ from ..core import (
     Reply,
     RoomsQuery,
 )
+from ..core.effects import RemoteDirect
 from ..errors import StartupError
 from ..logs import context
 from ..presence import PresenceManager
-from ..presence.base import MARKER, PresenceError
+from ..presence.base import PresenceError
 from ..presence.node import NodePresence
 from ..server import WEBSOCKET_OPCODE_TEXT, Frame, Server
 from ..store import PendingMessage, Store, StoreError
 from ..transport.http import Request, Response
 from .admin_api import AdminApi
 from .catchup import Catchups
+from .cluster_control import NODES_ONLY, ClusterControl
 from .http_api import HttpApi, room_page
 from .journal import Journal
 from .readiness import answer_readyz
@@ -127,7 +130,11 @@ class ChatApp:
         self.seed = SeedRoom(server)
         self.v1: set[int] = set()
         self._tasks: set[asyncio.Task[Any]] = set()
-        self.sequencer = Sequencer(self._emit, store.since, self._position)
+        #: Direct messages to other nodes; deletes and resets told to every node.
+        self.control = ClusterControl(self)
+        self.sequencer = Sequencer(
+            self._emit, store.since, self._position, on_epoch=self.control.on_epoch
+        )
         #: Presence across nodes (None with the local broker: one node).
         self.cluster = NodePresence.for_broker(
             broker, presence, core=self.core, run=self.run, spawn=self._spawn,
@@ -193,7 +200,8 @@ class ChatApp:
                 f"cannot open the history store {describe_store(self.settings)}: {exc}"
             ) from exc
         try:
-            await self.broker.start(self.seed.attach_broker(self.broker, self.deliver))
+            deliver = self.seed.attach_broker(self.broker, self.deliver)
+            await self.broker.start(deliver, self.control.on_node)
         except BrokerError as exc:
             await self.store.close()
             raise StartupError(f"cannot start the broker {self.settings.broker}: {exc}") from exc
@@ -211,7 +219,9 @@ class ChatApp:
         await self.retention.run()
         server.tick(RETENTION_PERIOD * 1000, lambda _tid: self._spawn(self.retention.run()))
         server.tick(HOLE_CHECK_MS, lambda _tid: self._fill_holes())
-        server.tick(POSITION_PERIOD * 1000, lambda _tid: self._spawn(self.check_positions()))
+        server.tick(
+            POSITION_PERIOD * 1000, lambda _tid: self._spawn(self.control.check_positions())
+        )
 
     async def _load_rooms(self) -> None:
         # The core counts rooms against max_rooms and tells a join that creates
@@ -362,8 +372,9 @@ class ChatApp:
         self.run(self.core.drop_membership(fd, room))
         self._left(fd, room)
 
-    async def _position(self, room: str) -> int:
-        return (await self.store.create_room(room)).seq
+    async def _position(self, room: str) -> tuple[int, str]:
+        meta = await self.store.create_room(room)
+        return meta.seq, meta.epoch
 
     def _fill_holes(self) -> None:
         for room in self.sequencer.due():
@@ -372,31 +383,9 @@ class ChatApp:
     def on_broker_reconnect(self) -> None:
         """Frames published while the broker was away are lost: read positions now
         (and every followed room's member list)."""
-        self._spawn(self.check_positions(urgent=True))
+        self._spawn(self.control.check_positions(urgent=True))
         if self.cluster is not None:
             self.cluster.reconnected()
-
-    async def check_positions(self, urgent: bool = False) -> None:
-        """Compare every followed room's cursor with the store (a lost last message
-        shows here); holes found are read from the store."""
-        rooms = [r for r in self.sequencer.rooms if self.sequencer.cursor(r) is not None]
-        if not rooms:
-            return
-        try:
-            if len(rooms) <= 20:
-                metas = [await self.store.room(r) for r in rooms]
-            else:
-                wanted = set(rooms)
-                metas = [m for m in await self.store.rooms() if m.name in wanted]
-        except StoreError as exc:
-            log.warning("position check failed: %s", exc)
-            return
-        for meta in metas:
-            if meta is not None:
-                self.sequencer.position(meta.name, meta.seq, urgent=urgent)
-                self.core.set_private(meta.name, meta.private)  # set on another node
-        if urgent:
-            self._fill_holes()
 
     # -- carrying out effects ------------------------------------------------
 
@@ -416,6 +405,8 @@ class ChatApp:
                     self.broker.publish(effect.room, p.encode(effect.frame), None)
             elif isinstance(effect, Persist):
                 self._persist(effect)
+            elif isinstance(effect, RemoteDirect):
+                self.control.send_direct(effect)
             elif isinstance(effect, Catchup):
                 self.catchups.start(effect)
             elif isinstance(effect, LoadHistory):
@@ -477,9 +468,8 @@ class ChatApp:
         Messages go through the sequencer (in seq order, once); ephemeral frames
         (presence, typing) are delivered as they come."""
         if seq is None:
-            if payload.startswith(MARKER):  # for the nodes, never for clients
-                if self.cluster is not None:
-                    self.cluster.on_payload(room, payload)
+            if payload.startswith(NODES_ONLY):  # for the nodes, never for clients
+                self.control.on_room_frame(room, payload)
                 return
             self._emit(room, payload, None)
         else:
@@ -558,29 +548,9 @@ class ChatApp:
     # -- deleting a room -------------------------------------------------------
 
     async def delete_room(self, room: str) -> tuple[bool, int]:
-        """Delete a room, its history and its members' membership.
-
-        Returns whether the room existed and how many members were told. A
-        :class:`StoreError` leaves the room as it was (open again, members in).
-        """
-        async with self._delete_lock:
-            self.core.close_room(room)  # from here, no join and no send for it
-            try:
-                # Joins accepted before the close finish first (their
-                # create_room must not run after the delete).
-                await self.catchups.wait_room(room)
-                await self.journal.barrier()  # messages accepted before the close
-                existed = await self.store.delete_room(room)
-            finally:
-                self.core.reopen_room(room)
-            members = sorted(self._subs.get(room, ()))
-            removed = self.core.remove_room(room)
-            for fd in members:
-                self._left(fd, room)
-            self.run(removed)
-        if existed or removed:
-            log.info("room %s deleted (%d members removed)", room, len(removed))
-        return existed or bool(removed), len(removed)
+        """Delete a room, its history and its members' membership, on every node
+        (:meth:`ClusterControl.delete_room`): whether it existed, members told here."""
+        return await self.control.delete_room(room)
 
 
 def create_app(

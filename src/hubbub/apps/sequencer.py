@@ -21,6 +21,17 @@ subscribed; the cursor is read once from the store, frames arriving
 meanwhile are held) to :meth:`Sequencer.forget` (its last local member
 left). Frames of untracked rooms are ignored (nobody here to deliver to).
 
+Epochs. A room's numbering restarts when its history is reset (or the room is
+deleted and created again): a new *epoch*. The position read gives the epoch
+the cursor counts in (when ``position`` returns ``(seq, epoch)``), and a frame of
+another epoch (the ``epoch`` field of its payload) is never delivered, nor held:
+``on_epoch(room, epoch)`` is told (the app then asks the store which epoch is
+current, :mod:`hubbub.apps.cluster_control`) unless that epoch is one this room
+has left behind (*retired*, dropped quietly). :meth:`Sequencer.restart` moves a
+room to a new epoch: a fresh cursor (usually 0), nothing held, the old epoch
+retired, and the waiters of :meth:`reach` failed (their positions were the old
+epoch's). A backfill that reads a message of another epoch stops there.
+
 Everything here is plain code: the clock, the store read and the delivery
 are passed in, so tests drive it without sockets (tests/apps/test_sequencer.py).
 """
@@ -42,8 +53,12 @@ log = logging.getLogger("hubbub.chat.sequencer")
 Emit = Callable[[str, bytes, int], None]
 #: ``read(room, after, limit)``: up to ``limit`` stored messages with seq > ``after``.
 Read = Callable[[str, int, int], Awaitable[list[p.Message]]]
-#: ``position(room)``: the room's last seq in the store (creating the room if needed).
-Position = Callable[[str], Awaitable[int]]
+#: ``position(room)``: the room's last seq in the store (creating the room if needed),
+#: or ``(seq, epoch)`` (the epoch the seq counts in: frames of other epochs are refused).
+Position = Callable[[str], Awaitable[int | tuple[int, str]]]
+#: ``on_epoch(room, epoch)``: a frame (or a stored message) of another epoch than the
+#: cursor's came for ``room``.
+OnEpoch = Callable[[str, str], None]
 
 #: Seconds a hole may stay open before the store is read.
 HOLD_TIMEOUT = 0.25
@@ -51,13 +66,30 @@ HOLD_TIMEOUT = 0.25
 RETRY_AFTER = 1.0
 #: Messages one backfill read asks for.
 PAGE = 500
+#: Epochs a room remembers having left (frames of those are dropped without asking).
+RETIRED = 4
+
+_EPOCH_FIELD = b',"epoch":"'
+
+
+def epoch_of(payload: bytes) -> bytes | None:
+    """The ``epoch`` of an encoded message (None if it has none near its start: the
+    field follows ``room`` and ``seq``, so it is within the first 200 bytes)."""
+    i = payload.find(_EPOCH_FIELD, 0, 200)
+    if i < 0:
+        return None
+    i += len(_EPOCH_FIELD)
+    j = payload.find(b'"', i, i + 80)
+    return payload[i:j] if j > i else None
 
 
 class _Room:
-    __slots__ = ("cursor", "deadline", "filling", "held", "ready", "target")
+    __slots__ = ("cursor", "deadline", "epoch", "filling", "held", "ready", "retired", "target")
 
     def __init__(self) -> None:
         self.cursor: int | None = None  # None until the position is read
+        self.epoch: bytes | None = None  # the cursor's epoch (None: not known)
+        self.retired: tuple[bytes, ...] = ()  # epochs left behind, newest last
         self.held: dict[int, bytes] = {}
         self.target = 0  # highest seq known to exist
         self.deadline: float | None = None  # when an open hole is read from the store
@@ -77,8 +109,10 @@ class Sequencer:
         hold_timeout: float = HOLD_TIMEOUT,
         max_held: int = 10_000,
         page: int = PAGE,
+        on_epoch: OnEpoch | None = None,
     ) -> None:
         self.emit = emit
+        self.on_epoch = on_epoch
         self.read = read
         self.position_of = position
         self.clock = clock
@@ -93,6 +127,8 @@ class Sequencer:
         self.dropped = 0
         self.backfilled = 0
         self.skipped = 0
+        self.foreign = 0  # frames of an epoch not (yet) known here, not delivered
+        self.stale = 0  # frames of a retired epoch, dropped
 
     # -- tracking rooms ------------------------------------------------------------
 
@@ -120,7 +156,7 @@ class Sequencer:
                 continue  # its reader was cancelled: read it here
             fut = st.ready = asyncio.get_running_loop().create_future()
             try:
-                seq = await self.position_of(room)
+                found = await self.position_of(room)
             except BaseException as exc:
                 if st.ready is fut:
                     st.ready = None
@@ -131,28 +167,78 @@ class Sequencer:
                     else:
                         fut.set_result(False)  # cancelled: the waiters read it themselves
                 raise
+            seq, epoch = found if isinstance(found, tuple) else (found, None)
             if self.rooms.get(room) is st and st.cursor is None:
-                self._start(room, st, seq)
+                self._start(room, st, seq, epoch)
             if st.ready is fut:
                 st.ready = None
             if not fut.done():
                 fut.set_result(True)
             return
 
-    def _start(self, room: str, st: _Room, seq: int) -> None:
+    def _start(self, room: str, st: _Room, seq: int, epoch: str | None) -> None:
         st.cursor = seq
         st.target = max(st.target, seq)
+        if epoch is not None:
+            st.epoch = epoch.encode()
+            for s, payload in list(st.held.items()):
+                other = epoch_of(payload)
+                if other is not None and other != st.epoch:
+                    del st.held[s]
+                    self._foreign(room, st, other)
+            st.target = max([seq, *st.held])
         for old in [s for s in st.held if s <= seq]:
             del st.held[old]
         self._release(room, st)
+
+    def restart(self, room: str, epoch: str, seq: int = 0) -> None:
+        """The room's history now counts in ``epoch`` from ``seq`` (a reset: usually 0):
+        follow it from there. Nothing held is kept, the old epoch is retired, waiters
+        of :meth:`reach` get StoreError. Does nothing for a room not tracked here."""
+        old = self.rooms.get(room)
+        if old is None:
+            return
+        st = self.rooms[room] = _Room()  # a backfill of the old one sees it is gone
+        st.cursor = st.target = seq
+        st.epoch = epoch.encode()
+        retired = old.retired + ((old.epoch,) if old.epoch not in (None, st.epoch) else ())
+        st.retired = tuple(e for e in retired if e is not None and e != st.epoch)[-RETIRED:]
+        self._holes.discard(room)
+        self._fail_waiters(room, f"room {room!r} was reset")
+
+    def retire(self, room: str, epoch: str) -> None:
+        """``epoch`` is behind ``room``'s current one: drop its frames without asking."""
+        st = self.rooms.get(room)
+        e = epoch.encode()
+        if st is not None and e != st.epoch and e not in st.retired:
+            st.retired = (*st.retired, e)[-RETIRED:]
+
+    def epoch(self, room: str) -> str | None:
+        """The epoch the room's cursor counts in (None: not tracked, or not known)."""
+        st = self.rooms.get(room)
+        return st.epoch.decode() if st is not None and st.epoch is not None else None
+
+    def _foreign(self, room: str, st: _Room, epoch: bytes) -> None:
+        if epoch in st.retired:
+            self.stale += 1
+            return
+        self.foreign += 1
+        if self.on_epoch is not None:
+            try:
+                self.on_epoch(room, epoch.decode("ascii", "replace"))
+            except Exception:
+                log.exception("on_epoch failed for %s", room)
 
     def forget(self, room: str) -> None:
         """No local member left in ``room``: stop tracking it."""
         self.rooms.pop(room, None)
         self._holes.discard(room)
+        self._fail_waiters(room, f"room {room!r} is no longer followed here")
+
+    def _fail_waiters(self, room: str, why: str) -> None:
         for _, fut in self._waiters.pop(room, ()):
             if not fut.done():
-                fut.set_exception(StoreError(f"room {room!r} is no longer followed here"))
+                fut.set_exception(StoreError(why))
                 fut.exception()
 
     def cursor(self, room: str) -> int | None:
@@ -166,6 +252,11 @@ class Sequencer:
         st = self.rooms.get(room)
         if st is None:
             return
+        if st.epoch is not None:
+            epoch = epoch_of(payload)
+            if epoch is not None and epoch != st.epoch:
+                self._foreign(room, st, epoch)
+                return
         if st.cursor is not None and seq <= st.cursor:
             self.dropped += 1
             return
@@ -278,6 +369,13 @@ class Sequencer:
                         extra=context(room=room),
                     )
                     st.cursor = first - 1
+                other = messages[0].epoch.encode()
+                if st.epoch is not None and other != st.epoch:
+                    # The store moved on to another epoch (a reset elsewhere): one read
+                    # is one epoch, none of it is this cursor's.
+                    st.target = st.cursor
+                    self._foreign(room, st, other)
+                    break
                 for msg in messages:
                     if msg.seq > st.cursor:
                         self.backfilled += 1
