@@ -1,5 +1,6 @@
 """What the fault tests share: clients that survive their node, nodes as processes,
-and reading the history back for the checker (tests/cluster/checker.py)."""
+a Redis of the test's own, and reading the history back (and waiting for presence
+to converge) for the checker (tests/cluster/checker.py)."""
 
 from __future__ import annotations
 
@@ -12,27 +13,48 @@ import ssl
 import subprocess
 import time
 import urllib.request
+from pathlib import Path
 from typing import Any
 
+import redis
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake
 
 from ..conftest import serve_args
-from .checker import ClientLog, Stored
+from ..deploy.conftest import need
+from .checker import ClientLog, MemberView, Stored, check_presence
 
 ROOM = "drill"
 #: Upper bound on each client's messages (the drill ends long before, normally).
 MAX_SENDS = 2000
 
 
-class DrillClient:
-    """A chat client that survives its node: reconnect, resume, resend unacked."""
+class _Rejoin(Exception):
+    """The server took this client out of the room (or refused its join): reconnect."""
 
-    def __init__(self, name: str, url: str, tls: ssl.SSLContext | None = None) -> None:
+
+class DrillClient:
+    """A chat client that survives its node: reconnect, resume, resend unacked.
+
+    It keeps the room's member list as the browser does (``view``, for
+    :func:`check_presence`). ``nick``: the nickname it joins with (default: the
+    server's ``user-<fd>...``). A join refused (``unavailable`` while Redis is
+    away, ``nick_taken``) or a ``left_room`` from the server makes it reconnect
+    and join again."""
+
+    def __init__(
+        self, name: str, url: str, tls: ssl.SSLContext | None = None, nick: str | None = None
+    ) -> None:
         self.name = name
         self.url = url
         self.tls = tls
+        self.nick = nick
         self.log = ClientLog(name)
+        self.view = MemberView(ROOM)
+        #: Codes of the ``error`` frames that refused a join (or took the client out).
+        self.refused: list[str] = []
+        #: Set by :meth:`quit`: this client stops reconnecting.
+        self.gone = asyncio.Event()
         self.unacked: dict[str, str] = {}
         self.epoch: str | None = None
         self.seq = 0
@@ -42,13 +64,23 @@ class DrillClient:
         #: Client ids refused with `unavailable`, to send again.
         self.retry: list[str] = []
 
+    @property
+    def connected(self) -> bool:
+        """Connected and in the room (its ``room`` frame came, no ``left_room`` since)."""
+        return self.ws is not None and self.view.joined
+
     async def run(self, stop: asyncio.Event) -> None:
-        while not stop.is_set():
+        while not stop.is_set() and not self.gone.is_set():
+            pause = 0.05
             with contextlib.suppress(OSError, TimeoutError, ConnectionClosed, InvalidHandshake):
-                await self._session()
+                try:
+                    await self._session()
+                except _Rejoin:
+                    pause = 0.2
             self.ws = None
-            if not stop.is_set():
-                await asyncio.sleep(0.05)
+            self.view.lost()
+            if not stop.is_set() and not self.gone.is_set():
+                await asyncio.sleep(pause)
 
     async def _session(self) -> None:
         tls = self.tls if self.url.startswith("wss:") else None
@@ -59,6 +91,8 @@ class DrillClient:
             join: dict[str, Any] = {"type": "join", "room": ROOM, "since": self.seq}
             if self.epoch is not None:
                 join["epoch"] = self.epoch
+            if self.nick is not None:
+                join["nick"] = self.nick
             await ws.send(json.dumps(join))
             for cid, text in list(self.unacked.items()):
                 await ws.send(json.dumps({"type": "send", "room": ROOM, "id": cid, "text": text}))
@@ -82,6 +116,30 @@ class DrillClient:
             # or now if this one lives on.
             self.retry.append(frame["id"])
         self.log.on_frame(frame)
+        self.view.on_frame(frame)
+        out = kind == "left_room" or (kind == "error" and frame.get("ref") == "join")
+        if out and frame.get("room") == ROOM:
+            self.refused.append(frame.get("code", kind))
+            raise _Rejoin(frame.get("message", kind))
+
+    async def ask_who(self) -> None:
+        """Ask the node for the room's member list (the answer lands in ``view.who``)."""
+        self.view.ask()
+        if self.ws is not None:
+            with contextlib.suppress(ConnectionClosed):
+                await self.ws.send(json.dumps({"type": "who", "room": ROOM}))
+
+    async def quit(self, sender: Any) -> None:
+        """Stop sending (``sender``: this client's :meth:`send_until` task), wait
+        until everything it sent is acknowledged, then leave for good (close)."""
+        sender.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await sender
+        await self.drain_refused(30)
+        await wait_for(lambda: not self.unacked, 30, f"{self.name}'s messages acked")
+        self.gone.set()
+        if self.ws is not None:
+            await self.ws.close()
 
     async def send_until(self, stop: asyncio.Event, period: float) -> None:
         for i in range(MAX_SENDS):
@@ -140,6 +198,54 @@ class Node:
         assert code == expected, f"node on {self.port} exited {code}:\n{out}"
 
 
+class PrivateRedis:
+    """A ``redis-server`` of the test's own (Debian's binary) on 127.0.0.1:``port``,
+    without persistence (``--save '' --appendonly no``, its own ``--dir``): started
+    again after :meth:`stop`, its dataset is empty. Only this test's nodes use it,
+    so ``CLIENT KILL TYPE pubsub`` hits only them."""
+
+    def __init__(self, workdir: Path, port: int) -> None:
+        self.binary = need("redis-server")
+        self.dir, self.port = workdir, port
+        self.log = workdir / "redis.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.start()
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def client(self) -> redis.Redis:
+        return redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=5)
+
+    def start(self) -> None:
+        args = [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+                "--appendonly", "no", "--dir", str(self.dir)]  # fmt: skip
+        with self.log.open("a") as out:
+            self.proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 10
+        while True:
+            with contextlib.suppress(redis.RedisError), self.client() as r:
+                if r.ping():
+                    return
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.close()
+                raise AssertionError(f"redis-server did not start:\n{self.log.read_text()}")
+            time.sleep(0.05)
+
+    def stop(self, how: signal.Signals) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(how)
+        self.proc.wait(timeout=15)
+        self.proc = None
+
+    def close(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        self.proc = None
+
+
 async def wait_for(check: Any, within: float, what: str) -> None:
     deadline = time.monotonic() + within
     while not await asyncio.to_thread(check):
@@ -162,8 +268,6 @@ def read_history(port: int) -> list[Stored]:
             break
         before = f"&before={min(m['seq'] for m in msgs)}"
     return sorted(out, key=lambda m: m.seq)
-
-
 
 
 def tcp_sockets(pid: int) -> list[tuple[int, int, str]]:
@@ -225,3 +329,40 @@ async def shut(clients: list[DrillClient], tasks: list[Any], *events: asyncio.Ev
         if c.ws is not None:
             await c.ws.close()
     await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), 30)
+
+
+def _presence_problems(clients: list[DrillClient]) -> list[str]:
+    out = [f"{c.name}: not connected to the room" for c in clients if not c.connected]
+    inside = [c for c in clients if c.connected]
+    connected = {c.name: c.view.nick or "" for c in inside}
+    return out + check_presence({c.name: c.view for c in inside}, connected)
+
+
+async def presence_converges(clients: list[DrillClient], within: float, what: str) -> float:
+    """Wait until every client of ``clients`` (those that should be in the room) is
+    connected and each one's member list, count and ``who`` answer are exactly
+    their nicknames (:func:`check_presence`): no ghost, none missing. Returns the
+    seconds it took; fails after ``within`` seconds with the checker's problems."""
+    start = time.monotonic()
+    deadline = start + within
+    for c in clients:
+        c.view.ask()
+    while True:
+        problems = _presence_problems(clients)
+        if not problems:
+            # The incremental lists agree: the nodes' own lists (who) must too.
+            await asyncio.gather(*(c.ask_who() for c in clients))
+            bound = max(0.1, min(2.0, deadline - time.monotonic()))
+            with contextlib.suppress(AssertionError):
+                await wait_for(lambda: all(c.view.who is not None for c in clients), bound, "")
+            problems = _presence_problems(clients)
+            problems += [f"{c.name}: no who answer" for c in clients if c.view.who is None]
+            if not problems:
+                return time.monotonic() - start
+            for c in clients:
+                c.view.ask()
+        if time.monotonic() > deadline:
+            raise AssertionError(
+                f"presence did not converge within {within}s ({what}):\n" + "\n".join(problems)
+            )
+        await asyncio.sleep(0.1)

@@ -2,10 +2,16 @@
 one Redis, clients on both nodes sending all along. In turn: a network partition
 between one node and Redis (a proxy the test cuts), the other node's Redis
 connections killed (``CLIENT KILL``), the PostgreSQL backends of each node
-terminated (``pg_terminate_backend``). Then the checker reads every client's log
-against the stored history: no acknowledged message lost, none stored twice,
-every receiver gapless, all in agreement. Only this test's own connections are
-hit (found from the node's sockets), never other users of the shared services.
+terminated (``pg_terminate_backend``). The partition outlasts node a's presence
+lease, and meanwhile one of b's clients leaves and another comes: b's lists lose
+a's members, then every list is whole again after the heal. Then the checker
+reads every client's log against the stored history: no acknowledged message
+lost, none stored twice, every receiver gapless, all in agreement; and presence
+converges: every client's member list and ``who`` answer are exactly the clients
+connected (no ghost, none missing). Only this test's own connections are hit
+(found from the node's sockets), never other users of the shared services.
+(Redis restarted and ``CLIENT KILL TYPE pubsub``, which need a Redis of the
+test's own, are in test_redis_restart.py.)
 """
 
 from __future__ import annotations
@@ -23,7 +29,13 @@ from tests.services import PG_DSN, REDIS_URL, pg_connect
 
 from ..conftest import free_port
 from .checker import check
-from .drill import DrillClient, Node, local_tcp_ports, settle, shut, wait_for
+from .drill import DrillClient, Node, local_tcp_ports, presence_converges, settle, shut, wait_for
+
+#: Seconds for member lists to be right: node a, cut off from Redis, has its
+#: members removed from b's lists once its lease lapsed (within 13 s,
+#: docs/presence.md); 4 s of slack for a busy machine. After the heal, a
+#: registers them again at its next renewal (3 s) and reads b's members.
+PRESENCE_WITHIN = 17.0
 
 
 def ready(node: Node) -> int:
@@ -40,9 +52,7 @@ async def kill_redis_connections(node: Node) -> int:
     ports = await asyncio.to_thread(local_tcp_ports, node.proc.pid)
     r = aioredis.from_url(REDIS_URL)
     try:
-        ids = [
-            c["id"] for c in await r.client_list() if int(c["addr"].rsplit(":", 1)[1]) in ports
-        ]
+        ids = [c["id"] for c in await r.client_list() if int(c["addr"].rsplit(":", 1)[1]) in ports]
         for client_id in ids:
             await r.client_kill_filter(_id=client_id)
         return len(ids)
@@ -82,9 +92,10 @@ async def test_partition_killed_connections_and_terminated_backends_lose_nothing
     stop_reading, stop_sending = asyncio.Event(), asyncio.Event()
     readers = [asyncio.create_task(c.run(stop_reading)) for c in clients]
     senders: list[asyncio.Task[None]] = []
+    everyone = list(clients)  # clients: those in the room (one leaves, one comes)
 
     def acked() -> int:
-        return sum(len(c.log.acked) for c in clients)
+        return sum(len(c.log.acked) for c in everyone)
 
     async def under_traffic(fault: Callable[[], Awaitable[object]] | None, what: str) -> None:
         before = acked()
@@ -105,10 +116,21 @@ async def test_partition_killed_connections_and_terminated_backends_lose_nothing
         await wait_for(
             lambda: all(c.seq >= latest_b for c in clients[:3]), 20, "a's clients catch up"
         )
+        # Presence while a is cut off: one of b's clients leaves for good, another
+        # comes (a cannot hear either); a's lease lapses and b removes its members.
+        await clients[5].quit(senders.pop(5))
+        newcomer = DrillClient("b3", f"ws://127.0.0.1:{b.port}/")
+        clients[5:] = [newcomer]
+        everyone.append(newcomer)
+        readers.append(asyncio.create_task(newcomer.run(stop_reading)))
+        senders.append(asyncio.create_task(newcomer.send_until(stop_sending, 0.05)))
+        await presence_converges(clients[3:], PRESENCE_WITHIN, "b's lists without a's members")
         assert ready(a) == 503
         await proxy.resume()
         await wait_for(lambda: ready(a) == 200, 20, "node a reports ready again")
         await under_traffic(None, "the partition healed")
+        # a registers its members again and reads b's: every list is whole again.
+        await presence_converges(clients, PRESENCE_WITHIN, "after the partition healed")
         assert await kill_redis_connections(b) >= 2  # its subscriber and its publisher
         await under_traffic(None, "node b's Redis connections were killed")
         assert await terminate_pg_backends(a) >= 1
@@ -116,12 +138,13 @@ async def test_partition_killed_connections_and_terminated_backends_lose_nothing
         assert await terminate_pg_backends(b) >= 1
         await under_traffic(None, "node b's PostgreSQL backends were terminated")
         history = await settle(clients, senders, stop_sending, a.port)
+        await presence_converges(clients, PRESENCE_WITHIN, "after the faults")
     finally:
-        await shut(clients, [*readers, *senders], stop_sending, stop_reading)
+        await shut(everyone, [*readers, *senders], stop_sending, stop_reading)
         await proxy.close()
-    logs = [c.log for c in clients]
+    logs = [c.log for c in everyone]
     assert len(history) == sum(len(log.sent) for log in logs)
     assert [m.seq for m in history] == list(range(1, len(history) + 1))
     assert check(logs, history) == []
-    for log in logs:
+    for log in logs[:5]:  # those there from the start to the end
         assert log.received[0].seq == 1 and len(log.received) == len(history), log.name

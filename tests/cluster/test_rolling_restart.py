@@ -9,7 +9,10 @@ message not acknowledged yet, with the same client id. Meanwhile each node is
 stopped (SIGTERM, the graceful path of an upgrade; or SIGKILL, a crash) and
 started again, one after the other. The checker (tests/cluster/checker.py) then
 reads every client's log against the history: nothing acknowledged lost,
-nothing stored twice, every receiver gapless and in agreement.
+nothing stored twice, every receiver gapless and in agreement; and presence
+converges: every client's member list and ``who`` answer are exactly the clients
+connected (a killed node's members are gone once its lease lapsed, a stopped
+node's at once).
 """
 
 from __future__ import annotations
@@ -28,7 +31,12 @@ from tests.services import PG_DSN, REDIS_URL
 
 from ..conftest import free_port
 from .checker import check
-from .drill import DrillClient, Node, settle, shut, wait_for
+from .drill import DrillClient, Node, presence_converges, settle, shut, wait_for
+
+#: Seconds for every member list to be right after the settle phase: a killed
+#: node's members stay listed until its lease lapses and another node removes
+#: them (13 s after the kill, docs/presence.md); 4 s of slack.
+PRESENCE_WITHIN = 17.0
 
 
 def haproxy_config(ports: HaproxyPorts, third: int, stats: int, pem: Path) -> str:
@@ -113,6 +121,7 @@ async def run_drill(
                 f"clients of node{i} reconnected",
             )
         history = await settle(clients, senders, stop_sending, nodes[0].port)
+        await presence_converges(clients, PRESENCE_WITHIN, f"after the restarts ({how.name})")
     finally:
         await shut(clients, [*readers, *senders], stop_sending, stop_reading)
     logs = [c.log for c in clients]
@@ -125,4 +134,3 @@ async def run_drill(
     assert sum(c.connections for c in clients) >= len(clients) + len(nodes)
     for log in logs:
         assert log.received[0].seq == 1 and len(log.received) == len(history), log.name
-
