@@ -93,6 +93,12 @@ def is_loopback_name(name: str) -> bool:
     return ip is not None and ip.is_loopback
 
 
+@functools.lru_cache(maxsize=256)
+def is_loopback_address(address: str) -> bool:
+    """Is ``address`` (a connection's local address: the server's own, so few) loopback?"""
+    return is_loopback_name(address)
+
+
 def is_dns_name(name: str) -> bool:
     """A name looked up in a DNS zone someone else may run: a dot, not an address."""
     return "." in name and ip_of(name) is None
