@@ -1,7 +1,7 @@
 """``make bench``: hubbub against other chat servers, same generator, same work.
 
-    .venv/bin/python bench/run.py            # the full run (about 14 minutes on 2 cores)
-    .venv/bin/python bench/run.py --quick    # a smoke run (about 4 minutes)
+    .venv/bin/python bench/run.py            # the full run (about 10 minutes on 2 cores)
+    .venv/bin/python bench/run.py --quick    # a smoke run (about 2 minutes)
 
 Installs nothing: ``pip install -e '.[bench]'``,
 ``npm install --prefix bench/peers/node_ws`` and
@@ -18,8 +18,14 @@ with socket.io events driven by socket.io-client workers. *Storms*
 (join_storm, reconnect_storm, :mod:`hubbub.bench.storms`): N clients joining
 one room at once, and 10,000 clients resuming after a server restart, hubbub
 in chat mode against Node ws's handshake storm. The steady rates (20 and 80
-messages/s into a room of 1,000) run 5 rounds, connect 3, idle 1, the
-others 2.
+messages/s into a room of 1,000) run 5 rounds (3 for hubbub without its
+compiled path, which is no peer), connect 3, idle 1, the others 2.
+
+The run keeps to a time budget (``--budget``, 610 s by default: with
+bench/scaleout.py's 255 s a whole ``make bench`` stays within 15 minutes):
+it estimates every measurement's time from its options
+(:func:`benchrun.running.estimate`), and waits for a quiet machine or repeats
+a noisy measurement only while the rest of the plan still fits.
 
 For every round, every server and every scenario it runs, a fresh server
 process is started on CPU 1 with a raised open-file limit, the generator
@@ -53,7 +59,7 @@ from typing import Any
 from benchrun.aggregate import aggregate
 from benchrun.charts import write_charts
 from benchrun.report import render
-from benchrun.running import Plan, execute, make_plan
+from benchrun.running import DEFAULT_BUDGET_S, Plan, execute, make_plan
 from benchrun.servers import (
     DEFAULT_SERVERS,
     GENERATOR_CPU,
@@ -110,7 +116,10 @@ def build_parser() -> argparse.ArgumentParser:
         "idle, 2 of the others; 1 with --quick, 2 of the steady rates)",
     )
     parser.add_argument(
-        "--duration", type=float, default=5.0, help="measured seconds per scenario run"
+        "--duration",
+        type=float,
+        default=2.5,
+        help="measured seconds of the saturation and connection-rate scenarios",
     )
     parser.add_argument(
         "--retries",
@@ -122,9 +131,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--budget",
         type=float,
-        default=540.0,
-        help="seconds after which noisy measurements are kept instead of repeated "
-        "(default 540: a full run takes about 13 minutes without repeats, so it stays within 15)",
+        default=DEFAULT_BUDGET_S,
+        help="seconds the whole run should take: it waits for a quiet machine and repeats "
+        "noisy measurements only while the rest of the plan still fits (default %(default)g: "
+        "with bench/scaleout.py's, make bench stays within 15 minutes; 0: never)",
     )
     parser.add_argument(
         "--servers",
@@ -199,6 +209,7 @@ def load_results(raw: Path, parser: argparse.ArgumentParser) -> tuple[Plan, RunI
         retries=meta["retries"],
         results=saved["results"],
         default_rounds=meta.get("default_rounds", 3),
+        budget_s=meta.get("budget"),
     )
     return plan, (meta["elapsed"], meta["command"], meta["facts"])
 
@@ -228,6 +239,11 @@ def run_and_save(
             print("\ninterrupted", file=sys.stderr)
             return 130
     elapsed = time.monotonic() - started
+    print(
+        f"bench/run.py took {elapsed:.0f} s (estimated {plan.estimate_s():.0f} s without "
+        f"waits or repeats; budget {plan.budget_s:.0f} s)",
+        flush=True,
+    )
     with contextlib.suppress(OSError):
         facts["virtual_machine"] = (
             "yes" if " hypervisor" in Path("/proc/cpuinfo").read_text() else "no"
@@ -243,6 +259,8 @@ def run_and_save(
                     "quick": plan.quick,
                     "retries": plan.retries,
                     "default_rounds": plan.default_rounds,
+                    "budget": plan.budget_s,
+                    "estimate": plan.estimate_s(),
                     "elapsed": elapsed,
                     "command": command,
                     "facts": facts,

@@ -1,16 +1,21 @@
-"""What bench/scaleout.py compares (the servers and scenarios) and how its results become
-tables: medians with their spread over the rounds, written as markdown, into a page between
-two markers (``--docs``)."""
+"""What bench/scaleout.py compares (the servers, the scenarios and which servers each
+scenario interleaves) and how its results become tables: medians with their spread over
+the rounds, paired comparisons (round by round, or node by node within one window) with a
+bootstrap interval of their median, written as markdown into a page between two markers
+(``--docs``)."""
 
 from __future__ import annotations
 
 import argparse
+import random
 import shlex
 import statistics
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from benchrun.cluster import CONFIGS
 
 from hubbub.bench import proc
 
@@ -19,24 +24,6 @@ BEGIN = "<!-- scaleout:begin (bench/scaleout.py writes between these markers) --
 END = "<!-- scaleout:end -->"
 
 
-@dataclass(frozen=True)
-class Config:
-    name: str
-    title: str
-    workers: int
-    store: bool  # PostgreSQL (else the SQLite file)
-    broker: bool  # Redis (else local)
-
-
-CONFIGS = {
-    c.name: c
-    for c in (
-        Config("sqlite", "1 process, SQLite + local", 1, False, False),
-        Config("pg-local", "1 process, PostgreSQL + local", 1, True, False),
-        Config("pg-redis", "1 worker, PostgreSQL + Redis", 1, True, True),
-        Config("pg-redis-2w", "--workers 2, PostgreSQL + Redis", 2, True, True),
-    )
-}
 #: scenario -> (protocol, fixed rate?)
 SCENARIOS = {
     "fanout": ("seed", False),
@@ -44,19 +31,58 @@ SCENARIOS = {
     "steady": ("seed", True),
     "chat_steady": ("hubbub.v1", True),
 }
+#: The servers each scenario interleaves, round after round (all up at once, each with
+#: its room connected; one measured window each per round).
+BLOCKS = {
+    "fanout": ("pg-redis", "pg-redis-2w"),
+    "chat_fanout": ("pg-redis", "pg-redis-2w"),
+    "steady": ("pg-redis", "pg-redis-2w"),
+    "chat_steady": ("pg-local", "pg-redis", "pg-redis-2w", "pg-redis-2n"),
+}
+#: The scale-out target (deliveries/s of --workers 2 against one worker), the Redis
+#: hop's (milliseconds added to p99).
+WORKERS_TARGET = 1.7
+HOP_TARGET_MS = 2.0
+ONE, TWO = "pg-redis", "pg-redis-2w"
+DASH, TIMES, MU = "\u2013", "\u00d7", "\u00b5"
 
 
-# -- aggregation and the report ------------------------------------------------------------
+# -- statistics ------------------------------------------------------------------------------
 
-METRICS = {
-    "deliveries_per_s": lambda r: r["deliveries_per_s"],
-    "per_cpu_s": lambda r: r["deliveries_per_server_cpu_s"],
-    "us_per_delivery": lambda r: r["server_cpu_us_per_delivery"],
-    "server_cores": lambda r: r["server_cores"],
-    "generator_cores": lambda r: r["generator_cores"],
-    "other_cores": lambda r: r["other_cores"],
-    "p50": lambda r: r["latency_ms"]["p50"] if "latency_ms" in r else None,
-    "p99": lambda r: r["latency_ms"]["p99"] if "latency_ms" in r else None,
+
+def bootstrap_median_ci(
+    values: list[float], level: float = 0.95, resamples: int = 4000, seed: int = 1
+) -> tuple[float, float]:
+    """Percentile bootstrap interval of the median of ``values`` (repeatable: fixed seed)."""
+    if not values:
+        return (float("nan"), float("nan"))
+    rng = random.Random(seed)
+    k = len(values)
+    meds = sorted(statistics.median(rng.choices(values, k=k)) for _ in range(resamples))
+    tail = (1.0 - level) / 2.0
+    lo = meds[int(tail * resamples)]
+    hi = meds[min(resamples - 1, int((1.0 - tail) * resamples))]
+    return lo, hi
+
+
+def _latency(r: dict[str, Any], key: str, worker: int | None = None) -> float | None:
+    if worker is not None:
+        per = r.get("latency_ms_by_worker") or []
+        return per[worker].get(key) if worker < len(per) else None
+    lat = r.get("latency_ms")
+    return lat.get(key) if lat else None
+
+
+METRICS: dict[str, Callable[[dict[str, Any]], float | None]] = {
+    "deliveries_per_s": lambda r: r.get("deliveries_per_s"),
+    "per_cpu_s": lambda r: r.get("deliveries_per_server_cpu_s"),
+    "us_per_delivery": lambda r: r.get("server_cpu_us_per_delivery"),
+    "server_cores": lambda r: r.get("server_cores"),
+    "generator_cores": lambda r: r.get("generator_cores"),
+    "redis_cores": lambda r: r.get("redis_cores"),
+    "other_cores": lambda r: r.get("other_cores"),
+    "p50": lambda r: _latency(r, "p50"),
+    "p99": lambda r: _latency(r, "p99"),
 }
 
 
@@ -80,12 +106,57 @@ def aggregate(results: list[dict[str, Any]]) -> dict[tuple[str, str], dict[str, 
         }
         agg["noisy"] = sum(bool(r.get("noisy")) for r in ran)
         agg["errors"] = sorted({e for r in rs for e in r["errors"] if e})[:3]
-        agg["split"] = [r["worker_sockets"] for r in ran]
+        agg["split"] = next((r["worker_sockets"] for r in ran if r.get("worker_sockets")), None)
         out[key] = agg
     return out
 
 
-DASH, TIMES = "\u2013", "\u00d7"
+def paired(
+    results: list[dict[str, Any]],
+    scenario: str,
+    a: str,
+    b: str,
+    get: Callable[[dict[str, Any]], float | None],
+    op: Callable[[float, float], float],
+) -> list[float]:
+    """``op(value of b, value of a)`` for every round in which both ran (b against a in
+    the same round: their windows were next to each other)."""
+    by_round: dict[int, dict[str, dict[str, Any]]] = {}
+    for r in results:
+        if r["scenario"] == scenario and not r.get("failed_to_run"):
+            by_round.setdefault(r["round"], {})[r["config"]] = r
+    out = []
+    for rnd in sorted(by_round):
+        pair = by_round[rnd]
+        if a in pair and b in pair:
+            va, vb = get(pair[a]), get(pair[b])
+            if va is not None and vb is not None and not (op is _ratio and va == 0):
+                out.append(op(vb, va))
+    return out
+
+
+def _diff(b: float, a: float) -> float:
+    return b - a
+
+
+def _ratio(b: float, a: float) -> float:
+    return b / a
+
+
+def within_window(
+    results: list[dict[str, Any]], scenario: str, config: str, key: str
+) -> list[float]:
+    """Node 2's receivers minus node 1's (the senders' node), window by window."""
+    out = []
+    for r in results:
+        if r["scenario"] == scenario and r["config"] == config and not r.get("failed_to_run"):
+            local, remote = _latency(r, key, 0), _latency(r, key, 1)
+            if local is not None and remote is not None:
+                out.append(remote - local)
+    return out
+
+
+# -- the tables ------------------------------------------------------------------------------
 
 
 def _fmt(agg: dict[str, Any], name: str, spec: str, spread: bool = True) -> str:
@@ -108,22 +179,21 @@ def _row(cells: list[str]) -> str:
     return "| " + " | ".join(cells) + " |"
 
 
-#: Columns of the tables: (heading, metric, format, with spread); "ratio" and "checks" are
-#: computed.
+#: Columns of the tables: (heading, metric, format, with spread); "checks" is computed.
 SATURATION_COLUMNS = [
     ("deliveries/s", "deliveries_per_s", ",.0f", True),
-    ("vs 1 worker (`pg-redis`)", "ratio", "", False),
     ("deliveries per server CPU-s", "per_cpu_s", ",.0f", True),
 ]
 STEADY_COLUMNS = [
     ("deliveries/s", "deliveries_per_s", ",.0f", False),
-    ("server CPU \u00b5s per delivery", "us_per_delivery", ".2f", True),
+    (f"server CPU {MU}s per delivery", "us_per_delivery", ".2f", True),
     ("p50 ms", "p50", ".2f", True),
     ("p99 ms", "p99", ".2f", True),
 ]
 CPU_COLUMNS = [
     ("server cores", "server_cores", ".2f", True),
     ("generator cores", "generator_cores", ".2f", True),
+    ("Redis cores", "redis_cores", ".3f", True),
     ("other cores", "other_cores", ".2f", True),
     ("lost/dup/reordered", "checks", "", False),
 ]
@@ -132,75 +202,183 @@ CPU_COLUMNS = [
 def table(aggs: dict[tuple[str, str], dict[str, Any]], scenario: str) -> list[str]:
     """One scenario's table: a row per server that ran it."""
     columns = (STEADY_COLUMNS if SCENARIOS[scenario][1] else SATURATION_COLUMNS) + CPU_COLUMNS
-    base = aggs.get((scenario, "pg-redis"), {}).get("deliveries_per_s")
     lines = [
-        _row(["server", *(c[0] for c in columns)]),
-        _row(["---", *("---" if c[1] == "checks" else "---:" for c in columns)]),
+        _row(["server", "windows", *(c[0] for c in columns)]),
+        _row(["---", "---:", *("---" if c[1] == "checks" else "---:" for c in columns)]),
     ]
     for name, config in CONFIGS.items():
         agg = aggs.get((scenario, name))
         if agg is None:
             continue
-        cells = [f"`{name}`: {config.title}"]
+        cells = [f"`{name}`: {config.title}", f"{agg['ran']}"]
         for _head, metric, spec, spread in columns:
-            if metric == "checks":
-                cells.append(_checks(agg))
-            elif metric == "ratio":
-                ok = base and "deliveries_per_s" in agg
-                cells.append(f"{agg['deliveries_per_s'][0] / base[0]:.2f}{TIMES}" if ok else "n/a")
-            else:
-                cells.append(_fmt(agg, metric, spec, spread))
+            cells.append(_checks(agg) if metric == "checks" else _fmt(agg, metric, spec, spread))
         lines.append(_row(cells))
+    if aggs.get((scenario, TWO), {}).get("split"):
+        lines += [
+            "",
+            f"Sockets per worker with `--workers 2` (clients, store and broker connections): "
+            f"{aggs[(scenario, TWO)]['split']}.",
+        ]
     return lines
 
 
-def redis_hop_table(aggs: dict[tuple[str, str], dict[str, Any]]) -> list[str]:
-    base = aggs.get(("chat_steady", "pg-local"), {}).get("p99")
-    lines = [
-        _row(["chat mode, fixed rate", "p99 ms", "p99 added vs `pg-local`", "target \u2264 2 ms"]),
-        _row(["---", "---:", "---:", "---"]),
-    ]
-    for name in ("pg-local", "pg-redis", "pg-redis-2w"):
-        agg = aggs.get(("chat_steady", name))
-        if agg is None or "p99" not in agg:
-            continue
-        added = None if base is None or name == "pg-local" else agg["p99"][0] - base[0]
-        met = "-" if added is None else _hop_verdict(added, agg["p99"], base)
-        cells = [f"`{name}`: {CONFIGS[name].title}", _fmt(agg, "p99", ".2f")]
-        lines.append(_row([*cells, "-" if added is None else f"{added:+.2f} ms", met]))
-    return lines
+def _spread(values: list[float], spec: str, unit: str = "") -> str:
+    med = statistics.median(values)
+    if len(values) == 1:
+        return f"{format(med, spec)}{unit}"
+    return (
+        f"{format(med, spec)}{unit} ({format(min(values), spec)}{DASH}{format(max(values), spec)})"
+    )
 
 
-def _hop_verdict(added: float, p99: tuple[float, ...], base: tuple[float, ...]) -> str:
-    """yes or **no**; not shown when the rounds' p99 ranges overlap and are wider than the
-    target: then the noise is larger than what is measured."""
-    overlap = p99[1] <= base[2] and base[1] <= p99[2]
-    spread = max(base[2] - base[1], p99[2] - p99[1])
-    if overlap and spread > 2.0:
-        return f"not shown: the rounds' p99 ranges overlap (spread up to {spread:.0f} ms)"
-    return "yes" if added <= 2.0 else "**no**"
-
-
-def scaleout_lines(aggs: dict[tuple[str, str], dict[str, Any]]) -> list[str]:
-    """The saturation target, measured and as implied by the CPU cost per delivery."""
+def workers_lines(results: list[dict[str, Any]], aggs: dict[tuple[str, str], Any]) -> list[str]:
+    """--workers 2 against one worker, round by round, and what the cores went to."""
     lines = []
-    for scenario in ("fanout", "chat_fanout"):
-        one, two = aggs.get((scenario, "pg-redis")), aggs.get((scenario, "pg-redis-2w"))
-        if not one or not two or "per_cpu_s" not in one or "per_cpu_s" not in two:
+    for scenario in SCENARIOS:
+        one, two = aggs.get((scenario, ONE)), aggs.get((scenario, TWO))
+        if not one or not two or "server_cores" not in one or "server_cores" not in two:
             continue
-        measured = two["deliveries_per_s"][0] / one["deliveries_per_s"][0]
-        implied = 2 * two["per_cpu_s"][0] / one["per_cpu_s"][0]
-        lost = two["check"]["lost"]
+        per_cpu = paired(results, scenario, ONE, TWO, METRICS["per_cpu_s"], _ratio)
+        if not SCENARIOS[scenario][1]:
+            rate = paired(results, scenario, ONE, TWO, METRICS["deliveries_per_s"], _ratio)
+            head = (
+                f"- `{scenario}` (saturation): `--workers 2` delivered "
+                f"{_spread(rate, '.2f', TIMES)} one worker's deliveries/s (target "
+                f"{WORKERS_TARGET}{TIMES}; median of {len(rate)} rounds, each the ratio of two "
+                f"windows next to each other)."
+            )
+        else:
+            p99 = paired(results, scenario, ONE, TWO, METRICS["p99"], _diff)
+            head = (
+                f"- `{scenario}` (fixed rate, same deliveries/s): p99 with `--workers 2` minus "
+                f"one worker's: {_spread(p99, '+.2f', ' ms')} over {len(p99)} rounds."
+            )
+        if per_cpu and not SCENARIOS[scenario][1]:
+            head += (
+                f" Per server CPU-second it delivers {_spread(per_cpu, '.2f', TIMES)} what one "
+                "worker does: with a whole core for each worker (and the generator, PostgreSQL "
+                f"and Redis elsewhere) two workers would deliver about "
+                f"{2 * statistics.median(per_cpu):.2f}{TIMES} one worker on one core."
+            )
+        elif per_cpu:
+            cost = [1 / x for x in per_cpu if x]
+            head += (
+                f" Server CPU per delivery: {_spread(cost, '.2f', TIMES)} one worker's (the "
+                "work that crossing Redis adds, spread over two processes)."
+            )
+        lines.append(head)
+        lines.append("  " + _cores_text(one, two, scenario))
+    return lines
+
+
+def _cores_text(one: dict[str, Any], two: dict[str, Any], scenario: str) -> str:
+    """Where the machine's cores went in both windows, and what 1.7x one worker would need."""
+
+    def cores(a: dict[str, Any]) -> str:
+        parts = [
+            f"{name} {a[key][0]:.{3 if key == 'redis_cores' else 2}f}"
+            for name, key in (
+                ("server", "server_cores"),
+                ("generator", "generator_cores"),
+                ("Redis", "redis_cores"),
+                ("other", "other_cores"),
+            )
+            if key in a
+        ]
+        keys = ("server_cores", "generator_cores", "redis_cores", "other_cores")
+        total = sum(a[k][0] for k in keys if k in a)
+        return ", ".join(parts) + f" (all busy: {total:.2f} of 2)"
+
+    text = f"Cores (medians): one worker: {cores(one)}; `--workers 2`: {cores(two)}."
+    if SCENARIOS[scenario][1] or "deliveries_per_s" not in one:
+        return text
+    d1, d2 = one["deliveries_per_s"][0], two["deliveries_per_s"][0]
+    per = {
+        k: two[k][0] / d2 * 1e6
+        for k in ("server_cores", "generator_cores", "redis_cores")
+        if k in two
+    }
+    need = WORKERS_TARGET * d1 * sum(per.values()) / 1e6
+    return text + (
+        f" At the two-worker windows' cost per delivery (server {per.get('server_cores', 0):.2f}"
+        f" {MU}s, generator {per.get('generator_cores', 0):.2f} {MU}s, Redis "
+        f"{per.get('redis_cores', 0):.3f} {MU}s), {WORKERS_TARGET}{TIMES} one worker's "
+        f"{d1:,.0f} deliveries/s would take {need:.2f} cores on this machine, which has 2 "
+        "(and the generator alone would need "
+        f"{WORKERS_TARGET * d1 * per.get('generator_cores', 0) / 1e6:.2f})."
+    )
+
+
+def _verdict(ci: tuple[float, float]) -> str:
+    lo, hi = ci
+    if hi <= HOP_TARGET_MS:
+        return "yes"
+    if lo > HOP_TARGET_MS:
+        return "**no**"
+    return f"not decided (the interval spans {HOP_TARGET_MS:g} ms)"
+
+
+def hop_table(results: list[dict[str, Any]]) -> list[str]:
+    """The Redis hop: paired differences, their median and its bootstrap 95% interval."""
+    rows = []
+    for b, what in (
+        ("pg-redis", "one node on Redis against `pg-local` (same round)"),
+        ("pg-redis-2n", "two nodes on Redis against `pg-local` (same round)"),
+        ("pg-redis-2w", "`--workers 2` against `pg-local` (same round)"),
+    ):
+        for key in ("p50", "p99"):
+            diffs = paired(results, "chat_steady", "pg-local", b, METRICS[key], _diff)
+            if diffs:
+                rows.append((f"`{b}`: {what}", key, diffs))
+    for key in ("p50", "p99"):
+        diffs = within_window(results, "chat_steady", "pg-redis-2n", key)
+        if diffs:
+            what = "`pg-redis-2n`: node 2's receivers against node 1's (same window)"
+            rows.append((what, key, diffs))
+    if not rows:
+        return []
+    lines = [
+        _row(
+            [
+                "comparison",
+                "",
+                "pairs",
+                "added ms, median (min\u2013max)",
+                "95% interval of the median",
+                "worse in",
+                f"p99 target \u2264 {HOP_TARGET_MS:g} ms met",
+            ]
+        ),
+        _row(["---", "---", "---:", "---:", "---:", "---:", "---"]),
+    ]
+    for what, key, diffs in rows:
+        ci = bootstrap_median_ci(diffs)
+        worse = sum(d > 0 for d in diffs)
         lines.append(
-            f"- `{scenario}`: `--workers 2` delivered {measured:.2f}{TIMES} one worker's "
-            f"deliveries/s (target 1.7{TIMES}), with {two['server_cores'][0]:.2f} server cores "
-            f"against {one['server_cores'][0]:.2f}. Per server CPU-second, two workers "
-            f"deliver {two['per_cpu_s'][0] / one['per_cpu_s'][0]:.2f}{TIMES} what one does, "
-            f"so two workers with a whole core each would deliver {implied:.2f}{TIMES} one "
-            "worker with one core"
-            + (f" (but {lost:,} deliveries were lost: not the same work)." if lost else ".")
+            _row(
+                [
+                    what,
+                    key,
+                    str(len(diffs)),
+                    _spread(diffs, "+.2f"),
+                    f"{ci[0]:+.2f} to {ci[1]:+.2f}",
+                    f"{worse} of {len(diffs)}",
+                    _verdict(ci) if key == "p99" else "-",
+                ]
+            )
         )
     return lines
+
+
+# -- the page --------------------------------------------------------------------------------
+
+TITLES = {
+    "fanout": "Saturation, seed mode (plain clients, one broadcast room)",
+    "chat_fanout": "Saturation, chat mode (hubbub.v1, one room)",
+    "steady": "Fixed rate, seed mode",
+    "chat_steady": "Fixed rate, chat mode (and the Redis hop)",
+}
 
 
 def _when(results: list[dict[str, Any]]) -> str:
@@ -209,59 +387,81 @@ def _when(results: list[dict[str, Any]]) -> str:
     return min(times) if times else time.strftime("%Y-%m-%d %H:%M")
 
 
-def render(results: list[dict[str, Any]], args: argparse.Namespace) -> str:
-    aggs = aggregate(results)
+def _intro(results: list[dict[str, Any]], args: argparse.Namespace) -> list[str]:
     facts = proc.machine_facts()
-    out = [
-        f"Generated by `bench/scaleout.py` on {_when(results)} "
-        f"({facts.get('cpu', '?')}, {facts.get('nproc', '?')} CPUs, Python "
-        f"{facts.get('python', '?')}): {args.rounds} round(s), medians with (min{DASH}max) over "
-        f"the rounds. Room of {args.clients:,} clients, {args.senders} senders, 100-byte "
-        f"messages; {args.warmup:g} s warm-up, {args.duration:g} s measured; fixed rate "
-        f"{args.rate:g} messages/s = {args.rate * args.clients:,.0f} deliveries/s. "
-        "Cores are CPU-seconds per second of the measured window: *server* is every "
-        "process of `hubbub serve` (with `--workers 2`: both workers and the supervisor), "
-        "*generator* the load generator's process, *other* the rest of the machine "
-        "(PostgreSQL, Redis, and anything else running: this machine is shared, see the "
-        "spread). Nothing is pinned.",
+    took = f" It took {args.elapsed / 60:.1f} minutes." if getattr(args, "elapsed", None) else ""
+    return [
+        f"Generated by `bench/scaleout.py` on {_when(results)} ({facts.get('cpu', '?')}, "
+        f"{facts.get('nproc', '?')} CPUs, Python {facts.get('python', '?')}).{took} "
+        f"A room of {args.clients:,} clients, {args.senders} senders, 100-byte messages; "
+        f"fixed rate {args.rate:g} messages/s = {args.rate * args.clients:,.0f} deliveries/s.",
+        "",
+        "How it is measured: for each scenario, every server it compares is started at once "
+        "(each on its own PostgreSQL schema and Redis key prefix, removed after) and gets its "
+        "own connected room; then, round after round, each server has one measured window "
+        f"({args.warmup:g} s warm-up, {args.duration:g} s measured) while the other rooms sit "
+        "idle, the order alternating (A B, B A, ...), so that whatever else the machine does "
+        f"falls on every server alike. Medians over the windows with (min{DASH}max). Nothing is "
+        "pinned: `--workers 2` needs both cores. *Cores* are CPU-seconds per second of the "
+        "window: *server* is every process of the server (with `--workers 2` both workers and "
+        "the supervisor), *generator* the load generator's processes, *Redis* the "
+        "`redis-server` process (its pid from `INFO server`; it serves other programs too), "
+        "*other* the rest of the machine (PostgreSQL, the idle rooms, anything else running).",
+        "",
+        "`pg-redis-2n` is two `hubbub serve` processes on their own ports, on the same "
+        "PostgreSQL schema and Redis prefix (what `--workers 2` starts, with the clients "
+        "placed by the generator instead of the kernel): the generator's first process "
+        "connects half of the room, every sender included, to node 1, the second process "
+        "the other half to node 2. A message reaches node 1's receivers from node 1 itself and "
+        "node 2's through Redis, in the same window: the difference between the two halves' "
+        "latencies is the Redis hop, with everything else (the machine's load, the room, the "
+        "pass over 500 receivers) the same.",
         "",
     ]
-    for scenario, title in (
-        ("fanout", "Saturation, seed mode (plain clients, broadcast)"),
-        ("chat_fanout", "Saturation, chat mode (hubbub.v1, one room)"),
-        ("steady", "Fixed rate, seed mode"),
-        ("chat_steady", "Fixed rate, chat mode"),
-    ):
+
+
+def render(results: list[dict[str, Any]], args: argparse.Namespace) -> str:
+    aggs = aggregate(results)
+    out = _intro(results, args)
+    for scenario, title in TITLES.items():
         if not any(k[0] == scenario for k in aggs):
             continue
         out += [f"### {title}", "", *table(aggs, scenario), ""]
-        splits = aggs.get((scenario, "pg-redis-2w"), {}).get("split")
-        if splits:
-            out += [
-                f"Sockets per worker with `--workers 2` (clients, store and broker "
-                f"connections; one list per round): {splits}.",
-                "",
-            ]
-    target = scaleout_lines(aggs)
+    target = workers_lines(results, aggs)
     if target:
         out += ["### `--workers 2` against one worker", "", *target, ""]
-    if ("chat_steady", "pg-local") in aggs:
-        out += ["### The Redis hop (chat mode, fixed rate)", "", *redis_hop_table(aggs), ""]
-    out += [
+    hop = hop_table(results)
+    if hop:
+        out += [
+            "### The Redis hop (chat mode, fixed rate)",
+            "",
+            "Added latency, in pairs: two servers' windows of the same round, or the two "
+            "nodes' receivers in the same window. The interval is a bootstrap (4,000 "
+            "resamples of the pairs) of the median difference: the target is met when the "
+            f"whole interval is at most {HOP_TARGET_MS:g} ms, missed when all of it is above.",
+            "",
+            *hop,
+            "",
+        ]
+    out += _commands(results, args)
+    return "\n".join(out)
+
+
+def _commands(results: list[dict[str, Any]], args: argparse.Namespace) -> list[str]:
+    out = [
         "### Commands",
         "",
         "```",
         "# the runner (all of the above):",
-        "python bench/scaleout.py " + " ".join(shlex.quote(a) for a in args.argv),
-        "# the servers it starts (a fresh schema, prefix and file per run):",
+        ".venv/bin/python bench/scaleout.py " + " ".join(shlex.quote(a) for a in args.argv),
+        "# the servers it starts (a fresh schema, prefix and file per scenario):",
     ]
     seen = set()
     for r in results:
-        if r["config"] not in seen:
+        if r["config"] not in seen and r.get("argv"):
             seen.add(r["config"])
             out.append(r["argv"])
-    out += ["```", ""]
-    return "\n".join(out)
+    return [*out, "```", ""]
 
 
 def write_docs(path: Path, text: str) -> None:

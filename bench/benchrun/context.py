@@ -30,8 +30,13 @@ class Context:
         return self.agg.get(BASELINE, {})  # type: ignore[no-any-return]
 
     def names(self, scenario: str) -> list[str]:
-        """The servers of the run that take part in ``scenario``, in the run's order."""
-        return [n for n in self.plan.servers if scenario in SERVERS[n].scenarios]
+        """The servers of the run that took part in ``scenario``, in the run's order (not
+        those that take part in it only since the results were recorded)."""
+        return [
+            n
+            for n in self.plan.servers
+            if scenario in SERVERS[n].scenarios and scenario in self.plan.results.get(n, {})
+        ]
 
     def chart(self, scenario: str, alt: str) -> list[str]:
         if scenario not in self.charts:

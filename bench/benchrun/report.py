@@ -491,11 +491,33 @@ def _method(ctx: Context) -> list[str]:
         "repeats": sum(a.get("repeats", 0) for per in agg.values() for a in per.values()),
         "noisy": sum(a.get("noisy_rounds", 0) for per in agg.values() for a in per.values()),
         "minutes": ctx.elapsed / 60,
+        "budget": _budget_text(ctx.plan.budget_s),
+        "estimate": (
+            f" (about {ctx.plan.estimate_s() / 60:.1f} without waits or repeats, "
+            "estimated from its plan)"
+        ),
         "rounds_text": ", ".join(
-            f"{s} {ctx.plan.rounds_of(s)}" for s in ctx.plan.scenarios if s in ctx.plan.options
+            _rounds_text(ctx.plan, s) for s in ctx.plan.scenarios if s in ctx.plan.options
         ),
     }
     return ["## Method and machine", "", *(line.format(**fields) for line in METHOD), ""]
+
+
+def _budget_text(budget: float | None) -> str:
+    if budget is None:
+        return "not recorded"
+    return f"{budget:.0f} s" if budget > 0 else "none: `--budget 0`"
+
+
+def _rounds_text(plan: Plan, scenario: str) -> str:
+    caps = plan.options[scenario].get("rounds_by_server", {})
+    text = f"{scenario} {plan.rounds_of(scenario)}"
+    capped = [
+        f"{SERVERS[n].title} {plan.rounds_of(scenario, n)}"
+        for n in caps
+        if n in plan.servers and scenario in SERVERS[n].scenarios
+    ]
+    return text + (f" ({', '.join(capped)})" if capped else "")
 
 
 def _reproduce(ctx: Context) -> list[str]:

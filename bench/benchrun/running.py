@@ -22,6 +22,21 @@ from .servers import (
     hubbub_source,
 )
 
+#: ``--budget``'s default: with ``bench/scaleout.py``'s (255 s) and make's own work, a
+#: full ``make bench`` stays within 15 minutes.
+DEFAULT_BUDGET_S = 610.0
+#: Seconds of a measurement besides its windows, measured on the 2-core VM of the
+#: reports (other work running): a server's start and stop, connecting a room (per
+#: client; chat clients also join), a window's start offset and the receivers' check,
+#: the storms' time per client (chat: handshake, join, presence or resume; seed: the
+#: handshake and greeting only).
+START_S = 0.8
+CONNECT_S = {"seed": 0.0015, "chat": 0.002}
+WINDOW_S = 0.4
+JOIN_S = {"seed": 0.0003, "chat": 0.0012}
+RECONNECT_S = {"seed": 0.0004, "chat": 0.0038}
+IDLE_S = 0.0006
+
 
 @dataclass
 class Plan:
@@ -33,13 +48,55 @@ class Plan:
     options: dict[str, dict[str, Any]]
     quick: bool
     retries: int = 2
-    budget_s: float = 540.0
+    #: Seconds the whole run should take: waiting for a quiet machine and repeating a
+    #: noisy measurement happen only while the rest of the plan still fits in them.
+    budget_s: float | None = DEFAULT_BUDGET_S
     #: Rounds of a scenario whose options do not say (``rounds``).
     default_rounds: int = 3
     results: dict[str, dict[str, list[dict[str, Any]]]] = field(default_factory=dict)
 
-    def rounds_of(self, scenario: str) -> int:
-        return int(self.options.get(scenario, {}).get("rounds", self.default_rounds))
+    def rounds_of(self, scenario: str, server: str | None = None) -> int:
+        """Rounds of ``scenario`` (of ``server``'s measurements, if its options cap them)."""
+        o = self.options.get(scenario, {})
+        rounds = int(o.get("rounds", self.default_rounds))
+        return min(rounds, int(o.get("rounds_by_server", {}).get(server, rounds)))
+
+    def measurements(self) -> list[tuple[int, str, str]]:
+        """(round, server, scenario) of every measurement, in the order they run."""
+        out = []
+        for r in range(self.rounds):
+            for name in server_order(self.servers, r):
+                for scenario in self.scenarios:
+                    if scenario in SERVERS[name].scenarios and r < self.rounds_of(scenario, name):
+                        out.append((r, name, scenario))
+        return out
+
+    def estimate_s(self) -> float:
+        """How long the plan takes on this machine without waits or repeats."""
+        return sum(estimate(self, name, scenario) for _r, name, scenario in self.measurements())
+
+
+def estimate(plan: Plan, name: str, scenario: str) -> float:
+    """Seconds one measurement of ``scenario`` against server ``name`` takes (see above)."""
+    o = plan.options[scenario]
+    spec = SERVERS[name]
+    if scenario in STORM_SCENARIOS:
+        kind = "chat" if spec.storm_protocol != "seed" else "seed"
+    else:
+        kind = "chat" if scenario in CHAT_SCENARIOS else "seed"
+    room = CONNECT_S[kind] * o.get("clients", 0)
+    window = o.get("warmup", 1.0) + o.get("duration", 5.0) + WINDOW_S
+    if scenario == "idle":
+        return START_S + 2.0 + IDLE_S * o["idle_clients"]
+    if scenario == "connect":
+        return START_S + window
+    if scenario == "join_storm":
+        return START_S + sum(0.5 + JOIN_S[kind] * n for n in o["sizes"])
+    if scenario == "reconnect_storm":
+        return 2 * START_S + 2.0 + RECONNECT_S[kind] * o["clients"]
+    if "rates" in o:
+        return START_S + room + len(o["rates"]) * window
+    return START_S + room + window
 
 
 def make_plan(args: argparse.Namespace) -> Plan:
@@ -62,19 +119,31 @@ def make_plan(args: argparse.Namespace) -> Plan:
         }
     else:
         room = {"clients": 1000, "senders": 10, "window": 4, "size": 100}
-        steady = {**room, "rates": [20.0, 80.0], "duration": 3.0, "warmup": 1.0, "rounds": 5}
+        # The issue's steady rates, 5 rounds each (p99 varies most from run to run).
+        # hubbub without its compiled path is no peer: 3 rounds show what that path buys.
+        steady = {
+            **room,
+            "rates": [20.0, 80.0],
+            "duration": 2.5,
+            "warmup": 1.0,
+            "rounds": 5,
+            "rounds_by_server": {"hubbub_nospeedups": 3},
+        }
+        # Saturation: what varies least between rounds (deliveries per server CPU-second)
+        # needs neither many rounds nor long windows.
+        saturation = {**room, "duration": args.duration, "warmup": 1.0, "rounds": 2}
         options = {
-            "fanout": {**room, "duration": args.duration, "warmup": 1.5, "rounds": 2},
+            "fanout": saturation,
             "steady": steady,
             # Memory per idle connection varies by less than 1% between rounds.
             "idle": {"idle_clients": 10_000, "idle_steps": 10, "rounds": 1},
             # Node's JIT needs about 2 s of this load to reach its steady rate
             # (seen in the connection-rate chart); measured before that, Node ws,
             # the baseline of every ratio, would look slower than it is.
-            "connect": {"duration": args.duration, "warmup": 3.0, "connect_concurrency": 32},
-            "chat_fanout": {**room, "duration": args.duration, "warmup": 1.5, "rounds": 2},
+            "connect": {"duration": args.duration, "warmup": 2.5, "connect_concurrency": 32},
+            "chat_fanout": saturation,
             "chat_steady": steady,
-            # A storm round takes 30 to 90 s: two rounds keep `make bench` within 15 minutes.
+            # Two rounds of each storm (a hubbub reconnect storm takes 20 to 60 s here).
             "join_storm": {"sizes": [1000, 2000, 10_000], "rounds": 2},
             "reconnect_storm": {
                 "clients": 10_000,
@@ -88,6 +157,7 @@ def make_plan(args: argparse.Namespace) -> Plan:
     if args.rounds:
         for o in options.values():
             o.pop("rounds", None)
+            o.pop("rounds_by_server", None)
     return Plan(
         rounds=max([rounds, *(o.get("rounds", 0) for o in options.values())]),
         servers=args.servers,
@@ -196,7 +266,7 @@ async def _measure(
 
 
 #: Plan options that are not :class:`hubbub.bench.options.Options` fields.
-_PLAN_KEYS = ("rounds", "rates", "sizes", "rooms", "history", "missed")
+_PLAN_KEYS = ("rounds", "rounds_by_server", "rates", "sizes", "rooms", "history", "missed")
 
 
 def merge_parts(parts: list[dict[str, Any]], prefix: str, key: str) -> dict[str, Any]:
@@ -244,38 +314,73 @@ def wait_quiet(log: Callable[[str], None], limit: float = 30.0) -> None:
         time.sleep(1.0)
 
 
+class Clock:
+    """The run's time against its budget: how much is left once the rest of the plan is
+    done at the pace measured so far (the estimates times what the measurements so far
+    took over what they were estimated to take)."""
+
+    def __init__(self, plan: Plan) -> None:
+        self.start = time.monotonic()
+        self.budget = plan.budget_s or 0.0
+        self.remaining = plan.estimate_s()
+        self.took = 0.0
+        self.estimated = 0.0
+
+    @property
+    def pace(self) -> float:
+        if self.estimated < 30.0:  # too little measured to tell
+            return 1.0
+        return min(3.0, max(0.5, self.took / self.estimated))
+
+    def slack(self) -> float:
+        """Seconds to spare: the budget minus the time spent and the rest of the plan."""
+        return self.budget - (time.monotonic() - self.start) - self.pace * self.remaining
+
+    def done(self, estimate: float, took: float) -> None:
+        self.remaining -= estimate
+        self.took += took
+        self.estimated += estimate
+
+
 def execute(plan: Plan, tmp: Path, log: Callable[[str], None]) -> None:
-    # Past the budget, no more waiting for a quiet machine and no repeats, so
-    # that a busy machine cannot stretch the run much beyond it.
-    budget_end = time.monotonic() + plan.budget_s
+    """Every measurement of the plan, rounds alternating the server order. Before one,
+    wait (up to 30 s) for a quiet machine, and run one again (up to ``plan.retries``
+    times) if other processes used the CPUs meanwhile: both only with time to spare
+    (:class:`Clock`), so that a busy machine cannot stretch the run beyond its budget."""
+    clock = Clock(plan)
+    log(
+        f"plan: {len(plan.measurements())} measurements, about {clock.remaining:.0f} s "
+        f"without repeats (budget {plan.budget_s:.0f} s)"
+    )
     for name in plan.servers:
         plan.results[name] = {s: [] for s in plan.scenarios if s in SERVERS[name].scenarios}
-    for r in range(plan.rounds):
-        order = server_order(plan.servers, r)
-        log(f"round {r + 1}/{plan.rounds}: {', '.join(order)}")
-        for name in order:
-            for scenario in plan.scenarios:
-                if scenario not in SERVERS[name].scenarios or r >= plan.rounds_of(scenario):
-                    continue
-                t = time.monotonic()
-                for attempt in range(1 + plan.retries):
-                    in_budget = time.monotonic() < budget_end
-                    if in_budget:
-                        wait_quiet(log)
-                    result = run_one(SERVERS[name], scenario, plan, tmp, r)
-                    result["attempts"] = attempt + 1
-                    if not result.get("noisy"):
-                        break
-                    again = attempt < plan.retries and time.monotonic() < budget_end
-                    log(
-                        f"  {name:<10} {scenario:<8} noisy: other processes used "
-                        f"{result['other_cpu_pct']:.0f}% of a core"
-                        + ("; running it again" if again else "; keeping it")
-                    )
-                    if not again:
-                        break
-                plan.results[name][scenario].append(result)
-                log(f"  {name:<10} {scenario:<8} {summary(result)}  ({time.monotonic() - t:.0f}s)")
+    last_round = -1
+    for r, name, scenario in plan.measurements():
+        if r != last_round:
+            last_round = r
+            log(f"round {r + 1}/{plan.rounds}: {', '.join(server_order(plan.servers, r))}")
+        est = estimate(plan, name, scenario)
+        t = time.monotonic()
+        for attempt in range(1 + plan.retries):
+            if clock.slack() > 2.0:
+                wait_quiet(log, min(30.0, clock.slack()))
+            t_run = time.monotonic()
+            result = run_one(SERVERS[name], scenario, plan, tmp, r)
+            result["attempts"] = attempt + 1
+            if not result.get("noisy"):
+                break
+            took = time.monotonic() - t_run
+            again = attempt < plan.retries and clock.slack() - took * clock.pace > 0
+            log(
+                f"  {name:<10} {scenario:<8} noisy: other processes used "
+                f"{result['other_cpu_pct']:.0f}% of a core"
+                + ("; running it again" if again else "; keeping it")
+            )
+            if not again:
+                break
+        clock.done(est, time.monotonic() - t)
+        plan.results[name][scenario].append(result)
+        log(f"  {name:<10} {scenario:<8} {summary(result)}  ({time.monotonic() - t:.0f}s)")
 
 
 def summary(result: dict[str, Any]) -> str:

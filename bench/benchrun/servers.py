@@ -209,7 +209,7 @@ SERVERS: dict[str, ServerSpec] = {
             lambda port, tmp: ["node", str(SOCKETIO_DIR / "server.js"), str(port)],
             _node_versions(SOCKETIO_DIR, ("socket.io", "socket.io-client", "bufferutil")),
             "bench/peers/socketio_node/server.js (`io.to(room).emit`, ack callback)",
-            ("chat_fanout",),
+            CHAT_SCENARIOS,
         ),
         ServerSpec(
             "python_socketio",

@@ -151,12 +151,14 @@ METHOD = (
     "- Generator: `hubbub bench` with picows {picows} clients (Cython frame "
     "parsing) on uvloop {uvloop}, one process on one core; the connection "
     "rate scenario uses a raw asyncio protocol (fixed upgrade request, Close frame).",
-    "- Noise guard: before each measurement the script waits for the machine to be "
-    "quiet, and it reads the CPU time of the whole machine (`/proc/stat`) over each "
+    "- Noise guard: before each measurement the script waits (up to 30 s) for the machine "
+    "to be quiet, and it reads the CPU time of the whole machine (`/proc/stat`) over each "
     "measured window; a measurement during which other processes used more than "
-    "{noisy_pct:.0f}% of a core is run again (up to {retries} times). "
+    "{noisy_pct:.0f}% of a core is run again (up to {retries} times). Both only while "
+    "the rest of the plan still fits in the run's budget ({budget}), so that a busy machine "
+    "cannot stretch the run beyond it. "
     "In this run: {repeats} measurement(s) repeated, {noisy} kept although noisy.",
-    "- This run took {minutes:.1f} minutes.",
+    "- This run took {minutes:.1f} minutes{estimate}.",
 )
 REPRODUCE = """\
 ## Reproduce

@@ -21,7 +21,6 @@ pytest.importorskip("socketio", reason="the bench extra is not installed")
 pytestmark = pytest.mark.bench_node
 
 
-
 @pytest.fixture
 def socketio_peer(spawn) -> tuple[str, int]:
     """bench/peers/python_socketio_peer.py on a free port: (url, pid)."""

@@ -1,20 +1,21 @@
-"""bench/scaleout.py: a tiny run of each scenario on each server it compares (real
+"""bench/scaleout.py: a tiny run of each scenario on the servers it compares (real
 ``hubbub serve`` processes, the machine's PostgreSQL and Redis), then the report.
 
-Each run checks the result's structure, that every delivery was counted without
-loss, that the server's CPU is the sum over its processes (both workers with
-``--workers 2``, which the plain generator cannot see), that the clients were
-split over the workers, and that the run's schema and Redis keys are gone after.
+Each window is checked: its structure, every delivery counted without loss, the
+server's CPU summed over its processes (both workers with ``--workers 2``, which the
+plain generator cannot see), the clients split over the workers (and over the two
+nodes of ``pg-redis-2n``, each half's latencies apart), Redis's CPU read, and the
+schemas and Redis keys gone after. The statistics of the report are checked on
+made-up pairs.
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import importlib.util
-import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -30,7 +31,13 @@ from .helpers import ROOT
 pytest.importorskip("picows", reason="the bench extra is not installed")
 
 SCALEOUT = ROOT / "bench" / "scaleout.py"
-TINY = {"clients": 20, "senders": 2, "window": 4, "size": 100, "duration": 0.6, "warmup": 0.2}
+TINY = ["--clients", "20", "--senders", "2", "--duration", "0.6", "--warmup", "0.2", "--rate", "40"]
+
+
+def cluster() -> ModuleType:
+    """bench/benchrun/cluster.py, as bench/scaleout.py imported it."""
+    load_scaleout()
+    return sys.modules["benchrun.cluster"]
 
 
 def load_scaleout() -> ModuleType:
@@ -83,65 +90,100 @@ def _keys(url: str, prefix: str) -> list[bytes]:
         client.close()
 
 
-def _run(so: ModuleType, config_name: str, scenario: str, tmp: Path) -> dict[str, Any]:
-    """One tiny measurement, with the checks every run must pass, and the clean-up's."""
-    config = so.CONFIGS[config_name]
-    fields = dict(TINY)
-    if so.SCENARIOS[scenario][1]:
-        fields["rate"] = 40.0
-    server = so.Server(config, tmp)
-    try:
-        server.start()
-        workers = server.workers()
-        result = asyncio.run(asyncio.wait_for(so.measure(server, scenario, fields), 60))
-        assert server.alive()
-        if config.store:
-            assert _schema_exists(so.PG_DSN, server.schema)
-    finally:
-        server.stop()
-    assert not _schema_exists(so.PG_DSN, server.schema)
-    assert _keys(so.REDIS_URL, server.prefix) == []
-    assert len(workers) == config.workers
+def _block(
+    so: ModuleType, scenario: str, tmp: Path, rounds: int, monkeypatch: pytest.MonkeyPatch
+) -> tuple[list[dict[str, Any]], list[Any]]:
+    """One scenario's block, tiny: its windows, and the servers it started (stopped)."""
+    started: list[Any] = []
 
-    assert result["errors"] == [] and result["ok"], result["errors"]
-    assert (result["scenario"], result["config"]) == (scenario, config_name)
-    assert result["protocol"] == so.SCENARIOS[scenario][0]
-    assert result["connected"] == TINY["clients"]
-    check = result["check"]
+    class Watched(so.Server):  # type: ignore[misc,name-defined]
+        def start(self, timeout: float = 30.0) -> None:
+            super().start(timeout)
+            started.append(
+                (
+                    self,
+                    self.workers(),
+                    self.config.store and _schema_exists(cluster().PG_DSN, self.schema),
+                )
+            )
+
+    monkeypatch.setattr(so, "Server", Watched)
+    args = so.parse([*TINY, "--rounds", str(rounds), "--hop-rounds", str(rounds)])
+    redis_pid = so.redis_pid()
+    results = so.run_block(args, scenario, tmp, redis_pid, time.monotonic() + 300)
+    return results, started
+
+
+def _check_window(so: ModuleType, r: dict[str, Any]) -> None:
+    config = so.CONFIGS[r["config"]]
+    assert r["errors"] == [] and r["ok"], r["errors"]
+    assert r["protocol"] == so.SCENARIOS[r["scenario"]][0]
+    assert r["connected"] == 20
+    check = r["check"]
     assert check["lost"] == check["duplicated"] == check["reordered"] == 0
     assert check["malformed"] == check["disconnected"] == check["incomplete"] == 0
-    assert result["messages_sent"] > 0
-    # Every client received every message sent (the senders included): nothing lost.
-    assert check["deliveries"] == check["expected"] == TINY["clients"] * result["messages_sent"]
-    assert result["deliveries"] > 0 and result["deliveries_per_s"] > 0
+    assert r["messages_sent"] > 0
+    # Every client received every message of this window (the senders included).
+    assert check["deliveries"] == check["expected"] == 20 * r["messages_sent"]
+    assert r["deliveries"] > 0 and r["deliveries_per_s"] > 0
     # The server's CPU is measured (summed over its processes), and so is the generator's.
-    assert result["server_cpu_s"] > 0 and result["server_cores"] > 0
-    assert result["server_cpu_us_per_delivery"] > 0
-    # (The kernel counts CPU time in 10 ms ticks: the generator of a one-second tiny
-    # run on a busy machine may read 0; the server's, asserted above, never does.)
-    assert result["generator_cores"] >= 0 and result["other_cores"] >= 0
-    # Each worker has sockets: the clients were split over the workers.
-    assert len(result["worker_sockets"]) == config.workers
-    assert all(n > 0 for n in result["worker_sockets"])
-    assert sum(result["worker_sockets"]) >= TINY["clients"]
-    if so.SCENARIOS[scenario][1]:
-        lat = result["latency_ms"]
+    assert r["server_cpu_s"] > 0 and r["server_cores"] > 0
+    assert r["server_cpu_us_per_delivery"] > 0
+    # (The kernel counts CPU time in 10 ms ticks: a short window of the generator or of
+    # Redis may read 0; the server's, asserted above, never does.)
+    assert r["generator_cores"] >= 0 and r["other_cores"] >= 0
+    if config.broker:
+        assert r["redis_cores"] is not None and r["redis_cores"] >= 0
+    else:
+        assert r["redis_cores"] is None
+    # Each worker (or node) has sockets: the clients were split over them.
+    assert len(r["worker_sockets"]) == max(config.workers, config.nodes)
+    assert all(n > 0 for n in r["worker_sockets"])
+    assert sum(r["worker_sockets"]) >= 20
+    if so.SCENARIOS[r["scenario"]][1]:
+        lat = r["latency_ms"]
         assert 0 < lat["count"] <= check["deliveries"]
         assert 0 < lat["p50"] <= lat["p99"] <= lat["max"] < 10_000
-    return result
+    if config.nodes > 1 and so.SCENARIOS[r["scenario"]][1]:
+        local, remote = r["latency_ms_by_worker"]
+        assert local["count"] > 0 and remote["count"] > 0
+        assert local["count"] + remote["count"] == r["latency_ms"]["count"]
 
 
-@pytest.mark.parametrize("config_name", ["sqlite", "pg-local", "pg-redis", "pg-redis-2w"])
-@pytest.mark.parametrize("scenario", ["chat_fanout", "chat_steady"])
-def test_chat_scenarios_count_every_delivery(
-    so: ModuleType, config_name: str, scenario: str, tmp_path: Path
+@pytest.mark.parametrize("scenario", ["fanout", "chat_fanout", "steady", "chat_steady"])
+def test_each_block_interleaves_its_servers_and_counts_every_delivery(
+    so: ModuleType, scenario: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    _run(so, config_name, scenario, tmp_path)
+    results, started = _block(so, scenario, tmp_path, 2, monkeypatch)
+    names = list(so.BLOCKS[scenario])
+    # Two rounds, every server once in each, the order reversed in the second.
+    assert [(r["round"], r["config"]) for r in results] == [
+        *((1, n) for n in names),
+        *((2, n) for n in reversed(names)),
+    ]
+    for r in results:
+        _check_window(so, r)
+    for r in results:
+        assert "hubbub_scaleout_RANDOM" in r["argv"] or r["config"] == "sqlite"
+        assert ("--workers 2 --metrics-port METRICS_PORT" in r["argv"]) == (
+            r["config"] == "pg-redis-2w"
+        )
+        assert ("and 1 more on PORT2" in r["argv"]) == (r["config"] == "pg-redis-2n")
+    for server, workers, had_schema in started:
+        assert len(workers) == max(server.config.workers, server.config.nodes)
+        assert had_schema == server.config.store
+        assert not _schema_exists(cluster().PG_DSN, server.schema)
+        assert _keys(cluster().REDIS_URL, server.prefix) == []
+        assert not server.procs
 
 
-@pytest.mark.parametrize("scenario", ["fanout", "steady"])
-def test_seed_scenarios_count_every_delivery(so: ModuleType, scenario: str, tmp_path: Path) -> None:
-    _run(so, "pg-redis", scenario, tmp_path)
+def test_a_block_past_its_deadline_stops_after_two_rounds(
+    so: ModuleType, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    args = so.parse([*TINY, "--rounds", "5", "--configs", "pg-redis"])
+    results = so.run_block(args, "fanout", tmp_path, None, time.monotonic() - 1)
+    assert [r["round"] for r in results] == [1, 2]
+    assert all(r["ok"] for r in results), [r["errors"] for r in results]
 
 
 def _burner(seconds: float) -> subprocess.Popen[bytes]:
@@ -158,58 +200,124 @@ def _burner(seconds: float) -> subprocess.Popen[bytes]:
 
 def test_server_cpu_is_summed_over_its_processes(so: ModuleType) -> None:
     """With --workers 2 the server is several processes: the snapshot's server CPU is the
-    sum of theirs (the generator's own --server-pid would see one process only)."""
-    procs = [_burner(0.3), _burner(0.6)]
+    sum of theirs (the generator's own --server-pid would see one process only); Redis's
+    is read beside it."""
+    procs = [_burner(0.3), _burner(0.6), _burner(0.2)]
     try:
         for p in procs:
             assert p.stdout is not None and p.stdout.readline() == b"done\n"
         pids = [p.pid for p in procs]
         each = [so.proc.cpu_seconds(pid) for pid in pids]
-        assert each[0] >= 0.29 and each[1] >= 0.59
+        assert each[0] >= 0.29 and each[1] >= 0.59 and each[2] >= 0.19
         opts = so.Options(workers=1, generator_cpus=None, progress=False)
-        snap = so.ServerGroupGenerator(opts, pids).snap()
-        assert snap.server_cpu == pytest.approx(sum(each), abs=0.03)
+        gen = so.ServerGroupGenerator(opts, pids[:2], redis=pids[2])
+        snap = gen.snap()
+        assert snap.server_cpu == pytest.approx(each[0] + each[1], abs=0.03)
+        assert snap.redis == pytest.approx(each[2], abs=0.03)
         assert snap.server_rss is not None and snap.server_rss > 0
+        later = so.GroupSnap(**{**vars(snap), "redis": snap.redis + 0.5})
+        assert gen.window_fields(snap, later) == {"redis_cpu_s": pytest.approx(0.5)}
     finally:
         for p in procs:
             p.kill()
             p.wait()
 
 
-def test_report_and_docs_markers(so: ModuleType, tmp_path: Path) -> None:
-    """Results of a tiny run of every scenario become the tables; --docs replaces only the
-    text between the markers of the page."""
+def test_redis_pid_is_the_local_redis_server(so: ModuleType) -> None:
+    pid = so.redis_pid()
+    assert pid is not None, "the local Redis's process should be readable"
+    assert "redis" in Path(f"/proc/{pid}/comm").read_text()
+
+
+def _window(config: str, rnd: int, p99: float, **extra: Any) -> dict[str, Any]:
+    """A made-up chat_steady window for the report's statistics."""
+    return {
+        "scenario": "chat_steady",
+        "config": config,
+        "round": rnd,
+        "ok": True,
+        "errors": [],
+        "check": dict.fromkeys(("expected", "deliveries", "lost", "duplicated", "reordered"), 0),
+        "latency_ms": {"p50": p99 / 3, "p99": p99},
+        "deliveries_per_s": 20_000.0,
+        "deliveries_per_server_cpu_s": 100_000.0,
+        "server_cpu_us_per_delivery": 10.0,
+        "server_cores": 0.2,
+        "generator_cores": 0.3,
+        "redis_cores": 0.01,
+        "other_cores": 0.1,
+        "worker_sockets": [20],
+        **extra,
+    }
+
+
+def test_hop_statistics_pair_windows_and_bootstrap_the_median() -> None:
+    load_scaleout()
+    rep = sys.modules["scaleout_report"]
+    assert rep.bootstrap_median_ci([3.0] * 7) == (3.0, 3.0)
+    lo, hi = rep.bootstrap_median_ci([1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0])
+    assert 1.0 <= lo <= 4.0 <= hi <= 7.0 and hi - lo >= 1.0
+    assert rep.bootstrap_median_ci([1.0, 5.0]) == rep.bootstrap_median_ci([1.0, 5.0])
+    assert rep._verdict((0.2, 1.9)) == "yes"
+    assert rep._verdict((2.1, 9.0)) == "**no**"
+    assert rep._verdict((0.5, 3.0)).startswith("not decided")
+
+    # pg-redis is 1 ms worse than pg-local in every round, 2n's far node 5 ms worse than
+    # its near one in every window; round 3 of pg-local failed: no pair for it.
     results = []
-    for config_name, scenario in [
-        ("pg-local", "chat_steady"),
-        ("pg-redis", "chat_steady"),
-        ("pg-redis", "chat_fanout"),
-        ("pg-redis-2w", "chat_fanout"),
-    ]:
-        config = so.CONFIGS[config_name]
-        fields = dict(TINY, **({"rate": 40.0} if so.SCENARIOS[scenario][1] else {}))
-        results.append(so.run_one(config, scenario, fields, tmp_path, 1, 60.0))
-    assert all(r["ok"] for r in results), [r["errors"] for r in results]
-    args = argparse.Namespace(
-        rounds=1, clients=20, senders=2, rate=40.0, duration=0.6, warmup=0.2, argv=["--quick"]
+    for rnd in (1, 2, 3, 4):
+        base = 10.0 * rnd
+        results.append(_window("pg-local", rnd, base))
+        results.append(_window("pg-redis", rnd, base + 1.0))
+        by = [{"p50": 1.0, "p99": base}, {"p50": 2.0, "p99": base + 5.0}]
+        results.append(_window("pg-redis-2n", rnd, base, latency_ms_by_worker=by))
+    results[6] = {**results[6], "failed_to_run": True}
+    diffs = rep.paired(
+        results, "chat_steady", "pg-local", "pg-redis", rep.METRICS["p99"], rep._diff
     )
+    assert diffs == [1.0, 1.0, 1.0]
+    assert rep.within_window(results, "chat_steady", "pg-redis-2n", "p99") == [5.0] * 4
+    lines = "\n".join(rep.hop_table(results))
+    assert "| `pg-redis`: one node on Redis against `pg-local` (same round) | p99 | 3 |" in lines
+    assert "| +1.00 (+1.00\u2013+1.00) | +1.00 to +1.00 | 3 of 3 | yes |" in lines
+    assert "| +5.00 (+5.00\u2013+5.00) | +5.00 to +5.00 | 4 of 4 | **no** |" in lines
+
+
+def test_report_and_docs_markers(so: ModuleType, tmp_path: Path) -> None:
+    """Made-up windows become the tables; --docs replaces only the text between the
+    markers of the page."""
+    results = [
+        _window(c, rnd, 10.0 + rnd, argv=f"hubbub serve {c}", started="2026-12-03 16:00")
+        for rnd in (1, 2)
+        for c in ("pg-local", "pg-redis", "pg-redis-2w")
+    ]
+    for r in results:
+        if r["config"] == "pg-redis-2w":
+            r.update(deliveries_per_server_cpu_s=80_000.0, worker_sockets=[11, 12])
+    results += [
+        {**r, "scenario": "chat_fanout", "latency_ms": None}
+        for r in results
+        if r["config"] != "pg-local"
+    ]
+    args = so.parse(["--quick"])
+    args.argv = ["--quick"]
     text = so.render(results, args)
     assert "### Saturation, chat mode (hubbub.v1, one room)" in text
     assert "### The Redis hop (chat mode, fixed rate)" in text
-    assert "| `pg-redis-2w`: --workers 2, PostgreSQL + Redis |" in text
-    assert "--workers 2 --metrics-port METRICS_PORT" in text
-    assert "hubbub_scaleout_RANDOM" in text
-    assert not re.search(r"hubbub_scaleout_[0-9a-f]{10}", text)  # no run's own schema
-    rep = sys.modules["scaleout_report"]  # the report module next to bench/scaleout.py
-    agg = rep.aggregate(results)[("chat_fanout", "pg-redis-2w")]
-    assert agg["ran"] == agg["ok"] == 1 and agg["check"]["lost"] == 0
-    assert agg["check"]["deliveries"] == agg["check"]["expected"] > 0
+    assert "| `pg-redis-2w`: --workers 2, PostgreSQL + Redis | 2 |" in text
+    assert "Sockets per worker with `--workers 2`" in text and "[11, 12]" in text
+    assert "`chat_fanout` (saturation): `--workers 2` delivered 1.00\u00d7" in text
+    # Per server CPU-second 0.8x one worker: two workers with a core each, 1.6x.
+    assert "it delivers 0.80\u00d7 (0.80\u20130.80) what one worker does" in text
+    assert "would deliver about 1.60\u00d7 one worker on one core" in text
+    assert "hubbub serve pg-redis-2w" in text
 
     page = tmp_path / "scaling.md"
     page.write_text("# Scaling\n\nintro\n\n## Scaling out\n\nprose\n")
     so.write_docs(page, text)
     so.write_docs(page, "second")
     body = page.read_text()
+    rep = sys.modules["scaleout_report"]
     assert body.startswith("# Scaling\n\nintro\n\n## Scaling out\n\nprose\n")
     assert body.count(rep.BEGIN) == body.count(rep.END) == 1
     assert "second" in body and "### Saturation" not in body

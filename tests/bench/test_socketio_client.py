@@ -27,7 +27,6 @@ from .helpers import SOCKETIO_PEER, check_socketio_runs, socketio_room
 pytest.importorskip("picows", reason="the bench extra is not installed")
 
 
-
 @pytest.fixture
 def socketio_peer(spawn) -> tuple[str, int]:
     """bench/peers/python_socketio_peer.py on a free port: (url, pid)."""

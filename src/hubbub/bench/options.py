@@ -73,6 +73,12 @@ class Options:
     room: str = "bench"
     #: socket.io only, one of :data:`SOCKETIO_CLIENTS`: picows workers or Node ones.
     socketio_client: str = "picows"
+    #: Several servers of one cluster (nodes on a shared broker): generator process
+    #: ``w`` connects its clients to ``urls[w % len(urls)]`` instead of ``url``.
+    urls: list[str] | None = None
+    #: Every sender in this generator process (by default sender ``s`` is in process
+    #: ``s % workers``): with ``urls``, all messages enter the cluster on one node.
+    sender_worker: int | None = None
     label: str = ""
     progress: bool = True
     stream: TextIO = field(default_factory=lambda: sys.stderr)
@@ -96,5 +102,9 @@ class Options:
             raise ValueError(f"--protocol must be one of {', '.join(PROTOCOLS)}")
         if self.socketio_client not in SOCKETIO_CLIENTS:
             raise ValueError(f"--socketio-client must be one of {', '.join(SOCKETIO_CLIENTS)}")
+        if self.urls is not None and not self.urls:
+            raise ValueError("urls: at least one")
+        if self.sender_worker is not None and not 0 <= self.sender_worker < self.workers:
+            raise ValueError("sender_worker: one of the generator processes")
         if self.idle_clients < 1 or self.connect_concurrency < 1:
             raise ValueError("--idle-clients and --connect-concurrency must be positive")

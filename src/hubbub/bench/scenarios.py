@@ -35,16 +35,21 @@ from .options import PROTOCOL_SCENARIOS, BenchError, Options
 async def _connect_room(run: Run, latency: bool) -> tuple[list[dict[str, Any]], int]:
     opts, gen = run.opts, run.gen
     counts = split(opts.clients, gen.n)
-    # Sender s lives in worker s % n, as that worker's client s // n.
+    # Sender s lives in worker s % n, as that worker's client s // n (or every sender
+    # in opts.sender_worker, as its first clients).
     senders: list[dict[int, int]] = [{} for _ in range(gen.n)]
     for s in range(opts.senders):
-        senders[s % gen.n][s // gen.n] = s
+        if opts.sender_worker is not None:
+            senders[opts.sender_worker][s] = s
+        else:
+            senders[s % gen.n][s // gen.n] = s
+    urls = opts.urls or [opts.url]
     run.show(f"connecting {opts.clients:,} clients")
     res = await gen.call(
         "connect",
         [
             {
-                "url": opts.url,
+                "url": urls[w % len(urls)],
                 "count": counts[w],
                 "senders": senders[w],
                 "nsenders": opts.senders,
@@ -172,6 +177,11 @@ async def _room_window(
         "timeline": line,
         "errors": [e for f in fin for e in f["errors"]],
     }
+    # A generator that measures more than the server process (e.g. the engines of a
+    # cluster) adds its own figures of the window.
+    extra = getattr(gen, "window_fields", None)
+    if extra is not None:
+        result.update(extra(s0, s1))
     cpu_s = result["server_cpu_s"]
     result["deliveries_per_server_cpu_s"] = deliveries / cpu_s if cpu_s else None
     result["server_cpu_us_per_delivery"] = (
@@ -259,24 +269,38 @@ def _latency_fields(
     opts: Options, connected: int, runs: list[dict[str, Any]], fin: list[dict[str, Any]]
 ) -> dict[str, Any]:
     """The latency scenario's own figures, from the workers' recorded latencies (ns)."""
-    raw = b"".join(f["latencies"] for f in fin)
-    values = array.array("q")
-    values.frombytes(raw)
-    ms = sorted(v / 1e6 for v in values)
+    ms = _sorted_ms([f["latencies"] for f in fin])
+    fields: dict[str, Any] = {}
+    if len(fin) > 1:
+        # Each generator process's receivers apart (with ``urls``: each node's).
+        fields["latency_ms_by_worker"] = [_percentiles(_sorted_ms([f["latencies"]])) for f in fin]
     return {
+        **fields,
         "rate_msgs_per_s": opts.rate,
         "target_deliveries_per_s": opts.rate * connected,
-        "latency_ms": {
-            "count": len(ms),
-            "mean": sum(ms) / len(ms) if ms else math.nan,
-            "p50": percentile(ms, 50),
-            "p90": percentile(ms, 90),
-            "p99": percentile(ms, 99),
-            "p99.9": percentile(ms, 99.9),
-            "max": ms[-1] if ms else math.nan,
-        },
+        "latency_ms": _percentiles(ms),
         "send_lag_max_ms": max(r["send_lag_max_ns"] for r in runs) / 1e6,
         "cdf": cdf_points(ms),
+    }
+
+
+def _sorted_ms(raws: list[bytes]) -> list[float]:
+    """The workers' recorded latencies (int64 nanoseconds), in milliseconds, sorted."""
+    values = array.array("q")
+    for raw in raws:
+        values.frombytes(raw)
+    return sorted(v / 1e6 for v in values)
+
+
+def _percentiles(ms: list[float]) -> dict[str, float]:
+    return {
+        "count": len(ms),
+        "mean": sum(ms) / len(ms) if ms else math.nan,
+        "p50": percentile(ms, 50),
+        "p90": percentile(ms, 90),
+        "p99": percentile(ms, 99),
+        "p99.9": percentile(ms, 99.9),
+        "max": ms[-1] if ms else math.nan,
     }
 
 
