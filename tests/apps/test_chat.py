@@ -18,7 +18,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from websockets.asyncio.client import connect
 
+from hubbub import protocol as p
 from hubbub.apps.chat import create_app
+from hubbub.apps.sequencer import Sequencer, epoch_of
 from hubbub.broker import LocalBroker
 from hubbub.config import Settings
 from hubbub.store import StoreError
@@ -1031,3 +1033,95 @@ async def test_a_node_follows_exactly_the_rooms_its_members_are_in(make_chat):
 
     await wait_until(lambda: not app.broker.subscribed, what="the last member's room unfollowed")
     assert not app.broker.subscribed and not app.sequencer.rooms and not app._rooms_of
+
+
+# -- the sequencer and epochs (a reset, possibly on another node) --------------------
+
+
+def _stored(seq: int, epoch: str) -> p.Message:
+    return p.Message("r", seq, epoch, f"id-{epoch}-{seq}", "ann", "t", 1.0)
+
+
+class EpochStore:
+    """The store's side of one room: its epoch's messages (as a reset leaves them)."""
+
+    def __init__(self, epoch: str, upto: int) -> None:
+        self.epoch = epoch
+        self.messages = [_stored(i, epoch) for i in range(1, upto + 1)]
+
+    async def since(self, room: str, after: int, limit: int) -> list[p.Message]:
+        return [m for m in self.messages if m.seq > after][:limit]
+
+    async def position(self, room: str) -> tuple[int, str]:
+        return (self.messages[-1].seq if self.messages else 0), self.epoch
+
+
+def _sequencer(store: EpochStore) -> tuple[Sequencer, list[tuple[int, bytes | None]], list]:
+    out: list[tuple[int, bytes | None]] = []
+    told: list[str] = []
+    s = Sequencer(
+        lambda room, payload, seq: out.append((seq, epoch_of(payload))),
+        store.since,
+        store.position,
+        on_epoch=lambda room, epoch: told.append(epoch),
+    )
+    return s, out, told
+
+
+def _frame(seq: int, epoch: str) -> bytes:
+    return p.encode(_stored(seq, epoch))
+
+
+async def test_the_sequencer_delivers_only_its_epoch_and_retires_the_old_one():
+    store = EpochStore("e1", 2)
+    s, out, told = _sequencer(store)
+    await s.ready("r")
+    assert (s.cursor("r"), s.epoch("r")) == (2, "e1")
+    s.feed("r", 3, _frame(3, "e1"))
+    s.feed("r", 1, _frame(1, "e2"))  # a new epoch, not known here yet: told, not delivered
+    assert out == [(3, b"e1")] and told == ["e2"] and s.foreign == 1
+    s.restart("r", "e2", 0)
+    assert (s.cursor("r"), s.epoch("r")) == (0, "e2")
+    s.feed("r", 4, _frame(4, "e1"))  # a late frame of the old epoch: dropped quietly
+    s.feed("r", 1, _frame(1, "e2"))
+    assert out == [(3, b"e1"), (1, b"e2")] and told == ["e2"] and s.stale == 1
+    s.retire("r", "e0")
+    s.feed("r", 2, _frame(2, "e0"))
+    assert told == ["e2"] and s.stale == 2
+
+
+async def test_frames_of_another_epoch_held_before_the_position_is_read_are_not_delivered():
+    store = EpochStore("e2", 0)
+    gate = asyncio.Event()
+    real = store.position
+
+    async def slow(room: str) -> tuple[int, str]:
+        await gate.wait()
+        return await real(room)
+
+    store.position = slow  # type: ignore[method-assign]
+    s, out, told = _sequencer(store)
+    ready = asyncio.ensure_future(s.ready("r"))
+    await asyncio.sleep(0)
+    s.feed("r", 5, _frame(5, "e1"))  # the old epoch's, in flight when the room was reset
+    s.feed("r", 1, _frame(1, "e2"))
+    gate.set()
+    await ready
+    assert out == [(1, b"e2")] and told == ["e1"]
+
+
+async def test_a_restart_fails_the_waiters_and_a_backfill_stops_at_another_epoch():
+    store = EpochStore("e1", 3)
+    s, out, told = _sequencer(store)
+    await s.ready("r")
+    waiter = asyncio.ensure_future(s.reach("r", 10))
+    await asyncio.sleep(0)
+    s.restart("r", "e2", 0)
+    with pytest.raises(StoreError, match="was reset"):
+        await waiter
+    # The store moved on to e3 behind this node's back: a backfill finds out.
+    store.epoch, store.messages = "e3", [_stored(1, "e3"), _stored(2, "e3")]
+    s.position("r", 2, urgent=True)
+    for room in s.due():
+        await s.backfill(room)
+    assert out == [] and told == ["e3"]

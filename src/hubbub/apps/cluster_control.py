@@ -44,10 +44,11 @@ frame of another epoch than its cursor's and says so (``on_epoch``); the backfil
 stops at a stored message of another epoch the same way; and the position check
 (every 2 s, and after every broker reconnect) reads each followed room's meta.
 Each of these compares the store with the cursor (:meth:`ClusterControl.apply`):
-the room gone is the delete above, another epoch is the reset above (from the
-store's seq: the members reload the history), the same epoch is a position as
-before (frames of the epoch that was asked about are dropped quietly from then
-on). One store read per room at a time.
+the room gone is the delete above, another epoch is the reset above (followed
+from seq 0: every epoch is numbered from 1, and the messages it already has are
+read from the store and delivered after the ``reset``, as any hole is), the same
+epoch is a position as before (frames of the epoch that was asked about are
+dropped quietly from then on). One store read per room at a time.
 """
 
 from __future__ import annotations
@@ -350,8 +351,11 @@ class ClusterControl:
             return
         current = sequencer.epoch(room)
         if current is not None and meta.epoch != current:
+            # Every epoch is numbered from 1: follow it from 0, and what it already
+            # has is read from the store and delivered after the ``reset``.
             self.remote_resets += 1
-            told = self.reset_here(room, meta.epoch, meta.seq, meta.oldest)
+            told = self.reset_here(room, meta.epoch, 0, 1)
+            sequencer.position(room, meta.seq, urgent=True)
             log.info("room %s has a new epoch in the store (%d members here told)", room, told)
             return
         if seen is not None and seen != meta.epoch:
