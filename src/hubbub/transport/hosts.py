@@ -41,6 +41,8 @@ _NAME = re.compile(rf"{_LABEL}(?:\.{_LABEL})*\Z")
 MAX_HOST = 260
 #: What the 421 answers say to look at.
 SEE = "see --allowed-hosts"
+#: The kinds of Host names (:func:`classify`).
+LOOPBACK, DNS_NAME, OTHER = 0, 1, 2
 
 
 @dataclass(frozen=True, slots=True)
@@ -165,14 +167,10 @@ def host_refusal(
     )
 
 
-#: The kinds of Host names (:func:`classify`).
-LOOPBACK, DNS_NAME, OTHER = 0, 1, 2
-
-
 @functools.lru_cache(maxsize=1024)
 def classify(value: str) -> tuple[str | None, int]:
     """A ``Host`` value's name (None: not a host) and kind: LOOPBACK, DNS_NAME, or
-    OTHER (an address, a name without a dot). Cached: a server sees few values."""
+    OTHER (an address, a name without a dot). Cached (LRU): a server sees few values."""
     name = host_name(value)
     if name is None:
         return None, OTHER
