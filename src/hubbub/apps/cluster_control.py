@@ -342,8 +342,10 @@ class ClusterControl:
         (a reset), or its newest seq (a hole to read if the cursor is behind).
         ``seen``: the epoch of a frame that was refused (retired if not current)."""
         sequencer = self.app.sequencer
-        if sequencer.cursor(room) is None:
-            return  # not followed (any more), or its position is being read
+        if sequencer.cursor(room) is None or room in self.app.core.closing:
+            # Not followed (any more), its position is being read, or this node is
+            # deleting or resetting it right now (and does what follows itself).
+            return
         if meta is None:
             self.remote_deletes += 1
             told = self.deleted_here(room)

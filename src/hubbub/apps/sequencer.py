@@ -84,11 +84,22 @@ def epoch_of(payload: bytes) -> bytes | None:
 
 
 class _Room:
-    __slots__ = ("cursor", "deadline", "epoch", "filling", "held", "ready", "retired", "target")
+    __slots__ = (
+        "cursor",
+        "deadline",
+        "epoch",
+        "filling",
+        "held",
+        "mark",
+        "ready",
+        "retired",
+        "target",
+    )
 
     def __init__(self) -> None:
         self.cursor: int | None = None  # None until the position is read
         self.epoch: bytes | None = None  # the cursor's epoch (None: not known)
+        self.mark: bytes | None = None  # its field as encoded: ,"epoch":"<epoch>"
         self.retired: tuple[bytes, ...] = ()  # epochs left behind, newest last
         self.held: dict[int, bytes] = {}
         self.target = 0  # highest seq known to exist
@@ -181,6 +192,7 @@ class Sequencer:
         st.target = max(st.target, seq)
         if epoch is not None:
             st.epoch = epoch.encode()
+            st.mark = _EPOCH_FIELD + st.epoch + b'"'
             for s, payload in list(st.held.items()):
                 other = epoch_of(payload)
                 if other is not None and other != st.epoch:
@@ -201,6 +213,7 @@ class Sequencer:
         st = self.rooms[room] = _Room()  # a backfill of the old one sees it is gone
         st.cursor = st.target = seq
         st.epoch = epoch.encode()
+        st.mark = _EPOCH_FIELD + st.epoch + b'"'
         retired = old.retired + ((old.epoch,) if old.epoch not in (None, st.epoch) else ())
         st.retired = tuple(e for e in retired if e is not None and e != st.epoch)[-RETIRED:]
         self._holes.discard(room)
@@ -252,7 +265,8 @@ class Sequencer:
         st = self.rooms.get(room)
         if st is None:
             return
-        if st.epoch is not None:
+        if st.mark is not None and payload.find(st.mark, 0, 200) < 0:
+            # Not the cursor's epoch (one search: the common case costs no more).
             epoch = epoch_of(payload)
             if epoch is not None and epoch != st.epoch:
                 self._foreign(room, st, epoch)
