@@ -133,9 +133,10 @@ def steady_section(ctx: Context) -> list[str]:
                 mode=(
                     "the seed's plain text"
                     if scenario == "steady"
-                    else "`hubbub.v1` (each message validated, numbered and stored in SQLite "
-                    "before it is delivered); Node ws and picows, which have no chat mode, "
-                    "are the seed-mode figures above"
+                    else "`hubbub.v1` for hubbub (each message validated, numbered and stored "
+                    "in SQLite before it is delivered) and socket.io events for Node socket.io "
+                    "(numbered, acked, stored nowhere); the ratios are against Node ws's "
+                    "seed-mode figures above"
                 ),
             ),
             "",

@@ -262,6 +262,12 @@ def test_hop_statistics_pair_windows_and_bootstrap_the_median() -> None:
     assert rep._verdict((2.1, 9.0)) == "**no**"
     assert rep._verdict((0.5, 3.0)).startswith("not decided")
 
+    # Costs per delivery (us) -> the most deliveries/s of a quiet 2-core machine.
+    cost = {"server": 0.5, "generator": 0.8, "redis": 0.0}
+    assert rep.ceiling(cost, 1) == (1_250_000, "the generator's one core")
+    assert rep.ceiling(cost, 2, 2) == (pytest.approx(2e6 / 1.3), "the machine's two cores")
+    assert rep.ceiling({**cost, "server": 2.0}, 1) == (500_000, "the server's cores")
+
     # pg-redis is 1 ms worse than pg-local in every round, 2n's far node 5 ms worse than
     # its near one in every window; round 3 of pg-local failed: no pair for it.
     results = []
@@ -311,6 +317,10 @@ def test_report_and_docs_markers(so: ModuleType, tmp_path: Path) -> None:
     assert "it delivers 0.80\u00d7 (0.80\u20130.80) what one worker does" in text
     assert "would deliver about 1.60\u00d7 one worker on one core" in text
     assert "hubbub serve pg-redis-2w" in text
+    # 10 us of server and 15 us of generator CPU per delivery: the generator's one core
+    # bounds both (66,667 deliveries/s).
+    assert "at most 66,667 deliveries/s (bound: the generator's one core)" in text
+    assert "**1.00\u00d7** at best" in text
 
     page = tmp_path / "scaling.md"
     page.write_text("# Scaling\n\nintro\n\n## Scaling out\n\nprose\n")
