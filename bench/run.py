@@ -59,7 +59,7 @@ from typing import Any
 from benchrun.aggregate import aggregate
 from benchrun.charts import write_charts
 from benchrun.report import render
-from benchrun.running import DEFAULT_BUDGET_S, Plan, execute, make_plan
+from benchrun.running import DEFAULT_BUDGET_S, QUICK_BUDGET_S, Plan, execute, make_plan
 from benchrun.servers import (
     DEFAULT_SERVERS,
     GENERATOR_CPU,
@@ -131,10 +131,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--budget",
         type=float,
-        default=DEFAULT_BUDGET_S,
         help="seconds the whole run should take: it waits for a quiet machine and repeats "
-        "noisy measurements only while the rest of the plan still fits (default %(default)g: "
-        "with bench/scaleout.py's, make bench stays within 15 minutes; 0: never)",
+        f"noisy measurements only while the rest of the plan still fits (default "
+        f"{DEFAULT_BUDGET_S:g}, {QUICK_BUDGET_S:g} with --quick: with bench/scaleout.py's, "
+        "make bench stays within 15 minutes; 0: never)",
     )
     parser.add_argument(
         "--servers",

@@ -25,6 +25,8 @@ from .servers import (
 #: ``--budget``'s default: with ``bench/scaleout.py``'s (255 s) and make's own work, a
 #: full ``make bench`` stays within 15 minutes.
 DEFAULT_BUDGET_S = 610.0
+#: ``--budget``'s default with ``--quick`` (a plan of about 2.5 minutes).
+QUICK_BUDGET_S = 240.0
 #: Seconds of a measurement besides its windows, measured on the 2-core VM of the
 #: reports (other work running): a server's start and stop, connecting a room (per
 #: client; chat clients also join), a window's start offset and the receivers' check,
@@ -165,7 +167,11 @@ def make_plan(args: argparse.Namespace) -> Plan:
         options=options,
         quick=args.quick,
         retries=args.retries,
-        budget_s=args.budget,
+        budget_s=(
+            args.budget
+            if args.budget is not None
+            else (QUICK_BUDGET_S if args.quick else DEFAULT_BUDGET_S)
+        ),
         default_rounds=rounds,
     )
 

@@ -24,9 +24,9 @@ MAKE_BENCH_S = 15 * 60
 MAKE_OVERHEAD_S = 20.0
 
 
-def _default_plan() -> Any:
+def _default_plan(*argv: str) -> Any:
     run = load_bench_run()
-    args = run.build_parser().parse_args([])
+    args = run.build_parser().parse_args(list(argv))
     args.servers = args.servers.split(",")
     args.scenarios = args.scenarios.split(",")
     from benchrun.running import make_plan
@@ -53,6 +53,10 @@ def test_default_plans_fit_their_budgets_with_time_to_spare() -> None:
     so = load_scaleout()
     args = so.parse([])
     assert 100 < so.estimate_s(args) <= args.budget - 20
+    # --quick: a smoke run of a few minutes.
+    quick = _default_plan("--quick")
+    assert quick.estimate_s() <= quick.budget_s - 20 <= 240
+    assert so.estimate_s(so.parse(["--quick"])) <= 120
 
 
 def test_the_plan_keeps_what_the_issues_ask() -> None:

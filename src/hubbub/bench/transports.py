@@ -473,11 +473,13 @@ def main(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     if opts.generator_cpus:
         os.sched_setaffinity(0, opts.generator_cpus)
     proc.raise_nofile()
+    started = time.monotonic()
     try:
         results = asyncio.run(run_all(opts))
     except KeyboardInterrupt:
         print("\nhubbub bench: interrupted", file=sys.stderr)
         return 130
+    print(f"hubbub bench --transports took {time.monotonic() - started:.0f} s", file=sys.stderr)
     from .report import write_json
     from .transports_report import markdown, plot, table, write_markdown
 
