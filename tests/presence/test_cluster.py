@@ -11,7 +11,7 @@ import pytest
 from hubbub import protocol as p
 from hubbub.core import ChatCore, ChatLimits, Effect, Publish
 from hubbub.presence import ClusterPresence, MemoryBackend, MemoryPresence
-from hubbub.presence.base import Event, decode_event, encode_event
+from hubbub.presence.base import Event, PresenceError, decode_event, encode_event
 
 WALL = 1_700_000_000.0
 
@@ -166,6 +166,88 @@ async def test_a_lost_event_is_caught_by_the_version_check(clock: Clock) -> None
     await a.presence.tick()  # behind twice: read again
     await a.settle()
     assert a.core.members("r") == ["ann", "bob", "cat"]
+
+
+async def test_a_lost_event_is_caught_even_after_an_own_change(clock: Clock) -> None:
+    backend, a, b = await two(clock)
+    await a.join(1, "r", "ann")
+    await b.join(1, "r", "bob")
+    del backend.listeners["A"]
+    await b.join(2, "r", "cat")  # version 3: lost on the way to A
+    backend.listeners["A"] = a.presence.on_event
+    assert await a.join(2, "r", "dan")  # version 4, A's own: the room is not "caught up"
+    await a.presence.tick()
+    await a.presence.tick()
+    await a.settle()
+    assert a.core.members("r") == ["ann", "bob", "cat", "dan"]
+
+
+def empty(backend: MemoryBackend) -> None:
+    """What a Redis restarted without its data looks like: nothing at all."""
+    backend.rooms.clear()
+    backend.leases.clear()
+    backend.nodes.clear()
+
+
+async def test_an_emptied_backend_is_filled_again_by_every_node(clock: Clock) -> None:
+    backend, a, b = await two(clock)
+    for n in range(3):
+        await a.join(10 + n, "r", f"a{n}")
+    for _ in range(5):  # A's own changes take the room's version well above what follows
+        await a.join(20, "r", "tmp")
+        await a.leave(20, "r")
+    await b.join(1, "r", "bob")
+    empty(backend)
+    await a.presence.tick()  # its lease is gone: A registers its members again
+    await b.presence.tick()
+    await a.settle()
+    await b.settle()
+    assert a.core.members("r") == ["a0", "a1", "a2", "bob"] == b.core.members("r")
+    room = backend.rooms["r"]
+    assert sorted(room.claims) == ["a0", "a1", "a2", "bob"] and backend.alive("A")
+    # The room's numbering started again: a change A misses now is still caught.
+    del backend.listeners["A"]
+    await b.join(2, "r", "cat")
+    backend.listeners["A"] = a.presence.on_event
+    for _ in range(2):
+        await a.presence.tick()
+    await a.settle()
+    assert a.core.members("r") == ["a0", "a1", "a2", "bob", "cat"]
+
+
+async def test_a_broker_reconnect_registers_the_members_again_at_once(clock: Clock) -> None:
+    backend, a, b = await two(clock)
+    await a.join(1, "r", "ann")
+    await b.join(1, "r", "bob")
+    empty(backend)
+    a.presence.reconnected()  # the broker came back (to an empty Redis): no tick needed
+    await a.settle()
+    assert backend.alive("A") and backend.rooms["r"].claims == {"ann": "c:A/c:1"}
+    assert not await b.join(2, "r", "ann")  # the claim holds again
+
+
+async def test_a_registration_cut_short_after_a_restart_is_finished(clock: Clock) -> None:
+    backend, a, b = await two(clock)
+    await a.join(1, "r", "ann")
+    await b.join(1, "r", "bob")
+    await b.join(2, "r", "bea")
+    empty(backend)
+    join = a.presence.manager.join
+
+    def fails(room: str, entry: Any) -> Any:
+        raise PresenceError("Redis went away again")
+
+    a.presence.manager.join = fails  # type: ignore[method-assign]
+    await a.presence.tick()  # the lease is taken again, the members are not registered
+    a.presence.manager.join = join  # type: ignore[method-assign]
+    await b.leave(2, "r")  # while A had not read the room again
+    await b.presence.tick()
+    for _ in range(2):
+        await a.presence.tick()
+    await a.settle()
+    await b.settle()
+    assert backend.rooms["r"].claims == {"ann": "c:A/c:1", "bob": "c:B/c:1"}
+    assert a.core.members("r") == ["ann", "bob"] == b.core.members("r")
 
 
 async def test_events_older_than_the_read_list_are_skipped(clock: Clock) -> None:

@@ -12,12 +12,15 @@
   read wait and are applied after it. The core's coalesced presence frames then
   tell this node's members about them (each node computes its own frames: they
   are no longer relayed between nodes).
-* **The lease**: :meth:`tick` (every ``renew_every`` seconds) renews it, removes
-  dead nodes' members (one node per dead node), and compares the rooms'
-  versions with what was applied: a room behind at two ticks in a row is read
-  again (a lost event). A lease found lapsed (the node was paused, or cut off
-  from Redis) is taken again, every local member is registered again and every
-  followed room is read again.
+* **The lease**: :meth:`tick` (every ``renew_every`` seconds, and at once when
+  the broker reconnects) renews it, removes dead nodes' members (one node per
+  dead node), and compares each room's version with the changes seen here:
+  every version up to it must have been either applied (another node's event)
+  or made by this node; a room with one missing at two ticks in a row is read
+  again (a lost event), one whose version went back (Redis lost its data) at
+  once. A lease found lapsed (the node was paused, cut off from Redis, or Redis
+  restarted empty) is taken again, every local member is registered again (and
+  its nickname claimed) and every followed room is read again.
 
 Convergence after a node dies: its lease lapses within ``lease_ttl`` seconds,
 the next tick of a surviving node removes its members (``renew_every``
@@ -72,7 +75,10 @@ class ClusterPresence:
         self._ver: dict[str, int] = {}
         self._loading: dict[str, asyncio.Future[None]] = {}
         self._held: dict[str, list[Event]] = {}
-        self._own_max: dict[str, int] = {}
+        #: Followed rooms: every version up to ``_base`` is accounted for; the
+        #: versions above it seen here (events applied, this node's changes).
+        self._base: dict[str, int] = {}
+        self._seen: dict[str, set[int]] = {}
         self._behind: set[str] = set()
         self._retry: set[str] = set()
         #: This node's registered members: (room, member id) -> entry, and their connections.
@@ -83,6 +89,7 @@ class ClusterPresence:
         self._stale = False
         self.claim_patience = CLAIM_PATIENCE
         self._ticking = False
+        self._again = False
         self.halted = False
         self.bad_events = 0
 
@@ -195,8 +202,9 @@ class ClusterPresence:
         return taken
 
     def _own(self, room: str, version: int) -> None:
-        if version > self._own_max.get(room, 0):
-            self._own_max[room] = version
+        """A change of this node's made ``version`` (its event is not heard here)."""
+        if (room in self._ver or room in self._loading) and version > self._base.get(room, 0):
+            self._seen.setdefault(room, set()).add(version)
 
     # -- other nodes' members -------------------------------------------------------------
 
@@ -229,11 +237,14 @@ class ClusterPresence:
         others = {e.mid: (e.nick, e.user) for e in entries if e.node != self.node}
         self.core.remote_sync(room, others, quiet=quiet)
         applied = version
+        seen = {v for v in self._seen.get(room, ()) if v > version}
         for event in held:
             if event.version > applied:
                 self._apply(event)
                 applied = event.version
+                seen.add(applied)
         self._ver[room] = applied
+        self._base[room], self._seen[room] = version, seen
         self._run([])  # schedule the presence flush
 
     def reload(self, room: str) -> None:
@@ -244,7 +255,8 @@ class ClusterPresence:
     def forget(self, room: str) -> None:
         """This node no longer follows ``room``."""
         self._ver.pop(room, None)
-        self._own_max.pop(room, None)
+        self._base.pop(room, None)
+        self._seen.pop(room, None)
         self._behind.discard(room)
         self._retry.discard(room)
 
@@ -273,6 +285,7 @@ class ClusterPresence:
         if last is None or event.version <= last:
             return
         self._ver[room] = event.version
+        self._seen.setdefault(room, set()).add(event.version)
         self._apply(event)
         self._run([])
 
@@ -291,12 +304,19 @@ class ClusterPresence:
 
     async def tick(self) -> None:
         """Renew the lease, remove dead nodes' members, look for lost events (one
-        tick at a time: a slow Redis does not pile them up)."""
-        if self.halted or self._ticking:
+        tick at a time: a slow Redis does not pile them up; one asked for during
+        a tick runs right after it)."""
+        if self.halted:
+            return
+        if self._ticking:
+            self._again = True
             return
         self._ticking = True
         try:
-            await self._tick()
+            self._again = True
+            while self._again and not self.halted:
+                self._again = False
+                await self._tick()
         finally:
             self._ticking = False
 
@@ -305,6 +325,8 @@ class ClusterPresence:
             kept = await self.manager.renew()
             if not kept:
                 log.warning("presence: this node's lease had lapsed; registering its members again")
+                # Versions seen before may be of a Redis that lost its data since.
+                self._seen.clear()
             if not kept or self._stale:
                 self._stale = False
                 await self._register_all()
@@ -349,14 +371,34 @@ class ClusterPresence:
         found = await self.manager.versions(rooms)
         behind = set()
         for room, version in found.items():
-            if version > max(self._ver.get(room, 0), self._own_max.get(room, 0)):
+            if room not in self._ver or room in self._loading:
+                continue  # forgotten, or being read, meanwhile
+            if version < self._base.get(room, 0):
+                log.info("presence: the version of %s went back; reading its members", room)
+                self.reload(room)
+            elif not self._accounted(room, version):
                 behind.add(room)
         for room in behind & self._behind:
             log.info("presence: %s missed an event; reading its members again", room)
             self.reload(room)
         self._behind = behind - self._behind
 
+    def _accounted(self, room: str, version: int) -> bool:
+        """Whether every change of ``room`` up to ``version`` was seen here (applied,
+        or made by this node); if so, they are forgotten (the base moves up)."""
+        base = self._base.get(room, 0)
+        seen = self._seen.setdefault(room, set())
+        upto = {v for v in seen if v <= version}
+        if len(upto) < version - base:
+            return False
+        self._base[room] = version
+        seen -= upto
+        return True
+
     def reconnected(self) -> None:
-        """The broker lost frames (its connection came back): read every room again."""
+        """The broker lost frames (its connection came back): read every room again,
+        and renew the lease now: a Redis that restarted empty has lost this node's
+        lease, members and nickname claims, which the renewal puts back."""
+        self._spawn(self.tick())
         for room in list(self._ver):
             self.reload(room)
