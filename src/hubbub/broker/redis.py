@@ -4,17 +4,11 @@ Each room is one channel, ``<prefix>{<room>}``: the braces are a Redis Cluster
 hash tag, so a room's channel always hashes to one slot (ready for sharded
 pub/sub). A node subscribes only to the rooms it has members in.
 
-Every frame on the wire is a fixed binary header, then the encoded frame::
-
-    byte 0      0xB1 (magic and version)
-    byte 1      flags: bit 0 set when a seq follows
-    bytes 2-9   seq, unsigned 64-bit big-endian (0 when there is none)
-    byte 10     n, the length of the origin node id (1-64)
-    11 .. 11+n  origin node id (ASCII)
-
-Frames a node publishes are delivered to its own members inside ``publish``
-(they do not wait for Redis, and keep flowing while Redis is down); the copy
-that comes back from Redis is recognised by its origin and dropped.
+Every frame on the wire is a fixed binary header (the origin node id, the seq)
+then the encoded frame (:mod:`hubbub.broker.frames`). Frames a node publishes
+are delivered to its own members inside ``publish`` (they do not wait for
+Redis, and keep flowing while Redis is down); the copy that comes back from
+Redis is recognised by its origin and dropped.
 
 Connections are redis-py asyncio connections driven by hubbub's own loops, not
 by redis-py's pub/sub object (whose reconnects have lost subscriptions: redis-py
@@ -58,7 +52,6 @@ import asyncio
 import contextlib
 import logging
 import random
-import struct
 import uuid
 from collections import deque
 from collections.abc import Callable
@@ -68,12 +61,12 @@ from redis.asyncio.connection import AbstractConnection, ConnectionPool
 from redis.exceptions import RedisError
 
 from .base import NODE_PAYLOAD_MAX, BrokerError, Deliver, Lost, NodeDeliver, tell_lost
+from .frames import decode_frame, encode_frame, valid_node_id
+
+__all__ = ["RedisBroker", "decode_frame", "encode_frame"]
 
 log = logging.getLogger("hubbub.broker.redis")
 
-MAGIC = 0xB1
-_HEAD = struct.Struct(">BBQB")
-_HAS_SEQ = 0x01
 #: How many channels one SUBSCRIBE/UNSUBSCRIBE names, and frames one round trip sends.
 _CHUNK = 256
 
@@ -88,25 +81,6 @@ def _no_callback() -> None:
 #: One outgoing PUBLISH: channel, frame, and for a node payload its ``on_lost``
 #: (None for a room frame, which is sent again after a failed round trip).
 _Outgoing = tuple[bytes, bytes, Lost | None]
-
-
-def encode_frame(node: bytes, payload: bytes, seq: int | None) -> bytes:
-    """The wire form of one frame: header, origin node id, payload."""
-    flags = _HAS_SEQ if seq is not None else 0
-    return _HEAD.pack(MAGIC, flags, seq or 0, len(node)) + node + payload
-
-
-def decode_frame(data: bytes) -> tuple[bytes, bytes, int | None]:
-    """``(origin, payload, seq)``; ValueError for anything that is not a frame."""
-    if len(data) < _HEAD.size:
-        raise ValueError("frame shorter than its header")
-    magic, flags, seq, n = _HEAD.unpack_from(data)
-    if magic != MAGIC:
-        raise ValueError(f"unknown frame version 0x{magic:02x}")
-    if flags & ~_HAS_SEQ or not 1 <= n <= 64 or len(data) < _HEAD.size + n:
-        raise ValueError("malformed frame header")
-    start = _HEAD.size + n
-    return data[_HEAD.size : start], data[start:], seq if flags & _HAS_SEQ else None
 
 
 class RedisBroker:
@@ -141,10 +115,8 @@ class RedisBroker:
         if "{" in prefix or "}" in prefix:
             raise ValueError("prefix must not contain braces (the room is the hash tag)")
         node = node_id if node_id is not None else uuid.uuid4().hex[:16]
-        if not 1 <= len(node) <= 64 or not node.isascii() or not node.isprintable():
-            raise ValueError("node_id must be 1-64 printable ASCII characters")
-        if "/" in node:
-            raise ValueError("node_id must not contain '/' (member ids are '<node>/...')")
+        if not valid_node_id(node):
+            raise ValueError("node_id must be 1-64 printable ASCII characters, without '/'")
         if min(max_queue, max_queue_bytes, max_payload, max_node_payload) < 1:
             raise ValueError("queue and payload limits must be positive")
         if min(subscribe_timeout, health_interval, io_timeout, backoff_min) <= 0:
@@ -506,7 +478,7 @@ class RedisBroker:
             self._deliver is None
             or self._closing
             or len(payload) > self.max_node_payload
-            or not _valid_node(node)
+            or not valid_node_id(node)
         ):
             self.node_lost += 1
             tell_lost(on_lost)
@@ -611,8 +583,3 @@ class RedisBroker:
             "backlog": len(self._queue),
             "subscribed": len(self._counts),
         }
-
-
-def _valid_node(node: str) -> bool:
-    """A node id another node may be addressed by (see ``RedisBroker``'s ``node_id``)."""
-    return 1 <= len(node) <= 64 and node.isascii() and node.isprintable() and "/" not in node
