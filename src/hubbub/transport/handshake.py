@@ -1,8 +1,23 @@
 """The WebSocket opening handshake's pieces (RFC 6455 4.2.2): the sans-I/O
-core that checks it, and the 101 answer.
+core that checks it (:class:`HubbubServerProtocol`, which then reads the
+connection's frames), and the 101 answer.
 
 :class:`~hubbub.transport.http.HttpConnection` decides when to upgrade;
-this module builds what the upgrade needs.
+this module builds what the upgrade needs. Three ways through, cheapest first:
+
+* :data:`compiled_upgrade` (the C extension ``_handshake``, see its source):
+  the first read of a connection, when it is one complete request head in
+  the strict common form, is parsed, checked and answered in one call;
+* :func:`fast_handshake`: the common request, parsed by httptools, checked
+  without websockets' request objects;
+* websockets' ``ServerProtocol.process_request`` for everything else, which
+  accepts or refuses with its reason.
+
+The first two only ever accept what the last one accepts, with the same
+answer (tests/transport/test_handshake_fast.py and test_handshake_compiled.py
+compare them on generated requests); they never refuse anything. Checks of
+RFC 6455 4.1 that websockets leaves to the HTTP layer (HTTP/1.1 or higher, a
+``Host`` header) are :func:`http_refusal`'s, made before any of them.
 """
 
 from __future__ import annotations
@@ -11,23 +26,85 @@ import base64
 import hashlib
 import itertools
 import logging
+import os
 import re
 import secrets
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import websockets.protocol
+from websockets.datastructures import Headers
+from websockets.exceptions import ProtocolError
 from websockets.extensions.permessage_deflate import ServerPerMessageDeflateFactory
+from websockets.frames import Close, Frame, Opcode, apply_mask
+from websockets.http11 import Request as WSRequest
 from websockets.protocol import State
+from websockets.server import ServerProtocol
+from websockets.typing import Subprotocol
 
-from .messages import http_date
-from .websocket import HubbubServerProtocol
+from .messages import Request, http_date
 
 if TYPE_CHECKING:
     from ..config import Settings
 
+#: A refused handshake's answer: status, reason phrase, headers, body.
+Refusal = tuple[int, str, list[tuple[str, str]], bytes]
+
 log = logging.getLogger("hubbub.http")
+
+#: ``upgrade(data, subprotocols, compression, max_head, max_headers, date)`` ->
+#: None or ``(path, query, headers, subprotocol, head, consumed)``: see
+#: ``_handshake.c``. None when the extension did not build or
+#: ``HUBBUB_NO_SPEEDUPS=1`` is set (then httptools and fast_handshake do it).
+CompiledUpgrade = Callable[
+    [bytes, Sequence[str], bool, int, int, str],
+    tuple[str, str, dict[str, str], str | None, bytes, int] | None,
+]
+compiled_upgrade: CompiledUpgrade | None
+try:
+    from ._handshake import upgrade as compiled_upgrade
+except ImportError:  # no compiler when installed: the Python path does it all
+    compiled_upgrade = None
+if os.environ.get("HUBBUB_NO_SPEEDUPS", "") not in ("", "0"):
+    compiled_upgrade = None
+
+
+#: Header lines a request may have (more: 431).
+MAX_HEADERS = 100
+
+
+def compiled_request(
+    data: bytes, settings: Settings, subprotocols: Sequence[str], conn: Any
+) -> tuple[Request, bytes, str | None, bytes] | None:
+    """The first read of ``conn`` (an HttpConnection) as the common WebSocket handshake,
+    through :data:`compiled_upgrade`: the request, the 101 answer, the subprotocol and
+    the bytes after the head; None for anything else (or without the extension)."""
+    if compiled_upgrade is None:
+        return None
+    found = compiled_upgrade(
+        data,
+        subprotocols,
+        settings.compression,
+        settings.max_header_size,
+        MAX_HEADERS,
+        http_date(),
+    )
+    if found is None:
+        return None
+    path, query, headers, subprotocol, head, consumed = found
+    request = Request("GET", path, query, headers, b"", conn.peer, conn.tls)
+    return request, head, subprotocol, data[consumed:]
+
+
+def http_refusal(http11: bool, headers: dict[str, str]) -> str | None:
+    """What RFC 6455 4.1 asks of the HTTP request that websockets does not check
+    (a reason for a 400), or None: an HTTP/1.1 (or higher) request with a Host."""
+    if not http11:
+        return "Bad Request: a WebSocket handshake needs HTTP/1.1 or higher (RFC 6455 4.1)\n"
+    if "host" not in headers:
+        return "Bad Request: a WebSocket handshake needs a Host header (RFC 6455 4.1)\n"
+    return None
 
 
 def switching_protocols(
@@ -112,6 +189,49 @@ def fast_handshake(
     return base64.b64encode(digest).decode(), chosen
 
 
+def negotiate(
+    request: Request,
+    http11: bool,
+    proto: HubbubServerProtocol,
+    compression: bool,
+    available: Sequence[str],
+) -> bytes | Refusal:
+    """Check a handshake request parsed by httptools (:func:`http_refusal`, then
+    :func:`fast_handshake`, else websockets) and negotiate extensions and
+    subprotocol (set on ``proto``): the 101 answer, or the refusal (status and a
+    one- or two-line reason in the body: websockets' own when it refused)."""
+    bad = http_refusal(http11, request.headers)
+    if bad is not None:
+        return 400, "Bad Request", [("Content-Type", "text/plain; charset=utf-8")], bad.encode()
+    fast = fast_handshake(request.method, request.headers, compression, available)
+    if fast is not None:
+        accept, protocol_header = fast
+        proto.origin = request.headers.get("origin")  # type: ignore[assignment]
+        proto.subprotocol = protocol_header  # type: ignore[assignment]
+        return switching_protocols(accept, None, protocol_header)
+    # Repeated headers were joined with ", " (RFC 9110 5.3), which is how
+    # websockets reads them too.
+    wsrequest = WSRequest(
+        request.path + (f"?{request.query_string}" if request.query_string else ""),
+        Headers(request.headers.items()),
+        method=request.method,
+    )
+    try:
+        accept, extensions_header, protocol_header = proto.process_request(wsrequest)
+    except Exception:
+        # Refused: websockets' accept() checks again and builds the answer.
+        response = proto.accept(wsrequest)
+        # RFC 6455 4.2.2: say which protocol version this server speaks.
+        response.headers["Sec-WebSocket-Version"] = "13"
+        return (
+            response.status_code,
+            response.reason_phrase,
+            list(response.headers.raw_items()),
+            response.body or b"",
+        )
+    return switching_protocols(accept, extensions_header, protocol_header)
+
+
 _ID_MASK = ~((0xF000 << 64) | (0xC000 << 48)) & ((1 << 128) - 1)
 _V4 = (0x4000 << 64) | (0x8000 << 48)
 _new_uuid = object.__new__
@@ -159,6 +279,136 @@ _DEFLATE = [
         compress_settings={"memLevel": 5},
     )
 ]
+
+
+#: A frame's first byte with FIN set and no RSV bit -> its opcode, for the
+#: opcodes a whole frame may have (not CONT, nothing reserved).
+_WHOLE = {
+    0x80 | op.value: op
+    for op in (Opcode.TEXT, Opcode.BINARY, Opcode.CLOSE, Opcode.PING, Opcode.PONG)
+}
+_DATA = (0x81, 0x82)  # FIN + TEXT, FIN + BINARY: may have a 16-bit length
+_OPEN = State.OPEN
+_CLOSE = Opcode.CLOSE
+
+
+class HubbubServerProtocol(ServerProtocol):
+    """`websockets`' server protocol with one RFC reading changed and a direct
+    path for whole frames.
+
+    Subprotocols: see select_subprotocol.
+
+    RFC 6455 5.4 lets control frames arrive between the fragments of a
+    message. `websockets` fails the connection with 1002 when that control
+    frame is a Close (Autobahn case 7.1.5); we treat it as a normal closing
+    handshake and drop the unfinished message.
+
+    :meth:`receive_frames` is ``receive_data`` for the common case: complete,
+    unfragmented, masked frames, each read as one ``Frame`` and handed to
+    ``recv_frame`` (websockets' own frame logic: close codes, echo, pongs,
+    state), without websockets' generator-based byte parser; the parser
+    itself is only started when it is needed (see parse).
+    """
+
+    #: Still at a frame boundary with every byte so far read by
+    #: receive_frames (so websockets' parser has seen nothing).
+    direct = True
+
+    def select_subprotocol(self, subprotocols: Sequence[Subprotocol]) -> Subprotocol | None:
+        # RFC 6455 4.2.2: the server picks one of the client's subprotocols
+        # or none. A client that offers none (or none we know) is a plain
+        # client: accepted without a subprotocol, not refused.
+        for subprotocol in self.available_subprotocols or ():
+            if subprotocol in subprotocols:
+                return subprotocol
+        return None
+
+    def recv_frame(self, frame: Frame) -> None:
+        if frame.opcode is _CLOSE and self.current_size is not None:
+            self.current_size = None
+        super().recv_frame(frame)
+
+    def parse(self) -> Any:
+        # websockets starts its parser in __init__ (a chain of generators that
+        # waits for the first byte); started on first use instead.
+        return _Parser(self)
+
+    def receive_frames(self, data: bytes) -> None:
+        """``receive_data(data)``, the whole frames at its start read directly.
+
+        A frame is read directly only if websockets' parser would read it the
+        same way and then call ``recv_frame`` with it, without raising: the
+        connection is open with no fragmented message in progress, and the
+        frame is complete, final, masked, without RSV bits, of a known opcode
+        other than CONT, within ``max_size`` (a control frame within 125
+        bytes), a Close with a valid code and UTF-8 reason. The first byte
+        that does not start such a frame, and every byte after it, goes to
+        websockets' parser (for good: it then holds the stream position).
+        """
+        if self.direct:
+            taken = self._whole_frames(data)
+            if taken == len(data):
+                return
+            self.direct = False
+            data = data[taken:]
+        self.receive_data(data)
+
+    def _whole_frames(self, data: bytes) -> int:
+        """Handle the whole frames at the start of ``data``; the bytes they took."""
+        limit = self.max_message_size
+        if self.max_fragment_size is not None:
+            limit = self.max_fragment_size if limit is None else min(limit, self.max_fragment_size)
+        pos, size = 0, len(data)
+        while pos + 6 <= size and self.state is _OPEN and self.current_size is None:
+            head = data[pos]
+            op = _WHOLE.get(head)
+            length = data[pos + 1] ^ 0x80  # the MASK bit must be set
+            if op is None or length > 0x7F:
+                break
+            start = pos + 6
+            if length == 126 and head in _DATA:
+                length = (data[pos + 2] << 8) | data[pos + 3]
+                start = pos + 8
+            elif length > 125:
+                break
+            end = start + length
+            if end > size or (limit is not None and length > limit):
+                break
+            payload = apply_mask(data[start:end], data[start - 4 : start])
+            if op is _CLOSE:
+                try:
+                    Close.parse(payload)
+                except (ProtocolError, UnicodeDecodeError):
+                    break  # websockets fails the connection, with its code
+            self.recv_frame(Frame(op, payload))
+            pos = end
+        return pos
+
+
+class _Parser:
+    """Stands in for websockets' parser until it is needed.
+
+    ``Protocol.__init__`` starts the parser (``next``) right away; that first
+    step waits for data without reading anything. The next step (the first
+    ``receive_data`` or ``receive_eof``) starts the real parser, which then
+    finds the data or end of stream already fed, as it would have.
+    """
+
+    __slots__ = ("proto", "started")
+
+    def __init__(self, proto: HubbubServerProtocol) -> None:
+        self.proto = proto
+        self.started = False
+
+    def __iter__(self) -> _Parser:
+        return self
+
+    def __next__(self) -> None:
+        if not self.started:
+            self.started = True
+            return None
+        parser = self.proto.parser = ServerProtocol.parse(self.proto)
+        return next(parser)
 
 
 def ws_protocol(settings: Settings, subprotocols: list[str]) -> HubbubServerProtocol:

@@ -33,13 +33,11 @@ from http import HTTPStatus
 from typing import Any
 
 import httptools
-from websockets.datastructures import Headers
-from websockets.http11 import Request as WSRequest
 
 from .. import metrics
 from .contract import HttpEndpoint
 from .guard import origin_refusal
-from .handshake import fast_handshake, is_websocket, switching_protocols, ws_protocol
+from .handshake import MAX_HEADERS, compiled_request, is_websocket, negotiate, ws_protocol
 from .messages import (
     ACCESS_PATH_MAX,
     Handler,
@@ -49,7 +47,6 @@ from .messages import (
     log_safe,
     peer_text,
 )
-from .websocket import HubbubServerProtocol
 
 __all__ = [
     "ACCESS_PATH_MAX",
@@ -65,7 +62,6 @@ log = logging.getLogger("hubbub.http")
 #: One INFO line per answered request (Settings.access_log).
 access_log = logging.getLogger("hubbub.access")
 
-MAX_HEADERS = 100
 #: Bytes handed to the parser at a time: what one read brought is parsed in
 #: slices, so that a connection told to stop (its answers are not read, or a
 #: handler is busy) keeps the rest as bytes, not as thousands of requests.
@@ -85,10 +81,15 @@ class HttpConnection(asyncio.Protocol):
         #: The client's address (the key of the per-address limits).
         self.ip = ""
         self.tls = False
-        self.parser = httptools.HttpRequestParser(self)
+        #: Made on first use (not for a compiled upgrade): it refers back to
+        #: this object, a cycle that only the garbage collector frees.
+        self.parser: httptools.HttpRequestParser | None = None
+        #: Nothing read yet: the first read may take the compiled upgrade path.
+        self.fresh = True
         self.loop = asyncio.get_running_loop()
-        # Parsed requests waiting for their turn: (request, keep-alive, began).
-        self.queue: deque[tuple[Request, bool, float]] = deque()
+        # Parsed requests waiting for their turn: (request, keep-alive, began,
+        # HTTP/1.1 or higher).
+        self.queue: deque[tuple[Request, bool, float, bool]] = deque()
         # The request being answered and when its head began (the access log).
         self.answering: tuple[Request, float] | None = None
         self.began = 0.0
@@ -151,15 +152,35 @@ class HttpConnection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self.closing or self.upgraded:
             return
+        if self.fresh:
+            self.fresh = False
+            if self._compiled_upgrade(data):
+                return
         if self.backlog or self._held():
             # Reading is paused; bytes of a read already under way wait here.
             self.backlog += data
             return
         self._feed(data)
 
+    def _compiled_upgrade(self, data: bytes) -> bool:
+        """The first read, when it is the common WebSocket handshake: upgrade (True)."""
+        found = compiled_request(data, self.settings, self.endpoint.subprotocols, self)
+        if found is None:
+            return False  # anything else: parsed the general way
+        request, head, subprotocol, self.leftover = found
+        self._cancel_timer()
+        self.answering = (request, self.loop.time())
+        if self.pending:
+            self.pending = False
+            self.endpoint.http_head_complete(self)
+        self._handshake(request, True, (head, subprotocol))
+        return True
+
     def _feed(self, data: bytes) -> None:
         """Parse ``data`` slice by slice, answering as requests complete; stop
         (keeping the rest in ``backlog``) once the connection is held."""
+        if self.parser is None:
+            self.parser = httptools.HttpRequestParser(self)
         pos, size = 0, len(data)
         while pos < size:
             chunk = data[pos : pos + FEED_SLICE] if size > FEED_SLICE else data
@@ -288,8 +309,10 @@ class HttpConnection(asyncio.Protocol):
             raise httptools.HttpParserCallbackError("invalid url") from None
         path = (parsed.path or b"/").decode("latin-1")
         query = (parsed.query or b"").decode("latin-1")
+        parser = self.parser
+        assert parser is not None
         request = Request(
-            self.parser.get_method().decode("ascii"),
+            parser.get_method().decode("ascii"),
             path,
             query,
             headers,
@@ -297,26 +320,26 @@ class HttpConnection(asyncio.Protocol):
             self.peer,
             self.tls,
         )
-        self.queue.append((request, self.parser.should_keep_alive(), self.began))
+        http11 = parser.get_http_version() not in ("1.0", "0.9")
+        self.queue.append((request, parser.should_keep_alive(), self.began, http11))
         self._reset()
 
     # -- request processing ------------------------------------------------
 
     def _process(self) -> None:
         while self.queue and not self.busy and not self.closing and not self.write_paused:
-            request, keep_alive, began = self.queue.popleft()
+            request, keep_alive, began, http11 = self.queue.popleft()
             self.answering = (request, began)
-            websocket = is_websocket(request.headers)
-            if websocket or request.method not in SAFE_METHODS:
+            if is_websocket(request.headers):
+                self.queue.clear()
+                self._handshake(request, http11)
+                return
+            if request.method not in SAFE_METHODS:
                 refused = origin_refusal(request.headers, self.tls, self.settings.allowed_origins)
                 if refused is not None:
                     self.queue.clear()
                     self.reject(HTTPStatus.FORBIDDEN, refused)
                     return
-            if websocket:
-                self.queue.clear()
-                self._handshake(request)
-                return
             response = Response(self, keep_alive, request.method)
             try:
                 result = self.endpoint.http_request(request, response)
@@ -358,38 +381,33 @@ class HttpConnection(asyncio.Protocol):
                 response.method,
             )
 
-    def _handshake(self, request: Request) -> None:
-        """RFC 6455 4.2.2: accept or refuse the opening handshake."""
+    def _handshake(
+        self, request: Request, http11: bool, compiled: tuple[bytes, str | None] | None = None
+    ) -> None:
+        """RFC 6455 4.2.2: accept or refuse the opening handshake (``compiled``: the
+        101 answer and subprotocol of the compiled path, which checked it all)."""
+        refused = origin_refusal(request.headers, self.tls, self.settings.allowed_origins)
+        if refused is not None:
+            self.reject(HTTPStatus.FORBIDDEN, refused)
+            return
         refused = self.endpoint.ws_admit()
         if refused is not None:
             self.reject(HTTPStatus.SERVICE_UNAVAILABLE, refused, [("Retry-After", "5")])
             return
-        proto = ws_protocol(self.settings, self.endpoint.subprotocols)
+        s = self.settings
+        proto = ws_protocol(s, self.endpoint.subprotocols)
         assert self.transport is not None
-        fast = fast_handshake(
-            request.method, request.headers, self.settings.compression, self.endpoint.subprotocols
-        )
-        if fast is not None:
-            # The common request, checked as websockets would (handshake.py).
-            accept, protocol_header = fast
-            extensions_header = None
+        if compiled is not None:
+            head, subprotocol = compiled
             proto.origin = request.headers.get("origin")  # type: ignore[assignment]
-            proto.subprotocol = protocol_header  # type: ignore[assignment]
+            proto.subprotocol = subprotocol  # type: ignore[assignment]
         else:
-            # Repeated headers were joined with ", " (RFC 9110 5.3), which is
-            # how websockets reads them too.
-            wsrequest = WSRequest(
-                request.path + (f"?{request.query_string}" if request.query_string else ""),
-                Headers(request.headers.items()),
-                method=request.method,
-            )
-            try:
-                # websockets checks the request (RFC 6455 4.2.1) and negotiates
-                # extensions and subprotocol; the 101 answer is written below.
-                accept, extensions_header, protocol_header = proto.process_request(wsrequest)
-            except Exception:
-                self._refuse_handshake(proto, wsrequest)
+            answer = negotiate(request, http11, proto, s.compression, self.endpoint.subprotocols)
+            if not isinstance(answer, bytes):
+                metrics.handshake_failures.inc(str(answer[0]))
+                self._write_raw_response(*answer, False, "GET")  # refused, with its reason
                 return
+            head = answer
         request.subprotocol = proto.subprotocol
         try:
             denied = self.endpoint.ws_authorize(request)
@@ -403,7 +421,6 @@ class HttpConnection(asyncio.Protocol):
         proto.accept_called = True
         self.upgraded = True
         self._cancel_timer()
-        head = switching_protocols(accept, extensions_header, protocol_header)
         # Not written here: the connection queues it as its first bytes, so
         # the 101 and whatever the open handler pushes (the greeting) leave
         # in one write at the end of this tick (one system call, one TCP
@@ -420,22 +437,6 @@ class HttpConnection(asyncio.Protocol):
         leftover, self.leftover = self.leftover, b""
         if leftover:
             conn.data_received(leftover)
-
-    def _refuse_handshake(self, proto: HubbubServerProtocol, wsrequest: WSRequest) -> None:
-        # Refused: websockets' accept() checks again and builds the
-        # answer (status and a one- or two-line reason in the body).
-        response = proto.accept(wsrequest)
-        body = response.body or b""
-        # RFC 6455 4.2.2: say which protocol version this server speaks.
-        response.headers["Sec-WebSocket-Version"] = "13"
-        self._write_raw_response(
-            response.status_code,
-            response.reason_phrase,
-            list(response.headers.raw_items()),
-            body,
-            False,
-            "GET",
-        )
 
     # -- writing -------------------------------------------------------------
 

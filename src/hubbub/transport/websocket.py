@@ -2,7 +2,10 @@
 
 The `websockets` library's :class:`~websockets.server.ServerProtocol` does the
 RFC 6455 work (frame parsing, masking, control frames, close codes, the
-permessage-deflate extension of RFC 7692). This module adds what a server
+permessage-deflate extension of RFC 7692); hubbub's subclass
+(:class:`~hubbub.transport.handshake.HubbubServerProtocol`) reads whole common
+frames without websockets' byte parser and hands them to the same frame
+logic. This module adds what a server
 needs around it: message assembly with fail-fast UTF-8 checks, a bounded
 outgoing buffer, closing-handshake timeouts and a cheap send path for frames
 encoded once and written to many connections.
@@ -16,19 +19,18 @@ from __future__ import annotations
 import asyncio
 import codecs
 import logging
+import struct
 import time
-from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
 from websockets.frames import Close, CloseCode, Frame, Opcode
 from websockets.protocol import State
-from websockets.server import ServerProtocol
-from websockets.typing import Subprotocol
 
 from .. import metrics
 
 if TYPE_CHECKING:
     from ..config import Settings
+    from .handshake import HubbubServerProtocol
 
 log = logging.getLogger("hubbub.websocket")
 
@@ -45,13 +47,20 @@ FEED_SLICE = 16 * 1024
 #: is over the high-water mark, or an async handler has a backlog.
 HOLD_OUTPUT = 1
 HOLD_PENDING = 2
+#: Frame headers with a 16-bit and a 64-bit payload length (RFC 6455 5.2).
+_HEAD16 = struct.Struct("!BBH").pack
+_HEAD64 = struct.Struct("!BBQ").pack
 
 
 def encode_frame(data: str | bytes, opcode: Opcode | None = None) -> bytes:
     """Serialize one unmasked, unfragmented server frame (RFC 6455 5.2).
 
     The result can be written as-is to every connection that did not
-    negotiate an extension, which is what makes broadcast cheap.
+    negotiate an extension, which is what makes broadcast cheap. Data frames
+    are framed here (a header of 2, 4 or 10 bytes, as websockets' own
+    ``Frame.serialize`` builds it, without its frame object and checks);
+    control frames go through websockets, which refuses a payload over 125
+    bytes (RFC 6455 5.5).
     """
     if isinstance(data, str):
         payload = data.encode()
@@ -59,7 +68,15 @@ def encode_frame(data: str | bytes, opcode: Opcode | None = None) -> bytes:
     else:
         payload = data if type(data) is bytes else bytes(data)
         op = opcode or OP_BINARY
-    return Frame(op, payload).serialize(mask=False)
+    if op is not OP_TEXT and op is not OP_BINARY:
+        return Frame(op, payload).serialize(mask=False)
+    n = len(payload)
+    first = 0x81 if op is OP_TEXT else 0x82  # FIN + opcode
+    if n < 126:
+        return bytes((first, n)) + payload
+    if n < 65536:
+        return _HEAD16(first, 126, n) + payload
+    return _HEAD64(first, 127, n) + payload
 
 
 def _socket_fd(transport: asyncio.BaseTransport) -> int:
@@ -145,32 +162,6 @@ class WebSocketEndpoint(Protocol):
         ...
 
 
-class HubbubServerProtocol(ServerProtocol):
-    """`websockets`' server protocol with one RFC reading changed.
-
-    Subprotocols: see select_subprotocol.
-
-    RFC 6455 5.4 lets control frames arrive between the fragments of a
-    message. `websockets` fails the connection with 1002 when that control
-    frame is a Close (Autobahn case 7.1.5); we treat it as a normal closing
-    handshake and drop the unfinished message.
-    """
-
-    def select_subprotocol(self, subprotocols: Sequence[Subprotocol]) -> Subprotocol | None:
-        # RFC 6455 4.2.2: the server picks one of the client's subprotocols
-        # or none. A client that offers none (or none we know) is a plain
-        # client: accepted without a subprotocol, not refused.
-        for subprotocol in self.available_subprotocols or ():
-            if subprotocol in subprotocols:
-                return subprotocol
-        return None
-
-    def recv_frame(self, frame: Frame) -> None:
-        if frame.opcode is OP_CLOSE and self.current_size is not None:
-            self.current_size = None
-        super().recv_frame(frame)
-
-
 class WebSocketConnection(asyncio.Protocol):
     """One established WebSocket connection.
 
@@ -211,7 +202,7 @@ class WebSocketConnection(asyncio.Protocol):
         self,
         endpoint: WebSocketEndpoint,
         fd: int,
-        proto: ServerProtocol,
+        proto: HubbubServerProtocol,
         transport: asyncio.Transport,
         request: Any,
     ) -> None:
@@ -324,7 +315,7 @@ class WebSocketConnection(asyncio.Protocol):
         self.last_rx = self.loop.time()
         self.ping_sent = False
         proto = self.proto
-        proto.receive_data(data)
+        proto.receive_frames(data)
         events = proto.events_received()
         # What the core wants to send in answer to this data, in order: a
         # pong per ping, then possibly the echo of a Close frame and the end
@@ -501,8 +492,7 @@ class WebSocketConnection(asyncio.Protocol):
                 # HOLD_OUTPUT is set (by pause_writing) whenever the buffer
                 # is over half the limit: the common case checks one int.
                 if self.holds & HOLD_OUTPUT and (
-                    self.transport.get_write_buffer_size()
-                    > self.endpoint.settings.max_send_buffer
+                    self.transport.get_write_buffer_size() > self.endpoint.settings.max_send_buffer
                 ):
                     self._overflow()
 
@@ -578,11 +568,15 @@ class WebSocketConnection(asyncio.Protocol):
         else:
             # End of stream: the server closes TCP once the closing
             # handshake is done (RFC 6455 7.1.1). close() flushes the
-            # buffer first; _arm_abort bounds how long that may take.
+            # buffer first; _arm_abort bounds how long that may take. With
+            # nothing left to flush on a plain socket it closes at once: no
+            # timer (TLS still has its own closing exchange to bound).
             self._leave_open()
             self.flush_out()
+            waiting = self.sockfd < 0 or self.transport.get_write_buffer_size()
             self.transport.close()
-            self._arm_abort()
+            if waiting:
+                self._arm_abort()
 
     def _arm_abort(self) -> None:
         if self._abort_handle is None and not self.closed:
