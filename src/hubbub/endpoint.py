@@ -54,6 +54,7 @@ from websockets.frames import CloseCode, Opcode
 from . import metrics
 from .logs import context
 from .transport import session_routes
+from .transport.fanout import FanOut
 from .transport.guard import AddressCounter, RefusalLog
 from .transport.http import HttpConnection, Request, Response
 from .transport.messages import SECURITY_HEADERS
@@ -145,6 +146,9 @@ class ServerEndpoint:
         # Connections with bytes queued this tick (WebSocketConnection.write).
         self._dirty: list[Conn] = []
         self._flush_scheduled = False
+        #: The compiled fan-out and end-of-tick write, and their per-tick policy
+        #: (hubbub.transport.fanout); ``enabled`` False: the Python path only.
+        self.fanout = FanOut()
         self.loop: asyncio.AbstractEventLoop | None = None
         #: Set by Server.shutdown: no more handshakes, no more heartbeats.
         self.stopping = False
@@ -275,8 +279,15 @@ class ServerEndpoint:
     def mark_dirty(self, conn: Conn) -> None:
         self._dirty.append(conn)
         if not self._flush_scheduled:
+            self.schedule_flush()
+
+    def schedule_flush(self) -> None:
+        """Run :meth:`flush_writes` at the end of this tick (once, however often asked)."""
+        if not self._flush_scheduled:
             self._flush_scheduled = True
-            asyncio.get_running_loop().call_soon(self.flush_writes)
+            # The loop is known once listening: asking asyncio for it costs a
+            # getpid() system call per tick.
+            (self.loop or asyncio.get_running_loop()).call_soon(self.flush_writes)
 
     def flush_writes(self) -> None:
         """Hand every dirty connection's bytes to its transport, once per tick."""
@@ -284,6 +295,10 @@ class ServerEndpoint:
         dirty = self._dirty
         self._dirty = []
         self._flush_scheduled = False
+        if self.fanout.enabled:
+            # Compiled: one send(2) per connection whose transport holds nothing;
+            # the others (and what a socket did not take) go to flush_out.
+            dirty = self.fanout.flush(dirty)
         for conn in dirty:
             conn.flush_out()
 

@@ -52,7 +52,6 @@ from .endpoint import Frame, ServerEndpoint
 from .errors import StartupError
 from .tasks import TaskPool
 from .timers import Timers
-from .transport.fanout import FanOut
 from .transport.http import HttpConnection
 from .transport.listen import bind_error, listening_line, server_ssl_context
 from .transport.websocket import encode_frame
@@ -93,8 +92,9 @@ class Server:
         # The same dict as the endpoint's (never rebound): push and push_many
         # look connections up without going through the endpoint.
         self._open = self._endpoint.open
-        #: The compiled fan-out's per-tick policy (hubbub.transport.fanout).
-        self._fanout = FanOut()
+        #: The compiled fan-out and its per-tick policy (the endpoint's: its
+        #: end-of-tick write uses it too; hubbub.transport.fanout).
+        self._fanout = self._endpoint.fanout
         #: The application object built on this server, if any (e.g. the chat app).
         self.app: Any = None
         self._timers = Timers(self._endpoint.call)
@@ -186,8 +186,10 @@ class Server:
         op = Opcode(opcode) if opcode is not None else None
         frame = encode_frame(data, op)
         conns = self._open
-        if self._fanout.direct():
-            return self._fanout.send(frame, data, op, fds, conns)
+        fan = self._fanout
+        direct = fan.direct()  # counted for the per-tick policy whichever path runs
+        if fan.enabled:
+            return fan.send(frame, data, op, fds, conns, self._endpoint, direct)
         n = 0
         for fd in fds:
             conn = conns.get(fd)
@@ -203,13 +205,14 @@ class Server:
         recipient (connections with permessage-deflate are encoded each).
         """
         frame = encode_frame(data)
-        if self._fanout.direct():
+        fan = self._fanout
+        direct = fan.direct()
+        if fan.enabled:
+            items: Iterable[Any] = self._open.values()
             if exclude:
                 skip = set(exclude)
-                return self._fanout.send(
-                    frame, data, None, [c for fd, c in self._open.items() if fd not in skip], None
-                )
-            return self._fanout.send(frame, data, None, self._open.values(), None)
+                items = [c for fd, c in self._open.items() if fd not in skip]
+            return fan.send(frame, data, None, items, None, self._endpoint, direct)
         if exclude:
             skip = set(exclude)
             n = 0
@@ -378,7 +381,7 @@ class Server:
         """
         loop = asyncio.get_running_loop()
         endpoint = self._endpoint
-        endpoint.loop = self._timers.loop = loop
+        endpoint.loop = self._timers.loop = endpoint.fanout.loop = loop
         self._stop_event = asyncio.Event()
         s = self.settings
         # HTTPS and WSS on the same port when a certificate is given.

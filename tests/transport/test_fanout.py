@@ -123,16 +123,20 @@ async def test_slow_reader_partial_writes_keep_order(make_fan, path, monkeypatch
     frame or nothing, the rest is queued, and every byte still arrives in order."""
     from contextlib import AsyncExitStack
 
-    seen: list[tuple[int, int]] = []
-    direct = fanout._direct
-    if direct is not None:
+    # For each direct fan-out of the compiled path: did the socket take it all?
+    seen: list[bool] = []
+    c_fanout = fanout._fanout
+    if c_fanout is not None:
 
-        def spy(frame: bytes, items: Any, conns: Any) -> Any:
-            n, slow, partial = direct(frame, items, conns)
-            seen.append((len(slow), len(partial)))
-            return n, slow, partial
+        def spy(frame: bytes, items: Any, conns: Any, dirty: Any, direct: bool) -> Any:
+            items = list(items)
+            before = [conns[fd].out for fd in items]
+            result = c_fanout(frame, items, conns, dirty, direct)
+            if direct and before == [None]:
+                seen.append(conns[items[0]].out is None)
+            return result
 
-        monkeypatch.setattr(fanout, "_direct", spy)
+        monkeypatch.setattr(fanout, "_fanout", spy)
     server = await make_fan(compression=False, max_send_buffer=64 * 1024 * 1024)
     async with AsyncExitStack() as stack:
         # max_queue=1: the client stops reading its socket once one message waits.
@@ -154,8 +158,8 @@ async def test_slow_reader_partial_writes_keep_order(make_fan, path, monkeypatch
         assert [m[:4] for m in got] == [f"{i:04d}" for i in range(40)]
         assert all(m[4:] == payload for m in got)
     if path == "compiled":
-        assert any(s or p for s, p in seen), "the socket never filled up"
-        assert any(s == 0 and p == 0 for s, p in seen), "nothing was written directly"
+        assert not all(seen), "the socket never filled up"
+        assert any(seen), "nothing was written directly"
 
 
 async def test_backpressure_drops_a_stalled_reader_not_the_others(make_fan, path):
@@ -251,7 +255,7 @@ async def test_a_busy_tick_turns_direct_writes_off_until_a_quiet_one(make_server
         assert await recv_all(ws, 4) == ["1", "2", "3", "4"]
 
 
-# -- the C function itself ------------------------------------------------------
+# -- the C functions themselves ------------------------------------------------
 
 
 class _Transport:
@@ -267,6 +271,8 @@ class _Transport:
 
 
 class _Conn:
+    """What the C functions read of a WebSocketConnection (and write: ``out``)."""
+
     def __init__(
         self, sockfd: int, out: Any = None, buffered: int = 0, closing: bool = False
     ) -> None:
@@ -275,24 +281,55 @@ class _Conn:
         self.transport = _Transport(buffered, closing)
 
 
-def test_c_fanout_never_writes_to_the_fd_of_a_closing_transport():
+@pytest.fixture
+def c_funcs() -> Any:
+    """The C fanout and flush, writing directly to the fake transports below
+    (in production only uvloop's TCPTransport is written to directly)."""
+    assert fanout._fanout is not None and fanout._flush is not None, (
+        "hubbub.transport._speedups is not built"
+    )
+    from hubbub.transport import _speedups
+
+    previous = _speedups.set_transport_type(_Transport)
+    try:
+        yield fanout._fanout, fanout._flush
+    finally:
+        _speedups.set_transport_type(previous)
+
+
+def _drain(sock: socket.socket) -> bytes:
+    sock.setblocking(False)
+    got = b""
+    while True:
+        try:
+            chunk = sock.recv(1 << 20)
+        except BlockingIOError:
+            return got
+        if not chunk:
+            return got
+        got += chunk
+
+
+def test_c_fanout_never_writes_to_the_fd_of_a_closing_transport(c_funcs):
     # uvloop closes the socket when the transport closes, and connection_lost
     # (which takes the connection out of the broadcast set) comes a loop
     # iteration later: the fd number may by then be a new connection's.
-    assert fanout._direct is not None, "hubbub.transport._speedups is not built"
+    c_fanout, c_flush = c_funcs
     new, new_peer = socket.socketpair()
     with new, new_peer:
         stale = _Conn(new.fileno(), closing=True)  # the old connection's number, reused
-        n, slow, partial = fanout._direct(encode_frame("secret"), [stale], None)
-        assert (n, slow, partial) == (1, [stale], [])
-        new_peer.setblocking(False)
-        with pytest.raises(BlockingIOError):
-            new_peer.recv(100)  # the new connection got nothing
+        dirty: list[Any] = []
+        frame = encode_frame("secret")
+        assert c_fanout(frame, [stale], None, dirty, True) == (1, [], True)
+        assert stale.out == frame and dirty == [stale]  # queued, as write() would
+        # The end-of-tick write leaves it to flush_out (which drops it: closing).
+        assert c_flush(dirty) == [stale]
+        assert stale.out == frame
+        assert _drain(new_peer) == b""  # the new connection got nothing
 
 
-def test_c_fanout_writes_queues_and_reports_partial_writes():
-    assert fanout._direct is not None, "hubbub.transport._speedups is not built"
-    direct = fanout._direct
+def test_c_fanout_writes_directly_or_queues_and_says_who_is_left(c_funcs):
+    c_fanout, _ = c_funcs
     a, a_peer = socket.socketpair()
     b, b_peer = socket.socketpair()
     with a, a_peer, b, b_peer:
@@ -301,53 +338,124 @@ def test_c_fanout_writes_queues_and_reports_partial_writes():
         queued = _Conn(b.fileno(), out=b"earlier")
         busy = _Conn(b.fileno(), buffered=10)
         tls = _Conn(-1)
-        n, slow, partial = direct(frame, [ok, queued, busy, tls], None)
-        assert (n, slow, partial) == (4, [queued, busy, tls], [])
-        assert a_peer.recv(100) == frame
-        b_peer.setblocking(False)
-        with pytest.raises(BlockingIOError):
-            b_peer.recv(100)  # nothing was written for the three others
+        dirty: list[Any] = []
+        n, slow, dirtied = c_fanout(frame, [ok, queued, busy, tls], None, dirty, True)
+        assert (n, slow, dirtied) == (4, [tls], True)
+        assert _drain(a_peer) == frame and ok.out is None
+        assert queued.out == [b"earlier", frame]  # already dirty: not listed again
+        assert busy.out == frame and dirty == [busy]
+        assert _drain(b_peer) == b""  # nothing was written for the others
+        # Not direct (a busy tick): queued, the connection listed once.
+        dirty.clear()
+        assert c_fanout(frame, [ok], None, dirty, False) == (1, [], True)
+        assert c_fanout(frame, [ok], None, dirty, True) == (1, [], False)  # behind it
+        assert ok.out == [frame, frame] and dirty == [ok]
+        assert _drain(a_peer) == b""
         # Keys looked up in a dict; missing keys are skipped, not counted.
-        n, slow, partial = direct(frame, [1, 2, 3], {1: ok, 3: tls})
-        assert (n, slow, partial) == (2, [tls], [])
-        assert a_peer.recv(100) == frame
-        # A socket that takes part of a big frame: the rest comes back.
+        ok.out = None
+        n, slow, _ = c_fanout(frame, [1, 2, 3], {1: ok, 3: tls}, [], True)
+        assert (n, slow) == (2, [tls])
+        assert _drain(a_peer) == frame
+
+
+def test_c_fanout_queues_what_a_full_socket_does_not_take(c_funcs):
+    c_fanout, _ = c_funcs
+    a, a_peer = socket.socketpair()
+    with a, a_peer:
         a.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+        ok = _Conn(a.fileno())
+        dirty: list[Any] = []
         big = encode_frame(b"z" * 4_000_000)
-        n, slow, partial = direct(big, [ok], None)
-        assert n == 1 and slow == []
-        ((conn, rest),) = partial
-        assert conn is ok and 0 < len(rest) < len(big)
-        # Now the socket is full: it takes nothing, the connection goes to
-        # the slow path (a Unix socket pair does not drain by itself).
-        assert direct(frame, [ok], None) == (1, [ok], [])
-        a_peer.setblocking(False)
-        got = b""
-        while True:
-            try:
-                got += a_peer.recv(1 << 20)
-            except BlockingIOError:
-                break
-        assert got + rest == big
+        assert c_fanout(big, [ok], None, dirty, True) == (1, [], True)
+        rest = ok.out
+        assert type(rest) is bytes and 0 < len(rest) < len(big) and dirty == [ok]
+        # The next frame goes behind the rest, never into the socket first.
+        frame = encode_frame("after")
+        assert c_fanout(frame, [ok], None, dirty, True) == (1, [], False)
+        assert ok.out == [rest, frame]
+        assert _drain(a_peer) + rest == big
 
 
-def test_c_fanout_rejects_bad_arguments():
-    assert fanout._direct is not None, "hubbub.transport._speedups is not built"
-    direct: Any = fanout._direct
+def test_c_queueing_is_websocket_connection_write(c_funcs):
+    """The C queueing must stay what WebSocketConnection.write does (``out`` None,
+    then bytes, then a list; mark_dirty once): the same writes, both ways."""
+    from hubbub.transport.websocket import WebSocketConnection
+
+    c_fanout, _ = c_funcs
+
+    class _Endpoint:
+        def __init__(self) -> None:
+            self.dirty: list[Any] = []
+
+        def mark_dirty(self, conn: Any) -> None:
+            self.dirty.append(conn)
+
+    class _Python:
+        def __init__(self) -> None:
+            self.out: Any = None
+            self.endpoint = _Endpoint()
+
+    frames = [encode_frame(f"m{i}") for i in range(4)]
+    python, compiled, dirty = _Python(), _Conn(0), []
+    for i, frame in enumerate(frames):
+        WebSocketConnection.write(python, frame)  # type: ignore[arg-type]
+        c_fanout(frame, [compiled], None, dirty, False)
+        assert compiled.out == python.out, f"after {i + 1} writes"
+        assert len(dirty) == len(python.endpoint.dirty) == 1
+
+
+def test_c_flush_sends_what_was_queued_where_nothing_waits(c_funcs):
+    _, c_flush = c_funcs
+    a, a_peer = socket.socketpair()
+    b, b_peer = socket.socketpair()
+    with a, a_peer, b, b_peer:
+        one = _Conn(a.fileno(), out=b"one")
+        many = _Conn(b.fileno(), out=[b"two", b"three"])
+        busy = _Conn(b.fileno(), out=b"later", buffered=5)
+        tls = _Conn(-1, out=b"secret")
+        empty = _Conn(a.fileno())  # listed twice, or flushed early
+        rest = c_flush([one, many, busy, tls, empty, many])
+        assert rest == [busy, tls]
+        assert (one.out, many.out, busy.out, tls.out) == (None, None, b"later", b"secret")
+        assert _drain(a_peer) == b"one"
+        assert _drain(b_peer) == b"twothree"
+        # A socket that takes part of it: the rest stays queued for flush_out.
+        a.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+        big = b"q" * 4_000_000
+        one.out = [big[:10], big[10:]]
+        assert c_flush([one]) == [one]
+        assert type(one.out) is bytes and 0 < len(one.out) < len(big)
+        assert _drain(a_peer) + one.out == big
+        # Nothing taken at all (full socket): left to flush_out, joined once.
+        one.out = [b"x", b"y"]
+        a_peer.close()
+        assert c_flush([one]) == [one]
+        assert one.out == b"xy"
+
+
+def test_c_functions_reject_bad_arguments(c_funcs):
+    c_fanout, c_flush = c_funcs
     with pytest.raises(TypeError):
-        direct("text", [], None)
+        c_fanout("text", [], None, [], True)
     with pytest.raises(TypeError):
-        direct(b"x", [], [])
+        c_fanout(b"x", [], [], [], True)  # conns must be a dict or None
     with pytest.raises(TypeError):
-        direct(b"x")
+        c_fanout(b"x", [], None, (), True)  # dirty must be a list
+    with pytest.raises(TypeError):
+        c_fanout(b"x", [], None)
+    with pytest.raises(TypeError):
+        c_flush(())
     # Something that is not a WebSocket connection (no sockfd) takes the
     # Python path; one that has a sockfd but no queue is a programming error.
     thing = object()
-    assert direct(b"x", [thing], None) == (1, [thing], [])
+    assert c_fanout(b"x", [thing], None, [], True) == (1, [thing], False)
+    assert c_flush([thing]) == [thing]
     odd = _Conn(0)
     del odd.out
     with pytest.raises(AttributeError):
-        direct(b"x", [odd], None)
+        c_fanout(b"x", [odd], None, [], True)
+    with pytest.raises(AttributeError):
+        c_flush([odd])
 
 
 async def test_tls_connections_are_never_written_directly(make_fan, path, tmp_path):
@@ -384,3 +492,56 @@ async def test_tls_connections_are_never_written_directly(make_fan, path, tmp_pa
             server.push_many(list(server.connections), f"secret {i}")
         for ws in clients:
             assert await recv_all(ws, 10) == [f"secret {i}" for i in range(10)]
+
+
+def test_only_the_given_transport_type_is_written_directly(c_funcs):
+    """A transport of another type (a wrapper that counts or changes what it
+    writes, another loop's) gets every byte through its own write()."""
+    c_fanout, c_flush = c_funcs
+
+    class _Other(_Transport):
+        pass
+
+    a, a_peer = socket.socketpair()
+    with a, a_peer:
+        conn = _Conn(a.fileno())
+        conn.transport = _Other()
+        dirty: list[Any] = []
+        frame = encode_frame("x")
+        assert c_fanout(frame, [conn], None, dirty, True) == (1, [], True)
+        assert conn.out == frame and dirty == [conn]
+        assert c_flush(dirty) == [conn]  # left to flush_out, i.e. transport.write
+        assert conn.out == frame
+        assert _drain(a_peer) == b""
+
+
+async def test_a_busy_tick_is_flushed_in_c_with_one_send_per_connection(make_server, monkeypatch):
+    assert fanout.AVAILABLE, "hubbub.transport._speedups is not built (pip install -e .)"
+    from contextlib import AsyncExitStack
+
+    flushed: list[tuple[int, int]] = []
+    c_flush = fanout._flush
+    assert c_flush is not None
+
+    def spy(dirty: list[Any]) -> list[Any]:
+        rest = c_flush(dirty)
+        flushed.append((len(dirty), len(rest)))
+        return rest
+
+    monkeypatch.setattr(fanout, "_flush", spy)
+    server = await make_server(compression=False)
+    async with AsyncExitStack() as stack:
+        clients = await _clients(server, 3, stack, compression=None)
+        await _next_tick()
+        await _next_tick()
+        flushed.clear()
+        conns = list(server._endpoint.open.values())
+        fds = list(server.connections)
+        for i in range(5):  # one busy tick: the first direct, the others queued
+            server.push_many(fds, f"m{i}")
+        assert all(type(c.out) is list and len(c.out) == 4 for c in conns)
+        await _next_tick()
+        assert flushed[:1] == [(3, 0)]  # all three sent in C, none left to Python
+        assert all(c.out is None and c.transport.get_write_buffer_size() == 0 for c in conns)
+        for ws in clients:
+            assert await recv_all(ws, 5) == [f"m{i}" for i in range(5)]

@@ -1,25 +1,35 @@
 """One encoded frame to many connections: the compiled fast path and its policy.
 
-At a steady rate most event-loop ticks carry one message, so the end-of-tick
-write (:meth:`WebSocketConnection.write`, one system call per client per tick)
-has nothing to coalesce and only adds Python work per recipient (queue, mark
-dirty, flush, ``transport.write``). The C function
-:func:`hubbub.transport._speedups.fanout` writes the frame straight to each
-recipient's socket instead (``send(2)`` with ``MSG_DONTWAIT | MSG_NOSIGNAL``),
-when nothing of that connection waits anywhere: its ``out`` queue is empty
-and so is its transport's buffer. Every other recipient (bytes already
-queued, a partial write, ``EAGAIN``, an error, TLS, permessage-deflate) takes
-the Python path with the same backpressure (``max_send_buffer``,
-``pause_writing``); a partial write queues the rest of the frame. A
-connection's bytes never reorder: a direct write happens only when nothing of
-it is queued, and whatever follows goes through the queue behind it.
+Two C functions (:mod:`hubbub.transport._speedups`; their contract is at the
+top of ``_speedups.c``) take the per-recipient work of a broadcast out of
+Python:
+
+* :func:`fanout` (``Server.push_many`` and ``Server.broadcast``) writes the
+  frame straight to each recipient's socket (``send(2)`` with
+  ``MSG_DONTWAIT | MSG_NOSIGNAL``) when nothing of that connection waits
+  anywhere (its ``out`` queue and its transport's buffer are empty) and the
+  policy below allows it; otherwise it queues the frame exactly as
+  :meth:`WebSocketConnection.write` does, for the end of the tick;
+* :func:`flush` (the end-of-tick write, :meth:`ServerEndpoint.flush_writes`)
+  sends each connection's queued bytes with one ``send(2)`` when its
+  transport's buffer is empty.
+
+Whatever the socket does not take (part of the bytes, or all of them on
+``EAGAIN`` or an error) goes through the Python path: the connection's
+``flush_out`` hands it to the transport, with the usual backpressure
+(``max_send_buffer``, ``pause_writing``). So do the connections whose bytes
+must go through the transport (TLS, permessage-deflate, sessions of the
+other carriages). A connection's bytes never reorder: a direct write happens
+only when nothing of it waits anywhere, and what follows goes behind it
+through the same queue.
 
 Policy (:class:`FanOut`): under load several messages arrive in one tick,
-and there the end-of-tick write is the big win (one ``write()`` per client
-for all of them; see docs/benchmarks.md). So the direct path is taken only
+and there the end-of-tick write is the big win (one ``send(2)`` per client
+for all of them; see docs/benchmarks.md). So the direct write is taken only
 for the first fan-out of a tick, and only if the last tick that had a
 fan-out had just one. A busy tick (two fan-outs or more) turns the direct
-path off until a tick carries a single fan-out again.
+write off until a tick carries a single fan-out again; its frames are queued
+(in C) and flushed (in C) at the end of the tick.
 
 Without the extension (it did not build or import, or ``HUBBUB_NO_SPEEDUPS=1``
 is set in the environment) everything goes through the Python path, as
@@ -31,36 +41,55 @@ from __future__ import annotations
 import asyncio
 import os
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
     from websockets.frames import Opcode
 
-    from .websocket import WebSocketConnection
+Fanout = Callable[[bytes, Iterable[Any], Any, list[Any], bool], tuple[int, list[Any], bool]]
+Flush = Callable[[list[Any]], list[Any]]
 
-Direct = Callable[[bytes, Iterable[Any], Any], tuple[int, list[Any], list[Any]]]
-
-_direct: Direct | None
+_fanout: Fanout | None
+_flush: Flush | None
 try:
-    from ._speedups import fanout as _direct
-except ImportError:  # no compiler when installed: the Python path does it all
-    _direct = None
+    from ._speedups import fanout as _fanout
+    from ._speedups import flush as _flush
+    from ._speedups import set_transport_type
+except ImportError:  # no compiler when installed (or an older build): the Python path
+    _fanout = _flush = None
+else:
+    # Bytes go straight to the socket only for uvloop's TCP transports (what the
+    # closing and buffer rules in _speedups.c are about); any other transport,
+    # e.g. a wrapper, gets them through its write().
+    from uvloop.loop import TCPTransport
+
+    set_transport_type(TCPTransport)
 
 if os.environ.get("HUBBUB_NO_SPEEDUPS", "") not in ("", "0"):
-    _direct = None
+    _fanout = _flush = None
 
 #: True when the compiled fan-out is in use.
-AVAILABLE = _direct is not None
+AVAILABLE = _fanout is not None
+
+
+class Dirty(Protocol):
+    """What :meth:`FanOut.send` queues for: the endpoint's end-of-tick list."""
+
+    _dirty: list[Any]
+
+    def schedule_flush(self) -> None: ...
 
 
 class FanOut:
-    """Decides, per loop tick, whether a fan-out may write directly."""
+    """The compiled path's switch and its per-tick policy."""
 
-    __slots__ = ("_count", "_last", "enabled")
+    __slots__ = ("_count", "_last", "enabled", "loop")
 
     def __init__(self, enabled: bool | None = None) -> None:
-        #: Direct writes on (default: when the extension is available).
+        #: Compiled fan-out and flush on (default: when the extension is available).
         self.enabled = AVAILABLE if enabled is None else enabled and AVAILABLE
+        #: The server's loop (set when it listens; else the running loop is asked).
+        self.loop: asyncio.AbstractEventLoop | None = None
         self._count = 0  # fan-outs in this tick
         self._last = 0  # fan-outs in the last tick that had any
 
@@ -73,7 +102,7 @@ class FanOut:
         count = self._count
         self._count = count + 1
         if count == 0:
-            asyncio.get_running_loop().call_soon(self._tick_end)
+            (self.loop or asyncio.get_running_loop()).call_soon(self._tick_end)
             return self.enabled and self._last <= 1
         return False
 
@@ -83,14 +112,22 @@ class FanOut:
         data: str | bytes,
         opcode: Opcode | None,
         items: Iterable[Any],
-        conns: dict[int, WebSocketConnection] | None,
+        conns: dict[int, Any] | None,
+        endpoint: Dirty,
+        direct: bool,
     ) -> int:
-        """Write ``frame`` to ``items`` (connections, or keys of ``conns``)
-        directly where possible, and queue it for the rest; returns how many."""
-        assert _direct is not None
-        n, slow, partial = _direct(frame, items, conns)
+        """Write ``frame`` to ``items`` (connections, or keys of ``conns``): directly
+        where ``direct`` allows it, else queued; returns how many."""
+        assert _fanout is not None
+        n, slow, dirtied = _fanout(frame, items, conns, endpoint._dirty, direct)
+        if dirtied:
+            endpoint.schedule_flush()
         for conn in slow:
             conn.send_frame_bytes(frame, data, opcode)
-        for conn, rest in partial:
-            conn.write(rest)
         return n
+
+    @staticmethod
+    def flush(dirty: list[Any]) -> list[Any]:
+        """Send what ``dirty`` connections queued; returns those left to ``flush_out``."""
+        assert _flush is not None
+        return _flush(dirty)
