@@ -164,12 +164,13 @@ REPRODUCE = """\
 ## Reproduce
 
 ```sh
-make bench
+make bench   # within 15 minutes: this report (about 10) and docs/scaling.md's scale-out tables
 # which is:
 .venv/bin/pip install -e '.[bench]'
 npm install --prefix bench/peers/node_ws
 npm install --prefix bench/peers/socketio_node
 {command}
+.venv/bin/python bench/scaleout.py --docs docs/scaling.md --json reports/bench/scaleout.json
 ```
 
 The steady rates, the storms or one server only (`--quick` for a smoke run into
@@ -177,7 +178,7 @@ reports/bench/; `--report-only` writes the report again from the last raw result
 
 ```sh
 .venv/bin/python bench/run.py --scenarios steady,chat_steady \
---servers hubbub,hubbub_nospeedups,node_ws,picows
+--servers hubbub,hubbub_nospeedups,node_ws,picows,socketio_node
 .venv/bin/python bench/run.py --scenarios join_storm,reconnect_storm --servers hubbub,node_ws
 ```
 
