@@ -133,11 +133,18 @@ class DrillClient:
     async def quit(self, sender: Any) -> None:
         """Stop sending (``sender``: this client's :meth:`send_until` task), wait
         until everything it sent is acknowledged, then leave for good (close)."""
+        await self.stop_sending(sender)
+        await self.close()
+
+    async def stop_sending(self, sender: Any) -> None:
         sender.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await sender
         await self.drain_refused(30)
         await wait_for(lambda: not self.unacked, 30, f"{self.name}'s messages acked")
+
+    async def close(self) -> None:
+        """Leave for good: close the connection, connect no more."""
         self.gone.set()
         if self.ws is not None:
             await self.ws.close()
