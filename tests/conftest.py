@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import random
 import socket
 import subprocess
 import sys
@@ -93,14 +94,36 @@ _WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1") or 1)
 
 
 def free_port() -> int:
+    """A port of this worker's share that nothing holds now and that was not handed out.
+
+    Candidates are drawn at random from the ephemeral range rather than taken from
+    ``bind(port 0)``: Linux gives even ports to ``bind(0)`` first (odd ones are kept
+    for ``connect``), so with two workers the second would almost never get one.
+    The test bind proves the port free at this moment.
+    """
+    low, high = _port_range()
+    rng = random.Random()
     for _ in range(10_000):
+        port = rng.randrange(low, high + 1)
+        if port % _WORKERS != _WORKER or port in _HANDED_OUT:
+            continue
         with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = int(s.getsockname()[1])
-        if port % _WORKERS == _WORKER and port not in _HANDED_OUT:
-            _HANDED_OUT.add(port)
-            return port
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _HANDED_OUT.add(port)
+        return port
     raise RuntimeError("no free port that was not handed out already")
+
+
+def _port_range() -> tuple[int, int]:
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            low, high = (int(x) for x in f.read().split())
+        return low, high
+    except (OSError, ValueError):
+        return 32768, 60999
 
 
 def wait_for_port(port: int, timeout: float = 10.0) -> None:
