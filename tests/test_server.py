@@ -42,6 +42,25 @@ async def test_push_text_and_binary_and_unknown_fd(make_server):
         assert server.push(fd + 1000, "nobody") is False
 
 
+async def test_push_and_push_many_take_opcodes_as_constants_or_ints(make_server):
+    from hubbub.server import WEBSOCKET_OPCODE_BINARY, WEBSOCKET_OPCODE_TEXT
+
+    opened: list[int] = []
+    server: Server = await make_server(lambda s: s.on("open", lambda s, req: opened.append(req.fd)))
+    async with connect(ws_url(server)) as ws:
+        await asyncio.sleep(0.05)
+        fd = opened[0]
+        assert server.push(fd, b"as text", WEBSOCKET_OPCODE_TEXT) is True
+        assert server.push(fd, b"as binary", 2) is True
+        assert server.push_many([fd], b"many as text", 1) == 1
+        assert server.push_many([fd], b"many as binary", WEBSOCKET_OPCODE_BINARY) == 1
+        assert await recv_all(ws, 4) == ["as text", b"as binary", "many as text", b"many as binary"]
+        with pytest.raises(ValueError):
+            server.push(fd, b"x", 3)  # not an opcode (RFC 6455 5.2: reserved)
+        with pytest.raises(ValueError):
+            server.push_many([fd], b"x", 11)
+
+
 async def test_broadcast_reaches_everyone_and_respects_exclude(make_server):
     opened: list[int] = []
     server = await make_server(lambda s: s.on("open", lambda s, req: opened.append(req.fd)))

@@ -485,7 +485,7 @@ class ServerEndpoint:
         except Exception:
             log.exception("%s %s failed", what, getattr(fn, "__name__", fn))
             return None
-        if inspect.isawaitable(result):
+        if result is not None and inspect.isawaitable(result):
             if awaitable_ok:
                 return result
             self.spawn(self._await(result))
