@@ -143,11 +143,11 @@ class Settings:
         "Host names this server answers (comma- or space-separated; '.example.com' also "
         "matches its subdomains; '*' any name). A request for another Host gets 421, "
         "before any handler: a page whose name an attacker re-points at this server's "
-        "address (DNS rebinding) is then not same-origin with it. localhost and loopback "
+        "address (DNS rebinding) is then not same-origin with it. localhost and IP "
         "addresses are always answered. Empty: any name, except on a connection that "
         "reached a loopback address directly (not from a proxy of forwarded_allow_ips): "
-        "there a DNS name (with a dot, not an IP address) gets 421. List the names "
-        "before exposing hubbub (docs/security.md).",
+        "there a DNS name (one with a dot) gets 421. List the names before exposing "
+        "hubbub (docs/security.md).",
         default="",
     )
     forwarded_allow_ips: str = _doc(

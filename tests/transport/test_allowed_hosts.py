@@ -129,9 +129,11 @@ def test_the_local_address_is_looked_up_only_when_it_matters():
 def test_with_a_list_only_its_names_and_loopback_are_served():
     setting = "chat.example.com .example.org"
     for anywhere in (lambda: True, lambda: False):
-        for host in ("chat.example.com", "CHAT.example.com:443", "x.example.org", "localhost"):
+        answered = ("chat.example.com", "CHAT.example.com:443", "x.example.org", "localhost")
+        # Addresses too: no DNS, nothing to rebind (a Kubernetes probe says the pod's).
+        for host in (*answered, "192.0.2.1:9502", "[2001:db8::1]"):
             assert host_refusal({"host": host}, setting, anywhere) is None, host
-        for host in ("evil.example", "test", "192.0.2.1"):
+        for host in ("evil.example", "test", "chat.example.com.evil.example"):
             status, reason = host_refusal({"host": host}, setting, anywhere)
             assert status == 421 and "is not served here (see --allowed-hosts)" in reason
         # A proxy does not lift the list.
@@ -185,6 +187,7 @@ async def test_the_list_is_checked_before_any_handler(make_server):
         ("chat.example", 200),
         ("chat.example:9502", 200),
         ("localhost", 200),  # health checks (HAProxy's says Host: localhost)
+        ("192.0.2.7:9502", 200),  # an address: nothing to rebind
         ("other.example", 421),
         ("test", 421),
         ("a b", 400),
@@ -192,7 +195,7 @@ async def test_the_list_is_checked_before_any_handler(make_server):
     ):
         reply, _ = await exchange(server, get_host(host, "/page"))
         assert reply.status == status, host
-    assert calls == ["chat.example", "chat.example:9502", "localhost"]
+    assert calls == ["chat.example", "chat.example:9502", "localhost", "192.0.2.7:9502"]
 
 
 @needs_transport

@@ -9,17 +9,18 @@ can read what the server answers to the browser's network position. The
 defence is to answer only the names the server is known by:
 
 * ``allowed_hosts`` lists them (``chat.example.com``, ``.example.com`` for a
-  domain and its subdomains, IP addresses, ``*`` for any); a request for
-  another name gets ``421 Misdirected Request`` before any handler.
-* Loopback names (``localhost``, ``*.localhost``, ``127.0.0.0/8``, ``::1``) are
-  always answered: a page of another site cannot make a browser send them.
+  domain and its subdomains, ``*`` for any); a request for another name gets
+  ``421 Misdirected Request`` before any handler.
+* ``localhost``, ``*.localhost`` (RFC 6761) and IP addresses are always
+  answered: a browser sends the host of the page's URL, and no page of another
+  site has one of these (an address involves no DNS, so nothing to rebind).
+  Health checks (HAProxy's ``Host: localhost``, Kubernetes' pod address) pass.
 * With no list (the default), every name is answered, except on a connection
   that reached the server on a loopback address (a browser on this machine;
-  not a proxy of ``forwarded_allow_ips``): there a DNS name (one with a dot
-  that is not an IP address nor ``*.localhost``) is refused. Rebinding needs a
-  name in a DNS zone the attacker runs, so it has a dot; names without one
-  (``Host: myhost``) resolve from local configuration (hosts file, search
-  domains) and are answered.
+  not a proxy of ``forwarded_allow_ips``): there a DNS name (one with a dot)
+  is refused. Rebinding needs a name in a DNS zone the attacker runs, so it
+  has a dot; names without one (``Host: myhost``) resolve from local
+  configuration (hosts file, search domains) and are answered.
 
 A ``Host`` that is not a host (user info, a path, two values, bad
 characters) gets ``400``. A request without ``Host`` (HTTP/1.0) is answered:
@@ -41,8 +42,9 @@ _NAME = re.compile(rf"{_LABEL}(?:\.{_LABEL})*\Z")
 MAX_HOST = 260
 #: What the 421 answers say to look at.
 SEE = "see --allowed-hosts"
-#: The kinds of Host names (:func:`classify`).
-LOOPBACK, DNS_NAME, OTHER = 0, 1, 2
+#: The kinds of Host names (:func:`classify`): always answered (localhost, an
+#: address), a DNS name (with a dot), another name (without a dot).
+ALWAYS, DNS_NAME, OTHER = 0, 1, 2
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,11 +103,6 @@ def is_loopback_address(address: str) -> bool:
     return is_loopback_name(address)
 
 
-def is_dns_name(name: str) -> bool:
-    """A name looked up in a DNS zone someone else may run: a dot, not an address."""
-    return "." in name and ip_of(name) is None
-
-
 @functools.lru_cache(maxsize=8)
 def parse_allowed_hosts(setting: str) -> AllowedHosts:
     """``--allowed-hosts``; ValueError naming the first entry that is not a host."""
@@ -152,7 +149,7 @@ def host_refusal(
     if value is None:
         return None
     name, kind = classify(value)
-    if kind == LOOPBACK:
+    if kind == ALWAYS:
         return None
     shown = repr(value if len(value) <= 100 else value[:100] + "...")
     if name is None:
@@ -169,11 +166,12 @@ def host_refusal(
 
 @functools.lru_cache(maxsize=1024)
 def classify(value: str) -> tuple[str | None, int]:
-    """A ``Host`` value's name (None: not a host) and kind: LOOPBACK, DNS_NAME, or
-    OTHER (an address, a name without a dot). Cached (LRU): a server sees few values."""
+    """A ``Host`` value's name (None: not a host) and kind: ALWAYS (localhost,
+    ``*.localhost``, an IP address), DNS_NAME, or OTHER (a name without a dot).
+    Cached (LRU): a server sees few values."""
     name = host_name(value)
     if name is None:
         return None, OTHER
-    if is_loopback_name(name):
-        return name, LOOPBACK
-    return name, DNS_NAME if is_dns_name(name) else OTHER
+    if name == "localhost" or name.endswith(".localhost") or ip_of(name) is not None:
+        return name, ALWAYS
+    return name, DNS_NAME if "." in name else OTHER
