@@ -317,6 +317,30 @@ async def _open(
     return None
 
 
+async def _open_all(
+    clients: list[StormClient],
+    url: str,
+    headers: dict[str, str] | None,
+    wait_s: float,
+    concurrency: int,
+    failures: list[str],
+    shared: StormShared,
+) -> None:
+    """Connect ``clients``, ``concurrency`` handshakes in flight: that many tasks,
+    each taking the next client when its last one is connected (no task and no
+    semaphore per client: Python work on the generator's one core)."""
+    todo = iter(clients)
+
+    async def opener() -> None:
+        for c in todo:
+            why = await _open(c, url, headers, wait_s)
+            if why is not None:
+                failures.append(why)
+                shared.target -= 1
+
+    await asyncio.gather(*(opener() for _ in range(max(1, min(concurrency, len(clients))))))
+
+
 class StormCommands:
     """The storm scenarios' worker commands (mixed into :class:`hubbub.bench.worker.Worker`)."""
 
@@ -363,18 +387,9 @@ class StormCommands:
             self.storm += clients
         sh.target = len(clients)
         sh.ready_event = asyncio.Event()
-        sem = asyncio.Semaphore(concurrency)
         failures: list[str] = []
         t0 = time.monotonic_ns()
-
-        async def one(c: StormClient) -> None:
-            async with sem:
-                why = await _open(c, url, headers, wait_s)
-            if why is not None:
-                failures.append(why)
-                sh.target -= 1
-
-        await asyncio.gather(*(one(c) for c in clients))
+        await _open_all(clients, url, headers, wait_s, concurrency, failures, sh)
         if sh.ready < sh.target:
             try:
                 await asyncio.wait_for(sh.ready_event.wait(), wait_s)

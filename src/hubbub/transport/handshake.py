@@ -330,8 +330,19 @@ class HubbubServerProtocol(ServerProtocol):
 
     def parse(self) -> Any:
         # websockets starts its parser in __init__ (a chain of generators that
-        # waits for the first byte); started on first use instead.
-        return _Parser(self)
+        # waits for the first byte, and a reference cycle); here it is started
+        # by the first receive_data or receive_eof, see _Idle.
+        return _IDLE
+
+    def receive_data(self, data: bytes | bytearray) -> None:
+        if self.parser is _IDLE:
+            self.parser = ServerProtocol.parse(self)
+        super().receive_data(data)
+
+    def receive_eof(self) -> None:
+        if self.parser is _IDLE:
+            self.parser = ServerProtocol.parse(self)
+        super().receive_eof()
 
     def receive_frames(self, data: bytes) -> None:
         """``receive_data(data)``, the whole frames at its start read directly.
@@ -385,30 +396,26 @@ class HubbubServerProtocol(ServerProtocol):
         return pos
 
 
-class _Parser:
-    """Stands in for websockets' parser until it is needed.
+class _Idle:
+    """The parser of every protocol that has not needed one yet.
 
-    ``Protocol.__init__`` starts the parser (``next``) right away; that first
-    step waits for data without reading anything. The next step (the first
-    ``receive_data`` or ``receive_eof``) starts the real parser, which then
-    finds the data or end of stream already fed, as it would have.
+    ``Protocol.__init__`` steps its new parser once (``next``): a parser's
+    first step only waits for data. A protocol's real parser is made when data
+    or the end of the stream first reach it (receive_data, receive_eof); its
+    first step then finds them already fed, as the parser made in
+    ``__init__`` would have on its second.
     """
 
-    __slots__ = ("proto", "started")
+    __slots__ = ()
 
-    def __init__(self, proto: HubbubServerProtocol) -> None:
-        self.proto = proto
-        self.started = False
-
-    def __iter__(self) -> _Parser:
+    def __iter__(self) -> _Idle:
         return self
 
     def __next__(self) -> None:
-        if not self.started:
-            self.started = True
-            return None
-        parser = self.proto.parser = ServerProtocol.parse(self.proto)
-        return next(parser)
+        return None
+
+
+_IDLE = _Idle()
 
 
 def ws_protocol(settings: Settings, subprotocols: list[str]) -> HubbubServerProtocol:
