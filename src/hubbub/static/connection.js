@@ -1,6 +1,6 @@
 import { makeTransport, availableKinds } from "./transport.js";
 import { DEFAULT_RULES, PROTOCOL, BACKOFF_BASE, BACKOFF_CAP, STABLE_AFTER, PING_AFTER, DEAD_AFTER, CONNECT_TIMEOUT, AUTH_GRACE, FALLBACK_AFTER, PROBE_TIMEOUT, DEFAULT_LIMITS, KEYS, session, S } from "./state.js";
-import { onMessage, onAck, onHistory, requestHistory, onPresence, setMembers, onTyping, onDm, onNickSet, confirmNick, onError, onLeftRoom, clearRoom } from "./rooms.js";
+import { onMessage, onAck, onHistory, requestHistory, onPresence, setMembers, onMembers, onTyping, onDm, onNickSet, confirmNick, onError, onLeftRoom, clearRoom } from "./rooms.js";
 import { flush, setSlowed } from "./outbox.js";
 import { renderStatus, renderPendingStates, renderHistoryTop, renderBrowse, renderRoomHeader, renderTyping, renderMe } from "./render.js";
 import { renderCounter, applyLimits } from "./ui.js";
@@ -196,7 +196,9 @@ export function disconnected(code = 0) {
     room.joined = "no";
     room.resuming = false;
     room.historyBusy = null;
+    room.whoBusy = null;
     clearTimeout(room.retryTimer);
+    clearTimeout(room.whoTimer);
     for (const timer of room.typers.values()) clearTimeout(timer);
     room.typers.clear();
     renderHistoryTop(room);
@@ -287,12 +289,10 @@ export function handle(f) {
     case "joined":
     case "left":
     case "renamed":
+    case "presence":
       return onPresence(f);
-    case "members": {
-      const room = S.rooms.get(f.room);
-      if (room) setMembers(room, f.members);
-      return;
-    }
+    case "members":
+      return onMembers(f);
     case "typing":
       return onTyping(f);
     case "dm":
@@ -368,7 +368,7 @@ export function onRoom(f) {
   room.nickWaitSince = 0;
   room.problem = null;
   confirmNick(f.nick, true); // first: the member list must know which entry is us
-  setMembers(room, f.members || []);
+  setMembers(room, f);
   if (!room.resuming) {
     if (room.epoch !== null && room.epoch !== f.epoch) clearRoom(room);
     room.epoch = f.epoch;

@@ -1,8 +1,8 @@
 import { $, h, icon, avatar, renderText, same, timeFmt, fullFmt, dayKey, dayLabel } from "./util.js";
-import { GROUP_WINDOW, KEEP_MAX, KEEP_AFTER_PRUNE, S } from "./state.js";
+import { GROUP_WINDOW, KEEP_MAX, KEEP_AFTER_PRUNE, MEMBERS_KEEP, S } from "./state.js";
 import { join } from "./connection.js";
 import { KIND_NAMES } from "./transport.js";
-import { Room, Dm, loadOlder, maybeLoadOlder, ensureDm, openRoom } from "./rooms.js";
+import { Room, Dm, loadOlder, maybeLoadOlder, ensureDm, openRoom, askMembers, showMoreMembers } from "./rooms.js";
 import { show, focusComposer } from "./ui.js";
 
 export function renderStatus() {
@@ -357,15 +357,17 @@ export function renderRoomHeader() {
   $("conv-icon").firstElementChild.setAttribute("href", isRoom ? "#i-hash" : "#i-lock");
   document.body.dataset.view = view.kind;
   const room = isRoom ? view : view.room ? S.rooms.get(view.room) : null;
-  const count = room ? room.members.size : 0;
+  const count = room ? room.memberCount() : 0;
   const live = room && room.joined === "yes";
   let sub;
   if (!isRoom) sub = "Direct message · private, not saved";
-  else if (live) sub = `${count} ${count === 1 ? "member" : "members"} online`;
+  else if (live) sub = `${count.toLocaleString()} ${count === 1 ? "member" : "members"} online`;
   else if (S.status !== "connected") sub = "Not connected";
   else sub = room.problem ? `Not joined: ${room.problem}` : "Joining…";
   $("conv-sub").textContent = sub;
-  $("members-count").textContent = live ? String(count) : "";
+  // The badge is small: 12.3K past 9,999 (the header line has the exact number).
+  const badge = count > 9999 ? new Intl.NumberFormat(undefined, { notation: "compact" }).format(count) : String(count);
+  $("members-count").textContent = live ? badge : "";
   $("members-label").textContent = live ? "Members online:" : "Members";
   document.body.classList.toggle("members-stale", !live);
   $("leave-btn").setAttribute("aria-label", isRoom ? `Leave #${view.name}` : `Close conversation with ${view.peer}`);
@@ -375,48 +377,93 @@ export function renderRoomHeader() {
   $("input-label").textContent = label;
 }
 
-export function renderMembers() {
+/** The room whose members the panel shows: the current one, or the DM's. */
+const panelRoom = () => {
   const view = S.current;
-  const room = view instanceof Room ? view : view?.room ? S.rooms.get(view.room) : null;
+  return view instanceof Room ? view : view?.room ? S.rooms.get(view.room) : null;
+};
+
+/**
+ * The member list: a small room's whole list in name order, or a large room's
+ * loaded pages in the server's order (at most MEMBERS_KEEP names either way).
+ * ``firstNew``: scroll to this member (the first of a page just loaded).
+ */
+export function renderMembers(firstNew = null) {
+  const view = S.current;
+  const room = panelRoom();
   const list = $("member-list");
+  renderMembersFoot();
   if (!room) {
     list.replaceChildren(h("li", { class: "side-empty", text: "No shared room." }));
     return;
   }
-  const names = [...room.members.values()].sort((a, b) => a.localeCompare(b, undefined, { sensitivity: "base" }));
-  list.replaceChildren(
-    ...names.map((nick) => {
-      const me = same(nick, S.me);
-      const content = [avatar(nick, "avatar small"), h("span", { class: "member-name", text: nick })];
-      if (me) {
-        return h("li", {}, h("div", { class: "member me-member" }, ...content, h("span", { class: "you", text: "you" })));
-      }
-      return h(
-        "li",
-        {},
-        h(
-          "button",
-          {
-            type: "button",
-            class: "member",
-            title: `Send ${nick} a direct message`,
-            onclick: () => {
-              const dm = ensureDm(nick);
-              if (!dm) return;
-              dm.room = room.name;
-              show(dm);
-              focusComposer();
-            },
-          },
-          ...content,
-          // The name comes from the visible text (so voice control finds "bob"), plus:
-          h("span", { class: "sr-only", text: "(direct message)" }),
-          icon("chat", "icon member-dm"),
-        ),
-      );
-    }),
-  );
+  let names = [...room.members.values()];
+  if (!room.paged) names.sort((a, b) => a.localeCompare(b, undefined, { sensitivity: "base" }));
+  names = names.slice(0, MEMBERS_KEEP);
+  list.replaceChildren(...names.map((nick) => memberItem(room, nick)));
   $("members-h").textContent = view instanceof Dm ? `Members of #${room.name}` : "Members";
+  if (firstNew) {
+    const at = names.indexOf(firstNew);
+    if (at >= 0) list.scrollTop += list.children[at].getBoundingClientRect().top - list.getBoundingClientRect().top;
+  }
+}
+
+function memberItem(room, nick) {
+  const me = same(nick, S.me);
+  const content = [avatar(nick, "avatar small"), h("span", { class: "member-name", text: nick })];
+  if (me) {
+    return h("li", {}, h("div", { class: "member me-member" }, ...content, h("span", { class: "you", text: "you" })));
+  }
+  return h(
+    "li",
+    {},
+    h(
+      "button",
+      {
+        type: "button",
+        class: "member",
+        title: `Send ${nick} a direct message`,
+        onclick: () => {
+          const dm = ensureDm(nick);
+          if (!dm) return;
+          dm.room = room.name;
+          show(dm);
+          focusComposer();
+        },
+      },
+      ...content,
+      // The name comes from the visible text (so voice control finds "bob"), plus:
+      h("span", { class: "sr-only", text: "(direct message)" }),
+      icon("chat", "icon member-dm"),
+    ),
+  );
+}
+
+/** Under the list: how many are not listed, and the buttons that page through a large room. */
+export function renderMembersFoot() {
+  const room = panelRoom();
+  const foot = $("members-foot");
+  const listed = room ? Math.min(room.members.size, MEMBERS_KEEP) : 0;
+  const earlier = room && room.paged ? room.membersSkipped : 0;
+  const more = room ? Math.max(0, room.memberCount() - earlier - listed) : 0;
+  foot.hidden = !room || (!earlier && !more && !room.membersMore);
+  if (foot.hidden) return;
+  const parts = [];
+  if (earlier) parts.push(`${earlier.toLocaleString()} earlier`);
+  if (more) parts.push(`${more.toLocaleString()} more`);
+  else if (room.membersMore) parts.push("more");
+  $("members-more-text").textContent = parts.join(" · ");
+  const busy = Boolean(room.whoBusy);
+  const live = room.joined === "yes";
+  const moreBtn = $("members-more");
+  moreBtn.hidden = !(room.paged && room.membersMore);
+  moreBtn.disabled = busy || !live;
+  moreBtn.textContent = busy && room.whoBusy.after !== null ? "Loading…" : "Show more";
+  const topBtn = $("members-top");
+  topBtn.hidden = !earlier;
+  topBtn.disabled = busy || !live;
+  moreBtn.onclick = () => showMoreMembers(room);
+  topBtn.onclick = () => askMembers(room, null, true);
 }
 
 export function renderTyping() {

@@ -1,8 +1,8 @@
 import { $, h, icon, same } from "./util.js";
-import { DEFAULT_ROOM, pageSize, TYPING_SHOWN, GHOST_WAIT, RETRY_SEND, KEYS, store, session, S } from "./state.js";
+import { DEFAULT_ROOM, pageSize, TYPING_SHOWN, GHOST_WAIT, RETRY_SEND, MEMBERS_PAGE, MEMBERS_KEEP, KEYS, store, session, S } from "./state.js";
 import { wsSend, join, retryAfter } from "./connection.js";
 import { resolvePending, savePending, flush, pump } from "./outbox.js";
-import { renderStatus, renderPendingStates, renderMessage, addRoomMessage, placeAtEnd, renderHistoryTop, onViewScroll, scrollToBottom, liveArrival, renderRoomList, renderBrowse, renderDmList, renderRoomHeader, renderMembers, renderTyping, renderMe, toast } from "./render.js";
+import { renderStatus, renderPendingStates, renderMessage, addRoomMessage, placeAtEnd, renderHistoryTop, onViewScroll, scrollToBottom, liveArrival, renderRoomList, renderBrowse, renderDmList, renderRoomHeader, renderMembers, renderMembersFoot, renderTyping, renderMe, announce, toast } from "./render.js";
 import { show, askNick, showNickError, closeNickDialog } from "./ui.js";
 
 export class View {
@@ -47,11 +47,23 @@ export class Room extends View {
     this.hasMore = null;
     this.historyBusy = null; // the outstanding history request {before}
     this.loadedLatest = false;
-    this.members = new Map(); // lowercased -> nick
+    this.members = new Map(); // lowercased -> nick: the whole list, or a large room's loaded pages
+    this.count = 0; // members, as the server counts them (room, members and presence frames)
+    this.large = false; // the server says large: presence carries the count only
+    this.paged = false; // `members` holds pages (server order), not the whole list
+    this.membersMore = false; // more members after the loaded ones
+    this.membersSkipped = 0; // members before the loaded ones (the window slid past them)
+    this.whoBusy = null; // the outstanding `who` request {after}
+    this.whoTimer = null;
     this.typers = new Map(); // nick -> timer
     this.nickWaitSince = 0;
     this.retryTimer = null;
     this.problem = null; // why the room is not joined, for the header
+  }
+
+  /** Members to show in the header: the list's size, or the server's count while paged. */
+  memberCount() {
+    return this.paged || this.large ? this.count : this.members.size;
   }
 }
 
@@ -168,41 +180,157 @@ export function maybeLoadOlder(room) {
   if (S.current === room && room.el.scrollTop < 160) loadOlder(room);
 }
 
+/** The room's members are on screen (its own view, or a DM that goes through it). */
+const membersShown = (room) => S.current === room || (S.current instanceof Dm && S.current.room === room.name);
+
+const nickOf = (x) => (x && typeof x.nick === "string" && x.nick ? x.nick : null);
+
+/** The server's count, when it is a sane one. */
+const countOf = (n, fallback) => (Number.isInteger(n) && n >= 0 ? n : fallback);
+
 export function onPresence(f) {
   const room = S.rooms.get(f.room);
   if (!room) return;
-  if (f.type === "joined") {
-    room.members.set(f.nick.toLowerCase(), f.nick);
-  } else if (f.type === "left") {
-    room.members.delete(f.nick.toLowerCase());
-    stopTyper(room, f.nick);
-  } else {
-    room.members.delete(f.old.toLowerCase());
-    room.members.set(f.nick.toLowerCase(), f.nick);
-    stopTyper(room, f.old);
-    if (same(f.old, S.me)) confirmNick(f.nick);
-    const dm = S.dms.get(f.old.toLowerCase());
-    if (dm && !S.dms.has(f.nick.toLowerCase())) {
-      S.dms.delete(dm.key);
-      dm.key = f.nick.toLowerCase();
-      dm.peer = f.nick;
-      S.dms.set(dm.key, dm);
-      renderDmList();
-      if (S.current === dm) renderRoomHeader();
+  if (f.type === "presence") {
+    room.count = countOf(f.count, room.count);
+    if (f.large === true) return onLargePresence(room);
+    if (room.large) {
+      // Small again: the pages we hold are not the list. Fetch it once, then
+      // apply frames from there (docs/protocol.md, presence).
+      room.large = false;
+      room.membersMore = false;
+      askMembers(room, null);
     }
   }
-  if (S.current === room || (S.current instanceof Dm && S.current.room === room.name)) {
+  // A tick's changes, applied as one step (docs/protocol.md, presence): every
+  // left and every renamed old out, then every renamed nick and joined in.
+  // joined/left/renamed are a tick with a single change.
+  const list = (key, one) => (f.type === "presence" ? (Array.isArray(f[key]) ? f[key] : []) : f.type === one ? [f] : []);
+  const left = list("left", "left").map(nickOf).filter(Boolean);
+  const joined = list("joined", "joined").map(nickOf).filter(Boolean);
+  const renamed = list("renamed", "renamed").filter((r) => nickOf(r) && typeof r.old === "string" && r.old);
+  for (const nick of left) {
+    room.members.delete(nick.toLowerCase());
+    stopTyper(room, nick);
+  }
+  for (const r of renamed) room.members.delete(r.old.toLowerCase());
+  for (const r of renamed) {
+    room.members.set(r.nick.toLowerCase(), r.nick);
+    stopTyper(room, r.old);
+    if (same(r.old, S.me)) confirmNick(r.nick);
+    renameDm(r.old, r.nick);
+  }
+  for (const nick of joined) room.members.set(nick.toLowerCase(), nick);
+  if (membersShown(room)) {
     renderMembers();
     renderRoomHeader();
   }
 }
 
-export function setMembers(room, members) {
-  room.members = new Map(members.map((n) => [n.toLowerCase(), n]));
-  if (S.current === room) {
+/** A large room's presence: its count only (the lists are empty). */
+function onLargePresence(room) {
+  if (!room.large) {
+    // It just became large: the list we hold is no longer kept up to date;
+    // show the first page instead, and the count.
+    room.large = true;
+    askMembers(room, null);
+  }
+  if (membersShown(room)) {
+    renderMembersFoot();
+    renderRoomHeader();
+  }
+}
+
+function renameDm(old, nick) {
+  const dm = S.dms.get(old.toLowerCase());
+  if (dm && !S.dms.has(nick.toLowerCase())) {
+    S.dms.delete(dm.key);
+    dm.key = nick.toLowerCase();
+    dm.peer = nick;
+    S.dms.set(dm.key, dm);
+    renderDmList();
+    if (S.current === dm) renderRoomHeader();
+  }
+}
+
+const nickList = (names) => (Array.isArray(names) ? names.filter((n) => typeof n === "string" && n) : []);
+
+/** A `room` frame's member list or a `who` answer without `after`: all, or a large room's first page. */
+export function setMembers(room, f) {
+  const names = nickList(f.members);
+  room.members = new Map(names.map((n) => [n.toLowerCase(), n]));
+  room.count = countOf(f.count, names.length);
+  room.membersMore = f.has_more === true;
+  room.large = room.membersMore || room.count > names.length;
+  room.paged = room.large;
+  room.membersSkipped = 0;
+  if (membersShown(room)) {
     renderMembers();
     renderRoomHeader();
   }
+}
+
+/** The answer to `who`: the first page (or whole list), or the next page of a large room. */
+export function onMembers(f) {
+  const room = S.rooms.get(f.room);
+  if (!room) return;
+  const asked = room.whoBusy;
+  room.whoBusy = null;
+  if (typeof f.after !== "string") {
+    setMembers(room, f);
+    if (asked?.top && membersShown(room)) $("member-list").scrollTop = 0;
+    return;
+  }
+  // A next page counts only if it continues the pages we hold.
+  if (!room.paged || !asked || asked.after !== f.after) {
+    if (membersShown(room)) renderMembersFoot();
+    return;
+  }
+  const names = nickList(f.members);
+  for (const n of names) room.members.set(n.toLowerCase(), n);
+  room.count = countOf(f.count, room.count);
+  room.membersMore = f.has_more === true;
+  // The panel holds at most MEMBERS_KEEP: the earliest make room for the new page.
+  const over = room.members.size - MEMBERS_KEEP;
+  if (over > 0) {
+    for (const key of [...room.members.keys()].slice(0, over)) room.members.delete(key);
+    room.membersSkipped += over;
+  }
+  if (membersShown(room)) {
+    renderMembers(names[0]);
+    renderRoomHeader();
+    announce(`${names.length} more ${names.length === 1 ? "member" : "members"} listed`);
+  }
+}
+
+/** Ask for the first page (`after` null; `top`: the reader asked) or the page after `after`. */
+export function askMembers(room, after, top = false) {
+  clearTimeout(room.whoTimer);
+  if (room.joined !== "yes") return;
+  const frame = { type: "who", room: room.name };
+  if (after !== null) {
+    frame.after = after;
+    frame.limit = MEMBERS_PAGE;
+  }
+  if (!wsSend(frame)) return;
+  room.whoBusy = { after, top };
+  if (membersShown(room)) renderMembersFoot();
+}
+
+/** "Show more": the page after the last member listed (one request at a time). */
+export function showMoreMembers(room) {
+  if (room.whoBusy || !room.membersMore || !room.members.size) return;
+  askMembers(room, [...room.members.values()].at(-1));
+}
+
+/** A `who` was refused: allow another try; a list we need is asked again later. */
+function onWhoError(room, f) {
+  const asked = room.whoBusy;
+  room.whoBusy = null;
+  if (membersShown(room)) renderMembersFoot();
+  if (!asked) return;
+  if (["rate_limited", "unavailable"].includes(f.code)) room.whoTimer = setTimeout(() => askMembers(room, asked.after), 1500);
+  else if (asked.after !== null) toast(`Could not list more members of #${room.name}: ${f.message || f.code}`, "error");
 }
 
 export function onTyping(f) {
@@ -329,6 +457,7 @@ export function onError(f) {
     pump();
     return;
   }
+  if (f.ref === "who" && room) return onWhoError(room, f);
   if (f.ref === "nick") {
     const text = f.code === "nick_taken" ? `That nickname is taken${f.room ? ` in #${f.room}` : ""}.` : `That is not a valid nickname: ${S.rules.nick}`;
     return $("nick-dialog").open ? showNickError(text) : askNick(text);

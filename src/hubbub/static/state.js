@@ -46,6 +46,12 @@ export const KEEP_AFTER_PRUNE = 1000; // ...when the reader is at the bottom (ol
 
 export const SLOW_LINGER = 2000; // ms the "slow down" note stays after the last message held back
 
+// A large room's member list (docs/protocol.md, who) is read a page at a time, and
+// the panel keeps at most MEMBERS_KEEP names: past that, the earliest make room.
+export const MEMBERS_PAGE = 100;
+
+export const MEMBERS_KEEP = 500;
+
 export const RETRY_SEND = [1000, 2000]; // ms before a send refused as unavailable is tried again
 
 // The server's limits until its welcome frame tells the real ones (docs/protocol.md).
