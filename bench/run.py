@@ -210,6 +210,7 @@ def load_results(raw: Path, parser: argparse.ArgumentParser) -> tuple[Plan, RunI
         results=saved["results"],
         default_rounds=meta.get("default_rounds", 3),
         budget_s=meta.get("budget"),
+        skipped=[tuple(m) for m in meta.get("skipped", [])],
     )
     return plan, (meta["elapsed"], meta["command"], meta["facts"])
 
@@ -261,6 +262,7 @@ def run_and_save(
                     "default_rounds": plan.default_rounds,
                     "budget": plan.budget_s,
                     "estimate": plan.estimate_s(),
+                    "skipped": plan.skipped,
                     "elapsed": elapsed,
                     "command": command,
                     "facts": facts,

@@ -492,6 +492,7 @@ def _method(ctx: Context) -> list[str]:
         "noisy": sum(a.get("noisy_rounds", 0) for per in agg.values() for a in per.values()),
         "minutes": ctx.elapsed / 60,
         "budget": _budget_text(ctx.plan.budget_s),
+        "skipped": _skipped_text(ctx.plan),
         "estimate": (
             f" (about {ctx.plan.estimate_s() / 60:.1f} without waits or repeats, "
             "estimated from its plan)"
@@ -501,6 +502,15 @@ def _method(ctx: Context) -> list[str]:
         ),
     }
     return ["## Method and machine", "", *(line.format(**fields) for line in METHOD), ""]
+
+
+def _skipped_text(plan: Plan) -> str:
+    if not plan.skipped:
+        return "none"
+    names = ", ".join(
+        f"{SERVERS[name].title} {scenario} round {r + 1}" for r, name, scenario in plan.skipped
+    )
+    return f"{len(plan.skipped)} ({names})"
 
 
 def _budget_text(budget: float | None) -> str:

@@ -56,12 +56,22 @@ class Plan:
     #: Rounds of a scenario whose options do not say (``rounds``).
     default_rounds: int = 3
     results: dict[str, dict[str, list[dict[str, Any]]]] = field(default_factory=dict)
+    #: (round, server, scenario) of the measurements skipped to keep to the budget.
+    skipped: list[tuple[int, str, str]] = field(default_factory=list)
 
     def rounds_of(self, scenario: str, server: str | None = None) -> int:
         """Rounds of ``scenario`` (of ``server``'s measurements, if its options cap them)."""
         o = self.options.get(scenario, {})
         rounds = int(o.get("rounds", self.default_rounds))
         return min(rounds, int(o.get("rounds_by_server", {}).get(server, rounds)))
+
+    def floor(self, scenario: str, server: str) -> int:
+        """Rounds of ``scenario`` against ``server`` that are run even behind the budget."""
+        o = self.options.get(scenario, {})
+        rounds = self.rounds_of(scenario, server)
+        if server in o.get("rounds_by_server", {}):
+            return min(1, rounds)
+        return min(rounds, int(o.get("min_rounds", rounds)))
 
     def measurements(self) -> list[tuple[int, str, str]]:
         """(round, server, scenario) of every measurement, in the order they run."""
@@ -120,46 +130,13 @@ def make_plan(args: argparse.Namespace) -> Plan:
             "reconnect_storm": {"clients": 1000, "rooms": 10, "history": 20, "missed": 10},
         }
     else:
-        room = {"clients": 1000, "senders": 10, "window": 4, "size": 100}
-        # The issue's steady rates, 5 rounds each (p99 varies most from run to run).
-        # hubbub without its compiled path is no peer: 3 rounds show what that path buys.
-        steady = {
-            **room,
-            "rates": [20.0, 80.0],
-            "duration": 2.5,
-            "warmup": 1.0,
-            "rounds": 5,
-            "rounds_by_server": {"hubbub_nospeedups": 3},
-        }
-        # Saturation: what varies least between rounds (deliveries per server CPU-second)
-        # needs neither many rounds nor long windows.
-        saturation = {**room, "duration": args.duration, "warmup": 1.0, "rounds": 2}
-        options = {
-            "fanout": saturation,
-            "steady": steady,
-            # Memory per idle connection varies by less than 1% between rounds.
-            "idle": {"idle_clients": 10_000, "idle_steps": 10, "rounds": 1},
-            # Node's JIT needs about 2 s of this load to reach its steady rate
-            # (seen in the connection-rate chart); measured before that, Node ws,
-            # the baseline of every ratio, would look slower than it is.
-            "connect": {"duration": args.duration, "warmup": 2.5, "connect_concurrency": 32},
-            "chat_fanout": saturation,
-            "chat_steady": steady,
-            # Two rounds of each storm (a hubbub reconnect storm takes 20 to 60 s here).
-            "join_storm": {"sizes": [1000, 2000, 10_000], "rounds": 2},
-            "reconnect_storm": {
-                "clients": 10_000,
-                "rooms": 10,
-                "history": 50,
-                "missed": 20,
-                "rounds": 2,
-            },
-        }
+        options = full_options(args)
     rounds = args.rounds if args.rounds else (1 if args.quick else 3)
     if args.rounds:
         for o in options.values():
             o.pop("rounds", None)
             o.pop("rounds_by_server", None)
+            o.pop("min_rounds", None)
     return Plan(
         rounds=max([rounds, *(o.get("rounds", 0) for o in options.values())]),
         servers=args.servers,
@@ -174,6 +151,53 @@ def make_plan(args: argparse.Namespace) -> Plan:
         ),
         default_rounds=rounds,
     )
+
+
+def full_options(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
+    """The full run's scenarios. ``rounds``: how many; ``min_rounds``: how many are kept when
+    the run falls behind its budget (the rest are skipped: see :func:`execute`). The
+    steady rates and the storms are never cut; a server whose rounds are capped
+    (``rounds_by_server``) is no peer, and one round is its floor."""
+    room = {"clients": 1000, "senders": 10, "window": 4, "size": 100}
+    # The issue's steady rates, 5 rounds each (p99 varies most from run to run).
+    # hubbub without its compiled path is no peer: 3 rounds show what that path buys.
+    steady = {
+        **room,
+        "rates": [20.0, 80.0],
+        "duration": 2.5,
+        "warmup": 1.0,
+        "rounds": 5,
+        "rounds_by_server": {"hubbub_nospeedups": 3},
+    }
+    # Saturation: what varies least between rounds (deliveries per server CPU-second)
+    # needs neither many rounds nor long windows.
+    saturation = {**room, "duration": args.duration, "warmup": 1.0, "rounds": 2, "min_rounds": 1}
+    return {
+        "fanout": saturation,
+        "steady": steady,
+        # Memory per idle connection varies by less than 1% between rounds.
+        "idle": {"idle_clients": 10_000, "idle_steps": 10, "rounds": 1},
+        # Node's JIT needs about 2 s of this load to reach its steady rate
+        # (seen in the connection-rate chart); measured before that, Node ws,
+        # the baseline of every ratio, would look slower than it is.
+        "connect": {
+            "duration": args.duration,
+            "warmup": 2.5,
+            "connect_concurrency": 32,
+            "min_rounds": 2,
+        },
+        "chat_fanout": saturation,
+        "chat_steady": steady,
+        # Two rounds of each storm (a hubbub reconnect storm takes 20 to 60 s here).
+        "join_storm": {"sizes": [1000, 2000, 10_000], "rounds": 2},
+        "reconnect_storm": {
+            "clients": 10_000,
+            "rooms": 10,
+            "history": 50,
+            "missed": 20,
+            "rounds": 2,
+        },
+    }
 
 
 def server_order(servers: list[str], round_index: int) -> list[str]:
@@ -272,7 +296,16 @@ async def _measure(
 
 
 #: Plan options that are not :class:`hubbub.bench.options.Options` fields.
-_PLAN_KEYS = ("rounds", "rounds_by_server", "rates", "sizes", "rooms", "history", "missed")
+_PLAN_KEYS = (
+    "rounds",
+    "rounds_by_server",
+    "min_rounds",
+    "rates",
+    "sizes",
+    "rooms",
+    "history",
+    "missed",
+)
 
 
 def merge_parts(parts: list[dict[str, Any]], prefix: str, key: str) -> dict[str, Any]:
@@ -342,6 +375,9 @@ class Clock:
         """Seconds to spare: the budget minus the time spent and the rest of the plan."""
         return self.budget - (time.monotonic() - self.start) - self.pace * self.remaining
 
+    def skip(self, estimate: float) -> None:
+        self.remaining -= estimate
+
     def done(self, estimate: float, took: float) -> None:
         self.remaining -= estimate
         self.took += took
@@ -352,7 +388,9 @@ def execute(plan: Plan, tmp: Path, log: Callable[[str], None]) -> None:
     """Every measurement of the plan, rounds alternating the server order. Before one,
     wait (up to 30 s) for a quiet machine, and run one again (up to ``plan.retries``
     times) if other processes used the CPUs meanwhile: both only with time to spare
-    (:class:`Clock`), so that a busy machine cannot stretch the run beyond its budget."""
+    (:class:`Clock`), so that a busy machine cannot stretch the run beyond its budget.
+    Behind the budget, the rounds above a scenario's floor (:meth:`Plan.floor`) are
+    skipped."""
     clock = Clock(plan)
     log(
         f"plan: {len(plan.measurements())} measurements, about {clock.remaining:.0f} s "
@@ -366,10 +404,15 @@ def execute(plan: Plan, tmp: Path, log: Callable[[str], None]) -> None:
             last_round = r
             log(f"round {r + 1}/{plan.rounds}: {', '.join(server_order(plan.servers, r))}")
         est = estimate(plan, name, scenario)
+        if r >= plan.floor(scenario, name) and clock.slack() < 0:
+            clock.skip(est)
+            plan.skipped.append((r, name, scenario))
+            log(f"  {name:<10} {scenario:<8} round {r + 1} skipped: the run is behind its budget")
+            continue
         t = time.monotonic()
         for attempt in range(1 + plan.retries):
-            if clock.slack() > 2.0:
-                wait_quiet(log, min(30.0, clock.slack()))
+            if clock.slack() > 4.0:  # half of it at most: some is kept for repeats
+                wait_quiet(log, min(30.0, clock.slack() / 2))
             t_run = time.monotonic()
             result = run_one(SERVERS[name], scenario, plan, tmp, r)
             result["attempts"] = attempt + 1

@@ -157,7 +157,10 @@ METHOD = (
     "{noisy_pct:.0f}% of a core is run again (up to {retries} times). Both only while "
     "the rest of the plan still fits in the run's budget ({budget}), so that a busy machine "
     "cannot stretch the run beyond it. "
-    "In this run: {repeats} measurement(s) repeated, {noisy} kept although noisy.",
+    "Behind the budget, rounds beyond a scenario's floor are skipped (never those of "
+    "the steady rates or the storms). "
+    "In this run: {repeats} measurement(s) repeated, {noisy} kept although noisy, "
+    "{skipped} skipped.",
     "- This run took {minutes:.1f} minutes{estimate}.",
 )
 REPRODUCE = """\

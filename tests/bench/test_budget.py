@@ -80,16 +80,19 @@ def test_the_plan_keeps_what_the_issues_ask() -> None:
         assert count[(name, "join_storm")] == count[(name, "reconnect_storm")] == 2
 
 
-def _fake_plan(budget: float, retries: int = 2) -> Any:
+def _fake_plan(budget: float, retries: int = 2, fanout: bool = False) -> Any:
     load_bench_run()
     from benchrun.running import Plan
 
     steady = {"clients": 10, "rates": [20.0], "warmup": 0.1, "duration": 0.1, "rounds": 2}
+    options = {"steady": steady}
+    if fanout:
+        options["fanout"] = {"clients": 10, "rounds": 2, "min_rounds": 1}
     return Plan(
         rounds=2,
         servers=["hubbub", "node_ws"],
-        scenarios=["steady"],
-        options={"steady": steady},
+        scenarios=list(options),
+        options=options,
         quick=False,
         retries=retries,
         budget_s=budget,
@@ -125,8 +128,6 @@ def _run_noisy(monkeypatch: pytest.MonkeyPatch, plan: Any, tmp_path: Path) -> tu
     # Each fake measurement is estimated at 10 s.
     monkeypatch.setattr(running, "estimate", lambda plan, name, scenario: 10.0)
     running.execute(plan, tmp_path, lambda text: None)
-    for per in plan.results.values():
-        assert [len(rs) for rs in per.values()] == [2]
     return calls["run"], calls["wait"]
 
 
@@ -173,3 +174,25 @@ def test_scaleout_rounds_alternate_the_order() -> None:
     orders = [so.round_order(["a", "b", "c"], r) for r in range(6)]
     # Every server is first, and last, in some round.
     assert {o[0] for o in orders} == {o[-1] for o in orders} == {"a", "b", "c"}
+
+
+def test_behind_the_budget_rounds_above_the_floor_are_skipped(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Eight measurements of 10 s in a 60 s budget: the second round of fan-out (floor 1)
+    is skipped for both servers, never a steady-rate round."""
+    plan = _fake_plan(60.0, retries=0, fanout=True)
+    runs, waits = _run_noisy(monkeypatch, plan, tmp_path)
+    assert (runs, waits) == (6, 0)
+    assert sorted(plan.skipped) == [(1, "hubbub", "fanout"), (1, "node_ws", "fanout")]
+    for per in plan.results.values():
+        assert len(per["steady"]) == 2 and len(per["fanout"]) == 1
+
+
+def test_floors_of_the_default_plan() -> None:
+    plan = _default_plan()
+    assert plan.floor("steady", "hubbub") == plan.floor("steady", "picows") == 5
+    assert plan.floor("chat_steady", "socketio_node") == 5
+    assert plan.floor("reconnect_storm", "hubbub") == plan.floor("join_storm", "node_ws") == 2
+    assert plan.floor("steady", "hubbub_nospeedups") == 1
+    assert plan.floor("fanout", "hubbub") == 1 and plan.floor("connect", "node_ws") == 2
