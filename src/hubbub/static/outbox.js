@@ -157,7 +157,8 @@ export function setSlowed(on) {
 export function dmRoute(dm) {
   const hinted = dm.room ? S.rooms.get(dm.room) : null;
   const key = dm.peer.toLowerCase();
-  if (hinted && hinted.joined === "yes" && hinted.members.has(key)) return hinted;
+  // A large room's panel holds pages of its list only: trust the room the conversation used.
+  if (hinted && hinted.joined === "yes" && (hinted.members.has(key) || hinted.paged)) return hinted;
   for (const room of S.rooms.values()) {
     if (room.joined === "yes" && room.members.has(key)) return room;
   }
