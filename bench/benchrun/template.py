@@ -158,7 +158,7 @@ METHOD = (
     "the rest of the plan still fits in the run's budget ({budget}), so that a busy machine "
     "cannot stretch the run beyond it. "
     "Behind the budget, rounds beyond a scenario's floor are skipped (never those of "
-    "the steady rates or the storms). "
+    "the steady rates; a storm keeps one). "
     "In this run: {repeats} measurement(s) repeated, {noisy} kept although noisy, "
     "{skipped} skipped.",
     "- This run took {minutes:.1f} minutes{estimate}.",

@@ -61,8 +61,8 @@ def test_default_plans_fit_their_budgets_with_time_to_spare() -> None:
 
 def test_the_plan_keeps_what_the_issues_ask() -> None:
     """Steady rates of 20 and 80 messages/s into 1,000 clients, at least 5 rounds for hubbub
-    and every peer (Node ws and picows in seed mode, Node socket.io in chat mode), both
-    storms at full size, in 2 rounds."""
+    and every peer (Node ws and picows in seed mode, Node socket.io in chat mode) even
+    behind the budget, both storms at full size, in 2 rounds."""
     plan = _default_plan()
     count: dict[tuple[str, str], int] = {}
     for _r, name, scenario in plan.measurements():
@@ -71,9 +71,9 @@ def test_the_plan_keeps_what_the_issues_ask() -> None:
         assert plan.options[scenario]["rates"] == [20.0, 80.0]
         assert plan.options[scenario]["clients"] == 1000
     for name in ("hubbub", "node_ws", "picows"):
-        assert count[(name, "steady")] >= 5
+        assert count[(name, "steady")] >= 5 and plan.floor("steady", name) >= 5
     for name in ("hubbub", "socketio_node"):
-        assert count[(name, "chat_steady")] >= 5
+        assert count[(name, "chat_steady")] >= 5 and plan.floor("chat_steady", name) >= 5
     assert plan.options["join_storm"]["sizes"] == [1000, 2000, 10_000]
     assert plan.options["reconnect_storm"]["clients"] == 10_000
     for name in ("hubbub", "node_ws"):
@@ -193,6 +193,6 @@ def test_floors_of_the_default_plan() -> None:
     plan = _default_plan()
     assert plan.floor("steady", "hubbub") == plan.floor("steady", "picows") == 5
     assert plan.floor("chat_steady", "socketio_node") == 5
-    assert plan.floor("reconnect_storm", "hubbub") == plan.floor("join_storm", "node_ws") == 2
+    assert plan.floor("reconnect_storm", "hubbub") == plan.floor("join_storm", "node_ws") == 1
     assert plan.floor("steady", "hubbub_nospeedups") == 1
     assert plan.floor("fanout", "hubbub") == 1 and plan.floor("connect", "node_ws") == 2
