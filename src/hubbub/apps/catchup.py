@@ -32,12 +32,35 @@ replays the history once, for the second join.
 A join creates its room in the store here (``create_room``); a room delete
 waits for the catch-ups of the room (:meth:`Catchups.wait_room`), so that no
 ``create_room`` runs after the delete.
+
+Shared reads. The members of a room that catch up at the same time (a
+reconnect storm: every member of the room asks for the same few messages) share
+their store reads. Each room has at most one read in progress
+(:class:`_RoomReads`); the catch-ups that ask while it runs are served together
+by the next one. A catch-up asks first for the room's state (``create_room``:
+this read begins after the catch-up was registered and subscribed, since it
+asked before the read began, which is all the invariant above needs of "the
+store is read"), sends the ``room`` frame, then asks for its replay: one read
+serves every catch-up of the room waiting then with one page of messages after
+the smallest ``since`` among them, encoded once. Each takes its slice and sends
+it with ``resumed`` in one loop tick (one write); one that the page does not
+cover (its ``since`` is past the page, or its replay is longer) asks again. A
+replay found to have a hole (messages deleted by retention after the room's
+state was read) ends in ``reset`` (``retention``), never in ``resumed``.
+
+Memory: a room's reads hold one page at a time, at most ``chunk`` messages
+(200, each at most ``max_message_size``) and their encoded frames; a catch-up
+keeps a page only while it sends from it, never across an ``await``: one that
+must wait for its client to read (its send buffer past half of
+``max_send_buffer``) lets the page go and asks again afterwards. Every replay
+is still capped by ``max_resume`` (a ``reset`` beyond it).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from bisect import bisect_right
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
@@ -53,10 +76,76 @@ log = logging.getLogger("hubbub.chat")
 
 TEXT = WEBSOCKET_OPCODE_TEXT
 
-#: Messages read from the store and sent in one step of a replay.
+#: Messages read from the store in one (shared) read: a page of a replay.
 REPLAY_CHUNK = 200
 #: Seconds between two looks at a connection's send buffer while it drains.
 DRAIN_POLL = 0.005
+#: Bytes counted for each frame on top of its payload while a replay is sent (a
+#: WebSocket header is at most 10, a session's framing a few more): the send buffer
+#: is looked at only when this estimate passes half of ``max_send_buffer``.
+FRAME_OVERHEAD = 64
+
+
+class _Page:
+    """What one shared read found: the room's state (when a first read asked for it)
+    and up to ``limit`` stored messages after ``after``, each encoded once."""
+
+    __slots__ = ("complete", "meta", "payloads", "seqs", "start")
+
+    def __init__(
+        self, meta: RoomMeta | None, after: int, messages: list[p.Message], limit: int
+    ) -> None:
+        self.meta = meta
+        self.start = after
+        self.seqs = [m.seq for m in messages]
+        self.payloads = [p.encode(m) for m in messages]
+        #: Nothing was stored after the page's last message when it was read.
+        self.complete = len(messages) < limit
+
+    def span(self, since: int, upto: int) -> tuple[int, int] | None:
+        """Where ``(since, upto]`` is in this page: ``(i, j)``, ``i < j``, when
+        ``seqs[i:j]`` holds it from ``since + 1`` on without a hole; ``(0, 0)`` when
+        the page does not reach it (read again from ``since``); None when
+        ``since + 1`` (or a later one up to ``upto``) is no longer stored: it was
+        deleted (retention) since the room's state was read, a gap."""
+        if since < self.start:
+            return (0, 0)  # read from further on: since + 1 is not in it
+        seqs = self.seqs
+        i = bisect_right(seqs, since)
+        j = bisect_right(seqs, upto, i)
+        if i == j:
+            # Nothing of (since, upto] here: missing if something later is stored.
+            return None if i < len(seqs) or self.complete else (0, 0)
+        if seqs[i] != since + 1 or seqs[j - 1] - seqs[i] != j - 1 - i:
+            return None
+        return (i, j)
+
+    def first_after(self, since: int, default: int) -> int:
+        """The first seq stored after ``since`` in this page (``default`` if none)."""
+        i = bisect_right(self.seqs, since)
+        return self.seqs[i] if i < len(self.seqs) else default
+
+
+class _Ask:
+    """A catch-up waiting for its room's next read: for the room's state (``upto`` is
+    None: a join's first read), or for the stored messages in ``(since, upto]``."""
+
+    __slots__ = ("future", "since", "upto")
+
+    def __init__(self, since: int = 0, upto: int | None = None) -> None:
+        self.since = since
+        self.upto = upto
+        self.future: asyncio.Future[_Page] = asyncio.get_running_loop().create_future()
+
+
+class _RoomReads:
+    """One room's shared reads: the asks waiting for the next read, the reading task."""
+
+    __slots__ = ("asks", "task")
+
+    def __init__(self) -> None:
+        self.asks: list[_Ask] = []
+        self.task: asyncio.Task[Any] | None = None
 
 
 class _Waiting:
@@ -105,6 +194,10 @@ class Catchups:
         # cancels its own).
         self._tasks: dict[str, set[asyncio.Task[Any]]] = {}
         self._by_member: dict[tuple[int, str], asyncio.Task[Any]] = {}
+        # The shared store reads per room (see the module docstring).
+        self._reads: dict[str, _RoomReads] = {}
+        #: Store reads made for catch-ups (a shared read counts once), for tests and metrics.
+        self.reads = 0
 
     def _reply(self, fd: int, frame: p.ServerFrame) -> None:
         self.server.push(fd, p.encode(frame), TEXT)
@@ -118,9 +211,7 @@ class Catchups:
         task = self._spawn(self._catchup(effect, state))
         self._tasks.setdefault(effect.room, set()).add(task)
         self._by_member[(effect.fd, effect.room)] = task
-        task.add_done_callback(
-            lambda t, key=(effect.fd, effect.room): self._task_done(key, t)
-        )
+        task.add_done_callback(lambda t, key=(effect.fd, effect.room): self._task_done(key, t))
 
     def buffer(self, room: str, seq: int | None, payload: bytes) -> None:
         """A frame delivered to ``room``: kept for each member catching up there."""
@@ -187,13 +278,16 @@ class Catchups:
 
     def _task_done(self, key: tuple[int, str], task: asyncio.Task[Any]) -> None:
         _fd, room = key
+        self._untrack(room, task)
+        if self._by_member.get(key) is task:
+            del self._by_member[key]
+
+    def _untrack(self, room: str, task: asyncio.Task[Any]) -> None:
         tasks = self._tasks.get(room)
         if tasks is not None:
             tasks.discard(task)
             if not tasks:
                 del self._tasks[room]
-        if self._by_member.get(key) is task:
-            del self._by_member[key]
 
     def _current(self, fd: int, room: str, state: _Waiting) -> bool:
         """Still this catch-up's member (not left, not replaced by a newer join)."""
@@ -203,7 +297,9 @@ class Catchups:
         fd, room = e.fd, e.room
         try:
             await self._subscribe(fd, room)  # before reading: see the module docstring
-            meta = await self.store.create_room(room)  # a join creates its room
+            # A join creates its room: the shared read's create_room.
+            meta = (await self._ask(room, _Ask())).meta
+            assert meta is not None  # read for every ask of the room's state
             if not self._current(fd, room, state):
                 return
             room_state = self.core.room_state(fd, room, meta.epoch, meta.seq)
@@ -274,9 +370,9 @@ class Catchups:
         return waiting
 
     async def _replay(self, e: Catchup, meta: RoomMeta, state: _Waiting) -> int | None:
-        """Send the messages after ``e.since``, a chunk at a time as the client reads
-        them; return the last seq sent (or ``meta.seq`` after a reset), None if the
-        member is gone."""
+        """Send the messages after ``e.since`` up to ``meta.seq``, from the room's shared
+        pages, as the client reads them; return the last seq sent (or ``meta.seq``
+        after a reset), None if the member is gone."""
         fd, room, since = e.fd, e.room, e.since
         assert since is not None
         reason = None
@@ -291,30 +387,128 @@ class Catchups:
             self._reply(fd, p.Reset(room, meta.epoch, reason, meta.seq, meta.oldest))
             return meta.seq
         last, count = since, 0
-        push = self.server.push
-        half = self.server.settings.max_send_buffer // 2
+        page: _Page | None = None
         while last < meta.seq and not state.overflow:
-            missed = await self.store.since(room, last, min(self.chunk, meta.seq - last))
-            if not self._current(fd, room, state):
-                return None
-            if not missed:
-                break
-            for msg in missed:
-                push(fd, p.encode(msg), TEXT)
-                last, count = msg.seq, count + 1
-                buffered = self.server.buffered(fd)
-                if buffered is None:
+            if page is None:
+                page = await self._ask(room, _Ask(last, meta.seq))
+                if not self._current(fd, room, state):
                     return None
-                if buffered > half:
-                    # Wait for the client to read before sending more (bounded by
-                    # close_timeout); the live frames meanwhile go to the buffer.
-                    if not await self.drained(fd) or not self._current(fd, room, state):
-                        return None
-                    if state.overflow:
-                        break
+            span = page.span(last, meta.seq)
+            if span is None:
+                # Deleted since the room's state was read (retention): a gap the
+                # client must not take for a resume.
+                metrics.resumes.inc("retention")
+                metrics.replayed.inc(amount=count)
+                oldest = page.first_after(last, meta.seq + 1)
+                self._reply(fd, p.Reset(room, meta.epoch, "retention", meta.seq, oldest))
+                return meta.seq
+            i, j = span
+            if i == j:
+                page = None  # not in this page: ask for the next one
+                continue
+            sent = self._send(fd, page.payloads, i, j)
+            if sent is None:
+                return None
+            n, full = sent
+            last, count = page.seqs[i + n - 1], count + n
+            if full:
+                # Wait for the client to read before sending more (bounded by
+                # close_timeout), without the page; the live frames meanwhile go to
+                # the buffer.
+                page = None
+                if not await self.drained(fd) or not self._current(fd, room, state):
+                    return None
         if not state.overflow:
             # (On overflow the caller sends `reset` instead: never both.)
             self._reply(fd, p.Resumed(room, meta.epoch, since, last, count))
             metrics.resumes.inc("resumed")
         metrics.replayed.inc(amount=count)
         return last
+
+    def _send(self, fd: int, payloads: list[bytes], i: int, j: int) -> tuple[int, bool] | None:
+        """Push ``payloads[i:j]`` to ``fd`` until its send buffer passes half of
+        ``max_send_buffer``: how many were pushed and whether it did (then the
+        caller waits), None if the connection is gone."""
+        server = self.server
+        half = server.settings.max_send_buffer // 2
+        buffered = server.buffered(fd)
+        if buffered is None:
+            return None
+        room = half - buffered
+        push = server.push
+        for k in range(i, j):
+            payload = payloads[k]
+            if not push(fd, payload, TEXT):
+                return None
+            room -= len(payload) + FRAME_OVERHEAD
+            if room < 0:
+                # Perhaps past half: look at the real figure.
+                buffered = server.buffered(fd)
+                if buffered is None:
+                    return None
+                if buffered > half:
+                    return k - i + 1, True
+                room = half - buffered
+        return j - i, False
+
+    # -- shared reads ------------------------------------------------------------------
+
+    def _ask(self, room: str, ask: _Ask) -> asyncio.Future[_Page]:
+        """Queue ``ask`` for the room's next read (starting it if none runs)."""
+        reads = self._reads.get(room)
+        if reads is None:
+            reads = self._reads[room] = _RoomReads()
+        reads.asks.append(ask)
+        if reads.task is None:
+            task = reads.task = self._spawn(self._reader(room, reads))
+            self._tasks.setdefault(room, set()).add(task)
+            task.add_done_callback(lambda t, room=room: self._untrack(room, t))
+        return ask.future
+
+    async def _reader(self, room: str, reads: _RoomReads) -> None:
+        """Serve the room's asks, one read for every ask queued before it began."""
+        asks: list[_Ask] = []
+        try:
+            while reads.asks:
+                asks, reads.asks = reads.asks, []
+                asks = [a for a in asks if not a.future.done()]  # not cancelled
+                if not asks:
+                    continue
+                try:
+                    page = await self._read(room, asks)
+                except Exception as exc:
+                    if not isinstance(exc, StoreError):
+                        log.exception("catch-up read of %s failed", room)
+                    for a in asks:
+                        if not a.future.done():
+                            a.future.set_exception(exc)
+                            a.future.exception()  # retrieved: the asker gets it by awaiting
+                    continue
+                for a in asks:
+                    if not a.future.done():
+                        a.future.set_result(page)
+                del page
+                asks = []
+        finally:
+            # Cancelled (the server stops): nobody waits for an answer that never comes.
+            for a in asks + reads.asks:
+                a.future.cancel()
+            reads.task = None
+            if self._reads.get(room) is reads:
+                del self._reads[room]
+
+    async def _read(self, room: str, asks: list[_Ask]) -> _Page:
+        """The store read for ``asks``: the room's state if one of them asks for it,
+        and one page after the smallest ``since`` of those that ask for messages."""
+        meta = None
+        if any(a.upto is None for a in asks):
+            meta = await self.store.create_room(room)
+            self.reads += 1
+        spans = [(a.since, a.upto) for a in asks if a.upto is not None and a.since < a.upto]
+        if not spans:
+            return _Page(meta, 0, [], 0)
+        lo = min(since for since, _ in spans)
+        limit = min(self.chunk, max(upto for _, upto in spans) - lo)
+        messages = await self.store.since(room, lo, limit)
+        self.reads += 1
+        return _Page(meta, lo, messages, limit)
