@@ -218,7 +218,7 @@ def _chat(args: argparse.Namespace) -> int:
 
 
 def config_command(args: argparse.Namespace) -> int:
-    from .config_file import example, report, warnings
+    from .config_file import example, exposure_warnings, report, warnings
 
     if args.config_command == "example":
         sys.stdout.write(example())
@@ -227,7 +227,7 @@ def config_command(args: argparse.Namespace) -> int:
         eff = resolve({}, config=args.file)
     except ConfigError as exc:
         return fail(str(exc), 2)
-    for warning in warnings(eff):
+    for warning in warnings(eff) + exposure_warnings(eff):
         print(f"hubbub: warning: {warning}", file=sys.stderr)
     sys.stdout.write(report(eff))
     return 0

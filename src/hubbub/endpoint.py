@@ -54,8 +54,11 @@ from websockets.frames import CloseCode, Opcode
 from . import metrics
 from .logs import context
 from .transport import session_routes
+from .transport.contract import Refusal
 from .transport.fanout import FanOut
+from .transport.forwarded import forwarded_client, trusted_proxy
 from .transport.guard import AddressCounter, RefusalLog
+from .transport.hosts import host_refusal, is_loopback_address
 from .transport.http import HttpConnection, Request, Response
 from .transport.messages import SECURITY_HEADERS
 from .transport.session import Session
@@ -79,6 +82,12 @@ Targets = tuple[tuple[Callable[[bytes], None], ...], tuple[Conn, ...]]
 def _addresses(setting: str) -> frozenset[str]:
     """``unlimited_addresses``: the client addresses the per-address limits skip."""
     return frozenset(setting.replace(",", " ").split())
+
+
+def _loopback(conn: HttpConnection) -> bool:
+    """Did ``conn`` reach this server on a loopback address?"""
+    local = conn.transport.get_extra_info("sockname") if conn.transport is not None else None
+    return isinstance(local, tuple) and is_loopback_address(str(local[0]))
 
 
 class Frame:
@@ -186,7 +195,9 @@ class ServerEndpoint:
         refused = None
         if s.max_pending_handshakes and self.pending.total >= s.max_pending_handshakes:
             refused = ("max_pending_handshakes", self.pending.total, s.max_pending_handshakes)
-        elif ip not in _addresses(s.unlimited_addresses):
+        elif ip not in _addresses(s.unlimited_addresses) and not trusted_proxy(s, ip):
+            # A trusted proxy's connections are counted against the clients its
+            # requests name (http_request_head).
             if s.max_pending_handshakes_per_ip and (
                 self.pending.get(ip) >= s.max_pending_handshakes_per_ip
             ):
@@ -208,6 +219,42 @@ class ServerEndpoint:
         self.http.add(conn)
         self.per_ip.add(ip)
         self.pending.add(ip)
+        return None
+
+    def http_request_head(self, conn: HttpConnection, request: Request) -> tuple[int, str] | None:
+        s = self.settings
+        via_proxy = False
+        if s.forwarded_allow_ips:
+            peer_ip = conn.peer[0] if conn.peer else ""
+            via_proxy = trusted_proxy(s, peer_ip)
+            client = forwarded_client(s, conn.peer, request.headers) if via_proxy else None
+            if client is not None:
+                request.remote = client
+            ip = peer_ip if client is None else client[0]
+            if ip != conn.ip:
+                refused = self._count_as(conn, ip, peer_ip)
+                if refused is not None:
+                    return Refusal(503, refused, (("Retry-After", "5"),))
+        return host_refusal(
+            request.headers, s.allowed_hosts, functools.partial(_loopback, conn), via_proxy
+        )
+
+    def _count_as(self, conn: HttpConnection, ip: str, proxy: str) -> str | None:
+        """Count ``conn`` against ``ip`` (the client the ``proxy`` named) instead of
+        ``conn.ip``; the reason if ``ip`` is at its ``max_connections_per_ip``."""
+        s = self.settings
+        limit = s.max_connections_per_ip
+        if limit and ip != proxy and ip not in _addresses(s.unlimited_addresses):
+            if self.per_ip.get(ip) >= limit:
+                self.refusals.refused(
+                    "max_connections_per_ip",
+                    f"{self.per_ip.get(ip)} open (limit {limit}), latest from {ip} "
+                    f"through the proxy {proxy}",
+                )
+                return "Too many connections from your address (--max-connections-per-ip)"
+        self.per_ip.remove(conn.ip)
+        self.per_ip.add(ip)
+        conn.ip = ip
         return None
 
     def http_head_complete(self, conn: HttpConnection) -> None:

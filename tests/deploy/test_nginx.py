@@ -197,3 +197,44 @@ async def test_hubbub_gets_the_client_address_scheme_and_keep_alive_from_nginx(
     assert handshake["upgrade"].lower() == "websocket"
     assert handshake["connection"].lower() == "upgrade"
     assert "connection" not in plain  # keep-alive to hubbub, no "Connection: close"
+
+
+async def test_hubbub_takes_the_client_address_from_nginx_when_told_to(
+    make_server, run_nginx, cert: Cert
+) -> None:
+    """With --forwarded-allow-ips naming nginx, hubbub's handlers, connection_info and
+    per-address counts see the client (here 127.0.0.2, a second loopback address), not
+    nginx's 127.0.0.1, even when the client sends an X-Forwarded-For of its own."""
+    remotes: list[Any] = []
+
+    def setup(server: Server) -> None:
+        def on_request(request: Any, response: Any) -> None:
+            remotes.append(request.remote)
+            response.end("ok")
+
+        server.on("request", on_request)
+        server.on("open", lambda ws, request: ws.push(request.fd, "open"))
+
+    server = await make_server(setup, forwarded_allow_ips="127.0.0.1", allowed_hosts="127.0.0.1")
+
+    def from_client() -> int:
+        conn = http.client.HTTPSConnection(
+            "127.0.0.1", ports.https, timeout=10, context=cert.client_context(),
+            source_address=("127.0.0.2", 0),
+        )  # fmt: skip
+        try:
+            conn.request("GET", "/who", headers={"X-Forwarded-For": "6.6.6.6"})
+            return conn.getresponse().status
+        finally:
+            conn.close()
+
+    ports = NginxPorts(server.port, free_port(), free_port())
+    run_nginx(ports)
+    assert await asyncio.to_thread(from_client) == 200
+    assert remotes == [("127.0.0.2", 0)]
+    url = f"wss://127.0.0.1:{ports.https}/"
+    async with connect(url, ssl=cert.client_context(), local_addr=("127.0.0.2", 0)) as ws:
+        assert await recv_all(ws, 1) == ["open"]
+        (fd,) = server.connections
+        assert server.connection_info(fd)["remote_ip"] == "127.0.0.2"
+        assert server._endpoint.per_ip.get("127.0.0.2") == 1

@@ -35,7 +35,7 @@ from typing import Any
 import httptools
 
 from .. import metrics
-from .contract import HttpEndpoint
+from .contract import HttpEndpoint, refusal_parts
 from .guard import origin_refusal
 from .handshake import MAX_HEADERS, compiled_request, is_websocket, negotiate, ws_protocol
 from .messages import (
@@ -173,7 +173,8 @@ class HttpConnection(asyncio.Protocol):
         if self.pending:
             self.pending = False
             self.endpoint.http_head_complete(self)
-        self._handshake(request, True, (head, subprotocol))
+        if self._admitted(request):
+            self._handshake(request, True, (head, subprotocol))
         return True
 
     def _feed(self, data: bytes) -> None:
@@ -330,6 +331,8 @@ class HttpConnection(asyncio.Protocol):
         while self.queue and not self.busy and not self.closing and not self.write_paused:
             request, keep_alive, began, http11 = self.queue.popleft()
             self.answering = (request, began)
+            if not self._admitted(request):
+                return
             if is_websocket(request.headers):
                 self.queue.clear()
                 self._handshake(request, http11)
@@ -357,6 +360,18 @@ class HttpConnection(asyncio.Protocol):
                 return
             if not response.ended:
                 response.end()
+
+    def _admitted(self, request: Request) -> bool:
+        """The endpoint's checks of a complete request head: the client behind a
+        trusted proxy (``request.remote``), the Host (DNS rebinding). False when it
+        was refused (answered; the connection closes)."""
+        denied = self.endpoint.http_request_head(self, request)
+        if denied is None:
+            return True
+        status, reason, headers = refusal_parts(denied)
+        self.queue.clear()
+        self.reject(HTTPStatus(status), reason, headers)
+        return False
 
     def _handler_done(self, task: asyncio.Future[Any], response: Response) -> None:
         self.busy = False
@@ -415,8 +430,12 @@ class HttpConnection(asyncio.Protocol):
             log.error("upgrade handler failed", exc_info=True)
             denied = (500, "Internal Server Error")
         if denied is not None:
-            status, reason = denied
-            self.reject(HTTPStatus(status), reason, [])
+            try:
+                status, reason, headers = refusal_parts(denied)
+            except (TypeError, ValueError):
+                log.error("upgrade handler returned %r", denied)
+                status, reason, headers = 500, "Internal Server Error", []
+            self.reject(HTTPStatus(status), reason, headers)
             return
         proto.accept_called = True
         self.upgraded = True
@@ -500,9 +519,10 @@ class HttpConnection(asyncio.Protocol):
         answering, self.answering = self.answering, None
         if not self.settings.access_log or not access_log.isEnabledFor(logging.INFO):
             return
+        peer = self.peer
         if answering is not None:
             request, began = answering
-            method, path = request.method, request.path
+            method, path, peer = request.method, request.path, request.remote
         else:
             # Refused before the request was complete (400, 408, 413, 431).
             began = self.began
@@ -513,7 +533,7 @@ class HttpConnection(asyncio.Protocol):
                 path = self.url.partition(b"?")[0].decode("latin-1")
         access_log.info(
             '%s "%s %s" %d %d %.1fms',
-            peer_text(self.peer),
+            peer_text(peer),
             log_safe(method, 20),
             log_safe(path),
             status,
@@ -569,7 +589,8 @@ class HttpConnection(asyncio.Protocol):
         if self.closing:
             return
         metrics.handshake_failures.inc(str(status.value))
-        log.info("%s %s from %s: %s", status.value, status.phrase, self.peer, text)
+        peer = self.answering[0].remote if self.answering is not None else self.peer
+        log.info("%s %s from %s: %s", status.value, status.phrase, peer, text)
         hdrs = [("Content-Type", "text/plain; charset=utf-8"), *(headers or [])]
         self.write_response(status.value, status.phrase, hdrs, (text + "\n").encode(), False, "GET")
 
