@@ -56,7 +56,7 @@ from .logs import context
 from .transport import session_routes
 from .transport.contract import Refusal
 from .transport.fanout import FanOut
-from .transport.forwarded import forwarded_client, trusted_proxy
+from .transport.forwarded import forwarded_client, forwarded_tls, trusted_proxy
 from .transport.guard import AddressCounter, RefusalLog
 from .transport.hosts import host_refusal, is_loopback_address
 from .transport.http import HttpConnection, Request, Response
@@ -230,6 +230,11 @@ class ServerEndpoint:
             client = forwarded_client(s, conn.peer, request.headers) if via_proxy else None
             if client is not None:
                 request.remote = client
+            if via_proxy:
+                # The scheme the browser used (its Origin's): TLS ends at the proxy.
+                tls = forwarded_tls(s, request.headers)
+                if tls is not None:
+                    request.tls = tls
             ip = peer_ip if client is None else client[0]
             if ip != conn.ip:
                 refused = self._count_as(conn, ip, peer_ip)

@@ -16,16 +16,10 @@ import pytest
 
 from hubbub import protocol as p
 from hubbub.auth.gate import MAX_DESCRIPTION, bearer_challenge
-from hubbub.endpoint import ServerEndpoint
 from hubbub.transport.contract import Refusal, refusal_parts
 
 from ..transport.test_http import exchange
 from .keys import SECRET, token
-
-needs_transport = pytest.mark.skipif(
-    not hasattr(ServerEndpoint, "http_request_head"),
-    reason="needs the http.py/endpoint.py diff of H7 (refusal headers on the upgrade)",
-)
 
 # -- unit -----------------------------------------------------------------------------
 
@@ -96,7 +90,6 @@ def challenges(reply: Any) -> list[str]:
     return [v for n, v in reply.lines if n.lower() == "www-authenticate"]
 
 
-@needs_transport
 async def test_upgrade_without_a_token_gets_a_bare_bearer_challenge(make_chat: Any) -> None:
     server = await make_chat(auth="token", jwt_secret=SECRET)
     # A plain (seed) client in token mode: no token given.
@@ -108,7 +101,6 @@ async def test_upgrade_without_a_token_gets_a_bare_bearer_challenge(make_chat: A
     assert reply.status == 401 and challenges(reply) == ["Bearer"]
 
 
-@needs_transport
 async def test_upgrade_with_a_refused_token_says_invalid_token(make_chat: Any) -> None:
     server = await make_chat(auth="token", jwt_secret=SECRET)
     expired = token(exp=int(time.time()) - 60)
@@ -124,7 +116,6 @@ async def test_upgrade_with_a_refused_token_says_invalid_token(make_chat: Any) -
     assert challenge.startswith('Bearer error="invalid_token", error_description="')
 
 
-@needs_transport
 async def test_an_upgrade_handler_may_refuse_with_headers(make_server: Any) -> None:
     def setup(server: Any) -> None:
         server.on("upgrade", lambda s, req: (429, "slow down", [("Retry-After", "7")]))

@@ -9,7 +9,6 @@ from __future__ import annotations
 import pytest
 
 from hubbub.config import SettingError, Settings
-from hubbub.endpoint import ServerEndpoint
 from hubbub.transport.hosts import (
     AllowedHosts,
     classify,
@@ -21,11 +20,6 @@ from hubbub.transport.hosts import (
 
 from .test_guard import handshake_status, upgrade
 from .test_http import exchange, open_conn, read_reply
-
-needs_transport = pytest.mark.skipif(
-    not hasattr(ServerEndpoint, "http_request_head"),
-    reason="needs the http.py/endpoint.py diff of H7 (http_request_head)",
-)
 
 # -- unit ------------------------------------------------------------------------------
 
@@ -155,7 +149,6 @@ def get_host(host: str, path: str = "/healthz", extra: str = "") -> bytes:
     return f"GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n{extra}\r\n".encode()
 
 
-@needs_transport
 async def test_a_rebound_name_is_refused_on_loopback(make_chat):
     server = await make_chat()
     port = server.port
@@ -174,7 +167,6 @@ async def test_a_rebound_name_is_refused_on_loopback(make_chat):
     assert await handshake_status(server, f"http://localhost:{port}", f"localhost:{port}") == 101
 
 
-@needs_transport
 async def test_the_list_is_checked_before_any_handler(make_server):
     calls = []
 
@@ -198,7 +190,6 @@ async def test_the_list_is_checked_before_any_handler(make_server):
     assert calls == ["chat.example", "chat.example:9502", "localhost", "192.0.2.7:9502"]
 
 
-@needs_transport
 async def test_a_refused_request_closes_its_connection(make_server):
     server = await make_server(allowed_hosts="chat.example")
     reader, writer = await open_conn(server)
@@ -211,7 +202,6 @@ async def test_a_refused_request_closes_its_connection(make_server):
         writer.close()
 
 
-@needs_transport
 async def test_behind_a_trusted_proxy_the_proxy_decides_without_a_list(make_server):
     server = await make_server(forwarded_allow_ips="127.0.0.1")
     reply, _ = await exchange(

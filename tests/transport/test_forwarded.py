@@ -14,7 +14,6 @@ import pytest
 from websockets.asyncio.client import connect
 
 from hubbub.config import SettingError, Settings
-from hubbub.endpoint import ServerEndpoint
 from hubbub.transport.forwarded import (
     MAX_HOPS,
     BadForwarded,
@@ -28,11 +27,6 @@ from .test_guard import _until, upgrade
 from .test_http import open_conn, read_reply
 
 PROXY = ("127.0.0.1", 40000)
-needs_transport = pytest.mark.skipif(
-    not hasattr(ServerEndpoint, "http_request_head"),
-    reason="needs the http.py/endpoint.py diff of H7 (http_request_head)",
-)
-
 # -- unit: parsing ---------------------------------------------------------------
 
 
@@ -178,7 +172,6 @@ async def remote_seen(server, xff: str | None) -> list:
         writer.close()
 
 
-@needs_transport
 async def test_a_trusted_proxy_names_the_client(make_server, caplog):
     caplog.set_level(logging.INFO, logger="hubbub.access")
     server = await make_server(echo_remote, forwarded_allow_ips="127.0.0.1")
@@ -190,7 +183,6 @@ async def test_a_trusted_proxy_names_the_client(make_server, caplog):
     assert lines[1].startswith("127.0.0.1:")
 
 
-@needs_transport
 async def test_the_header_of_an_untrusted_peer_is_ignored(make_server):
     server = await make_server(echo_remote, forwarded_allow_ips="192.0.2.1")
     assert (await remote_seen(server, "203.0.113.9"))[0] == "127.0.0.1"
@@ -198,7 +190,6 @@ async def test_the_header_of_an_untrusted_peer_is_ignored(make_server):
     assert (await remote_seen(server2, "203.0.113.9"))[0] == "127.0.0.1"
 
 
-@needs_transport
 async def test_a_bad_value_leaves_the_proxy_address_and_is_logged(make_server, caplog):
     caplog.set_level(logging.WARNING, logger="hubbub.forwarded")
     server = await make_server(echo_remote, forwarded_allow_ips="127.0.0.3/32, 127.0.0.1")
@@ -209,7 +200,6 @@ async def test_a_bad_value_leaves_the_proxy_address_and_is_logged(make_server, c
     assert "'garbage' is not an address" in logged[0]
 
 
-@needs_transport
 async def test_keep_alive_connections_of_a_proxy_carry_several_clients(make_server):
     server = await make_server(echo_remote, forwarded_allow_ips="127.0.0.1")
     ep = server._endpoint
@@ -225,7 +215,6 @@ async def test_keep_alive_connections_of_a_proxy_carry_several_clients(make_serv
     assert ep.per_ip.counts == {}
 
 
-@needs_transport
 async def test_the_per_address_limit_applies_to_the_forwarded_client(make_chat):
     server = await make_chat(
         forwarded_allow_ips="127.0.0.1", max_connections_per_ip=2, unlimited_addresses=""
@@ -253,7 +242,6 @@ async def test_the_per_address_limit_applies_to_the_forwarded_client(make_chat):
     await _until(lambda: ep.per_ip.total == 0 and not ep.all)
 
 
-@needs_transport
 async def test_sessions_are_counted_against_the_forwarded_client(make_chat):
     server = await make_chat(forwarded_allow_ips="127.0.0.1")
     reader, writer = await open_conn(server)
@@ -270,3 +258,42 @@ async def test_sessions_are_counted_against_the_forwarded_client(make_chat):
     (session,) = ep.sessions.values()
     assert server.connection_info(session.fd)["remote_ip"] == "203.0.113.9"
     await _until(lambda: ep.per_ip.counts == {"203.0.113.9": 1})
+
+
+async def _upgrade_status(server, origin: str, extra: str) -> int:
+    reader, writer = await open_conn(server)
+    try:
+        head = upgrade(origin, "chat.example.com").decode()
+        writer.write((head[:-2] + extra + "\r\n").encode())
+        return (await read_reply(reader, head_only=True)).status
+    finally:
+        writer.close()
+
+
+async def test_a_trusted_proxy_says_the_browser_used_https(make_chat, tmp_path):
+    """Behind a proxy that ends TLS, a page of https://chat.example.com is the server's
+    own origin when the (trusted) proxy says so with X-Forwarded-Proto or Forwarded."""
+    page = "https://chat.example.com"
+    xfp = "X-Forwarded-Proto: https\r\n"
+    server = await make_chat(forwarded_allow_ips="127.0.0.1", allowed_hosts="chat.example.com")
+    assert await _upgrade_status(server, page, xfp) == 101
+    assert await _upgrade_status(server, page, "") == 403  # the proxy said nothing
+    assert await _upgrade_status(server, page, "X-Forwarded-Proto: http\r\n") == 403
+    assert await _upgrade_status(server, "http://chat.example.com", xfp) == 403
+    # The last value a proxy appended counts, not what the client sent first.
+    assert await _upgrade_status(server, page, "X-Forwarded-Proto: http, https\r\n") == 101
+    rfc = await make_chat(
+        db=str(tmp_path / "rfc.db"),
+        forwarded_allow_ips="127.0.0.1",
+        forwarded_header="forwarded",
+        allowed_hosts="chat.example.com",
+    )
+    fwd = 'Forwarded: for=192.0.2.1;proto=http, for="198.51.100.7";proto=https\r\n'
+    assert await _upgrade_status(rfc, page, fwd) == 101
+    # From a peer that is not a trusted proxy the header is never read.
+    untrusted = await make_chat(
+        db=str(tmp_path / "untrusted.db"),
+        forwarded_allow_ips="192.0.2.1",
+        allowed_hosts="chat.example.com",
+    )
+    assert await _upgrade_status(untrusted, page, xfp) == 403

@@ -224,3 +224,26 @@ def forwarded_client(
     except BadForwarded as exc:
         px.report(ip, exc)
         return None
+
+
+def forwarded_tls(settings: Any, headers: Mapping[str, str]) -> bool | None:
+    """Whether the client reached the trusted proxy over TLS, as the proxy says it:
+    ``X-Forwarded-Proto`` (with ``x-forwarded-for``) or the ``proto`` parameter of
+    the right-most ``Forwarded`` element; the last value a proxy appended counts.
+    None when the proxy says nothing usable (the connection's own scheme stays).
+    Call only for a connection from a trusted proxy."""
+    if settings.forwarded_header == "forwarded":
+        value = headers.get("forwarded", "")[-MAX_ENTRY:].rpartition(",")[2]
+        proto = ""
+        for pair in value.split(";"):
+            name, _, v = pair.strip().partition("=")
+            if name.strip().lower() == "proto":
+                proto = v.strip().strip('"')
+    else:
+        proto = headers.get("x-forwarded-proto", "")[-MAX_ENTRY:].rpartition(",")[2]
+    proto = proto.strip().lower()
+    if proto == "https":
+        return True
+    if proto == "http":
+        return False
+    return None

@@ -338,7 +338,7 @@ class HttpConnection(asyncio.Protocol):
                 self._handshake(request, http11)
                 return
             if request.method not in SAFE_METHODS:
-                refused = origin_refusal(request.headers, self.tls, self.settings.allowed_origins)
+                refused = origin_refusal(request.headers, request.tls, self.settings.allowed_origins)
                 if refused is not None:
                     self.queue.clear()
                     self.reject(HTTPStatus.FORBIDDEN, refused)
@@ -401,7 +401,7 @@ class HttpConnection(asyncio.Protocol):
     ) -> None:
         """RFC 6455 4.2.2: accept or refuse the opening handshake (``compiled``: the
         101 answer and subprotocol of the compiled path, which checked it all)."""
-        refused = origin_refusal(request.headers, self.tls, self.settings.allowed_origins)
+        refused = origin_refusal(request.headers, request.tls, self.settings.allowed_origins)
         if refused is not None:
             self.reject(HTTPStatus.FORBIDDEN, refused)
             return
