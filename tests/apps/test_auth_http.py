@@ -14,6 +14,7 @@ from hubbub import protocol as p
 
 from ..auth.keys import SECRET, token
 from ..conftest import ws_url
+from .test_admin_api import http as raw_http
 from .test_http_api import KEY, http, post
 
 
@@ -156,3 +157,15 @@ async def test_a_room_made_private_elsewhere_hides_its_history(make_chat: Any) -
     assert answer["type"] == "error" and answer["code"] == p.E_FORBIDDEN
     assert "lobby" in server.app.core.private
     await ws.close()
+
+
+async def test_the_api_401s_carry_the_bearer_challenge(make_chat: Any) -> None:
+    """RFC 6750 3: no credential gets a bare ``Bearer`` challenge, a refused token says
+    why in ``error_description``."""
+    server = await make_chat(auth="token", jwt_secret=SECRET, api_key=KEY)
+    status, headers, _ = await raw_http(server, "GET", "/api/rooms", key=None)
+    assert status == 401 and headers["www-authenticate"] == "Bearer"
+    status, headers, _ = await raw_http(server, "GET", "/api/rooms", key=token(ttl=-60))
+    challenge = headers["www-authenticate"]
+    assert status == 401 and challenge.startswith('Bearer error="invalid_token", ')
+    assert "error_description=" in challenge and "expired" in challenge

@@ -29,6 +29,7 @@ from typing import Any
 import msgspec
 
 from .. import protocol as p
+from ..auth.gate import bearer_challenge
 from ..auth.tokens import TokenError, Verifier
 from ..core import ChatCore, Identity
 from ..store import PendingMessage, Store, StoreError
@@ -213,13 +214,13 @@ class HttpApi:
         if self.verifier is None:
             return "anyone"
         if not bearer:
-            response.header("WWW-Authenticate", "Bearer")
+            response.header(*bearer_challenge())
             _json_error(response, 401, "reading needs 'Authorization: Bearer <token or api key>'")
             return None
         try:
             return self.verifier.verify(credential)
         except TokenError as exc:
-            response.header("WWW-Authenticate", 'Bearer error="invalid_token"')
+            response.header(*bearer_challenge("invalid_token", exc.reason))
             _json_error(response, 401, f"invalid token: {exc.reason}")
             return None
 
