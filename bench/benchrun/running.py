@@ -366,6 +366,7 @@ class Clock:
         self.remaining = plan.estimate_s()
         self.took = 0.0
         self.estimated = 0.0
+        self.behind = False
 
     @property
     def pace(self) -> float:
@@ -379,6 +380,12 @@ class Clock:
 
     def skip(self, estimate: float) -> None:
         self.remaining -= estimate
+        self.behind = True
+
+    def spare(self) -> float:
+        """Seconds that may go to waits and repeats: none once the run had to skip (what a
+        skip saves is not spent on waiting)."""
+        return 0.0 if self.behind else self.slack()
 
     def done(self, estimate: float, took: float) -> None:
         self.remaining -= estimate
@@ -413,15 +420,15 @@ def execute(plan: Plan, tmp: Path, log: Callable[[str], None]) -> None:
             continue
         t = time.monotonic()
         for attempt in range(1 + plan.retries):
-            if clock.slack() > 4.0:  # half of it at most: some is kept for repeats
-                wait_quiet(log, min(30.0, clock.slack() / 2))
+            if clock.spare() > 4.0:  # half of it at most: some is kept for repeats
+                wait_quiet(log, min(30.0, clock.spare() / 2))
             t_run = time.monotonic()
             result = run_one(SERVERS[name], scenario, plan, tmp, r)
             result["attempts"] = attempt + 1
             if not result.get("noisy"):
                 break
             took = time.monotonic() - t_run
-            again = attempt < plan.retries and clock.slack() - took * clock.pace > 0
+            again = attempt < plan.retries and clock.spare() - took * clock.pace > 0
             log(
                 f"  {name:<10} {scenario:<8} noisy: other processes used "
                 f"{result['other_cpu_pct']:.0f}% of a core"

@@ -189,6 +189,17 @@ def test_behind_the_budget_rounds_above_the_floor_are_skipped(
         assert len(per["steady"]) == 2 and len(per["fanout"]) == 1
 
 
+def test_time_saved_by_a_skip_is_not_spent_on_waits(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """A 75 s budget for 80 s of measurements: hubbub's second fan-out is skipped, which
+    leaves 5 s to spare; they are not spent waiting for a quiet machine or repeating."""
+    plan = _fake_plan(75.0, retries=2, fanout=True)
+    runs, waits = _run_noisy(monkeypatch, plan, tmp_path)
+    assert plan.skipped == [(1, "hubbub", "fanout")]
+    assert (runs, waits) == (7, 0)
+
+
 def test_floors_of_the_default_plan() -> None:
     plan = _default_plan()
     assert plan.floor("steady", "hubbub") == plan.floor("steady", "picows") == 5
