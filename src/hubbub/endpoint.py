@@ -158,6 +158,7 @@ class ServerEndpoint:
         #: The compiled fan-out and end-of-tick write, and their per-tick policy
         #: (hubbub.transport.fanout); ``enabled`` False: the Python path only.
         self.fanout = FanOut()
+        self.fanout.at_tick_end = self.schedule_flush
         self.loop: asyncio.AbstractEventLoop | None = None
         #: Set by Server.shutdown: no more handshakes, no more heartbeats.
         self.stopping = False
@@ -347,6 +348,7 @@ class ServerEndpoint:
         dirty = self._dirty
         self._dirty = []
         self._flush_scheduled = False
+        self.fanout.tick_end()
         if self.fanout.enabled:
             # Compiled: one send(2) per connection whose transport holds nothing;
             # the others (and what a socket did not take) go to flush_out.

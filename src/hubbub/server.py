@@ -389,7 +389,7 @@ class Server:
         """
         loop = asyncio.get_running_loop()
         endpoint = self._endpoint
-        endpoint.loop = self._timers.loop = endpoint.fanout.loop = loop
+        endpoint.loop = self._timers.loop = loop
         self._stop_event = asyncio.Event()
         s = self.settings
         # HTTPS and WSS on the same port when a certificate is given.

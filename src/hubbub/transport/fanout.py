@@ -83,26 +83,32 @@ class Dirty(Protocol):
 class FanOut:
     """The compiled path's switch and its per-tick policy."""
 
-    __slots__ = ("_count", "_last", "enabled", "loop")
+    __slots__ = ("_count", "_last", "at_tick_end", "enabled")
 
     def __init__(self, enabled: bool | None = None) -> None:
         #: Compiled fan-out and flush on (default: when the extension is available).
         self.enabled = AVAILABLE if enabled is None else enabled and AVAILABLE
-        #: The server's loop (set when it listens; else the running loop is asked).
-        self.loop: asyncio.AbstractEventLoop | None = None
+        #: Makes sure :meth:`tick_end` runs when this tick ends (the endpoint's
+        #: end-of-tick flush calls it: one callback per tick for both).
+        self.at_tick_end: Callable[[], None] = self._call_soon_tick_end
         self._count = 0  # fan-outs in this tick
         self._last = 0  # fan-outs in the last tick that had any
 
-    def _tick_end(self) -> None:
-        self._last = self._count
-        self._count = 0
+    def _call_soon_tick_end(self) -> None:
+        asyncio.get_running_loop().call_soon(self.tick_end)
+
+    def tick_end(self) -> None:
+        """The tick is over: remember how many fan-outs it had."""
+        if self._count:
+            self._last = self._count
+            self._count = 0
 
     def direct(self) -> bool:
         """Count one fan-out in this tick; True if it may write directly."""
         count = self._count
         self._count = count + 1
         if count == 0:
-            (self.loop or asyncio.get_running_loop()).call_soon(self._tick_end)
+            self.at_tick_end()
             return self.enabled and self._last <= 1
         return False
 
