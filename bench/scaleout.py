@@ -447,7 +447,8 @@ def main(argv: list[str] | None = None) -> int:
         Path(args.markdown).write_text(text)
     if args.docs:
         write_docs(Path(args.docs), text)
-    print(f"bench/scaleout.py took {time.monotonic() - started:.0f} s", file=sys.stderr)
+    if not args.from_json:
+        print(f"bench/scaleout.py took {time.monotonic() - started:.0f} s", file=sys.stderr)
     return 0 if results and all(r["ok"] for r in results) else 1
 
 
