@@ -248,3 +248,22 @@ async def test_a_cancelled_first_ready_does_not_fail_a_second_one():
     assert first.cancelled()
     assert seq.cursor("r") == 3
     await seq.reach("r", 3)
+
+
+async def test_on_hole_is_called_when_a_hole_opens_and_has_holes_until_it_is_filled():
+    """The app checks due() only while there is a hole (an idle node sets no timer)."""
+    store = FakeStore()
+    calls: list[int] = []
+    s, out, clock = make(store, on_hole=lambda: calls.append(1))
+    await s.ready("r")
+    s.feed("r", 1, payload("r", 1))
+    assert calls == [] and not s.has_holes()  # in order: nothing to watch
+    store.add("r", 3)
+    s.feed("r", 3, payload("r", 3))  # 2 is missing
+    assert calls and s.has_holes()
+    clock.now += 1
+    assert s.due() == ["r"]
+    await s.backfill("r")
+    assert out == [("r", 1), ("r", 2), ("r", 3)]
+    assert s.due() == []
+    assert not s.has_holes()

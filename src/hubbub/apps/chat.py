@@ -133,8 +133,15 @@ class ChatApp:
         #: Direct messages to other nodes; deletes and resets told to every node.
         self.control = ClusterControl(self)
         self.sequencer = Sequencer(
-            self._emit, store.since, self._position, on_epoch=self.control.on_epoch
+            self._emit,
+            store.since,
+            self._position,
+            on_epoch=self.control.on_epoch,
+            on_hole=self._watch_holes,
         )
+        # The hole check's timer, armed only while a hole is open (an idle
+        # server is not woken 20 times a second for nothing).
+        self._hole_timer: int | None = None
         #: Presence across nodes (None with the local broker: one node).
         self.cluster = NodePresence.for_broker(
             broker, presence, core=self.core, run=self.run, spawn=self._spawn,
@@ -218,7 +225,6 @@ class ChatApp:
         self.journal.start()
         await self.retention.run()
         server.tick(RETENTION_PERIOD * 1000, lambda _tid: self._spawn(self.retention.run()))
-        server.tick(HOLE_CHECK_MS, lambda _tid: self._fill_holes())
         server.tick(
             POSITION_PERIOD * 1000, lambda _tid: self._spawn(self.control.check_positions())
         )
@@ -379,6 +385,17 @@ class ChatApp:
     def _fill_holes(self) -> None:
         for room in self.sequencer.due():
             self._spawn(self.sequencer.backfill(room))
+
+    def _watch_holes(self) -> None:
+        """A hole opened: look for due ones every HOLE_CHECK_MS until none is left."""
+        if self._hole_timer is None:
+            self._hole_timer = self.server.after(HOLE_CHECK_MS, self._check_holes)
+
+    def _check_holes(self) -> None:
+        self._hole_timer = None
+        self._fill_holes()
+        if self.sequencer.has_holes():
+            self._watch_holes()
 
     def on_broker_reconnect(self) -> None:
         """Frames published while the broker was away are lost: read positions now

@@ -121,9 +121,12 @@ class Sequencer:
         max_held: int = 10_000,
         page: int = PAGE,
         on_epoch: OnEpoch | None = None,
+        on_hole: Callable[[], None] | None = None,
     ) -> None:
         self.emit = emit
         self.on_epoch = on_epoch
+        #: Called when a room gets a hole to watch (the caller checks due() until none is left).
+        self.on_hole = on_hole
         self.read = read
         self.position_of = position
         self.clock = clock
@@ -285,7 +288,7 @@ class Sequencer:
             st.target = seq
         if st.cursor is not None and st.deadline is None:
             st.deadline = self.clock() + self.hold_timeout
-            self._holes.add(room)
+            self._hole(room)
 
     def _deliver(self, room: str, st: _Room, seq: int, payload: bytes) -> None:
         st.cursor = seq
@@ -312,7 +315,7 @@ class Sequencer:
         if held or st.target > st.cursor:
             # Progress restarts the clock of the hole that remains.
             st.deadline = self.clock() + self.hold_timeout
-            self._holes.add(room)
+            self._hole(room)
         else:
             st.deadline = None
         self._wake(room, st.cursor)
@@ -329,9 +332,18 @@ class Sequencer:
             st.deadline = now
         elif st.deadline is None:
             st.deadline = now + self.hold_timeout
-        self._holes.add(room)
+        self._hole(room)
 
     # -- holes -------------------------------------------------------------------------
+
+    def _hole(self, room: str) -> None:
+        self._holes.add(room)
+        if self.on_hole is not None:
+            self.on_hole()
+
+    def has_holes(self) -> bool:
+        """True while a room has a hole (or a backfill) that due() must look at."""
+        return bool(self._holes)
 
     def due(self) -> list[str]:
         """Rooms whose hole has been open too long (the caller runs :meth:`backfill`)."""
@@ -410,13 +422,13 @@ class Sequencer:
             )
             if self.rooms.get(room) is st:
                 st.deadline = self.clock() + RETRY_AFTER
-                self._holes.add(room)
+                self._hole(room)
         finally:
             st.filling = False
         if self.rooms.get(room) is st and (st.held or st.target > (st.cursor or 0)):
             if st.deadline is None:
                 st.deadline = self.clock() + self.hold_timeout
-            self._holes.add(room)
+            self._hole(room)
 
     # -- waiting for a position ------------------------------------------------------------
 
