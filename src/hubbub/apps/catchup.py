@@ -196,8 +196,6 @@ class Catchups:
         self._by_member: dict[tuple[int, str], asyncio.Task[Any]] = {}
         # The shared store reads per room (see the module docstring).
         self._reads: dict[str, _RoomReads] = {}
-        #: Store reads made for catch-ups (a shared read counts once), for tests and metrics.
-        self.reads = 0
 
     def _reply(self, fd: int, frame: p.ServerFrame) -> None:
         self.server.push(fd, p.encode(frame), TEXT)
@@ -503,12 +501,10 @@ class Catchups:
         meta = None
         if any(a.upto is None for a in asks):
             meta = await self.store.create_room(room)
-            self.reads += 1
         spans = [(a.since, a.upto) for a in asks if a.upto is not None and a.since < a.upto]
         if not spans:
             return _Page(meta, 0, [], 0)
         lo = min(since for since, _ in spans)
         limit = min(self.chunk, max(upto for _, upto in spans) - lo)
         messages = await self.store.since(room, lo, limit)
-        self.reads += 1
         return _Page(meta, lo, messages, limit)
