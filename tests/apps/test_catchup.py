@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -446,5 +447,41 @@ async def test_a_failed_shared_read_tells_every_member_who_waited_and_they_can_j
             _check_resume(await _until_end(c), 1, 4)
         for c in clients:
             await c.close()
+    finally:
+        await server.shutdown()
+
+
+async def test_a_room_holds_one_page_of_replay_at_a_time(tmp_path, monkeypatch):
+    from hubbub.apps import catchup
+
+    pages: weakref.WeakSet[Any] = weakref.WeakSet()
+
+    class Page(catchup._Page):
+        def __init__(self, *args: Any) -> None:
+            super().__init__(*args)
+            pages.add(self)
+
+    monkeypatch.setattr(catchup, "_Page", Page)
+    held: list[int] = []  # pages of messages alive when a read of messages begins
+
+    class Watched(CountedReads):
+        async def since(self, room: str, seq: int, limit: int) -> Any:
+            held.append(sum(1 for page in list(pages) if page.seqs))
+            return await super().since(room, seq, limit)
+
+    store = Watched(SQLiteStore(str(tmp_path / "c.db")), delay=0.01)
+    server = await _serve(store, tmp_path, rate=0)
+    server.app.catchups.chunk = 7
+    try:
+        await fill(store.inner, "r", 60, 20)
+        sinces = [0, 0, 5, 12, 30, 31, 52, 59]
+        clients = [await Client.open(server) for _ in sinces]
+        for i, (c, s) in enumerate(zip(clients, sinces, strict=True)):
+            await c.send(type="join", room="r", nick=f"n{i}", since=s)
+        for c, s in zip(clients, sinces, strict=True):
+            _check_resume(await _until_end(c), s, 60)
+        assert len(held) >= 9 and max(held) == 0, held
+        for c in clients:
+            await c.abort()
     finally:
         await server.shutdown()

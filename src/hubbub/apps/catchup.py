@@ -49,10 +49,11 @@ replay found to have a hole (messages deleted by retention after the room's
 state was read) ends in ``reset`` (``retention``), never in ``resumed``.
 
 Memory: a room's reads hold one page at a time, at most ``chunk`` messages
-(200, each at most ``max_message_size``) and their encoded frames; a catch-up
-keeps a page only while it sends from it, never across an ``await``: one that
-must wait for its client to read (its send buffer past half of
-``max_send_buffer``) lets the page go and asks again afterwards. Every replay
+(200, each at most ``max_message_size``) and their encoded frames: the next read
+begins once the catch-ups answered with the page have taken their slice, and a
+catch-up keeps a page only while it sends from it, never across an ``await`` (one
+that must wait for its client to read, its send buffer past half of
+``max_send_buffer``, lets the page go and asks again afterwards). Every replay
 is still capped by ``max_resume`` (a ``reset`` beyond it).
 """
 
@@ -468,29 +469,23 @@ class Catchups:
         asks: list[_Ask] = []
         try:
             while reads.asks:
-                asks, reads.asks = reads.asks, []
-                asks = [a for a in asks if not a.future.done()]  # not cancelled
+                asks, reads.asks = [a for a in reads.asks if not a.future.done()], []
                 if not asks:
-                    continue
+                    continue  # all cancelled (their members left)
                 try:
-                    page = await self._read(room, asks)
+                    _answer(asks, await self._read(room, asks))
                 except Exception as exc:
                     if not isinstance(exc, StoreError):
                         log.exception("catch-up read of %s failed", room)
-                    for a in asks:
-                        if not a.future.done():
-                            a.future.set_exception(exc)
-                            a.future.exception()  # retrieved: the asker gets it by awaiting
-                    continue
-                for a in asks:
-                    if not a.future.done():
-                        a.future.set_result(page)
-                del page
+                    _answer(asks, exc)
                 asks = []
+                # The catch-ups just answered send from the page (or ask again) before
+                # the next read begins: one page per room at a time.
+                await asyncio.sleep(0)
         finally:
             # Cancelled (the server stops): nobody waits for an answer that never comes.
-            for a in asks + reads.asks:
-                a.future.cancel()
+            for ask in asks + reads.asks:
+                ask.future.cancel()
             reads.task = None
             if self._reads.get(room) is reads:
                 del self._reads[room]
@@ -508,3 +503,17 @@ class Catchups:
         limit = min(self.chunk, max(upto for _, upto in spans) - lo)
         messages = await self.store.since(room, lo, limit)
         return _Page(meta, lo, messages, limit)
+
+
+def _answer(asks: list[_Ask], outcome: _Page | Exception) -> None:
+    """Hand a read's page (or its failure) to every ask still waiting (the page is then
+    referenced by them only: see the memory bound in the module docstring)."""
+    for ask in asks:
+        future = ask.future
+        if future.done():
+            continue  # its member left meanwhile
+        if isinstance(outcome, Exception):
+            future.set_exception(outcome)
+            future.exception()  # retrieved: the catch-up gets it by awaiting
+        else:
+            future.set_result(outcome)
