@@ -88,7 +88,7 @@ FRAME_OVERHEAD = 64
 
 
 class _Page:
-    """What one shared read found: the room's state (when a first read asked for it)
+    """What one shared read found: the room's state (when one of its asks wanted it)
     and up to ``limit`` stored messages after ``after``, each encoded once."""
 
     __slots__ = ("complete", "meta", "payloads", "seqs", "start")
