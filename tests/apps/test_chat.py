@@ -377,6 +377,10 @@ async def test_resume_gets_exactly_the_missed_messages_then_live(make_chat, via)
     await ann.expect("left", nick="bob")
     for i in range(2, 5):
         await ann.send(type="send", room="lobby", id=f"a{i}", text=f"n{i}")
+    # Missed = stored before bob is back: a send still in the journal when bob's
+    # catch-up reads comes live after ``resumed`` instead (right, but not this test).
+    frames = [await ann.recv() for _ in range(6)]  # each message and its ack
+    assert {f.get("id") for f in frames if f["type"] == "ack"} == {"a2", "a3", "a4"}
     bob = await Client.open(server, via=via)
     await bob.join("lobby", "bob", since=1, epoch=epoch)
     got = [await bob.recv() for _ in range(4)]

@@ -132,16 +132,13 @@ class ChatApp:
         self._tasks: set[asyncio.Task[Any]] = set()
         #: Direct messages to other nodes; deletes and resets told to every node.
         self.control = ClusterControl(self)
-        self.sequencer = Sequencer(
-            self._emit,
-            store.since,
-            self._position,
-            on_epoch=self.control.on_epoch,
-            on_hole=self._watch_holes,
-        )
-        # The hole check's timer, armed only while a hole is open (an idle
+        # The hole check's timer is armed only while a hole is open (an idle
         # server is not woken 20 times a second for nothing).
         self._hole_timer: int | None = None
+        self.sequencer = Sequencer(
+            self._emit, store.since, self._position,
+            on_epoch=self.control.on_epoch, on_hole=self._watch_holes,
+        )  # fmt: skip
         #: Presence across nodes (None with the local broker: one node).
         self.cluster = NodePresence.for_broker(
             broker, presence, core=self.core, run=self.run, spawn=self._spawn,
@@ -187,6 +184,10 @@ class ChatApp:
         )
         if p.SUBPROTOCOL not in server.subprotocols:
             server.subprotocols.append(p.SUBPROTOCOL)
+        self._handle(server)
+
+    def _handle(self, server: Server) -> None:
+        """Register the server events this app answers."""
         server.on("start", self.on_start)
         server.on("shutdown", self.on_shutdown)
         server.on("open", self.on_open)
