@@ -18,7 +18,9 @@ from typing import Any
 import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
+from websockets.datastructures import Headers
 from websockets.frames import Frame, Opcode
+from websockets.http11 import Request as WSRequest
 
 from hubbub.config import Settings
 from hubbub.transport.handshake import ws_protocol
@@ -130,6 +132,38 @@ def test_the_common_frames_take_the_direct_path(monkeypatch):
     assert proto.close_rcvd.code == 1000 and proto.close_rcvd.reason == "bye"
     assert proto.data_to_send() == [Frame(Opcode.CLOSE, b"\x03\xe8bye").serialize(mask=False), b""]
     assert proto.direct  # every byte so far was read directly
+
+
+def test_a_connection_with_an_extension_reads_through_websockets(monkeypatch):
+    """permessage-deflate decodes frames in websockets' parser: no direct path."""
+    proto = ws_protocol(Settings(compression=True), [])
+    request = WSRequest(
+        "/",
+        Headers(
+            {
+                "Host": "t",
+                "Upgrade": "websocket",
+                "Connection": "Upgrade",
+                "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==",
+                "Sec-WebSocket-Version": "13",
+                "Sec-WebSocket-Extensions": "permessage-deflate",
+            }
+        ),
+    )
+    proto.process_request(request)
+    assert proto.extensions
+    seen: list[bytes] = []
+    real = type(proto).receive_data
+
+    def spy(self: Any, data: bytes) -> None:
+        seen.append(data)
+        real(self, data)
+
+    monkeypatch.setattr(type(proto), "receive_data", spy)
+    data = _frame(1, b"plain")
+    proto.receive_frames(data)
+    assert seen == [data]
+    assert [(f.opcode, f.data) for f in proto.events_received()] == [(Opcode.TEXT, b"plain")]
 
 
 @pytest.mark.parametrize(

@@ -349,14 +349,15 @@ class HubbubServerProtocol(ServerProtocol):
 
         A frame is read directly only if websockets' parser would read it the
         same way and then call ``recv_frame`` with it, without raising: the
-        connection is open with no fragmented message in progress, and the
+        connection is open, without extension (permessage-deflate decodes in
+        the parser) and with no fragmented message in progress, and the
         frame is complete, final, masked, without RSV bits, of a known opcode
         other than CONT, within ``max_size`` (a control frame within 125
         bytes), a Close with a valid code and UTF-8 reason. The first byte
         that does not start such a frame, and every byte after it, goes to
         websockets' parser (for good: it then holds the stream position).
         """
-        if self.direct:
+        if self.direct and not self.extensions:
             taken = self._whole_frames(data)
             if taken == len(data):
                 return
