@@ -127,10 +127,11 @@ def _check_window(so: ModuleType, r: dict[str, Any]) -> None:
     assert check["deliveries"] == check["expected"] == 20 * r["messages_sent"]
     assert r["deliveries"] > 0 and r["deliveries_per_s"] > 0
     # The server's CPU is measured (summed over its processes), and so is the generator's.
-    assert r["server_cpu_s"] > 0 and r["server_cores"] > 0
-    assert r["server_cpu_us_per_delivery"] > 0
-    # (The kernel counts CPU time in 10 ms ticks: a short window of the generator or of
-    # Redis may read 0; the server's, asserted above, never does.)
+    # The kernel counts CPU time in 10 ms ticks: one short window of the server, the
+    # generator or Redis may read 0 (seen on a busy machine); the block's sum may not
+    # (asserted by the caller).
+    assert r["server_cpu_s"] >= 0 and r["server_cores"] >= 0
+    assert r["server_cpu_us_per_delivery"] >= 0
     assert r["generator_cores"] >= 0 and r["other_cores"] >= 0
     if config.broker:
         assert r["redis_cores"] is not None and r["redis_cores"] >= 0
@@ -163,6 +164,7 @@ def test_each_block_interleaves_its_servers_and_counts_every_delivery(
     ]
     for r in results:
         _check_window(so, r)
+    assert sum(r["server_cpu_s"] for r in results) > 0
     for r in results:
         assert "hubbub_scaleout_RANDOM" in r["argv"] or r["config"] == "sqlite"
         assert ("--workers 2 --metrics-port METRICS_PORT" in r["argv"]) == (
