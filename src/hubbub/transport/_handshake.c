@@ -172,35 +172,11 @@ init_tables(void)
     }
 }
 
-static inline int
-is_tchar(unsigned char c)
-{
-    return CLASS[c] & C_TCHAR;
-}
-
-static inline int
-is_target_char(unsigned char c)
-{
-    return CLASS[c] & C_TARGET;
-}
-
-static inline int
-is_value_char(unsigned char c)
-{
-    return CLASS[c] & C_VALUE;
-}
-
-static inline int
-is_b64_digit(unsigned char c)
-{
-    return CLASS[c] & C_B64;
-}
-
-static inline int
-is_ows(unsigned char c)
-{
-    return c == ' ' || c == '\t';
-}
+#define is_tchar(c) (CLASS[(unsigned char)(c)] & C_TCHAR)
+#define is_target_char(c) (CLASS[(unsigned char)(c)] & C_TARGET)
+#define is_value_char(c) (CLASS[(unsigned char)(c)] & C_VALUE)
+#define is_b64_digit(c) (CLASS[(unsigned char)(c)] & C_B64)
+#define is_ows(c) ((c) == ' ' || (c) == '\t')
 
 /* Equal to ``lit`` (lower-case ASCII), ignoring ASCII case. */
 static int
