@@ -338,7 +338,9 @@ class HttpConnection(asyncio.Protocol):
                 self._handshake(request, http11)
                 return
             if request.method not in SAFE_METHODS:
-                refused = origin_refusal(request.headers, request.tls, self.settings.allowed_origins)
+                refused = origin_refusal(
+                    request.headers, request.tls, self.settings.allowed_origins
+                )
                 if refused is not None:
                     self.queue.clear()
                     self.reject(HTTPStatus.FORBIDDEN, refused)
