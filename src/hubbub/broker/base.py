@@ -130,3 +130,19 @@ def tell_lost(on_lost: Lost | None) -> None:
         on_lost()
     except Exception:
         log.exception("on_lost callback failed")
+
+
+def hand_to_self(
+    on_node: NodeDeliver | None, node_id: str, payload: bytes, on_lost: Lost | None
+) -> bool:
+    """A node payload addressed to this node: given to ``on_node`` inside the call (no
+    round trip). False, with ``on_lost`` told, when nobody listens here; a failing
+    ``on_node`` is logged, never raised (the payload counts as delivered)."""
+    if on_node is None:
+        tell_lost(on_lost)
+        return False
+    try:
+        on_node(node_id, payload)
+    except Exception:
+        log.exception("on_node failed for a payload from this node")
+    return True

@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import logging
 
-from .base import NODE_PAYLOAD_MAX, BrokerError, Deliver, Lost, NodeDeliver, tell_lost
+from .base import (
+    NODE_PAYLOAD_MAX,
+    BrokerError,
+    Deliver,
+    Lost,
+    NodeDeliver,
+    hand_to_self,
+    tell_lost,
+)
 
 log = logging.getLogger("hubbub.broker")
 
@@ -54,14 +62,10 @@ class LocalBroker:
                 log.exception("deliver failed for a frame of room %r", room)
 
     def send_node(self, node: str, payload: bytes, on_lost: Lost | None = None) -> None:
-        on_node = self._on_node
-        if on_node is None or node != self.node_id or len(payload) > NODE_PAYLOAD_MAX:
+        if node != self.node_id or len(payload) > NODE_PAYLOAD_MAX:
             tell_lost(on_lost)
             return
-        try:
-            on_node(self.node_id, payload)
-        except Exception:
-            log.exception("on_node failed for a payload from this node")
+        hand_to_self(self._on_node, self.node_id, payload, on_lost)
 
     async def close(self) -> None:
         self._deliver = None

@@ -60,7 +60,15 @@ from typing import Any
 from redis.asyncio.connection import AbstractConnection, ConnectionPool
 from redis.exceptions import RedisError
 
-from .base import NODE_PAYLOAD_MAX, BrokerError, Deliver, Lost, NodeDeliver, tell_lost
+from .base import (
+    NODE_PAYLOAD_MAX,
+    BrokerError,
+    Deliver,
+    Lost,
+    NodeDeliver,
+    hand_to_self,
+    tell_lost,
+)
 from .frames import decode_frame, encode_frame, valid_node_id
 
 __all__ = ["RedisBroker", "decode_frame", "encode_frame"]
@@ -485,15 +493,8 @@ class RedisBroker:
             return
         self.node_sent += 1
         if node == self.node_id:
-            on_node = self._on_node
-            if on_node is None:
+            if not hand_to_self(self._on_node, self.node_id, payload, on_lost):
                 self.node_lost += 1
-                tell_lost(on_lost)
-                return
-            try:
-                on_node(self.node_id, payload)
-            except Exception:
-                log.exception("on_node failed for a payload from this node")
             return
         frame = encode_frame(self._node, payload, None)
         self._queue.append((self.node_channel(node), frame, on_lost or _no_callback))
