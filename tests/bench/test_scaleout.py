@@ -131,7 +131,8 @@ def _check_window(so: ModuleType, r: dict[str, Any]) -> None:
     # generator or Redis may read 0 (seen on a busy machine); the block's sum may not
     # (asserted by the caller).
     assert r["server_cpu_s"] >= 0 and r["server_cores"] >= 0
-    assert r["server_cpu_us_per_delivery"] >= 0
+    per_delivery = r["server_cpu_us_per_delivery"]
+    assert per_delivery is None if r["server_cpu_s"] == 0 else per_delivery > 0
     assert r["generator_cores"] >= 0 and r["other_cores"] >= 0
     if config.broker:
         assert r["redis_cores"] is not None and r["redis_cores"] >= 0
