@@ -248,16 +248,10 @@ class ServerEndpoint:
     def _count_as(self, conn: HttpConnection, ip: str, proxy: str) -> str | None:
         """Count ``conn`` against ``ip`` (the client the ``proxy`` named) instead of
         ``conn.ip``; the reason if ``ip`` is at its ``max_connections_per_ip``."""
-        s = self.settings
-        limit = s.max_connections_per_ip
-        if limit and ip != proxy and ip not in _addresses(s.unlimited_addresses):
-            if self.per_ip.get(ip) >= limit:
-                self.refusals.refused(
-                    "max_connections_per_ip",
-                    f"{self.per_ip.get(ip)} open (limit {limit}), latest from {ip} "
-                    f"through the proxy {proxy}",
-                )
-                return "Too many connections from your address (--max-connections-per-ip)"
+        if ip != proxy:
+            refused = self._ip_full(ip, f"from {ip} through the proxy {proxy}")
+            if refused is not None:
+                return refused
         self.per_ip.remove(conn.ip)
         self.per_ip.add(ip)
         conn.ip = ip
@@ -381,17 +375,21 @@ class ServerEndpoint:
     # SessionEndpoint (see hubbub.transport.contract for the contract)
 
     def session_admit_ip(self, ip: str) -> str | None:
+        return self._ip_full(ip, f"a session from {ip or 'an unknown address'}")
+
+    def _ip_full(self, ip: str, latest: str) -> str | None:
+        """The refusal (logged as a refusal, with ``latest`` saying who asked) when
+        ``ip`` holds its ``max_connections_per_ip`` already, else None."""
         limit = self.settings.max_connections_per_ip
         if not limit or ip in _addresses(self.settings.unlimited_addresses):
             return None
-        if self.per_ip.get(ip) >= limit:
-            self.refusals.refused(
-                "max_connections_per_ip",
-                f"{self.per_ip.get(ip)} open (limit {limit}), "
-                f"latest a session from {ip or 'an unknown address'}",
-            )
-            return "Too many connections from your address (--max-connections-per-ip)"
-        return None
+        count = self.per_ip.get(ip)
+        if count < limit:
+            return None
+        self.refusals.refused(
+            "max_connections_per_ip", f"{count} open (limit {limit}), latest {latest}"
+        )
+        return "Too many connections from your address (--max-connections-per-ip)"
 
     def session_opened(self, request: Request, kind: str) -> Session:
         fd = next(self._fds)
