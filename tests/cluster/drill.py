@@ -13,6 +13,7 @@ import signal
 import ssl
 import subprocess
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -377,3 +378,12 @@ async def presence_converges(clients: list[DrillClient], within: float, what: st
                 f"presence did not converge within {within}s ({what}):\n" + "\n".join(problems)
             )
         await asyncio.sleep(0.1)
+
+
+def ready(node: Node) -> int:
+    """The status of the node's /readyz (200: store and broker reachable)."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{node.port}/readyz", timeout=5) as r:
+            return int(r.status)
+    except urllib.error.HTTPError as exc:
+        return int(exc.code)

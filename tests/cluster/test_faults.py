@@ -17,8 +17,6 @@ test's own, are in test_redis_restart.py.)
 from __future__ import annotations
 
 import asyncio
-import urllib.error
-import urllib.request
 from collections.abc import Awaitable, Callable
 from urllib.parse import urlparse
 
@@ -29,22 +27,22 @@ from tests.services import PG_DSN, REDIS_URL, pg_connect
 
 from ..conftest import free_port
 from .checker import check
-from .drill import DrillClient, Node, local_tcp_ports, presence_converges, settle, shut, wait_for
+from .drill import (
+    DrillClient,
+    Node,
+    local_tcp_ports,
+    presence_converges,
+    ready,
+    settle,
+    shut,
+    wait_for,
+)
 
 #: Seconds for member lists to be right: node a, cut off from Redis, has its
 #: members removed from b's lists once its lease lapsed (within 13 s,
 #: docs/presence.md); 4 s of slack for a busy machine. After the heal, a
 #: registers them again at its next renewal (3 s) and reads b's members.
 PRESENCE_WITHIN = 17.0
-
-
-def ready(node: Node) -> int:
-    """The status of the node's /readyz (200: store and broker reachable)."""
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{node.port}/readyz", timeout=5) as r:
-            return int(r.status)
-    except urllib.error.HTTPError as exc:
-        return int(exc.code)
 
 
 async def kill_redis_connections(node: Node) -> int:

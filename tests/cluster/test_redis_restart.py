@@ -30,8 +30,6 @@ import asyncio
 import json
 import signal
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -49,6 +47,7 @@ from .drill import (
     Node,
     PrivateRedis,
     presence_converges,
+    ready,
     settle,
     shut,
     wait_for,
@@ -73,14 +72,6 @@ def private_redis(tmp_path: Path) -> Iterator[PrivateRedis]:
         yield server
     finally:
         server.close()
-
-
-def ready(node: Node) -> int:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{node.port}/readyz", timeout=5) as r:
-            return int(r.status)
-    except urllib.error.HTTPError as exc:
-        return int(exc.code)
 
 
 class Drill:
@@ -192,14 +183,19 @@ async def join_as(url: str, nick: str, within: float = 10.0) -> str:
                 return str(f.get("code", f["type"]))
 
 
-async def test_redis_restarted_with_an_empty_dataset_loses_nothing_and_presence_converges(
-    spawn: Any, pg_schema: str, private_redis: PrivateRedis
-) -> None:
+async def three_nodes(spawn: Any, pg_schema: str, private_redis: PrivateRedis) -> list[Node]:
+    """Three ``hubbub serve`` nodes on the test's schema and its private Redis."""
     store = f"{PG_DSN}?schema={pg_schema}"
-    nodes = [
+    return [
         await asyncio.to_thread(Node, spawn, free_port(), store, private_redis.url)
         for _ in range(3)
     ]
+
+
+async def test_redis_restarted_with_an_empty_dataset_loses_nothing_and_presence_converges(
+    spawn: Any, pg_schema: str, private_redis: PrivateRedis
+) -> None:
+    nodes = await three_nodes(spawn, pg_schema, private_redis)
     drill = Drill(nodes)
     took: list[float] = []
     try:
@@ -234,11 +230,7 @@ async def test_redis_restarted_with_an_empty_dataset_loses_nothing_and_presence_
 async def test_killed_pubsub_connections_lose_nothing_and_presence_converges(
     spawn: Any, pg_schema: str, private_redis: PrivateRedis
 ) -> None:
-    store = f"{PG_DSN}?schema={pg_schema}"
-    nodes = [
-        await asyncio.to_thread(Node, spawn, free_port(), store, private_redis.url)
-        for _ in range(3)
-    ]
+    nodes = await three_nodes(spawn, pg_schema, private_redis)
     drill = Drill(nodes)
     try:
         await drill.start()

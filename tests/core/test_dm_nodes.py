@@ -4,19 +4,10 @@ sender's node, and the delivery on the recipient's (hubbub.core.remote)."""
 from __future__ import annotations
 
 from hubbub import protocol as p
-from hubbub.core import ChatCore, ChatLimits, Identity, Reply
+from hubbub.core import ChatCore, Identity, Reply
 from hubbub.core.effects import RemoteDirect
 
-WALL = 1_700_000_000.0
-
-
-def make() -> ChatCore:
-    return ChatCore(
-        ChatLimits(rate=0, room_create_rate=0),
-        clock=lambda: 100.0,
-        wallclock=lambda: WALL,
-        coalesce_presence=True,
-    )
+from .test_remote import WALL, make
 
 
 def join(core: ChatCore, fd: int, room: str, nick: str, user: str | None = None) -> None:
