@@ -8,6 +8,7 @@ HUBBUB_UPDATE_SCREENSHOTS=1, see the ``shots`` fixture)."""
 from __future__ import annotations
 
 import asyncio
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -175,8 +176,13 @@ async def _lobby_seq(page: Any, seq: str) -> bool:
 async def test_long_lists_are_capped_with_a_note_of_how_many_more(
     admin_chat: Any,  # noqa: F811
     browser: Any,
+    axe: Any,
 ) -> None:
     server = await admin_chat(rate=0, room_create_rate=0)
+    # Enough warnings that the recent-errors list scrolls (the log is the process's, so
+    # how many a test sees otherwise depends on what ran before it in this worker).
+    for i in range(60):
+        logging.getLogger("hubbub.test").warning("a warning to fill the list (%d)", i)
     store = server.app.store
     # 101 rooms straight into the store, and the core told (as at start-up).
     await store.append([PendingMessage(f"r{i:03d}", None, "ci", "hi", 0.0) for i in range(101)])
@@ -192,6 +198,14 @@ async def test_long_lists_are_capped_with_a_note_of_how_many_more(
             lambda: _equal(_count_rows(page, "rooms-table"), 100), "the first 100 rooms"
         )
         assert await page.text_content("#rooms-more") == "Showing the first 100 of 101 (1 more)"
+        await wait_until(
+            lambda: page.evaluate(
+                "() => { const e = document.getElementById('errors');"
+                " return e.scrollHeight > e.clientHeight; }"
+            ),
+            "the recent-errors list to scroll",
+        )
+        await axe(page, "admin: long lists")
     finally:
         await context.close()
 
