@@ -211,11 +211,62 @@ def test_a_large_room_gets_counts_at_most_once_per_interval(clock: Clock) -> Non
     (frame,) = presences(core.flush_presence())
     assert frame.large and frame.count == 6
     assert core.presence_due() is None
-    for fd in (1, 2, 3):
+    for fd in (1, 2, 3, 4):
         core.handle(fd, p.Leave("a"))
     clock.now = 102.0
     (frame,) = presences(core.flush_presence())
-    assert not frame.large and frame.count == 3  # small again: members fetch the list
+    assert not frame.large and frame.count == 2  # small again: members fetch the list
+
+
+def _modes(frames: list[p.ServerFrame]) -> list[bool]:
+    """Each frame's mode: large (count only) or small."""
+    return [isinstance(f, p.Presence) and f.large for f in frames]
+
+
+def test_a_room_wavering_around_the_threshold_does_not_change_mode(clock: Clock) -> None:
+    """One join, one leave, again and again, around ``large_room``: the room enters the
+    large mode once and stays in it (without hysteresis, every event was a mode change:
+    each member fetched the whole list, then a first page, again and again)."""
+    core = make(clock, large_room=500, large_room_interval=1.0)
+    for fd in range(501):
+        core.connect(fd)
+        core.handle(fd, p.Join("a"))
+    assert _modes(published(core.flush_presence())) == [True]  # 501: large
+    modes: list[bool] = []
+    for _ in range(50):
+        for frame in (p.Leave("a"), p.Join("a")):  # 500, then 501 members
+            clock.now += 1.1  # every count due: only the mode decides what is sent
+            core.handle(500, frame)
+            modes += _modes(published(core.flush_presence()))
+    assert modes == [True] * 100
+    # A joiner in the band (500 members, large) reads it as large: a first page.
+    core.handle(500, p.Leave("a"))
+    state = core.room_state(0, "a", "e", 0)
+    assert state is not None and state.count == 500 and state.has_more
+    assert len(state.members) == p.MEMBERS_PAGE_DEFAULT
+    # Small again at 450 (small_again(500)), not before.
+    for fd in range(499, 450, -1):
+        core.handle(fd, p.Leave("a"))
+    clock.now += 1.1
+    (frame,) = presences(core.flush_presence())
+    assert frame.large and frame.count == 451
+    core.handle(450, p.Leave("a"))
+    clock.now += 1.1
+    (frame,) = presences(core.flush_presence())
+    assert not frame.large and frame.count == 450
+    state = core.room_state(0, "a", "e", 0)
+    assert state is not None and len(state.members) == 450 and not state.has_more
+    # A room that grows from below is small up to large_room itself.
+    for fd in range(450, 500):
+        core.handle(fd, p.Join("a"))
+    clock.now += 1.1
+    (frame,) = presences(core.flush_presence())
+    assert not frame.large and frame.count == 500
+    core.handle(500, p.Join("a"))
+    clock.now += 1.1
+    (frame,) = presences(core.flush_presence())
+    assert frame.large and frame.count == 501
+    assert core.room_state(0, "a", "e", 0).has_more  # type: ignore[union-attr]
 
 
 def test_a_large_rooms_joiner_gets_the_count_and_a_first_page(clock: Clock) -> None:

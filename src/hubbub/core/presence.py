@@ -8,7 +8,10 @@ with ``coalesce_presence``):
   the ``joined``/``left``/``renamed`` frame clients have always read); a room of more than
   ``ChatLimits.large_room`` members is *large*: its frames carry only the
   member count, at most one per ``ChatLimits.large_room_interval`` seconds, and
-  members page through the list with ``who`` (docs/protocol.md, *presence*).
+  members page through the list with ``who`` (docs/protocol.md, *presence*). It
+  stays large until it has at most :func:`small_again` members (hysteresis: a
+  room whose size wavers around the threshold does not change mode, and send
+  every member a mode change and a list fetch, at every join or leave).
 * one frame per change (:func:`event_frames`): ``joined``, ``left``,
   ``renamed``, as before coalescing (every join costs one frame per member:
   quadratic in a join storm).
@@ -85,10 +88,25 @@ def _changes(
     return out
 
 
+def small_again(large_room: int) -> int:
+    """The member count at or below which a large room is small again: 10 % below
+    ``large_room`` (450 for 500), at least one below it."""
+    return large_room - max(1, large_room // 10)
+
+
+def is_large(room: Room, large_room: int) -> bool:
+    """Is the room large: more than ``large_room`` members, or large already (its
+    last presence frame said so) and still more than :func:`small_again`."""
+    count = room.count
+    return count > large_room or (room.large and count > small_again(large_room))
+
+
 def first_page(room: Room, large_room: int) -> tuple[list[User], bool]:
     """What a joiner (``room`` frame) or a ``who`` without ``limit`` gets: a small
-    room's whole list, a large room's first ``MEMBERS_PAGE_DEFAULT``."""
-    if room.count <= large_room:
+    room's whole list, a large room's first ``MEMBERS_PAGE_DEFAULT`` (with the
+    hysteresis of :func:`is_large`, so that a client that reads the list sees the
+    mode its presence frames tell)."""
+    if not is_large(room, large_room):
         return room.page(None, room.count)
     return room.page(None, p.MEMBERS_PAGE_DEFAULT)
 
@@ -136,7 +154,7 @@ class PresenceBuffer:
             room = self.rooms.get(name)
             if room is None or name in self._waiting:
                 continue  # gone, or a large room whose count is not due yet
-            large = room.count > big
+            large = is_large(room, big)
             if large:
                 if now < room.count_due:
                     self._waiting[name] = room.count_due
