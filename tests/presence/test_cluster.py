@@ -182,6 +182,25 @@ async def test_a_lost_event_is_caught_even_after_an_own_change(clock: Clock) -> 
     assert a.core.members("r") == ["ann", "bob", "cat", "dan"]
 
 
+async def test_a_lost_event_is_caught_after_a_rename_undone(clock: Clock) -> None:
+    """The undo of a refused rename registers again what is there already: the answer
+    is the room's version (another node's, lost here), not a change of A's."""
+    backend, a, b = await two(clock)
+    await a.join(1, "r", "ann")
+    await b.join(1, "r", "bob")
+    del backend.listeners["A"]
+    await b.join(2, "r", "cat")  # version 3: lost on the way to A
+    backend.listeners["A"] = a.presence.on_event
+    a.run(a.core.handle(1, p.SetNick("cat")))  # A's mirror has no cat
+    assert await a.presence.rename(1) == ["r"]  # B's cat holds it
+    a.run(a.core.handle(1, p.SetNick("ann")))  # undone (as NodePresence.renamed does)
+    assert await a.presence.rename(1) == []  # nothing changes in the backend
+    await a.presence.tick()
+    await a.presence.tick()
+    await a.settle()
+    assert a.core.members("r") == ["ann", "bob", "cat"]
+
+
 def empty(backend: MemoryBackend) -> None:
     """What a Redis restarted without its data looks like: nothing at all."""
     backend.rooms.clear()

@@ -18,7 +18,11 @@
   every version up to it must have been either applied (another node's event)
   or made by this node; a room with one missing at two ticks in a row is read
   again (a lost event), one whose version went back (Redis lost its data) at
-  once. A lease found lapsed (the node was paused, cut off from Redis, or Redis
+  once. A join that changes nothing in Redis (the member was registered already:
+  registered again after an error, or back before its leave was sent) answers
+  the room's version, not a change of this node's: that answer is compared the
+  same way (:meth:`_read`), so it cannot pass another node's lost event off as
+  this node's own. A lease found lapsed (the node was paused, cut off from Redis, or Redis
   restarted empty) is taken again, every local member is registered again (and
   its nickname claimed) and every followed room is read again.
 
@@ -85,6 +89,10 @@ class ClusterPresence:
         self._claims: dict[tuple[str, str], Entry] = {}
         self._holders: dict[tuple[str, str], set[int]] = {}
         self._mid_of: dict[tuple[int, str], str] = {}
+        #: What this node last registered in Redis per (room, member id), as far as it
+        #: knows (a join that failed may have been applied): a join of the same entry
+        #: changes nothing there, and its answer is a reading of the room's version.
+        self._sent: dict[tuple[str, str], Entry] = {}
         self._unsent_leaves: set[tuple[str, str]] = set()
         self._stale = False
         self.claim_patience = CLAIM_PATIENCE
@@ -137,7 +145,7 @@ class ClusterPresence:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.claim_patience
         try:
-            while (version := await self.manager.join(room, entry)) is None:
+            while (version := await self._join(room, entry)) is None:
                 if loop.time() >= deadline or self._claims.get(key) is not entry:
                     break
                 await asyncio.sleep(CLAIM_RETRY)
@@ -147,8 +155,39 @@ class ClusterPresence:
         if version is None:
             self.release(fd, room, send=False)
             return False
-        self._own(room, version)
         return True
+
+    def _join(self, room: str, entry: Entry) -> asyncio.Future[int | None]:
+        """Register ``entry`` in ``room`` (queued now, in call order): the version, or
+        None when its nickname is another owner's. The answer is noted as it comes,
+        in the order of the operations (:meth:`_joined`)."""
+        fut = asyncio.ensure_future(self.manager.join(room, entry))
+        fut.add_done_callback(lambda f: self._joined(room, entry, f))
+        return fut
+
+    def _joined(self, room: str, entry: Entry, fut: asyncio.Future[int | None]) -> None:
+        """A join's answer. One of what this node registered last changed nothing in
+        Redis: its version is the room's, compared as the version check compares it
+        (:meth:`_read`); any other is this node's change (:meth:`_own`)."""
+        key = (room, entry.mid)
+        if fut.cancelled() or fut.exception() is not None:
+            self._sent[key] = entry  # perhaps applied: the next one may change nothing
+            return
+        version = fut.result()
+        if version is None:
+            return  # refused: Redis holds what it held
+        same = self._sent.get(key) == entry
+        self._sent[key] = entry
+        if same:
+            self._read(room, version)
+        else:
+            self._own(room, version)
+
+    def _leave_op(self, room: str, mid: str) -> asyncio.Future[int]:
+        """Take ``mid`` out of ``room`` in Redis (queued now, in call order)."""
+        fut = asyncio.ensure_future(self.manager.leave(room, mid))
+        fut.add_done_callback(lambda f: self._left(room, mid, f))
+        return fut
 
     def release(self, fd: int, room: str, send: bool = True) -> None:
         """Connection ``fd`` is out of ``room``: the member leaves the cluster list
@@ -165,11 +204,11 @@ class ClusterPresence:
             del self._holders[key]
         if self._claims.pop(key, None) is None or not send:
             return
-        self._spawn(self._leave(room, mid, self.manager.leave(room, mid)))
+        self._spawn(self._leave(room, mid, self._leave_op(room, mid)))
 
     async def _leave(self, room: str, mid: str, pending: Any) -> None:
         try:
-            self._own(room, await pending)
+            await pending
         except PresenceError as exc:
             log.warning("presence: %s could not leave %s (retried): %s", mid, room, exc)
             self._unsent_leaves.add((room, mid))
@@ -186,7 +225,7 @@ class ClusterPresence:
             if entry is None or (room, mid) not in self._claims:
                 continue
             self._claims[(room, mid)] = entry
-            pending.append((room, self.manager.join(room, entry)))
+            pending.append((room, self._join(room, entry)))
         taken = []
         for room, result in pending:
             try:
@@ -197,14 +236,31 @@ class ClusterPresence:
                 continue
             if version is None:
                 taken.append(room)
-            else:
-                self._own(room, version)
         return taken
 
     def _own(self, room: str, version: int) -> None:
         """A change of this node's made ``version`` (its event is not heard here)."""
         if (room in self._ver or room in self._loading) and version > self._base.get(room, 0):
             self._seen.setdefault(room, set()).add(version)
+
+    def _left(self, room: str, mid: str, fut: asyncio.Future[int]) -> None:
+        """A leave's answer: the version it made (0: the member was not there)."""
+        if fut.cancelled() or fut.exception() is not None:
+            return  # perhaps not applied: Redis may still hold the member
+        self._sent.pop((room, mid), None)
+        self._own(room, fut.result())
+
+    def _read(self, room: str, version: int) -> None:
+        """Redis answered ``room``'s version without a change of this node's: compared
+        as :meth:`_check_versions` compares (it counts as one check: missing at the
+        next check too, a version is lost)."""
+        if room not in self._ver or room in self._loading:
+            return  # not followed, or being read (the read covers it)
+        if version < self._base.get(room, 0):
+            log.info("presence: the version of %s went back; reading its members", room)
+            self.reload(room)
+        elif not self._accounted(room, version):
+            self._behind.add(room)
 
     # -- other nodes' members -------------------------------------------------------------
 
@@ -345,11 +401,10 @@ class ClusterPresence:
             self._stale = True
 
     async def _register_all(self) -> None:
-        pending = [(key, self.manager.join(key[0], e)) for key, e in list(self._claims.items())]
+        pending = [(key, self._join(key[0], e)) for key, e in list(self._claims.items())]
         for (room, mid), result in pending:
             version = await result
             if version is not None:
-                self._own(room, version)
                 continue
             # Taken by another node's member while this node was away: out of the room.
             log.warning("presence: %s lost its nickname in %s while cut off", mid, room)
@@ -361,7 +416,7 @@ class ClusterPresence:
             if (room, mid) in self._claims:
                 self._unsent_leaves.discard((room, mid))  # joined again meanwhile
                 continue
-            self._own(room, await self.manager.leave(room, mid))
+            await self._leave_op(room, mid)
             self._unsent_leaves.discard((room, mid))
 
     async def _check_versions(self) -> None:
