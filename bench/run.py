@@ -29,14 +29,17 @@ a noisy measurement only while the rest of the plan still fits.
 
 For every round, every server and every scenario it runs, a fresh server
 process is started on CPU 1 with a raised open-file limit, the generator
-(:mod:`hubbub.bench`) runs on CPU 0, and the server is stopped again. The
-server order alternates between rounds. The report takes the median of the
+(:mod:`hubbub.bench`) runs on CPU 0, and the server is stopped again. Servers and
+generator processes die with this script, even when it is killed (``kill -9``:
+``PR_SET_PDEATHSIG``, :mod:`benchrun.children`). The server order alternates between
+rounds. The report takes the median of the
 rounds, computes ratios against Node's ws and is written to
 docs/benchmarks.md with charts in docs/img/ (``--quick`` writes to
 reports/bench/ instead, leaving the docs alone).
 
 The work is in the package next to this script, ``bench/benchrun/``:
-``servers`` (the servers compared and their processes), ``running``
+``servers`` (the servers compared and their processes), ``children`` (the
+``hubbub serve`` command line and how children are started and stopped), ``running``
 (planning and running the measurements), ``aggregate`` (medians over the
 rounds), ``charts`` and ``report`` (the markdown report's template).
 """

@@ -30,7 +30,9 @@ Every PostgreSQL run has its own schema and every Redis run its own key prefix, 
 removed after the scenario. Nothing is pinned: ``--workers 2`` needs both cores of this
 machine, and so do the generator, PostgreSQL and Redis; the server's CPU (every worker
 and the supervisor), the generator's, Redis's and the rest of the machine's are measured
-beside each other.
+beside each other. The servers and the generator's processes die with this script, even
+when it is killed (``kill -9``: ``PR_SET_PDEATHSIG``, :mod:`benchrun.children`); the
+schema and keys of a killed run are left behind.
 """
 
 from __future__ import annotations

@@ -13,7 +13,6 @@ import shlex
 import signal
 import socket
 import subprocess
-import sys
 import time
 import urllib.request
 from dataclasses import dataclass
@@ -21,6 +20,8 @@ from pathlib import Path
 
 from hubbub.bench import proc
 from hubbub.bench.options import BenchError
+
+from .children import hubbub_argv, kill, spawn, stop
 
 
 @dataclass(frozen=True)
@@ -46,7 +47,6 @@ CONFIGS = {
     )
 }
 
-ROOT = Path(__file__).resolve().parents[2]
 PG_DSN = os.environ.get("HUBBUB_BENCH_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
 REDIS_URL = os.environ.get("HUBBUB_BENCH_REDIS", "redis://127.0.0.1:6379/0")
 #: Open files of a server (and of the generator): the room's clients and some spare.
@@ -125,35 +125,19 @@ class Server:
 
     def argv(self, node: int = 0) -> list[str]:
         c = self.config
-        argv = [sys.executable, "-m", "hubbub", "serve", "--host", "127.0.0.1"]
-        argv += ["--port", str(self.ports[node]), "--log-level", "warning", "--no-access-log"]
-        # The chat senders send far more than the default 20 messages/s per connection.
-        argv += ["--max-connections", str(NOFILE - 500), "--rate", "0"]
-        if not c.store:
-            argv += ["--db", str(self.tmp / f"{self.schema}.db")]
-        else:
-            argv += ["--store", f"{PG_DSN}?schema={self.schema}"]
-        if c.broker:
-            argv += ["--broker", f"{REDIS_URL}?prefix={self.prefix}"]
-        if c.workers > 1:
-            argv += ["--workers", str(c.workers), "--metrics-port", str(self.metrics_port)]
-        return argv
+        return hubbub_argv(
+            self.ports[node],
+            max_connections=NOFILE - 500,
+            db=None if c.store else self.tmp / f"{self.schema}.db",
+            store=f"{PG_DSN}?schema={self.schema}" if c.store else None,
+            broker=f"{REDIS_URL}?prefix={self.prefix}" if c.broker else None,
+            workers=c.workers,
+            metrics_port=self.metrics_port,
+        )
 
     def start(self, timeout: float = 30.0) -> None:
         for node in range(self.config.nodes):
-            with open(self.log, "ab") as log:
-                self.procs.append(
-                    subprocess.Popen(
-                        self.argv(node),
-                        cwd=ROOT,
-                        stdin=subprocess.DEVNULL,
-                        stdout=log,
-                        stderr=subprocess.STDOUT,
-                        preexec_fn=raise_nofile,
-                        start_new_session=True,
-                        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-                    )
-                )
+            self.procs.append(spawn(self.argv(node), self.log, setup=raise_nofile))
             # One at a time: the first node creates the schema, the next ones find it.
             self._wait_ready(node, timeout)
 
@@ -201,16 +185,16 @@ class Server:
         return bool(self.procs) and all(p.poll() is None for p in self.procs)
 
     def stop(self) -> None:
-        for p in self.procs:
-            if p.poll() is None:
-                p.send_signal(signal.SIGTERM)
-        for p in self.procs:
-            try:
-                p.wait(20)
-            except subprocess.TimeoutExpired:
-                os.killpg(p.pid, signal.SIGKILL)
-                p.wait(5)
-        self.procs = []
+        try:
+            for p in self.procs:
+                if p.poll() is None:
+                    p.send_signal(signal.SIGTERM)
+            for p in self.procs:
+                stop(p, 20, term=False)
+        finally:
+            for p in self.procs:
+                kill(p)  # a no-op unless the loop above was interrupted
+            self.procs = []
         cleanup(self.config, self.schema, self.prefix)
         with contextlib.suppress(OSError):
             (self.tmp / f"{self.schema}.db").unlink()

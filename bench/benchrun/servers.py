@@ -7,7 +7,6 @@ import json
 import os
 import platform
 import resource
-import signal
 import socket
 import subprocess
 import sys
@@ -17,8 +16,8 @@ from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 
-#: The repository (bench/benchrun/servers.py -> ..).
-ROOT = Path(__file__).resolve().parents[2]
+from .children import ROOT, hubbub_argv, spawn, stop
+
 PEERS = ROOT / "bench" / "peers"
 NODE_DIR = PEERS / "node_ws"
 BASELINE = "node_ws"
@@ -125,26 +124,7 @@ _SATURATION = ("idle", "fanout", "connect")
 
 
 def _hubbub_argv(port: int, tmp: Path) -> list[str]:
-    return [
-        sys.executable,
-        "-m",
-        "hubbub",
-        "serve",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--log-level",
-        "warning",
-        "--max-connections",
-        str(NOFILE),
-        "--db",
-        str(tmp / "hubbub.db"),
-        # The chat scenarios' senders send far more than the default
-        # 20 messages/s per connection.
-        "--rate",
-        "0",
-    ]
+    return hubbub_argv(port, max_connections=NOFILE, db=tmp / "hubbub.db")
 
 
 SERVERS: dict[str, ServerSpec] = {
@@ -236,11 +216,12 @@ def free_port() -> int:
 
 
 def _server_preexec() -> None:
+    """In the server's process before ``exec``: pinned to the server's CPU, open-file limit
+    raised (it runs in a session of its own and dies with the runner: :func:`spawn`)."""
     os.sched_setaffinity(0, {SERVER_CPU})
     _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     want = NOFILE if hard == resource.RLIM_INFINITY else min(max(NOFILE, _soft), hard)
     resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
-    os.setsid()
 
 
 class ServerProcess:
@@ -256,16 +237,7 @@ class ServerProcess:
         return f"ws://127.0.0.1:{self.port}/"
 
     def start(self, timeout: float = 20.0) -> None:
-        with open(self.log, "ab") as log:
-            self.proc = subprocess.Popen(
-                self.argv,
-                cwd=ROOT,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                preexec_fn=_server_preexec,
-                env={**os.environ, "PYTHONUNBUFFERED": "1", **self.spec.env},
-            )
+        self.proc = spawn(self.argv, self.log, env=self.spec.env, setup=_server_preexec)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -285,14 +257,10 @@ class ServerProcess:
     def stop(self) -> None:
         if self.proc is None:
             return
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(8)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
-        self.proc = None
+        try:
+            stop(self.proc, 8)
+        finally:
+            self.proc = None
 
     def tail(self, lines: int = 15) -> str:
         try:

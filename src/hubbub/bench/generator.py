@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import multiprocessing
 import os
+import signal
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -29,6 +30,15 @@ class Snap:
     parent: float = 0.0
 
 
+def _worker(parent: int, *args: Any) -> None:
+    """A worker process: killed when the parent (the runner) dies, even by ``kill -9``,
+    rather than finishing its command for no one; then :func:`worker.worker_main`."""
+    from .worker import worker_main
+
+    proc.die_with_parent(signal.SIGKILL, parent)
+    worker_main(*args)
+
+
 class Generator:
     """The worker processes of one scenario run (an async context manager)."""
 
@@ -40,16 +50,14 @@ class Generator:
         self.progress: Any = None
 
     async def __aenter__(self) -> Generator:
-        from .worker import worker_main
-
         ctx = multiprocessing.get_context("spawn")
         self.progress = ctx.RawArray("q", self.n)
         cpus = sorted(self.opts.generator_cpus) if self.opts.generator_cpus else None
         for i in range(self.n):
             parent, child = ctx.Pipe()
             p = ctx.Process(
-                target=worker_main,
-                args=(child, i, self.progress, cpus, None),
+                target=_worker,
+                args=(os.getpid(), child, i, self.progress, cpus, None),
                 name=f"hubbub-bench-{i}",
                 daemon=True,
             )

@@ -40,6 +40,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from . import proc
 from .generator import Generator
 from .options import BenchError, Options
 
@@ -174,7 +175,8 @@ class NodeGenerator(Generator):
         A new process (and each thread it starts) inherits the CPU affinity of
         the thread that forked it: this thread takes the generator's CPUs for
         the duration of the fork, which pins Node's own threads too, with no
-        race and no ``preexec_fn``.
+        race. The worker is killed when this process ends, even by ``kill -9``
+        (``PR_SET_PDEATHSIG``): it would otherwise finish its command first.
         """
         cpus = self.opts.generator_cpus
         saved = os.sched_getaffinity(0) if cpus else None
@@ -188,6 +190,7 @@ class NodeGenerator(Generator):
                 stderr=subprocess.PIPE,
                 cwd=cwd,
                 start_new_session=True,  # a Ctrl-C in the terminal goes to the parent only
+                preexec_fn=proc.dies_with_us(),
             )
         finally:
             if saved is not None:

@@ -1,14 +1,64 @@
-"""Process facts from /proc: CPU time, resident memory, CPU affinity, fd limits."""
+"""Process facts from /proc: CPU time, resident memory, CPU affinity, fd limits; and
+children that die with the process that started them."""
 
 from __future__ import annotations
 
+import ctypes
 import os
 import platform
 import resource
+import signal
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
+PR_SET_PDEATHSIG = 1
+_prctl: Callable[..., int] | None = None
+
+
+def _load_prctl() -> Callable[..., int] | None:
+    """libc's ``prctl`` (None where there is none: not Linux)."""
+    global _prctl
+    if _prctl is None:
+        try:
+            _prctl = ctypes.CDLL(None, use_errno=True).prctl
+        except (OSError, AttributeError):
+            return None
+    return _prctl
+
+
+def die_with_parent(sig: int = signal.SIGKILL, parent: int | None = None) -> None:
+    """Ask the kernel to send ``sig`` to this process when its parent ends
+    (``PR_SET_PDEATHSIG``: kept across ``exec``; Linux only, a no-op elsewhere).
+
+    ``parent``: the pid the caller expects as its parent; if it is already gone (the
+    parent died before this call), ``sig`` comes now. The kernel's "parent" is the
+    *thread* that started the child: start children from a thread that lives as long
+    as they should (the main thread, an event loop's).
+    """
+    prctl = _load_prctl()
+    if prctl is not None:
+        prctl(PR_SET_PDEATHSIG, int(sig), 0, 0, 0)
+    if parent is not None and os.getppid() != parent:
+        os.kill(os.getpid(), sig)
+
+
+def dies_with_us(
+    sig: int = signal.SIGKILL, then: Callable[[], None] | None = None
+) -> Callable[[], None]:
+    """A ``preexec_fn`` for :class:`subprocess.Popen`: the child gets ``sig`` when this
+    process (the calling thread) ends, even by ``kill -9``; ``then`` runs after (pinning,
+    limits). libc is looked up here, in the parent, not between fork and exec."""
+    _load_prctl()
+    parent = os.getpid()
+
+    def preexec() -> None:
+        die_with_parent(sig, parent)
+        if then is not None:
+            then()
+
+    return preexec
 
 
 def cpu_seconds(pid: int) -> float:
