@@ -1,7 +1,9 @@
-"""Helpers shared by the bench tests: room options, a socket.io run check, bench/run.py."""
+"""Helpers shared by the bench tests: generator options, a socket.io run check, the
+benchmark runners' scripts and modules (bench/run.py, bench/scaleout.py, bench/benchrun)."""
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
 import sys
 from pathlib import Path
@@ -11,22 +13,29 @@ from hubbub.bench.options import Options
 from hubbub.bench.scenarios import fanout, latency
 
 ROOT = Path(__file__).resolve().parents[2]
-#: ``make bench``'s script; it imports the modules next to it, as when run as a script.
+#: ``make bench``'s scripts; they import the modules next to them, as when run as scripts.
 BENCH_RUN = ROOT / "bench" / "run.py"
+SCALEOUT = ROOT / "bench" / "scaleout.py"
 
 #: The python-socketio peer, started by the socket.io generator tests.
 SOCKETIO_PEER = "bench/peers/python_socketio_peer.py"
 
 
-def room_options(**fields: object) -> Options:
-    """Validated Options for a short room run in a test: one generator process,
-    no pinning, no progress line, 100-byte messages, a window of 4; ``fields``
-    set the rest (url, clients, senders, duration, ...)."""
-    opts = Options(size=100, window=4, workers=1, generator_cpus=None, progress=False)
+def generator_options(**fields: object) -> Options:
+    """Validated Options for a test: one generator process (``--workers 1``), no pinning
+    (the other core is busy with other tests), no progress line; ``fields`` set the rest
+    (url, protocol, server_pid, ...)."""
+    opts = Options(workers=1, generator_cpus=None, progress=False)
     for key, value in fields.items():
         setattr(opts, key, value)
     opts.validate()
     return opts
+
+
+def room_options(**fields: object) -> Options:
+    """:func:`generator_options` for a short room run: 100-byte messages, a window of 4;
+    ``fields`` set the rest (url, clients, senders, duration, ...)."""
+    return generator_options(**{"size": 100, "window": 4, **fields})
 
 
 def socketio_room(url: str, pid: int, **overrides: object) -> Options:
@@ -73,16 +82,35 @@ async def check_socketio_runs(url: str, pid: int, socketio_client: str) -> None:
     assert 0 < lat["p50"] <= lat["p99"] <= lat["max"] < 5_000
 
 
+def load_script(path: Path, name: str) -> ModuleType:
+    """The script at ``path`` as the module ``name``, its folder first on sys.path as when
+    run (bench/run.py and bench/scaleout.py import the modules next to them)."""
+    if name in sys.modules:
+        return sys.modules[name]
+    folder = str(path.parent)
+    if folder not in sys.path:
+        sys.path.insert(0, folder)
+    spec = importlib.util.spec_from_file_location(name, path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
 def load_bench_run() -> ModuleType:
-    """bench/run.py as a module (``bench_run``), its folder on sys.path as when run."""
-    if "bench_run" in sys.modules:
-        return sys.modules["bench_run"]
+    """bench/run.py as a module (``bench_run``)."""
+    return load_script(BENCH_RUN, "bench_run")
+
+
+def load_scaleout() -> ModuleType:
+    """bench/scaleout.py as a module (``bench_scaleout``)."""
+    return load_script(SCALEOUT, "bench_scaleout")
+
+
+def benchrun(name: str) -> ModuleType:
+    """``bench/benchrun/<name>.py`` as the runners import it (``benchrun.<name>``)."""
     folder = str(BENCH_RUN.parent)
     if folder not in sys.path:
         sys.path.insert(0, folder)
-    spec = importlib.util.spec_from_file_location("bench_run", BENCH_RUN)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["bench_run"] = module
-    spec.loader.exec_module(module)
-    return module
+    return importlib.import_module(f"benchrun.{name}")

@@ -12,7 +12,6 @@ made-up pairs.
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import subprocess
 import sys
 import time
@@ -26,32 +25,17 @@ import redis
 
 from tests.services import PG_START, REDIS_START
 
-from .helpers import ROOT
+from .helpers import benchrun, generator_options, load_scaleout
 
 pytest.importorskip("picows", reason="the bench extra is not installed")
 
-SCALEOUT = ROOT / "bench" / "scaleout.py"
 TINY = ["--clients", "20", "--senders", "2", "--duration", "0.6", "--warmup", "0.2", "--rate", "40"]
 
 
 def cluster() -> ModuleType:
     """bench/benchrun/cluster.py, as bench/scaleout.py imported it."""
     load_scaleout()
-    return sys.modules["benchrun.cluster"]
-
-
-def load_scaleout() -> ModuleType:
-    if "bench_scaleout" in sys.modules:
-        return sys.modules["bench_scaleout"]
-    folder = str(SCALEOUT.parent)  # as when run: its report module is next to it
-    if folder not in sys.path:
-        sys.path.insert(0, folder)
-    spec = importlib.util.spec_from_file_location("bench_scaleout", SCALEOUT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["bench_scaleout"] = module
-    spec.loader.exec_module(module)
-    return module
+    return benchrun("cluster")
 
 
 @pytest.fixture(scope="module")
@@ -212,7 +196,7 @@ def test_server_cpu_is_summed_over_its_processes(so: ModuleType) -> None:
         pids = [p.pid for p in procs]
         each = [so.proc.cpu_seconds(pid) for pid in pids]
         assert each[0] >= 0.29 and each[1] >= 0.59 and each[2] >= 0.19
-        opts = so.Options(workers=1, generator_cpus=None, progress=False)
+        opts = generator_options()
         gen = so.ServerGroupGenerator(opts, pids[:2], redis=pids[2])
         snap = gen.snap()
         assert snap.server_cpu == pytest.approx(each[0] + each[1], abs=0.03)

@@ -16,7 +16,6 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -28,6 +27,8 @@ from hubbub.bench.checker import RoomSeqCheck
 from hubbub.bench.options import Options
 from hubbub.bench.storm_clients import StormClient, StormCommands, StormShared, _decode
 from hubbub.bench.storms import join_storm, reconnect_storm
+
+from .helpers import benchrun, generator_options
 
 # -- the checker ---------------------------------------------------------------
 
@@ -144,9 +145,7 @@ class HubbubProcess:
         return f"ws://127.0.0.1:{self.port}/"
 
     def start(self) -> int:
-        argv = [sys.executable, "-m", "hubbub", "serve", "--host", "127.0.0.1"]
-        argv += ["--port", str(self.port), "--log-level", "warning", "--rate", "0"]
-        argv += ["--db", str(self.db)]
+        argv = benchrun("children").hubbub_argv(self.port, max_connections=1000, db=self.db)
         log = open(self.tmp / "server.log", "ab")  # the child keeps its own copy
         self.proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
         log.close()
@@ -181,16 +180,7 @@ def hubbub(tmp_path: Path) -> Iterator[HubbubProcess]:
 
 def _opts(server: HubbubProcess, protocol: str = "hubbub.v1") -> Options:
     assert server.proc is not None
-    opts = Options(
-        url=server.url,
-        protocol=protocol,
-        server_pid=server.proc.pid,
-        workers=1,
-        generator_cpus=None,
-        progress=False,
-    )
-    opts.validate()
-    return opts
+    return generator_options(url=server.url, protocol=protocol, server_pid=server.proc.pid)
 
 
 async def test_join_storm_joins_everyone_and_presence_converges(hubbub: HubbubProcess) -> None:
