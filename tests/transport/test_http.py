@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-import logging
-import re
 import time
 from dataclasses import dataclass
 
 import pytest
 
 from hubbub import Server
-from hubbub.transport.http import log_safe
 
 TIMEOUT = 3.0
 
@@ -666,96 +663,3 @@ async def test_the_101_answer_and_the_greeting_leave_in_one_write():
         writer.close()
     finally:
         await server.shutdown()
-
-
-# -- access log ------------------------------------------------------------------
-
-HANDSHAKE = (
-    b"GET /chat?token=secret HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
-    b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
-    b"Sec-WebSocket-Version: 13\r\n\r\n"
-)
-
-
-def access_lines(caplog: pytest.LogCaptureFixture) -> list[str]:
-    # Logged as the response is written, so before the client can read it.
-    return [r.getMessage() for r in caplog.records if r.name == "hubbub.access"]
-
-
-async def test_access_log_has_one_line_per_request_and_the_upgrade(make_server, caplog):
-    caplog.set_level(logging.INFO, logger="hubbub.access")
-
-    def setup(s: Server) -> None:
-        def handler(request, response):  # type: ignore[no-untyped-def]
-            response.status(201)
-            response.end("created")
-
-        s.on("request", handler)
-
-    server = await make_server(setup)
-    reader, writer = await open_conn(server)
-    writer.write(get("/things?api=1", close=False) + get("/healthz", method="HEAD", close=False))
-    assert (await read_reply(reader)).status == 201
-    assert (await read_reply(reader, head_only=True)).status == 200
-    writer.write(HANDSHAKE)
-    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), TIMEOUT)
-    assert head.startswith(b"HTTP/1.1 101 ")
-    writer.close()
-    lines = access_lines(caplog)
-    peer = r"127\.0\.0\.1:\d+"
-    assert len(lines) == 3, lines
-    assert re.fullmatch(peer + r' "GET /things" 201 7 \d+\.\dms', lines[0]), lines[0]
-    assert re.fullmatch(peer + r' "HEAD /healthz" 200 0 \d+\.\dms', lines[1]), lines[1]
-    assert re.fullmatch(peer + r' "GET /chat" 101 0 \d+\.\dms', lines[2]), lines[2]
-    # Query strings can carry secrets: never logged.
-    assert not any("secret" in line or "api=1" in line for line in lines)
-
-
-async def test_access_log_covers_refused_requests(make_server, caplog):
-    caplog.set_level(logging.INFO, logger="hubbub.access")
-    server = await make_server(max_body_size=10)
-    reply, _ = await exchange(server, post("/upload", b"x" * 100))
-    assert reply.status == 413
-    reply, _ = await exchange(server, b"NOT HTTP\r\n\r\n")
-    assert reply.status == 400
-    lines = access_lines(caplog)
-    assert '"POST /upload" 413' in lines[0], lines
-    assert '"- -" 400' in lines[1], lines
-
-
-async def test_access_log_escapes_what_the_client_controls(make_server, caplog):
-    caplog.set_level(logging.INFO, logger="hubbub.access")
-    server = await make_server()
-    long_path = "/" + "a" * 5000
-    reply, _ = await exchange(server, get('/x"y\\z'))
-    assert reply.status == 404
-    reply, _ = await exchange(server, get(long_path))
-    assert reply.status == 404
-    first, second = access_lines(caplog)
-    # A quote cannot end the quoted field early, a backslash cannot fake an escape.
-    assert '"GET /x\\x22y\\x5cz" 404' in first, first
-    assert len(second) < 400 and '"GET /' + "a" * 199 + '..." 404' in second, second
-
-
-def test_log_safe_escapes_control_characters_and_bounds_length():
-    assert log_safe("/plain/path") == "/plain/path"
-    forged = '/x HTTP/1.1" 200 0 0.1ms\n127.0.0.1:1 "GET /admin'
-    assert "\n" not in log_safe(forged) and "\\x0a" in log_safe(forged)
-    assert log_safe("\r\x1b[31m\x7f\x85") == "\\x0d\\x1b[31m\\x7f\\x85"
-    assert log_safe("é/ü") == "é/ü"
-    assert log_safe("b" * 300, 10) == "b" * 10 + "..."
-
-
-async def test_no_access_log_flag_turns_it_off(make_server, caplog):
-    caplog.set_level(logging.INFO, logger="hubbub.access")
-    server = await make_server(access_log=False)
-    reply, _ = await exchange(server, get("/healthz"))
-    assert reply.status == 200
-    reader, writer = await open_conn(server)
-    writer.write(HANDSHAKE)
-    assert (await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), TIMEOUT)).startswith(
-        b"HTTP/1.1 101 "
-    )
-    writer.close()
-    await assert_serves(server)
-    assert access_lines(caplog) == []

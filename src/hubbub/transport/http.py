@@ -1,12 +1,12 @@
 """HTTP/1.1 on the listening socket: plain requests and the WebSocket upgrade.
 
 One port serves both worlds, as Swoole's WebSocket server does. Every TCP
-connection starts here; `httptools` (llhttp) parses request heads and bodies.
-A request that asks for ``Upgrade: websocket`` goes through the opening
-handshake of RFC 6455 4.2 (checked by `websockets`' sans-I/O server core,
-see :mod:`hubbub.transport.handshake`; the server core's side is
-:class:`~hubbub.transport.contract.HttpEndpoint`) and, once accepted, the transport is
-handed to a :class:`~hubbub.transport.websocket.WebSocketConnection`.
+connection starts here, as an :class:`HttpConnection`; `httptools` (llhttp)
+parses request heads and bodies. A request that asks for ``Upgrade: websocket``
+goes through the opening handshake of RFC 6455 4.2 (checked by `websockets`'
+sans-I/O server core, see :mod:`hubbub.transport.handshake`; the server core's
+side is :class:`~hubbub.transport.contract.HttpEndpoint`) and, once accepted,
+the transport is handed to a :class:`~hubbub.transport.websocket.WebSocketConnection`.
 
 Bad input never reaches a handler: a malformed request gets 400, an
 over-long head 431, an over-long body 413, a slow head 408, an invalid
@@ -20,12 +20,21 @@ answers cannot make the server buffer them without limit. Once more than
 parsing: what was read is parsed in slices of :data:`FEED_SLICE` bytes, the
 rest kept as raw bytes) until the client has read most of them; one whose
 answers stay unread for ``handshake_timeout`` seconds is aborted.
+
+The connection is one class in four files, by responsibility:
+
+* here: the connection's life (made, read, held and resumed, timed out, lost)
+  and the order in which its requests are answered;
+* :mod:`.http_parse`: reading requests, the parser callbacks and the limits;
+* :mod:`.http_respond`: writing answers and refusals, closing after them;
+* :mod:`.http_upgrade`: the WebSocket handshake and the hand-off;
+
+and :mod:`.http_access` writes the access log (no query string, no session id).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import inspect
 import logging
 from collections import deque
@@ -34,43 +43,41 @@ from typing import Any
 
 import httptools
 
-from .. import metrics
 from .contract import HttpEndpoint, refusal_parts
 from .guard import origin_refusal
-from .handshake import MAX_HEADERS, compiled_request, is_websocket, negotiate, ws_protocol
+from .handshake import is_websocket
+from .http_access import access_log, redact_path
+from .http_parse import FEED_SLICE, RequestParsing
+from .http_respond import ResponseWriting
+from .http_upgrade import UpgradeHandOff
 from .messages import (
     ACCESS_PATH_MAX,
     Handler,
     Request,
     Response,
-    http_date,
     log_safe,
     peer_text,
 )
 
 __all__ = [
     "ACCESS_PATH_MAX",
+    "FEED_SLICE",
     "Handler",
     "HttpConnection",
     "HttpEndpoint",
     "Request",
     "Response",
+    "access_log",
     "log_safe",
 ]
 
 log = logging.getLogger("hubbub.http")
-#: One INFO line per answered request (Settings.access_log).
-access_log = logging.getLogger("hubbub.access")
 
-#: Bytes handed to the parser at a time: what one read brought is parsed in
-#: slices, so that a connection told to stop (its answers are not read, or a
-#: handler is busy) keeps the rest as bytes, not as thousands of requests.
-FEED_SLICE = 16 * 1024
 #: Methods that do not change state (RFC 9110 9.2.1): allowed from any Origin.
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
 
-class HttpConnection(asyncio.Protocol):
+class HttpConnection(RequestParsing, ResponseWriting, UpgradeHandOff, asyncio.Protocol):
     """A TCP connection until (unless) it becomes a WebSocket."""
 
     def __init__(self, endpoint: HttpEndpoint) -> None:
@@ -111,12 +118,6 @@ class HttpConnection(asyncio.Protocol):
         self.linger: asyncio.TimerHandle | None = None
         self.peer_eof = False
         self._reset()
-
-    def _reset(self) -> None:
-        self.url = b""
-        self.raw_headers: list[tuple[bytes, bytes]] = []
-        self.body_parts: list[bytes] = []
-        self.body_size = 0
 
     # -- asyncio.Protocol ---------------------------------------------------
 
@@ -162,56 +163,6 @@ class HttpConnection(asyncio.Protocol):
             return
         self._feed(data)
 
-    def _compiled_upgrade(self, data: bytes) -> bool:
-        """The first read, when it is the common WebSocket handshake: upgrade (True)."""
-        found = compiled_request(data, self.settings, self.endpoint.subprotocols, self)
-        if found is None:
-            return False  # anything else: parsed the general way
-        request, head, subprotocol, self.leftover = found
-        self._cancel_timer()
-        self.answering = (request, self.loop.time())
-        if self.pending:
-            self.pending = False
-            self.endpoint.http_head_complete(self)
-        if self._admitted(request):
-            self._handshake(request, True, (head, subprotocol))
-        return True
-
-    def _feed(self, data: bytes) -> None:
-        """Parse ``data`` slice by slice, answering as requests complete; stop
-        (keeping the rest in ``backlog``) once the connection is held."""
-        if self.parser is None:
-            self.parser = httptools.HttpRequestParser(self)
-        pos, size = 0, len(data)
-        while pos < size:
-            chunk = data[pos : pos + FEED_SLICE] if size > FEED_SLICE else data
-            pos += len(chunk)
-            try:
-                self.parser.feed_data(chunk)
-            except httptools.HttpParserUpgrade as exc:
-                offset = exc.args[0] if exc.args else len(chunk)
-                self.leftover = chunk[offset:] + data[pos:]
-                self._process()
-                return
-            except httptools.HttpParserCallbackError:
-                # A callback below already answered (413/431) and closed.
-                return
-            except httptools.HttpParserError as exc:
-                if not self.closing:
-                    self.reject(HTTPStatus.BAD_REQUEST, f"Bad Request: {exc}")
-                return
-            if self.in_head and self.head_size > self.settings.max_header_size:
-                self.reject(
-                    HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE, "Request header fields too large"
-                )
-                return
-            self._process()
-            if self.closing or self.upgraded:
-                return
-            if self._held() and pos < size:
-                self.backlog = data[pos:]
-                return
-
     def _held(self) -> bool:
         """True while requests must wait: a handler is busy or answers are unread."""
         return self.busy or self.write_paused
@@ -249,82 +200,6 @@ class HttpConnection(asyncio.Protocol):
             if not self.transport.is_closing():
                 self.transport.resume_reading()
 
-    # -- httptools callbacks -------------------------------------------------
-
-    def on_message_begin(self) -> None:
-        self.began = self.loop.time()
-        self.in_head = True
-        self.head_size = 0
-        self._reset()
-        self._arm_timer()
-
-    def on_url(self, url: bytes) -> None:
-        self.url += url
-        self.head_size += len(url)
-        if len(self.url) > self.settings.max_header_size:
-            self.reject(HTTPStatus.REQUEST_URI_TOO_LONG, "URI too long")
-            raise httptools.HttpParserCallbackError("uri too long")
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        self.raw_headers.append((name, value))
-        self.head_size += len(name) + len(value) + 4  # ": " and CRLF
-        if len(self.raw_headers) > MAX_HEADERS or self.head_size > self.settings.max_header_size:
-            self.reject(
-                HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE, "Request header fields too large"
-            )
-            raise httptools.HttpParserCallbackError("headers too large")
-
-    def on_headers_complete(self) -> None:
-        self.in_head = False
-        if self.pending:
-            self.pending = False
-            self.endpoint.http_head_complete(self)
-        for name, value in self.raw_headers:
-            if name.lower() == b"content-length":
-                try:
-                    size = int(value)
-                except ValueError:
-                    size = 0
-                if size > self.settings.max_body_size:
-                    self.reject(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, "Request body too large")
-                    raise httptools.HttpParserCallbackError("body too large")
-
-    def on_body(self, body: bytes) -> None:
-        self.body_size += len(body)
-        if self.body_size > self.settings.max_body_size:
-            self.reject(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, "Request body too large")
-            raise httptools.HttpParserCallbackError("body too large")
-        self.body_parts.append(body)
-
-    def on_message_complete(self) -> None:
-        self._cancel_timer()
-        headers: dict[str, str] = {}
-        for raw_name, raw_value in self.raw_headers:
-            name = raw_name.decode("latin-1").lower()
-            value = raw_value.decode("latin-1")
-            headers[name] = f"{headers[name]}, {value}" if name in headers else value
-        try:
-            parsed = httptools.parse_url(self.url)
-        except httptools.HttpParserInvalidURLError:
-            self.reject(HTTPStatus.BAD_REQUEST, "Bad Request: invalid URL")
-            raise httptools.HttpParserCallbackError("invalid url") from None
-        path = (parsed.path or b"/").decode("latin-1")
-        query = (parsed.query or b"").decode("latin-1")
-        parser = self.parser
-        assert parser is not None
-        request = Request(
-            parser.get_method().decode("ascii"),
-            path,
-            query,
-            headers,
-            b"".join(self.body_parts),
-            self.peer,
-            self.tls,
-        )
-        http11 = parser.get_http_version() not in ("1.0", "0.9")
-        self.queue.append((request, parser.should_keep_alive(), self.began, http11))
-        self._reset()
-
     # -- request processing ------------------------------------------------
 
     def _process(self) -> None:
@@ -349,7 +224,11 @@ class HttpConnection(asyncio.Protocol):
             try:
                 result = self.endpoint.http_request(request, response)
             except Exception:
-                log.exception("request handler failed for %s %s", request.method, request.path)
+                log.exception(
+                    "request handler failed for %s %s",
+                    log_safe(request.method, 20),
+                    log_safe(redact_path(request.path)),
+                )
                 self._internal_error(response)
                 continue
             if inspect.isawaitable(result):
@@ -386,215 +265,12 @@ class HttpConnection(asyncio.Protocol):
             response.end()
         self._resume()
 
-    def _internal_error(self, response: Response) -> None:
-        if not response.ended and not self.closing:
-            response.ended = True
-            self.write_response(
-                500,
-                None,
-                [("Content-Type", "text/plain; charset=utf-8")],
-                b"Internal Server Error\n",
-                False,
-                response.method,
-            )
-
-    def _handshake(
-        self, request: Request, http11: bool, compiled: tuple[bytes, str | None] | None = None
-    ) -> None:
-        """RFC 6455 4.2.2: accept or refuse the opening handshake (``compiled``: the
-        101 answer and subprotocol of the compiled path, which checked it all)."""
-        refused = origin_refusal(request.headers, request.tls, self.settings.allowed_origins)
-        if refused is not None:
-            self.reject(HTTPStatus.FORBIDDEN, refused)
-            return
-        refused = self.endpoint.ws_admit()
-        if refused is not None:
-            self.reject(HTTPStatus.SERVICE_UNAVAILABLE, refused, [("Retry-After", "5")])
-            return
-        s = self.settings
-        proto = ws_protocol(s, self.endpoint.subprotocols)
-        assert self.transport is not None
-        if compiled is not None:
-            head, subprotocol = compiled
-            proto.origin = request.headers.get("origin")  # type: ignore[assignment]
-            proto.subprotocol = subprotocol  # type: ignore[assignment]
-        else:
-            answer = negotiate(request, http11, proto, s.compression, self.endpoint.subprotocols)
-            if not isinstance(answer, bytes):
-                metrics.handshake_failures.inc(str(answer[0]))
-                self._write_raw_response(*answer, False, "GET")  # refused, with its reason
-                return
-            head = answer
-        request.subprotocol = proto.subprotocol
-        try:
-            denied = self.endpoint.ws_authorize(request)
-        except Exception:
-            log.error("upgrade handler failed", exc_info=True)
-            denied = (500, "Internal Server Error")
-        if denied is not None:
-            try:
-                status, reason, headers = refusal_parts(denied)
-            except (TypeError, ValueError):
-                log.error("upgrade handler returned %r", denied)
-                status, reason, headers = 500, "Internal Server Error", []
-            self.reject(HTTPStatus(status), reason, headers)
-            return
-        proto.accept_called = True
-        self.upgraded = True
-        self._cancel_timer()
-        # Not written here: the connection queues it as its first bytes, so
-        # the 101 and whatever the open handler pushes (the greeting) leave
-        # in one write at the end of this tick (one system call, one TCP
-        # segment, instead of two).
-        conn = self.endpoint.ws_opened(self.transport, proto, request, head)
-        self._log_access(101, 0)
-        self.transport.set_protocol(conn)
-        if self.reading_paused:
-            # Paused for an earlier request's handler: the WebSocket reads.
-            self.reading_paused = False
-            self.transport.resume_reading()
-        # This object's job is done: the WebSocket owns the transport now.
-        self.endpoint.http_connection_lost(self)
-        leftover, self.leftover = self.leftover, b""
-        if leftover:
-            conn.data_received(leftover)
-
-    # -- writing -------------------------------------------------------------
-
-    def write_response(
-        self,
-        status: int,
-        reason: str | None,
-        headers: list[tuple[str, str]],
-        body: bytes,
-        keep_alive: bool,
-        method: str,
-    ) -> None:
-        if reason is None:
-            try:
-                reason = HTTPStatus(status).phrase
-            except ValueError:
-                reason = "Unknown"
-        headers = [*headers, ("Content-Length", str(len(body)))]
-        self._write_raw_response(status, reason, headers, body, keep_alive, method)
-
-    def _write_raw_response(
-        self,
-        status: int,
-        reason: str,
-        headers: list[tuple[str, str]],
-        body: bytes,
-        keep_alive: bool,
-        method: str,
-    ) -> None:
-        if self.transport is None or self.transport.is_closing():
-            return
-        lines = [f"HTTP/1.1 {status} {reason}"]
-        names = {k.lower() for k, _ in headers}
-        for name, value in headers:
-            if name.lower() != "connection":
-                lines.append(f"{name}: {value}")
-        for name, value in self.endpoint.security_headers:
-            if name.lower() not in names:
-                lines.append(f"{name}: {value}")
-        if "date" not in names:
-            lines.append(f"Date: {http_date()}")
-        if "server" not in names:
-            lines.append("Server: hubbub")
-        if "content-length" not in names:
-            lines.append(f"Content-Length: {len(body)}")
-        keep_alive = keep_alive and not self.peer_eof
-        lines.append("Connection: keep-alive" if keep_alive else "Connection: close")
-        head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
-        self._log_access(status, 0 if method == "HEAD" else len(body))
-        if keep_alive:
-            self._arm_timer()
-        else:
-            self.closing = True
-        # May call pause_writing() (the answers are over max_send_buffer).
-        self.transport.write(head if method == "HEAD" else head + body)
-        if not keep_alive:
-            self._linger()
-
-    def _log_access(self, status: int, nbytes: int) -> None:
-        """One access-log line for the response just written (then forget the request)."""
-        answering, self.answering = self.answering, None
-        if not self.settings.access_log or not access_log.isEnabledFor(logging.INFO):
-            return
-        peer = self.peer
-        if answering is not None:
-            request, began = answering
-            method, path, peer = request.method, request.path, request.remote
-        else:
-            # Refused before the request was complete (400, 408, 413, 431).
-            began = self.began
-            method, path = "-", "-"
-            if self.url:  # the method came before it: the parser knows it
-                with contextlib.suppress(Exception):
-                    method = self.parser.get_method().decode("latin-1")
-                path = self.url.partition(b"?")[0].decode("latin-1")
-        access_log.info(
-            '%s "%s %s" %d %d %.1fms',
-            peer_text(peer),
-            log_safe(method, 20),
-            log_safe(path),
-            status,
-            nbytes,
-            (self.loop.time() - began) * 1000 if began else 0.0,
-        )
-
-    def _linger(self) -> None:
-        """Close after a response with ``Connection: close``.
-
-        Closing a socket with unread input makes the kernel send a reset,
-        which can destroy the response before the client reads it (a 413
-        answered before the body arrived, say). So: end our side, discard
-        what still comes, and close when the client does or after a short
-        grace period.
-        """
-        self.closing = True
-        self._cancel_timer()
-        transport = self.transport
-        if transport is None:
-            return
-        if transport.can_write_eof() and not self.peer_eof:
-            transport.write_eof()
-            self.linger = self.loop.call_later(
-                min(2.0, self.settings.handshake_timeout), self._close_transport
-            )
-        else:
-            self._close_transport()
-
-    def _close_transport(self) -> None:
-        """Close politely (what is buffered is sent first), but not forever: a
-        client that does not read it is aborted after ``handshake_timeout``."""
-        self.closing = True
-        self._cancel_timer()
-        if self.linger is not None:
-            self.linger.cancel()
-        if self.transport is None:
-            return
-        self.transport.close()
-        self.linger = self.loop.call_later(self.settings.handshake_timeout, self.transport.abort)
-
     def eof_received(self) -> bool | None:
         self.peer_eof = True
         # Requests still being handled or waiting get their answers (then we
         # close); otherwise returning False lets the transport close itself.
         waiting = self.busy or self.write_paused or bool(self.queue) or bool(self.backlog)
         return True if waiting and not self.closing else False
-
-    def reject(
-        self, status: HTTPStatus, text: str, headers: list[tuple[str, str]] | None = None
-    ) -> None:
-        """Answer with an error status and a one-line reason, then close."""
-        if self.closing:
-            return
-        metrics.handshake_failures.inc(str(status.value))
-        peer = self.answering[0].remote if self.answering is not None else self.peer
-        log.info("%s %s from %s: %s", status.value, status.phrase, peer, text)
-        hdrs = [("Content-Type", "text/plain; charset=utf-8"), *(headers or [])]
-        self.write_response(status.value, status.phrase, hdrs, (text + "\n").encode(), False, "GET")
 
     # -- timers --------------------------------------------------------------
 

@@ -13,7 +13,10 @@ these paths here before the app's ``request`` handler. Session creation
 passes the WebSocket admission rules: Origin allow-list (403), connection
 limits and per-address limits (503), the ``upgrade`` event (its status, and its
 headers: a 401 carries ``WWW-Authenticate: Bearer``). A
-session id is a credential: the access log shows ``/v1/sessions/<redacted>/...``.
+session id is a credential: the access log shows ``/v1/sessions/<redacted>/...``
+(:func:`redact_path`, in :mod:`.http_access` with the log it protects, so that the
+HTTP layer redacts a request it refused before it was complete without importing
+this module).
 """
 
 from __future__ import annotations
@@ -27,13 +30,15 @@ from urllib.parse import parse_qs
 
 from .contract import SessionEndpoint, refusal_parts
 from .guard import host_origin, origin_refusal, parse_origin
+from .http_access import SESSIONS_PREFIX, redact_path
+from .http_access import is_session_path as is_session_path  # the endpoint's router uses it
 from .messages import Request, Response
 from .session import KINDS, Session
 from .sse import PING_PERIOD, EventStream, Hold
 
 log = logging.getLogger("hubbub.session")
 
-PREFIX = "/v1/sessions"
+PREFIX = SESSIONS_PREFIX
 #: The subprotocol a session speaks unless ``protocol=`` says otherwise.
 DEFAULT_PROTOCOL = "hubbub.v1"
 #: Frames (lines) one POST .../frames may carry.
@@ -41,18 +46,6 @@ MAX_FRAMES_PER_POST = 64
 #: Close codes as over a WebSocket (RFC 6455 7.4.1).
 INVALID_DATA = 1007
 MESSAGE_TOO_BIG = 1009
-
-
-def is_session_path(path: str) -> bool:
-    return path.startswith(PREFIX) and (len(path) == len(PREFIX) or path[len(PREFIX)] == "/")
-
-
-def redact_path(path: str) -> str:
-    """``path`` with a session id replaced by ``<redacted>`` (for logs)."""
-    if not is_session_path(path):
-        return path
-    sid, slash, tail = path[len(PREFIX) + 1 :].partition("/")
-    return f"{PREFIX}/<redacted>{slash}{tail}" if sid else path
 
 
 def max_body(endpoint: SessionEndpoint) -> int:
