@@ -58,7 +58,7 @@ from ..core.ratelimit import TokenBucket
 from ..server import Server
 from ..store import RoomMeta, Store, StoreError
 from ..transport.guard import RefusalLog
-from ..transport.http import Request, Response
+from ..transport.http import Request, Response, log_safe
 from . import errors_log
 from .catchup import Catchups
 from .cluster_control import ClusterControl, RoomControl
@@ -201,7 +201,7 @@ class AdminApi:
         try:
             return await self._route(request, response)
         except StoreError as exc:
-            log.error("admin API %s failed: %s", request.path, exc)
+            log.error("admin API %s failed: %s", log_safe(request.path), exc)
             return _json_error(response, 503, "storage unavailable")
 
     def _page(self, request: Request, response: Response) -> None:

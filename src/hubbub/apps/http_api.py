@@ -33,7 +33,7 @@ from ..auth.gate import bearer_challenge
 from ..auth.tokens import TokenError, Verifier
 from ..core import ChatCore, Identity
 from ..store import PendingMessage, Store, StoreError
-from ..transport.http import Request, Response
+from ..transport.http import Request, Response, log_safe
 from .journal import Journal
 from .static import StaticFiles
 
@@ -138,7 +138,7 @@ class HttpApi:
             response.header("Allow", "GET, POST")
             return _json_error(response, 405, "method not allowed")
         except StoreError as exc:
-            log.error("API %s failed: %s", path, exc)
+            log.error("API %s failed: %s", log_safe(path), exc)
             return _json_error(response, 503, "storage unavailable")
 
     async def _rooms(self, request: Request, response: Response) -> None:
