@@ -49,12 +49,32 @@ from seq 0: every epoch is numbered from 1, and the messages it already has are
 read from the store and delivered after the ``reset``, as any hole is), the same
 epoch is a position as before (frames of the epoch that was asked about are
 dropped quietly from then on). One store read per room at a time.
+
+**A delete racing a send on another node.** Node A deletes a room; a member on
+node B sends to it before B heard of the delete. B's message reaches the store
+after the delete: the store makes a new room of that name (a new epoch) with
+the message as its first (the sender's ``ack`` names the new epoch). B then
+sees a message of another epoch, reads the store and finds the new epoch: from
+the store alone a delete and a new room look like a reset, so B's members get
+``reset``. When A's control frame (``deleted``, the old epoch) comes next, the
+members B had when it moved on (:data:`MOVED_TTL`: it remembers them that long)
+are taken out as A's were: ``left_room`` with ``reason: "deleted"``. Members who
+joined the new room meanwhile stay in it. If the control frame came first (a
+near Redis), B deletes the room outright. Either way: every member of the
+deleted room is out, on every node; the message is not lost (it is the new
+room's first, read by whoever joins it); the new room has no member until
+someone joins. (A control frame lost altogether leaves B's members in the new
+room, told ``reset``: the store cannot tell the two apart.) A join on B in
+that moment is answered from the store (the new room) but B still follows the
+old epoch: the delete then takes the joiner out too (``left_room`` ``deleted``
+right after its ``room`` frame; it joins again).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from typing import Annotated, Any, Literal, Protocol
 
 import msgspec
@@ -82,6 +102,10 @@ CONTROL = b'{"type":"~room"'
 MAX_CHECKS = 5
 #: Rooms read one by one in a position check; more are read with one room list.
 FEW_ROOMS = 20
+#: Seconds a node remembers the members a room had when the store showed it a new
+#: epoch (a reset, or a delete and a new room: a ``deleted`` frame of the old epoch
+#: coming later says which, and takes them out).
+MOVED_TTL = 30.0
 
 TEXT = WEBSOCKET_OPCODE_TEXT
 
@@ -139,6 +163,14 @@ class AppLike(Protocol):
     def _fill_holes(self) -> None: ...
 
 
+class _Moved(msgspec.Struct):
+    """A room this node moved to a new epoch on the store's word."""
+
+    epoch: str  # the epoch it left
+    at: float  # time.monotonic() then
+    members: dict[int, Any]  # fd -> its core Member then (a later join is another)
+
+
 class ClusterControl:
     """Direct messages to other nodes, and deletes and resets told to every node."""
 
@@ -146,6 +178,8 @@ class ClusterControl:
         self.app = app
         self._checking: set[str] = set()
         self._again: set[str] = set()
+        #: Rooms moved to a new epoch on the store's word, in the last MOVED_TTL seconds.
+        self._moved: dict[str, _Moved] = {}
         #: Counters, for metrics and tests.
         self.relayed = 0  # direct messages sent to other nodes (one per node)
         self.lost = 0  # ... known not to have reached their node
@@ -211,6 +245,7 @@ class ClusterControl:
         (``left_room``, reason ``deleted``); it is forgotten here. Returns how many
         connections were told."""
         app = self.app
+        self._moved.pop(room, None)
         state = app.core.rooms.get(room)
         fds = set(state.members) if state is not None else set()
         fds.update(app._subs.get(room, ()))
@@ -292,7 +327,7 @@ class ClusterControl:
                 self.remote_deletes += 1
                 told = self.deleted_here(room)
                 log.info("room %s deleted on another node (%d members here told)", room, told)
-            else:
+            elif not self._deleted_after_move(room, c.epoch):
                 self.check(room)  # a newer room of that name is followed here: ask
         elif current is not None and current != c.epoch:
             if current == c.was:
@@ -303,6 +338,48 @@ class ClusterControl:
                 self.check(room)
         # (current None: the room's first member here is still reading its position,
         # which the store gives in whichever epoch is current then.)
+
+    def _deleted_after_move(self, room: str, epoch: str) -> bool:
+        """``epoch`` was deleted, and this node had moved the room from it to a newer
+        epoch on the store's word: the members it had then are taken out (told
+        ``left_room`` ``deleted``), those who joined since stay. False if the room did
+        not move from ``epoch`` here (lately)."""
+        moved = self._moved.get(room)
+        if moved is None or moved.epoch != epoch:
+            return False
+        del self._moved[room]
+        if time.monotonic() - moved.at > MOVED_TTL:
+            return False
+        app = self.app
+        self.remote_deletes += 1
+        state = app.core.rooms.get(room)
+        members = state.members if state is not None else {}
+        out = sorted(fd for fd, m in members.items() if moved.members.get(fd) is m)
+        if len(out) == len(members):
+            told = self.deleted_here(room)
+        else:
+            for fd in out:
+                app._drop(fd, room)
+                app.reply(fd, p.Left_(room, reason="deleted"))
+            told = len(out)
+        log.info(
+            "room %s was deleted on another node, then made again (%d members here told)",
+            room,
+            told,
+        )
+        return True
+
+    def _note_move(self, room: str, epoch: str) -> None:
+        """The store shows ``room`` in a newer epoch than ``epoch``: remember who was in it."""
+        now = time.monotonic()
+        self._prune(now)
+        state = self.app.core.rooms.get(room)
+        members = dict(state.members) if state is not None else {}
+        self._moved[room] = _Moved(epoch, now, members)
+
+    def _prune(self, now: float) -> None:
+        for name in [r for r, m in self._moved.items() if now - m.at > MOVED_TTL]:
+            del self._moved[name]
 
     # -- asking the store ------------------------------------------------------------------
 
@@ -354,7 +431,9 @@ class ClusterControl:
         current = sequencer.epoch(room)
         if current is not None and meta.epoch != current:
             # Every epoch is numbered from 1: follow it from 0, and what it already
-            # has is read from the store and delivered after the ``reset``.
+            # has is read from the store and delivered after the ``reset``. (A reset,
+            # or a delete and a new room: a ``deleted`` frame may follow.)
+            self._note_move(room, current)
             self.remote_resets += 1
             told = self.reset_here(room, meta.epoch, 0, 1)
             sequencer.position(room, meta.seq, urgent=True)
@@ -369,6 +448,7 @@ class ClusterControl:
         """Compare every followed room with the store: a lost last message shows as a
         hole (read from the store), a lost delete or reset as above."""
         app = self.app
+        self._prune(time.monotonic())
         rooms = [r for r in app.sequencer.rooms if app.sequencer.cursor(r) is not None]
         if not rooms:
             return
