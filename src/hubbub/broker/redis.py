@@ -10,6 +10,17 @@ are delivered to its own members inside ``publish`` (they do not wait for
 Redis, and keep flowing while Redis is down); the copy that comes back from
 Redis is recognised by its origin and dropped.
 
+Batches (wire version 2, the default): the frames of one room that are queued
+when the publisher task runs (those published in the same loop tick, or while the
+previous round trip was out; never held back for a timer) go in one ``PUBLISH``,
+at most ``BATCH_MAX_FRAMES`` frames and ``BATCH_MAX_BYTES`` bytes each; a lone frame
+goes as a version 1 frame. A receiver unpacks a batch and hands each frame to
+``deliver`` in order, as if published one by one: one Redis message, one reply
+and one read instead of one per frame. ``wire=1`` (the URL's ``?wire=1``, or the
+argument) sends only version 1 frames, for a rolling restart from a version that
+cannot read batches (docs/scaling.md, *The wire between nodes*); every node reads
+both.
+
 Connections are redis-py asyncio connections driven by hubbub's own loops, not
 by redis-py's pub/sub object (whose reconnects have lost subscriptions: redis-py
 #2089, #2417, #3203):
@@ -23,8 +34,9 @@ by redis-py's pub/sub object (whose reconnects have lost subscriptions: redis-py
   ``on_reconnect()``: frames published meanwhile were lost, so the app re-reads
   positions from the store.
 * the **publisher** owns another: one task sends the outgoing queue in order,
-  pipelined (``PUBLISH`` x up to 256 per round trip), so one node's frames of one
-  room reach Redis, and so every subscriber, in publication order. ``publish``
+  pipelined (up to 256 ``PUBLISH`` per round trip, a round at most ``_ROUND_FRAMES``
+  frames and about ``_ROUND_BYTES`` bytes), so one node's frames of one room reach
+  Redis, and so every subscriber, in publication order. ``publish``
   never blocks: it appends to a queue bounded in frames (``max_queue``) and bytes
   (``max_queue_bytes``). **When the queue is full the oldest frames are dropped**
   (counted in ``dropped``, logged once per outage): other nodes miss them and see
@@ -55,7 +67,8 @@ import random
 import uuid
 from collections import deque
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from redis.asyncio.connection import AbstractConnection, ConnectionPool
 from redis.exceptions import RedisError
@@ -69,14 +82,30 @@ from .base import (
     hand_to_self,
     tell_lost,
 )
-from .frames import decode_frame, encode_frame, valid_node_id
+from .frames import (
+    BATCH,
+    batch_origin,
+    decode_batch,
+    decode_frame,
+    encode_frame,
+    frame_size,
+    pack_round,
+    valid_node_id,
+)
 
 __all__ = ["RedisBroker", "decode_frame", "encode_frame"]
 
 log = logging.getLogger("hubbub.broker.redis")
 
-#: How many channels one SUBSCRIBE/UNSUBSCRIBE names, and frames one round trip sends.
+#: How many channels one SUBSCRIBE/UNSUBSCRIBE names, and PUBLISHes one round trip sends.
 _CHUNK = 256
+#: One publisher round takes at most this many queued frames, and stops taking more once
+#: it holds this many bytes.
+_ROUND_FRAMES = 4096
+_ROUND_BYTES = 1024 * 1024
+#: The wire versions a node may send (frames.py); it reads every one of them.
+WIRE_VERSIONS = (1, 2)
+_BATCH_MAGIC = bytes([BATCH])
 
 #: What a lost or broken connection raises.
 _IO_ERRORS: tuple[type[BaseException], ...] = (RedisError, OSError, TimeoutError, EOFError)
@@ -86,9 +115,27 @@ def _no_callback() -> None:
     """The ``on_lost`` of a node payload sent without one (marks it a node payload)."""
 
 
-#: One outgoing PUBLISH: channel, frame, and for a node payload its ``on_lost``
-#: (None for a room frame, which is sent again after a failed round trip).
-_Outgoing = tuple[bytes, bytes, Lost | None]
+class _Outgoing(NamedTuple):
+    """One queued frame: its channel, payload and seq, its size on the wire as a single
+    frame (what the queue's byte bound counts), and for a node payload its ``on_lost``
+    (None for a room frame, which is sent again after a failed round trip)."""
+
+    channel: bytes
+    payload: bytes
+    seq: int | None
+    size: int
+    lost: Lost | None
+
+
+def _take_wire(url: str) -> tuple[str, str | None]:
+    """``url`` without its ``wire`` query parameter, and that parameter (None if absent)."""
+    parts = urlsplit(url)
+    if "wire=" not in parts.query:
+        return url, None
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    values = [v for k, v in query if k == "wire"]
+    rest = [(k, v) for k, v in query if k != "wire"]
+    return urlunsplit(parts._replace(query=urlencode(rest))), values[-1] if values else None
 
 
 class RedisBroker:
@@ -100,7 +147,9 @@ class RedisBroker:
     printable ASCII characters without ``/``; random by default; must differ between
     nodes). ``on_reconnect()`` is called after the subscriptions were restored
     following a connection loss. ``max_node_payload`` bounds what ``send_node``
-    sends and what the node channel accepts.
+    sends and what the node channel accepts. ``wire`` is the newest wire version
+    sent: 2 (batches, the default) or 1 (single frames only); the URL may say it
+    instead (``?wire=1``).
     """
 
     def __init__(
@@ -119,7 +168,13 @@ class RedisBroker:
         io_timeout: float = 5.0,
         backoff_min: float = 0.05,
         backoff_max: float = 5.0,
+        wire: int | None = None,
     ) -> None:
+        url, wire_param = _take_wire(url)
+        if wire is None:
+            wire = 2 if wire_param is None else int(wire_param) if wire_param.isdigit() else 0
+        if wire not in WIRE_VERSIONS:
+            raise ValueError(f"wire must be one of {', '.join(map(str, WIRE_VERSIONS))}")
         if "{" in prefix or "}" in prefix:
             raise ValueError("prefix must not contain braces (the room is the hash tag)")
         node = node_id if node_id is not None else uuid.uuid4().hex[:16]
@@ -130,6 +185,7 @@ class RedisBroker:
         if min(subscribe_timeout, health_interval, io_timeout, backoff_min) <= 0:
             raise ValueError("timeouts and back-off must be positive")
         self.url = url
+        self.wire = wire
         self.prefix = prefix
         self.node_id = node
         self.on_reconnect = on_reconnect
@@ -172,6 +228,9 @@ class RedisBroker:
         self.node_sent = 0
         self.node_received = 0
         self.node_lost = 0
+        #: PUBLISHes that carried a batch, and the frames they carried.
+        self.batches = 0
+        self.batched = 0
 
     # -- lifecycle ----------------------------------------------------------------
 
@@ -417,12 +476,21 @@ class RedisBroker:
         room = self._channels.get(ch)
         if room is None:
             return  # in flight when we unsubscribed
+        if data[:1] == _BATCH_MAGIC:
+            if batch_origin(data) == self._node:
+                return  # delivered locally when they were published
+            try:
+                _, frames = decode_batch(data, self.max_payload)
+            except ValueError as exc:
+                self._bad_frame(ch, exc)
+                return
+            for payload, seq in frames:
+                self._deliver_safely(room, payload, seq)
+            return
         try:
             origin, payload, seq = decode_frame(data)
         except ValueError as exc:
-            self.bad_frames += 1
-            if self.bad_frames == 1 or self.bad_frames % 1000 == 0:
-                log.warning("dropped %d malformed frame(s) on %r: %s", self.bad_frames, ch, exc)
+            self._bad_frame(ch, exc)
             return
         if origin == self._node:
             return  # delivered locally when it was published
@@ -430,6 +498,11 @@ class RedisBroker:
             self.bad_frames += 1
             return
         self._deliver_safely(room, payload, seq)
+
+    def _bad_frame(self, ch: bytes, exc: ValueError) -> None:
+        self.bad_frames += 1
+        if self.bad_frames == 1 or self.bad_frames % 1000 == 0:
+            log.warning("dropped %d malformed frame(s) on %r: %s", self.bad_frames, ch, exc)
 
     def _on_node_message(self, data: bytes) -> None:
         try:
@@ -474,9 +547,9 @@ class RedisBroker:
             return
         if seq is not None and not 0 <= seq < 2**64:
             raise ValueError(f"seq out of range: {seq}")
-        frame = encode_frame(self._node, payload, seq)
-        self._queue.append((self.channel(room), frame, None))
-        self._queue_bytes += len(frame)
+        size = frame_size(self._node, payload)
+        self._queue.append(_Outgoing(self.channel(room), payload, seq, size, None))
+        self._queue_bytes += size
         self.published += 1
         self._trim()
         self._wake.set()
@@ -496,16 +569,18 @@ class RedisBroker:
             if not hand_to_self(self._on_node, self.node_id, payload, on_lost):
                 self.node_lost += 1
             return
-        frame = encode_frame(self._node, payload, None)
-        self._queue.append((self.node_channel(node), frame, on_lost or _no_callback))
-        self._queue_bytes += len(frame)
+        size = frame_size(self._node, payload)
+        self._queue.append(
+            _Outgoing(self.node_channel(node), payload, None, size, on_lost or _no_callback)
+        )
+        self._queue_bytes += size
         self._trim()
         self._wake.set()
 
     def _trim(self) -> None:
         while len(self._queue) > self.max_queue or self._queue_bytes > self.max_queue_bytes:
-            _, frame, lost = self._queue.popleft()
-            self._queue_bytes -= len(frame)
+            _, _, _, size, lost = self._queue.popleft()
+            self._queue_bytes -= size
             self.dropped += 1
             if lost is not None:
                 self.node_lost += 1
@@ -523,6 +598,18 @@ class RedisBroker:
         """Frames waiting to be sent to Redis."""
         return len(self._queue)
 
+    def _take_round(self) -> list[_Outgoing]:
+        """The frames of one round, from the head of the queue (at least one)."""
+        queue = self._queue
+        items = [queue.popleft()]
+        size = items[0].size
+        while queue and len(items) < _ROUND_FRAMES and size < _ROUND_BYTES:
+            item = queue.popleft()
+            items.append(item)
+            size += item.size
+        self._queue_bytes -= size
+        return items
+
     async def _publisher(self, conn: AbstractConnection | None) -> None:
         while True:
             if not self._queue:
@@ -537,32 +624,45 @@ class RedisBroker:
                 if conn is None:
                     break
                 log.info("redis publisher reconnected to %s", self._where())
-            batch = [self._queue.popleft() for _ in range(min(_CHUNK, len(self._queue)))]
-            self._queue_bytes -= sum(len(f) for _, f, _ in batch)
+            items = self._take_round()
+            commands = pack_round(
+                self._node,
+                [(it.channel, it.payload, it.seq, it.lost is None) for it in items],
+                batches=self.wire >= 2,
+            )
+            for _, _, indexes in commands:
+                if len(indexes) > 1:
+                    self.batches += 1
+                    self.batched += len(indexes)
             answered = 0
             try:
-                await conn.send_packed_command(
-                    conn.pack_commands([("PUBLISH", ch, f) for ch, f, _ in batch]),
-                    check_health=False,
-                )
-                for _, _, lost in batch:
-                    reply = await conn.read_response(timeout=self.io_timeout)
-                    if reply is None:
-                        raise TimeoutError(f"no answer to PUBLISH within {self.io_timeout}s")
-                    answered += 1
-                    if lost is not None and reply == 0:  # no node listens on that channel
-                        self.node_lost += 1
-                        tell_lost(lost)
+                for c in range(0, len(commands), _CHUNK):
+                    chunk = commands[c : c + _CHUNK]
+                    await conn.send_packed_command(
+                        conn.pack_commands([("PUBLISH", ch, wire) for ch, wire, _ in chunk]),
+                        check_health=False,
+                    )
+                    for _, _, indexes in chunk:
+                        reply = await conn.read_response(timeout=self.io_timeout)
+                        if reply is None:
+                            raise TimeoutError(f"no answer to PUBLISH within {self.io_timeout}s")
+                        answered += 1
+                        lost = items[indexes[0]].lost
+                        if lost is not None and reply == 0:  # no node listens on that channel
+                            self.node_lost += 1
+                            tell_lost(lost)
             except _IO_ERRORS as exc:
                 log.warning("redis publisher lost its connection: %s", exc)
                 await conn.disconnect(nowait=True)
                 conn = None
                 # Unknown whether the unanswered frames went out: room frames are sent
-                # again (at-least-once), node payloads not (at-most-once).
-                again = [item for item in batch[answered:] if item[2] is None]
-                self.dropped += len(batch) - answered - len(again)
+                # again (at-least-once, in the order published), node payloads not
+                # (at-most-once).
+                unanswered = sorted(i for _, _, ix in commands[answered:] for i in ix)
+                again = [items[i] for i in unanswered if items[i].lost is None]
+                self.dropped += len(unanswered) - len(again)
                 self._queue.extendleft(reversed(again))
-                self._queue_bytes += sum(len(f) for _, f, _ in again)
+                self._queue_bytes += sum(it.size for it in again)
                 self._trim()
                 if self._closing:
                     break
@@ -581,6 +681,8 @@ class RedisBroker:
             "node_sent": self.node_sent,
             "node_received": self.node_received,
             "node_lost": self.node_lost,
+            "batches": self.batches,
+            "batched": self.batched,
             "backlog": len(self._queue),
             "subscribed": len(self._counts),
         }
