@@ -19,6 +19,8 @@ import time
 from pathlib import Path
 from types import TracebackType
 
+from . import proc
+
 #: Open files the server may hold: 5,000 SSE receivers hold 5,000 streams plus a
 #: few thousand short-lived request connections.
 NOFILE = 20_000
@@ -86,7 +88,7 @@ class HubbubServer:
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
-                preexec_fn=self._preexec,
+                preexec_fn=proc.dies_with_us(signal.SIGKILL, self._preexec),
                 env={**os.environ, "PYTHONUNBUFFERED": "1"},
             )
 
