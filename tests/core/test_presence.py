@@ -244,20 +244,20 @@ def test_a_room_wavering_around_the_threshold_does_not_change_mode(clock: Clock)
     state = core.room_state(0, "a", "e", 0)
     assert state is not None and state.count == 500 and state.has_more
     assert len(state.members) == p.MEMBERS_PAGE_DEFAULT
-    # Small again at 450 (small_again(500)), not before.
-    for fd in range(499, 450, -1):
+    # Small again at 490 (small_again(500)), not before.
+    for fd in range(499, 490, -1):
         core.handle(fd, p.Leave("a"))
     clock.now += 1.1
     (frame,) = presences(core.flush_presence())
-    assert frame.large and frame.count == 451
-    core.handle(450, p.Leave("a"))
+    assert frame.large and frame.count == 491
+    core.handle(490, p.Leave("a"))
     clock.now += 1.1
     (frame,) = presences(core.flush_presence())
-    assert not frame.large and frame.count == 450
+    assert not frame.large and frame.count == 490
     state = core.room_state(0, "a", "e", 0)
-    assert state is not None and len(state.members) == 450 and not state.has_more
+    assert state is not None and len(state.members) == 490 and not state.has_more
     # A room that grows from below is small up to large_room itself.
-    for fd in range(450, 500):
+    for fd in range(490, 500):
         core.handle(fd, p.Join("a"))
     clock.now += 1.1
     (frame,) = presences(core.flush_presence())

@@ -89,9 +89,11 @@ def _changes(
 
 
 def small_again(large_room: int) -> int:
-    """The member count at or below which a large room is small again: 10 % below
-    ``large_room`` (450 for 500), at least one below it."""
-    return large_room - max(1, large_room // 10)
+    """The member count at or below which a large room is small again: 2 % below
+    ``large_room`` (490 for 500), at least one below it. A room whose size wanders
+    at random (as many joins as leaves) takes about 10 * 10 = 100 of them to cross
+    a band of 10; one join and one leave in turn never cross it."""
+    return large_room - max(1, large_room // 50)
 
 
 def is_large(room: Room, large_room: int) -> bool:
