@@ -31,6 +31,7 @@ from .conftest import Node, wait_until
 
 @pytest.fixture
 async def make_node(redis_prefix: str) -> AsyncIterator[Callable[..., Any]]:
+    # Node ids unlike test_redis.py's: its kill tests find connections by client name.
     nodes: list[Node] = []
 
     async def factory(name: str, url: str = REDIS_URL, **kwargs: Any) -> Node:
@@ -95,7 +96,7 @@ def tap() -> Any:
 async def test_frames_of_one_tick_cross_as_batches_and_arrive_as_published(
     make_node: Callable[..., Any], tap: Callable[..., Tap]
 ) -> None:
-    a, b = await make_node("a"), await make_node("b")
+    a, b = await make_node("v2-a"), await make_node("v2-b")
     for room in ("r", "s"):
         await b.broker.subscribe(room)
         await a.broker.subscribe(room)
@@ -124,12 +125,12 @@ async def test_frames_of_one_tick_cross_as_batches_and_arrive_as_published(
 async def test_a_lone_frame_is_a_version_1_frame(
     make_node: Callable[..., Any], tap: Callable[..., Tap]
 ) -> None:
-    a = await make_node("a")
+    a = await make_node("v2-a")
     t = tap(a.broker.channel("r"))
     await t.wait_subscribed(a.broker.channel("r"))
     a.broker.publish("r", b"alone", 7)
     await wait_until(lambda: t.messages)
-    assert decode_frame(t.messages[0][1]) == (b"a", b"alone", 7)
+    assert decode_frame(t.messages[0][1]) == (b"v2-a", b"alone", 7)
 
 
 @pytest.mark.parametrize("how", ["url", "argument"])
@@ -137,11 +138,11 @@ async def test_wire_1_sends_single_frames_only(
     make_node: Callable[..., Any], tap: Callable[..., Tap], redis_prefix: str, how: str
 ) -> None:
     if how == "url":
-        a = await make_node("a", REDIS_URL + "?wire=1")
+        a = await make_node("v2-a", REDIS_URL + "?wire=1")
     else:
-        a = await make_node("a", wire=1)
+        a = await make_node("v2-a", wire=1)
     assert a.broker.wire == 1  # type: ignore[attr-defined]
-    b = await make_node("b")
+    b = await make_node("v2-b")
     await b.broker.subscribe("r")
     t = tap(a.broker.channel("r"))
     await t.wait_subscribed(a.broker.channel("r"))
@@ -171,7 +172,7 @@ def test_a_version_1_reader_refuses_a_batch_by_its_version() -> None:
 
 
 async def test_frames_of_a_version_1_node_are_read(make_node: Callable[..., Any]) -> None:
-    b = await make_node("b")
+    b = await make_node("v2-b")
     await b.broker.subscribe("r")
     client = redis_client()
     try:  # what a node before batches publishes, back to back
@@ -239,7 +240,7 @@ def test_malformed_batches_are_refused_whole() -> None:
 async def test_a_malformed_batch_is_dropped_and_delivery_goes_on(
     make_node: Callable[..., Any],
 ) -> None:
-    b = await make_node("b", max_payload=100)
+    b = await make_node("v2-b", max_payload=100)
     await b.broker.subscribe("r")
     channel = b.broker.channel("r")
     good = encode_batch(b"other", [(b"g1", 1), (b"g2", 2)])
