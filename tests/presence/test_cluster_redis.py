@@ -1,7 +1,9 @@
 """ClusterPresence on the real Redis (own prefix per test): a join that changes
 nothing in Redis (the member was registered already) reads the room's version,
 and that reading is compared like the periodic version check's, so an event of
-another node lost on the way here is still noticed."""
+another node lost on the way here is still noticed; a join whose answer was lost
+(Redis applied it) is taken back once Redis answers again, so no other node keeps
+listing a member this node refused."""
 
 from __future__ import annotations
 
@@ -9,6 +11,7 @@ import asyncio
 import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
+from urllib.parse import urlparse
 
 import pytest
 import redis.asyncio as aioredis
@@ -20,6 +23,7 @@ from hubbub.core.nicknames import nick_key
 from hubbub.presence import ClusterPresence
 from hubbub.presence.base import Entry, PresenceError, decode_event
 from hubbub.presence.redis import RedisPresence
+from tests.broker.proxy import Proxy
 from tests.services import REDIS_URL, redis_client, redis_prefix  # noqa: F401
 
 WALL = 1_700_000_000.0
@@ -79,12 +83,14 @@ async def until(check: Callable[[], bool], what: str, within: float = 10.0) -> N
 class NodeA:
     """A node without sockets on the real Redis: a core and its ClusterPresence."""
 
-    def __init__(self, prefix: str) -> None:
+    def __init__(self, prefix: str, url: str = REDIS_URL, io_timeout: float = 5.0) -> None:
         self.core = ChatCore(
             ChatLimits(rate=0, room_create_rate=0), wallclock=lambda: WALL, coalesce_presence=True
         )
         self.tasks: set[asyncio.Task[Any]] = set()
-        self.manager = RedisPresence(REDIS_URL, prefix=prefix, node_id="A", channel=channel(prefix))
+        self.manager = RedisPresence(
+            url, prefix=prefix, node_id="A", channel=channel(prefix), io_timeout=io_timeout
+        )
         self.presence = ClusterPresence(
             self.core, self.manager, self.run, self.spawn, lambda fd, room: None
         )
@@ -189,3 +195,67 @@ async def test_a_lost_event_is_noticed_after_a_rejoin_that_changed_nothing(
     a.manager.leave = leave  # type: ignore[method-assign]
     await a.join(1, "ann")  # back before the leave was sent again: nothing changes
     await caught(a)
+
+
+class Deaf(Proxy):
+    """A proxy to Redis that, while ``deaf`` is set, forwards the commands but drops
+    Redis's replies: a command applied whose answer never comes (a timeout)."""
+
+    def __init__(self, host: str, port: int) -> None:
+        super().__init__(host, port)
+        self.deaf = False
+        self._clients: set[asyncio.StreamWriter] = set()
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._clients.add(writer)
+        await super()._accept(reader, writer)
+
+    async def _pipe(self, src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+        try:
+            while data := await src.read(65536):
+                if self.deaf and dst in self._clients:
+                    continue  # a reply lost on the way back
+                dst.write(data)
+                await dst.drain()
+        except (OSError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            dst.close()
+            self._writers.discard(dst)
+            self._clients.discard(dst)
+
+
+async def test_a_join_applied_but_not_answered_is_taken_back_once_redis_answers(
+    redis_prefix: str,  # noqa: F811
+) -> None:
+    redis_client().close()
+    target = urlparse(REDIS_URL)
+    proxy = Deaf(target.hostname or "127.0.0.1", target.port or 6379)
+    await proxy.start()
+    a = NodeA(redis_prefix, f"redis://127.0.0.1:{proxy.port}{target.path}", io_timeout=0.3)
+    b = RedisPresence(REDIS_URL, prefix=redis_prefix, node_id="B", channel=channel(redis_prefix))
+    await a.presence.start()
+    await b.start(None)
+
+    async def listed() -> list[str]:
+        return sorted(e.nick for e in (await b.snapshot(ROOM))[1])
+
+    try:
+        a.core.connect(1)
+        a.core.handle(1, p.Join(ROOM, nick="ann"))
+        await a.presence.follow(ROOM)
+        proxy.deaf = True
+        with pytest.raises(PresenceError):
+            await a.presence.claim(1, ROOM)  # the join is refused (unavailable) ...
+        a.core.handle(1, p.Leave(ROOM))  # ... and undone here
+        assert await listed() == ["ann"]  # but Redis applied it: B lists her
+        proxy.deaf = False
+        await a.presence.tick()  # Redis answers again: A takes her out
+        await a.settle()
+        assert await listed() == []
+        assert not a.presence._unsent_leaves
+    finally:
+        await a.settle()
+        await a.manager.close(retire=False)
+        await b.close(retire=False)
+        await proxy.close()

@@ -22,9 +22,13 @@
   registered again after an error, or back before its leave was sent) answers
   the room's version, not a change of this node's: that answer is compared the
   same way (:meth:`_read`), so it cannot pass another node's lost event off as
-  this node's own. A lease found lapsed (the node was paused, cut off from Redis, or Redis
-  restarted empty) is taken again, every local member is registered again (and
-  its nickname claimed) and every followed room is read again.
+  this node's own. A join that failed with a Redis error (a timeout, the
+  connection lost after the command went out) may have been applied: its
+  member, refused here, is taken out again at the next tick, as a leave that
+  failed is (:meth:`_uncertain`). A lease found lapsed (the node was paused,
+  cut off from Redis, or Redis restarted empty) is taken again, every local
+  member is registered again (and its nickname claimed) and every followed room
+  is read again.
 
 Convergence after a node dies: its lease lapses within ``lease_ttl`` seconds,
 the next tick of a surviving node removes its members (``renew_every``
@@ -52,6 +56,9 @@ MAX_HELD = 10_000
 #: seconds between tries.
 CLAIM_PATIENCE = 1.0
 CLAIM_RETRY = 0.05
+#: Leaves kept to be sent again once Redis answers (failed leaves, and failed joins
+#: that Redis may have applied); past it one is dropped (logged).
+MAX_UNSENT = 100_000
 
 
 class ClusterPresence:
@@ -100,6 +107,7 @@ class ClusterPresence:
         self._again = False
         self.halted = False
         self.bad_events = 0
+        self.unsent_dropped = 0
 
     async def start(self) -> None:
         await self.manager.start(self.on_event)
@@ -150,12 +158,40 @@ class ClusterPresence:
                     break
                 await asyncio.sleep(CLAIM_RETRY)
         except PresenceError:
-            self.release(fd, room, send=False)
+            self._uncertain(fd, room, entry.mid)
             raise
         if version is None:
             self.release(fd, room, send=False)
             return False
         return True
+
+    def _uncertain(self, fd: int, room: str, mid: str) -> None:
+        """The join of ``fd``'s member failed with a Redis error: the join is refused,
+        but Redis may have applied it (the reply was lost). A member no longer held
+        here has its leave sent at the next tick (:meth:`_retry_leaves`: nothing
+        changes if it was not applied), else other nodes would list it until this
+        node's lease lapsed; one another connection still holds is registered again
+        then (:meth:`_register_all`)."""
+        self.release(fd, room, send=False)
+        key = (room, mid)
+        if key in self._claims:
+            self._stale = True
+        else:
+            self._note_unsent(key)
+
+    def _note_unsent(self, key: tuple[str, str]) -> None:
+        """Remember a leave to send at the next tick (at most MAX_UNSENT of them)."""
+        if len(self._unsent_leaves) < MAX_UNSENT or key in self._unsent_leaves:
+            self._unsent_leaves.add(key)
+            return
+        self.unsent_dropped += 1
+        if self.unsent_dropped == 1 or self.unsent_dropped % 1000 == 0:
+            log.warning(
+                "presence: %d leave(s) not kept for a retry (more than %d waiting); other "
+                "nodes may list such a member until this node stops",
+                self.unsent_dropped,
+                MAX_UNSENT,
+            )
 
     def _join(self, room: str, entry: Entry) -> asyncio.Future[int | None]:
         """Register ``entry`` in ``room`` (queued now, in call order): the version, or
@@ -211,7 +247,7 @@ class ClusterPresence:
             await pending
         except PresenceError as exc:
             log.warning("presence: %s could not leave %s (retried): %s", mid, room, exc)
-            self._unsent_leaves.add((room, mid))
+            self._note_unsent((room, mid))
 
     async def rename(self, fd: int) -> list[str]:
         """The user of ``fd`` has a new nickname (in every room): claim it in each.
