@@ -204,7 +204,7 @@ class Settings:
     )
     broker: str = _doc(
         "Fan-out between nodes: 'local' (one node) or "
-        "redis://HOST[:PORT][/DB][?prefix=P] (several nodes on one store).",
+        "redis://HOST[:PORT][/DB][?prefix=P][&wire=1] (several nodes on one store).",
         default="local",
     )
     sqlite_synchronous: str = _doc(
