@@ -152,11 +152,13 @@ class _RoomReads:
 class _Waiting:
     """Frames delivered to the room while one member catches up."""
 
-    __slots__ = ("buffer", "overflow")
+    __slots__ = ("buffer", "epoch", "overflow")
 
     def __init__(self) -> None:
         self.buffer: list[tuple[int | None, bytes]] = []
         self.overflow = False
+        #: The epoch of the ``room`` frame sent (None: not sent yet).
+        self.epoch: str | None = None
 
 
 class Catchups:
@@ -165,7 +167,10 @@ class Catchups:
     ``subscribe(fd, room)`` makes this node follow the room for the member
     (BrokerError / StoreError when it cannot); ``reach(room, seq)`` returns once
     the node has delivered the room up to ``seq``; ``undo(fd, room)`` takes back
-    a join that could not be completed (the client may send it again).
+    a join that could not be completed (the client may send it again);
+    ``switch(room, meta, keep)`` moves the room to the store's epoch when this node
+    follows an older one (True if it did; the members in ``keep``, whose ``room``
+    frame is still to come, are left alone: see :meth:`_follow_store`).
     """
 
     def __init__(
@@ -179,6 +184,7 @@ class Catchups:
         subscribe: Callable[[int, str], Awaitable[None]],
         reach: Callable[[str, int], Awaitable[None]],
         undo: Callable[[int, str], None],
+        switch: Callable[[str, RoomMeta, set[int]], bool] | None = None,
         chunk: int = REPLAY_CHUNK,
     ) -> None:
         self.server = server
@@ -190,6 +196,7 @@ class Catchups:
         self._subscribe = subscribe
         self._reach = reach
         self._undo = undo
+        self._switch = switch
         self.waiting: dict[str, dict[int, _Waiting]] = {}
         # Catch-up tasks per room (a delete waits for them) and per member (a leave
         # cancels its own).
@@ -301,10 +308,12 @@ class Catchups:
             assert meta is not None  # read for every ask of the room's state
             if not self._current(fd, room, state):
                 return
+            self._follow_store(room, meta)
             room_state = self.core.room_state(fd, room, meta.epoch, meta.seq)
             if room_state is None:
                 self._end(fd, room, state)
                 return
+            state.epoch = meta.epoch
             self._reply(fd, room_state)
             # Presence and typing buffered until now are older than the member list
             # just sent (which has every change they tell): only messages are kept.
@@ -355,6 +364,22 @@ class Catchups:
                 if seq is None or seq > last:
                     push(fd, payload, TEXT)
         self.core.mark_live(fd, room)
+
+    def _follow_store(self, room: str, meta: RoomMeta) -> None:
+        """The joiner's ``room`` frame is about to tell the store's state (``meta``): if
+        this node still follows an older epoch of the room (it was reset, or deleted
+        and made again, on another node, and this node has not heard yet), the room
+        moves to the store's epoch first (``switch``, as the position check moves it:
+        the other members here get ``reset``), so that the joiner and the room's other
+        members agree. The catch-ups whose ``room`` frame is still to come stay (theirs
+        will be of the new epoch); what they buffered was of the old one: dropped."""
+        if self._switch is None:
+            return
+        fresh = {f: st for f, st in self.waiting.get(room, {}).items() if st.epoch is None}
+        if self._switch(room, meta, set(fresh)):
+            for st in fresh.values():
+                st.buffer.clear()
+                st.overflow = False
 
     def _end(self, fd: int, room: str, state: _Waiting | None = None) -> _Waiting | None:
         """Stop buffering for the member (only for ``state``'s catch-up if given)."""
