@@ -14,7 +14,6 @@ import pytest
 
 from hubbub.apps import chat
 from hubbub.apps.admin_api import reset_room
-from hubbub.apps.cluster_control import ClusterControl
 from tests.apps.test_chat import Client
 
 from .conftest import Cluster
@@ -22,10 +21,6 @@ from .test_cross_node import Frames, listed, member
 from .test_delete_race import two_nodes
 
 
-@pytest.mark.skipif(
-    not hasattr(ClusterControl, "store_ahead"),
-    reason="needs ClusterControl.store_ahead wired as Catchups' switch (H7's report has the diff)",
-)
 @pytest.mark.parametrize("fresh", [1, 4], ids=["behind-the-cursor", "past-the-cursor"])
 async def test_a_join_moves_the_node_to_the_stores_newer_epoch(
     cluster: Cluster, monkeypatch: pytest.MonkeyPatch, fresh: int

@@ -156,6 +156,7 @@ class ChatApp:
             subscribe=self._subscribe,
             reach=self.sequencer.reach,
             undo=self._undo_join,
+            switch=self.control.store_ahead,
         )
         if hasattr(broker, "on_reconnect") and getattr(broker, "on_reconnect", None) is None:
             broker.on_reconnect = self.on_broker_reconnect  # type: ignore[attr-defined]

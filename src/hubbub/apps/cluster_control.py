@@ -65,9 +65,10 @@ deleted room is out, on every node; the message is not lost (it is the new
 room's first, read by whoever joins it); the new room has no member until
 someone joins. (A control frame lost altogether leaves B's members in the new
 room, told ``reset``: the store cannot tell the two apart.) A join on B in
-that moment is answered from the store (the new room) but B still follows the
-old epoch: the delete then takes the joiner out too (``left_room`` ``deleted``
-right after its ``room`` frame; it joins again).
+that moment is answered from the store (the new room), and B moves the room to
+the new epoch at once (:meth:`ClusterControl.store_ahead`: its other members get
+``reset``). A's ``deleted`` frame then takes out the members B had then, the
+joiner included (``left_room`` ``deleted``; it joins again).
 """
 
 from __future__ import annotations
@@ -75,6 +76,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Collection
 from typing import Annotated, Any, Literal, Protocol
 
 import msgspec
@@ -255,21 +257,26 @@ class ClusterControl:
         app.run(removed)
         return len(removed)
 
-    def reset_here(self, room: str, epoch: str, seq: int, oldest: int) -> int:
+    def reset_here(
+        self, room: str, epoch: str, seq: int, oldest: int, keep: Collection[int] = ()
+    ) -> int:
         """The room's history was reset to ``epoch`` (numbered on from ``seq``): members
         still catching up are taken out (their replay is of the old epoch: they join
         again), the sequencer follows the new epoch, every member gets ``reset``.
-        Nothing is delivered in between (no await). Returns how many were told."""
+        Nothing is delivered in between (no await). Returns how many were told.
+        ``keep``: joiners left alone (their ``room`` frame, still to come, is of the
+        new epoch)."""
         app = self.app
         state = app.core.rooms.get(room)
-        joining = [fd for fd, m in state.members.items() if not m.live] if state else []
+        members = state.members.items() if state else ()
+        joining = [fd for fd, m in members if not m.live and fd not in keep]
         for fd in sorted(joining):
             app._drop(fd, room)
             why = f"room {room!r} was reset while you joined; join again"
             app.reply(fd, p.Error(p.E_UNAVAILABLE, why, "join", room))
         app.sequencer.restart(room, epoch, seq)
         state = app.core.rooms.get(room)
-        fds = sorted(state.members) if state is not None else []
+        fds = sorted(fd for fd in state.members if fd not in keep) if state is not None else []
         frame = p.Reset(room, epoch, "epoch", seq, oldest)
         app.server.push_many(fds, p.encode(frame), TEXT)
         return len(fds)
@@ -443,6 +450,24 @@ class ClusterControl:
             sequencer.retire(room, seen)
         sequencer.position(room, meta.seq, urgent=urgent)
         self.app.core.set_private(room, meta.private)  # (set on another node)
+
+    def store_ahead(self, room: str, meta: RoomMeta, joining: Collection[int]) -> bool:
+        """A join here read ``meta`` from the store (for its ``room`` frame): if this
+        node still follows ``room`` in another epoch (a reset, or a delete and a new
+        room, on another node, not heard here yet), move it to the store's epoch now,
+        as :meth:`apply` does, so that the joiner and the members here agree. The
+        members in ``joining`` (catch-ups whose ``room`` frame is still to come) stay
+        and are not told ``reset``. True if the room moved."""
+        sequencer = self.app.sequencer
+        current = sequencer.epoch(room)
+        if current is None or current == meta.epoch or room in self.app.core.closing:
+            return False
+        self._note_move(room, current)
+        self.remote_resets += 1
+        told = self.reset_here(room, meta.epoch, 0, 1, keep=joining)
+        sequencer.position(room, meta.seq, urgent=True)
+        log.info("room %s has a new epoch in the store, seen by a join (%d told)", room, told)
+        return True
 
     async def check_positions(self, urgent: bool = False) -> None:
         """Compare every followed room with the store: a lost last message shows as a
