@@ -43,7 +43,10 @@ class Journal:
         self.max_queue = max_queue
         self.max_batch = max_batch
         self._queue: list[tuple[PendingMessage, Any]] = []
-        self._wakeup = asyncio.Event()
+        # The idle writer's wake-up (a bare future: no asyncio.Event, whose every
+        # wait asks asyncio for the loop, a getpid() system call on Python 3.11).
+        self._waiter: asyncio.Future[None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._task: asyncio.Task[None] | None = None
         self._closing = False
         #: Counters for metrics and benchmarks.
@@ -56,7 +59,8 @@ class Journal:
         self._barriers: list[tuple[int, asyncio.Future[None]]] = []
 
     def start(self) -> None:
-        self._task = asyncio.create_task(self._writer(), name="hubbub-journal")
+        self._loop = loop = asyncio.get_running_loop()
+        self._task = loop.create_task(self._writer(), name="hubbub-journal")
 
     def submit(self, pending: PendingMessage, token: Any) -> bool:
         """Queue a message; False when the queue is full (the caller says so)."""
@@ -64,8 +68,15 @@ class Journal:
             return False
         self._queue.append((pending, token))
         self._accepted += 1
-        self._wakeup.set()
+        self._wake()
         return True
+
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None:
+            self._waiter = None
+            if not waiter.done():
+                waiter.set_result(None)
 
     async def barrier(self) -> None:
         """Wait until every message submitted before this call is stored (or failed).
@@ -94,9 +105,12 @@ class Journal:
         return len(self._queue)
 
     async def _writer(self) -> None:
+        loop = self._loop
+        assert loop is not None
         while True:
-            await self._wakeup.wait()
-            self._wakeup.clear()
+            while not self._queue and not self._closing:
+                waiter = self._waiter = loop.create_future()
+                await waiter
             while self._queue:
                 batch = self._queue[: self.max_batch]
                 del self._queue[: self.max_batch]
@@ -121,7 +135,7 @@ class Journal:
                 self._settle(len(batch))
                 # Runs after this tick's end-of-tick write (scheduled by on_commit's
                 # pushes, so before this): the commit-to-write time.
-                asyncio.get_running_loop().call_soon(_delivered, committed)
+                loop.call_soon(_delivered, committed)
             if self._closing:
                 self._settle(0)
                 for _, future in self._barriers:
@@ -153,7 +167,7 @@ class Journal:
         if self._task is None and self._queue:
             self.start()  # never started: still write what was accepted
         self._closing = True
-        self._wakeup.set()
+        self._wake()
         if self._task is not None:
             await self._task
             self._task = None
