@@ -3,7 +3,9 @@ per-node subscriptions, the frame header. (The Broker contract is in test_contra
 
 from __future__ import annotations
 
+import asyncio
 import time
+import uuid
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 from urllib.parse import urlparse
@@ -90,6 +92,24 @@ async def test_a_node_receives_only_the_rooms_it_subscribed_to(
     assert b.got[1] == ("z", b"z", 4)
 
 
+def _kill_subscriber(node_id: str) -> None:
+    """Kill node ``node_id``'s subscriber connection on the Redis side."""
+    client = redis_client()
+    try:
+        name = f"hubbub-{node_id}-sub"
+        ids = [c["id"] for c in client.client_list(_type="pubsub") if c.get("name") == name]
+        assert len(ids) == 1
+        assert client.execute_command("CLIENT KILL TYPE pubsub ID", ids[0]) == 1
+    finally:
+        client.close()
+
+
+def _own_id(name: str) -> str:
+    """A node id no other test (another xdist worker, another checkout) uses at the same
+    time: the kill tests find the connection to kill by its client name."""
+    return f"{name}-{uuid.uuid4().hex[:12]}"
+
+
 def _server_subscribers(channel: bytes) -> int:
     client = redis_client()
     try:
@@ -101,20 +121,13 @@ def _server_subscribers(channel: bytes) -> int:
 async def test_a_killed_pubsub_connection_is_resubscribed(make_node: Callable[..., Any]) -> None:
     reconnected: list[float] = []
     a = await make_node("a")
-    b = await make_node("b", on_reconnect=lambda: reconnected.append(time.monotonic()))
+    b_id = _own_id("b")
+    b = await make_node(b_id, on_reconnect=lambda: reconnected.append(time.monotonic()))
     for room in ("r1", "r2"):
         await b.broker.subscribe(room)
     a.broker.publish("r1", b"before", 1)
     await wait_until(lambda: b.got)
-    client = redis_client()
-    try:
-        ids = [
-            c["id"] for c in client.client_list(_type="pubsub") if c.get("name") == "hubbub-b-sub"
-        ]
-        assert len(ids) == 1
-        assert client.execute_command("CLIENT KILL TYPE pubsub ID", ids[0]) == 1
-    finally:
-        client.close()
+    _kill_subscriber(b_id)
     await wait_until(lambda: reconnected, what="on_reconnect")
     assert b.broker.reconnects == 1  # type: ignore[attr-defined]
     # Called once Redis confirmed both rooms again: what is published now arrives.
@@ -265,17 +278,11 @@ async def test_the_node_channel_is_followed_again_after_a_reconnect(
 ) -> None:
     reconnected: list[int] = []
     a = await make_node("a")
-    b = await make_node("b", on_reconnect=lambda: reconnected.append(1))
-    client = redis_client()
-    try:
-        [killed] = [
-            c["id"] for c in client.client_list(_type="pubsub") if c.get("name") == "hubbub-b-sub"
-        ]
-        assert client.execute_command("CLIENT KILL TYPE pubsub ID", killed) == 1
-    finally:
-        client.close()
+    b_id = _own_id("b")
+    b = await make_node(b_id, on_reconnect=lambda: reconnected.append(1))
+    _kill_subscriber(b_id)
     await wait_until(lambda: reconnected, what="on_reconnect")
-    a.broker.send_node("b", b"after", lambda: reconnected.append(-1))
+    a.broker.send_node(b_id, b"after", lambda: reconnected.append(-1))
     await wait_until(lambda: b.from_nodes == [("a", b"after")])
     assert reconnected == [1]
 
@@ -298,6 +305,37 @@ async def test_node_payloads_are_not_sent_again_after_a_failed_round_trip(
     a.broker.send_node("b", b"later", lambda: told.append("later"))
     await wait_until(lambda: b.from_nodes, within=10)
     assert b.from_nodes == [("a", b"later")] and told == []
+
+
+async def test_the_subscriber_arms_no_timer_per_message(
+    make_node: Callable[..., Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A message read costs no timer: only the watchdog's, once per ``health_interval``
+    (redis-py's ``read_response`` with a timeout pushes and cancels one per read)."""
+    b = await make_node("b", health_interval=30.0)
+    await b.broker.subscribe("r")
+    loop = asyncio.get_running_loop()
+    armed: list[str] = []
+    call_at = loop.call_at
+
+    def counting_call_at(when: float, callback: Any, *args: Any, **kw: Any) -> Any:
+        task = asyncio.current_task()
+        name = task.get_name() if task is not None else ""
+        if name.startswith("hubbub-redis-") and name != "hubbub-redis-pub":
+            armed.append(name)
+        return call_at(when, callback, *args, **kw)
+
+    monkeypatch.setattr(loop, "call_at", counting_call_at)
+    channel = b.broker.channel("r")  # type: ignore[attr-defined]
+    client = redis_client()
+    try:
+        for seq in range(200):
+            client.publish(channel, encode_frame(b"a", b"m", seq))
+    finally:
+        client.close()
+    await wait_until(lambda: len(b.got) == 200)
+    assert b.got == [("r", b"m", seq) for seq in range(200)]
+    assert len(armed) <= 2, armed[:5]
 
 
 async def test_malformed_payloads_on_the_node_channel_are_dropped(
