@@ -545,3 +545,141 @@ async def test_a_busy_tick_is_flushed_in_c_with_one_send_per_connection(make_ser
         assert all(c.out is None and c.transport.get_write_buffer_size() == 0 for c in conns)
         for ws in clients:
             assert await recv_all(ws, 5) == [f"m{i}" for i in range(5)]
+
+
+# -- the fast path: WebSocketConnection's slots read in place -------------------------------
+
+
+class _SlotTransport:
+    """A transport without a __dict__: its methods are called unbound, as uvloop's are."""
+
+    __slots__ = ("asked", "buffered", "closing")
+
+    def __init__(self, buffered: int = 0, closing: bool = False) -> None:
+        self.buffered = buffered
+        self.closing = closing
+        self.asked = 0
+
+    def get_write_buffer_size(self) -> int:
+        self.asked += 1
+        return self.buffered
+
+    def is_closing(self) -> bool:
+        return self.closing
+
+
+def _ws(sockfd: int, out: Any = None, tx_empty: bool = False, **transport: Any) -> Any:
+    """A WebSocketConnection with just what the C functions read (no socket, no loop)."""
+    from hubbub.transport.websocket import WebSocketConnection
+
+    conn = WebSocketConnection.__new__(WebSocketConnection)
+    conn.sockfd, conn.out, conn.tx_empty = sockfd, out, tx_empty
+    conn.transport = _SlotTransport(**transport)
+    return conn
+
+
+@pytest.fixture
+def c_fast() -> Any:
+    assert fanout._fanout is not None and fanout._flush is not None, (
+        "hubbub.transport._speedups is not built"
+    )
+    from hubbub.transport import _speedups
+
+    previous = _speedups.set_transport_type(_SlotTransport)
+    try:
+        yield fanout._fanout, fanout._flush
+    finally:
+        _speedups.set_transport_type(previous)
+
+
+def test_c_fast_path_writes_directly_queues_and_remembers_an_empty_transport(c_fast):
+    c_fanout, c_flush = c_fast
+    a, a_peer = socket.socketpair()
+    with a, a_peer:
+        frame = encode_frame("hello")
+        ok = _ws(a.fileno())
+        busy = _ws(a.fileno(), buffered=10)
+        closing = _ws(a.fileno(), tx_empty=True, closing=True)
+        queued = _ws(a.fileno(), out=b"earlier")
+        tls = _ws(-1)
+        dirty: list[Any] = []
+        n, slow, dirtied = c_fanout(frame, (ok, busy, closing, queued, tls), None, dirty, True)
+        assert (n, slow, dirtied) == (5, [tls], True)
+        assert _drain(a_peer) == frame  # ok's only
+        assert ok.out is None and ok.tx_empty is True and ok.transport.asked == 1
+        assert busy.out == frame and busy.tx_empty is False
+        assert closing.out == frame and closing.transport.asked == 0  # never, once closing
+        assert queued.out == [b"earlier", frame]
+        assert dirty == [busy, closing]
+        # Known empty: sent without asking the transport again.
+        assert c_fanout(frame, [ok], None, [], True) == (1, [], False)
+        assert ok.transport.asked == 1 and _drain(a_peer) == frame
+        # The end of the tick: the same rules, in place.
+        busy.transport.buffered = 0
+        assert c_flush([busy, closing, queued]) == [closing]
+        assert busy.out is None and busy.tx_empty is True and queued.out is None
+        assert _drain(a_peer) == frame + b"earlier" + frame
+
+
+def test_c_fast_path_walks_lists_tuples_dicts_and_iterators_alike(c_fast):
+    c_fanout, _ = c_fast
+    a, a_peer = socket.socketpair()
+    with a, a_peer:
+        conns = {fd: _ws(a.fileno(), tx_empty=True) for fd in (3, 5, 7)}
+        frame = encode_frame("x")
+        for items in ([3, 4, 5, 7], (3, 4, 5, 7), dict.fromkeys([3, 4, 5, 7]), iter([3, 4, 5, 7])):
+            assert c_fanout(frame, items, conns, [], True) == (3, [], False)
+            assert _drain(a_peer) == frame * 3
+        assert c_fanout(frame, list(conns.values()), None, [], True) == (3, [], False)
+        assert _drain(a_peer) == frame * 3
+
+
+def test_c_fast_path_and_getattr_path_agree(c_fast):
+    """A subclass of WebSocketConnection goes through getattr/setattr: same results."""
+    from hubbub.transport.websocket import WebSocketConnection
+
+    class _Sub(WebSocketConnection):
+        __slots__ = ()
+
+    c_fanout, c_flush = c_fast
+    a, a_peer = socket.socketpair()
+    with a, a_peer:
+        frames = [encode_frame(f"m{i}") for i in range(3)]
+        fast = _ws(a.fileno(), buffered=1)
+        slow = _Sub.__new__(_Sub)
+        slow.sockfd, slow.out, slow.tx_empty = a.fileno(), None, False
+        slow.transport = _SlotTransport(buffered=1)
+        for frame in frames:
+            dirty: list[Any] = []
+            c_fanout(frame, [fast, slow], None, dirty, True)
+        assert fast.out == slow.out == frames
+        fast.transport.buffered = slow.transport.buffered = 0
+        assert c_flush([fast, slow]) == []
+        assert fast.out is slow.out is None
+        assert fast.tx_empty is True and slow.tx_empty is False  # only the fast path trusts it
+        assert _drain(a_peer) == b"".join(frames) * 2
+
+
+def test_set_connection_type_wants_the_slots_it_reads():
+    assert fanout._fanout is not None, "hubbub.transport._speedups is not built"
+    from hubbub.transport import _speedups
+    from hubbub.transport.websocket import WebSocketConnection
+
+    class _NoFlag:
+        __slots__ = ("out", "sockfd", "transport")
+
+    class _Dict:
+        def __init__(self) -> None:
+            self.out = self.sockfd = self.transport = self.tx_empty = None
+
+    for cls in (_NoFlag, _Dict, int):
+        with pytest.raises(TypeError, match=r"has no plain slot"):
+            _speedups.set_connection_type(cls)
+    with pytest.raises(TypeError):
+        _speedups.set_connection_type("WebSocketConnection")
+    assert _speedups.set_connection_type(None) is WebSocketConnection
+    try:
+        conn = _ws(-1)  # no fast path now: getattr, same answer
+        assert fanout._fanout(b"x", [conn], None, [], True) == (1, [conn], False)
+    finally:
+        assert _speedups.set_connection_type(WebSocketConnection) is None

@@ -14,6 +14,14 @@ Python:
   sends each connection's queued bytes with one ``send(2)`` when its
   transport's buffer is empty.
 
+Per recipient they read and write :class:`WebSocketConnection`'s slots in
+place (``set_connection_type``), ask uvloop's transport whether it is closing,
+and ask for its write-buffer size only when the connection's ``tx_empty`` does
+not already say it is empty (``tx_empty`` is cleared before every byte handed
+to the transport, see ``_speedups.c``). What is left per recipient is mostly
+the send(2) itself: the connections' objects are asked for from memory
+(prefetched) while the previous recipient's send runs.
+
 Whatever the socket does not take (part of the bytes, or all of them on
 ``EAGAIN`` or an error) goes through the Python path: the connection's
 ``flush_out`` hands it to the transport, with the usual backpressure
@@ -54,7 +62,7 @@ _flush: Flush | None
 try:
     from ._speedups import fanout as _fanout
     from ._speedups import flush as _flush
-    from ._speedups import set_transport_type
+    from ._speedups import set_connection_type, set_transport_type
 except ImportError:  # no compiler when installed (or an older build): the Python path
     _fanout = _flush = None
 else:
@@ -63,7 +71,14 @@ else:
     # e.g. a wrapper, gets them through its write().
     from uvloop.loop import TCPTransport
 
+    from .websocket import WebSocketConnection
+
     set_transport_type(TCPTransport)
+    try:
+        # Its sockfd, out, transport and tx_empty slots are read in place.
+        set_connection_type(WebSocketConnection)
+    except TypeError:  # a layout the C code does not know: getattr, as for any object
+        pass
 
 if os.environ.get("HUBBUB_NO_SPEEDUPS", "") not in ("", "0"):
     _fanout = _flush = None

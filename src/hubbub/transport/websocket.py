@@ -196,6 +196,7 @@ class WebSocketConnection(asyncio.Protocol):
         "running",
         "sockfd",
         "transport",
+        "tx_empty",
     )
 
     def __init__(
@@ -221,6 +222,13 @@ class WebSocketConnection(asyncio.Protocol):
         #: nothing of this connection is queued (hubbub.transport.fanout); -1
         #: when every byte must go through the transport (TLS, compression).
         self.sockfd = -1 if self.compressed else _socket_fd(transport)
+        #: True only while the transport's write buffer is known to be empty:
+        #: the compiled fan-out then sends without asking the transport. False
+        #: before every byte handed to the transport (flush_out, the only
+        #: transport.write of this class; tests/transport/test_tx_empty.py);
+        #: set True by _speedups.c when get_write_buffer_size() is 0. False
+        #: here: the HTTP layer may have written to this transport before.
+        self.tx_empty = False
         #: Wall-clock time of the upgrade (Server.connection_info).
         self.connected_at = time.time()
         self.open = True
@@ -488,6 +496,7 @@ class WebSocketConnection(asyncio.Protocol):
         if out is not None:
             self.out = None
             if not self.closed and not self.transport.is_closing():
+                self.tx_empty = False  # before the write: see __init__
                 self.transport.write(b"".join(out) if type(out) is list else out)
                 # HOLD_OUTPUT is set (by pause_writing) whenever the buffer
                 # is over half the limit: the common case checks one int.
