@@ -307,6 +307,28 @@ async def test_node_payloads_are_not_sent_again_after_a_failed_round_trip(
     assert b.from_nodes == [("a", b"later")] and told == []
 
 
+async def test_node_payloads_never_written_go_out_after_a_failed_round(
+    make_node: Callable[..., Any], proxy: Proxy
+) -> None:
+    """A round is written in groups of commands: when the first group gets no answer,
+    the groups after it were never written, so their node payloads are sent after the
+    reconnect (only a written, unanswered one has an unknown fate and is given up)."""
+    b = await make_node("b")
+    a = await make_node("a", proxied(proxy), io_timeout=0.3, health_interval=0.3)
+    told: list[str] = []
+    proxy.freeze()
+    for i in range(300):  # one command per room: more than one group in the round
+        a.broker.publish(f"r{i}", b"room frame", 1)
+    a.broker.send_node("b", b"queued behind", lambda: told.append("lost"))
+    # The round taken (the queue empty), then given up: what goes again is queued.
+    await wait_until(lambda: a.broker.backlog == 0, what="the round taken")  # type: ignore[attr-defined]
+    await wait_until(lambda: a.broker.backlog >= 300, what="the round given up")  # type: ignore[attr-defined]
+    proxy.frozen = False
+    await wait_until(lambda: b.from_nodes, within=10, what="the node payload sent after all")
+    assert b.from_nodes == [("a", b"queued behind")] and told == []
+    assert a.broker.dropped == 0  # type: ignore[attr-defined]
+
+
 async def test_the_subscriber_arms_no_timer_per_message(
     make_node: Callable[..., Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:

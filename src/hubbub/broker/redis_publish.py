@@ -155,10 +155,11 @@ class _Publisher(_Subscriber):
                 if len(indexes) > 1:
                     self.batches += 1
                     self.batched += len(indexes)
-            answered = 0
+            answered = written = 0
             try:
                 for c in range(0, len(commands), _CHUNK):
                     chunk = commands[c : c + _CHUNK]
+                    written = c + len(chunk)  # (a failed write may have sent part of it)
                     await conn.send_packed_command(
                         conn.pack_commands([("PUBLISH", ch, wire) for ch, wire, _ in chunk]),
                         check_health=False,
@@ -176,11 +177,13 @@ class _Publisher(_Subscriber):
                 log.warning("redis publisher lost its connection: %s", exc)
                 await conn.disconnect(nowait=True)
                 conn = None
-                # Unknown whether the unanswered frames went out: room frames are sent
-                # again (at-least-once, in the order published), node payloads not
-                # (at-most-once).
+                # Unknown whether the unanswered frames that were written went out:
+                # room frames are sent again (at-least-once, in the order published),
+                # node payloads not (at-most-once). Commands after the last write were
+                # never sent: all of them go again.
+                unsent = {i for _, _, ix in commands[written:] for i in ix}
                 unanswered = sorted(i for _, _, ix in commands[answered:] for i in ix)
-                again = [items[i] for i in unanswered if items[i].lost is None]
+                again = [items[i] for i in unanswered if items[i].lost is None or i in unsent]
                 self.dropped += len(unanswered) - len(again)
                 self._queue.extendleft(reversed(again))
                 self._queue_bytes += sum(it.size for it in again)
