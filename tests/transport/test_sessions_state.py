@@ -251,3 +251,6 @@ def test_session_ids_are_redacted_from_paths():
     assert redact_path("/v1/sessions/") == "/v1/sessions/"
     assert redact_path("/v1/sessionsabc/x") == "/v1/sessionsabc/x"
     assert redact_path("/api/rooms") == "/api/rooms"
+    # Extra slashes: the router still finds the id (so must the redaction).
+    assert redact_path("/v1/sessions//abc/poll") == "/v1/sessions/<redacted>/poll"
+    assert redact_path("/v1/sessions///abc") == "/v1/sessions/<redacted>"

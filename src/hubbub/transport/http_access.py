@@ -42,7 +42,8 @@ def redact_path(path: str) -> str:
     """``path`` with a session id replaced by ``<redacted>`` (for logs)."""
     if not is_session_path(path):
         return path
-    sid, slash, tail = path[len(SESSIONS_PREFIX) + 1 :].partition("/")
+    # As the router reads it (session_routes.handle strips extra slashes).
+    sid, slash, tail = path[len(SESSIONS_PREFIX) :].lstrip("/").partition("/")
     return f"{SESSIONS_PREFIX}/<redacted>{slash}{tail}" if sid else path
 
 
