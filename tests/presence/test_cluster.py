@@ -301,3 +301,33 @@ def test_one_node_runs_no_cluster_presence_and_tags_are_short() -> None:
     assert node_tag("node0") == "node0"
     tag = node_tag("3f9a0c2b7d1e4a55")
     assert len(tag) == 6 and tag == node_tag("3f9a0c2b7d1e4a55") != node_tag("3f9a0c2b7d1e4a56")
+
+
+async def test_a_lost_event_is_caught_after_a_failed_rename_undone(clock: Clock) -> None:
+    """A rename whose join failed (not applied), then undone: the undo registers what
+    Redis holds already, and its answer (the room's version: another node's event,
+    lost here) must be read as such, not taken for a change of A's."""
+    backend, a, b = await two(clock)
+    await a.join(1, "r", "ann")
+    await b.join(1, "r", "bob")
+    del backend.listeners["A"]
+    await b.join(2, "r", "cat")  # version 3: lost on the way to A
+    backend.listeners["A"] = a.presence.on_event
+    manager = a.presence.manager
+    join = manager.join
+
+    async def failing(room: str, entry: Any) -> int | None:
+        manager.join = join  # once
+        raise PresenceError("connection lost before the command was sent")
+
+    manager.join = failing  # type: ignore[method-assign]
+    a.run(a.core.handle(1, p.SetNick("amy")))
+    await a.presence.rename(1)
+    await a.settle()
+    a.run(a.core.handle(1, p.SetNick("ann")))  # undone
+    await a.presence.rename(1)
+    await a.settle()
+    await a.presence.tick()
+    await a.presence.tick()
+    await a.settle()
+    assert a.core.members("r") == ["ann", "bob", "cat"]

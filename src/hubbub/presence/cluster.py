@@ -100,6 +100,10 @@ class ClusterPresence:
         #: knows (a join that failed may have been applied): a join of the same entry
         #: changes nothing there, and its answer is a reading of the room's version.
         self._sent: dict[tuple[str, str], Entry] = {}
+        #: Keys whose last join failed: what Redis holds for them is unknown, so the
+        #: next answer is taken as a reading (at worst one room read too many), never
+        #: as this node's change (which could hide another node's lost event).
+        self._unknown: set[tuple[str, str]] = set()
         self._unsent_leaves: set[tuple[str, str]] = set()
         self._stale = False
         self.claim_patience = CLAIM_PATIENCE
@@ -207,12 +211,15 @@ class ClusterPresence:
         (:meth:`_read`); any other is this node's change (:meth:`_own`)."""
         key = (room, entry.mid)
         if fut.cancelled() or fut.exception() is not None:
-            self._sent[key] = entry  # perhaps applied: the next one may change nothing
+            # Perhaps applied, perhaps not: the next answer for it is a reading.
+            self._sent.pop(key, None)
+            self._unknown.add(key)
             return
         version = fut.result()
         if version is None:
             return  # refused: Redis holds what it held
-        same = self._sent.get(key) == entry
+        same = self._sent.get(key) == entry or key in self._unknown
+        self._unknown.discard(key)
         self._sent[key] = entry
         if same:
             self._read(room, version)
@@ -284,6 +291,7 @@ class ClusterPresence:
         if fut.cancelled() or fut.exception() is not None:
             return  # perhaps not applied: Redis may still hold the member
         self._sent.pop((room, mid), None)
+        self._unknown.discard((room, mid))
         self._own(room, fut.result())
 
     def _read(self, room: str, version: int) -> None:
