@@ -171,6 +171,19 @@ def test_hubbub_version_is_pyprojects(venv: Venv) -> None:
     assert where.startswith(str(venv.path)), where  # the installed copy, not the checkout's
 
 
+def test_the_compiled_fan_out_reads_connections_in_place_on_every_python(venv: Venv) -> None:
+    """The abi3 build loads on this Python and the newer one, and its fast path
+    (WebSocketConnection's slots read at their offsets) accepts the class there."""
+    out = _run(
+        venv.bin("python"),
+        "-c",
+        "from hubbub.transport import _speedups, fanout\n"
+        "from hubbub.transport.websocket import WebSocketConnection as W\n"
+        "print(fanout.AVAILABLE, _speedups.set_connection_type(W) is W)",
+    )
+    assert out.split() == ["True", "True"], out
+
+
 @pytest.fixture
 def served(venv: Venv, tmp_path: Path) -> Iterator[int]:
     port = free_port()
