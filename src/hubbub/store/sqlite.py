@@ -4,16 +4,16 @@ All database work runs on one dedicated thread with one connection, so the
 event loop never blocks on disk and writes are naturally serialized. The room
 list is the exception: it is read on a second thread with its own read-only
 connection (WAL lets it read the last committed state while a commit runs), so
-listing many rooms never delays a commit. A batch
-of messages is committed in one transaction (the group commit that
-:class:`hubbub.apps.journal.Journal` feeds), which is what keeps durability
-from capping throughput.
+listing many rooms never delays a commit. A batch of messages is committed in
+one transaction (the group commit that :class:`hubbub.apps.journal.Journal`
+feeds), which is what keeps durability from capping throughput.
 
 One process per database file: :meth:`SQLiteStore.open` takes an exclusive
 advisory lock (``flock``) on ``<db>.lock`` next to the database, holding the
 owner's pid, and refuses to open a file another live process holds
-(:class:`StoreLocked`). Room epochs and sequence numbers are cached in the
-process, so a second writer would number messages from a stale cache.
+(:class:`StoreLocked`, in :mod:`hubbub.store.sqlite_lock`). Room epochs and
+sequence numbers are cached in the process, so a second writer would number
+messages from a stale cache.
 
 Durability: ``synchronous=NORMAL`` in WAL mode survives a crash or ``kill -9``
 of the server (every committed transaction is in the WAL file before the
@@ -23,188 +23,70 @@ an fsync per commit.
 Small batches on the loop's thread. Handing a batch to the store thread and
 its result back costs two thread wake-ups (futexes, the loop's self-pipe) per
 commit, more than the commit itself at steady rates. So with
-``synchronous=NORMAL`` (or ``OFF``), a batch of at most :data:`INLINE_BATCH`
-messages is committed on the calling (event loop) thread when nothing is
-running or queued on the store thread: same connection, same transaction,
-one at a time, so commits stay strictly ordered. Such a commit makes no
-``fsync`` (WAL with NORMAL: a ``write`` into the page cache), which is why
-``FULL`` and ``EXTRA`` always commit on the store thread. The WAL checkpoint,
-which does ``fsync``, never runs on the loop's thread: the connection has
-``wal_autocheckpoint=0``, and a PASSIVE checkpoint is run on the store thread
-after about :data:`CHECKPOINT_PAGES` pages of commits (counted in commits,
-calibrated by the previous checkpoint, or :data:`CHECKPOINT_BYTES` of message
-text), with no commit during it (the batches of that time go to the
-store thread behind it). So the WAL is reset after each checkpoint, as with
-SQLite's own auto-checkpoint (1,000 pages), and stays about as small: a few
-MB, unless a reader (a backup, say) holds an old snapshot, which holds back
-any checkpoint alike.
+``synchronous=NORMAL`` (or ``OFF``), a small batch is committed on the calling
+(event loop) thread when nothing is running or queued on the store thread:
+same connection, same transaction, one at a time, so commits stay strictly
+ordered. Never a commit that would ``fsync`` (the first of a new WAL), wait for
+another connection's lock, or carry much text; the WAL checkpoint runs on the
+store thread. The policy, its limits and their costs are in
+:mod:`hubbub.store.sqlite_wal`; the file lock in :mod:`hubbub.store.sqlite_lock`,
+ids in :mod:`hubbub.store.sqlite_ids`, the schema in
+:mod:`hubbub.store.sqlite_schema` (every name importable from here too).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import fcntl
 import logging
-import os
 import sqlite3
 import threading
 import time
-import uuid
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
-from ..errors import StartupError
 from ..protocol import Message
 from .base import PendingMessage, RoomMeta, StoreError, stored_message
+from .sqlite_ids import _message_id, _MessageIds, _new_epoch
+from .sqlite_lock import FileLock, StoreLocked, _read_pid
+from .sqlite_schema import _COLUMNS, MIGRATIONS, SCHEMA_VERSION, _columns, migrate
+from .sqlite_wal import (
+    BUSY_TIMEOUT_MS,
+    CHECKPOINT_BYTES,
+    CHECKPOINT_COMMITS,
+    CHECKPOINT_PAGES,
+    INLINE_BATCH,
+    INLINE_BYTES,
+    JOURNAL_SIZE_LIMIT,
+    WalBook,
+    is_busy,
+    text_bytes,
+)
+
+__all__ = [
+    "BUSY_TIMEOUT_MS",
+    "CHECKPOINT_BYTES",
+    "CHECKPOINT_COMMITS",
+    "CHECKPOINT_PAGES",
+    "INLINE_BATCH",
+    "INLINE_BYTES",
+    "JOURNAL_SIZE_LIMIT",
+    "MIGRATIONS",
+    "SCHEMA_VERSION",
+    "FileLock",
+    "SQLiteStore",
+    "StoreLocked",
+    "_MessageIds",
+    "_message_id",
+    "_new_epoch",
+    "_read_pid",
+]
 
 T = TypeVar("T")
 
 log = logging.getLogger("hubbub.store")
-
-#: Largest batch committed on the loop's thread (when the store thread is idle).
-INLINE_BATCH = 32
-#: WAL pages between two checkpoints (SQLite's own auto-checkpoint default). Commits
-#: are counted, not pages: each checkpoint learns the pages per commit of the last ones.
-CHECKPOINT_PAGES = 1000
-#: Commits between two checkpoints until the first one has measured (a small commit
-#: adds about five pages).
-CHECKPOINT_COMMITS = 200
-#: Bytes of message text between two WAL checkpoints (large batches).
-CHECKPOINT_BYTES = 2_000_000
-
-# Migrations: MIGRATIONS[n] takes the schema from version n to n + 1.
-# Never edit a released step; append a new one.
-MIGRATIONS: list[str] = [
-    """
-    CREATE TABLE rooms (
-        name     TEXT PRIMARY KEY,
-        epoch    TEXT NOT NULL,
-        last_seq INTEGER NOT NULL DEFAULT 0,
-        created  REAL NOT NULL
-    );
-    CREATE TABLE messages (
-        room      TEXT NOT NULL,
-        seq       INTEGER NOT NULL,
-        id        TEXT NOT NULL,
-        client_id TEXT,
-        nick      TEXT NOT NULL,
-        text      TEXT NOT NULL,
-        ts        REAL NOT NULL,
-        PRIMARY KEY (room, seq)
-    ) WITHOUT ROWID;
-    CREATE UNIQUE INDEX messages_client_id ON messages (room, client_id)
-        WHERE client_id IS NOT NULL;
-    CREATE INDEX messages_ts ON messages (ts);
-    """,
-    # 2: private rooms (history and members for members only).
-    """
-    ALTER TABLE rooms ADD COLUMN private INTEGER NOT NULL DEFAULT 0;
-    """,
-    # 3: the sender's user id (a token's ``sub``; NULL for an anonymous sender).
-    """
-    ALTER TABLE messages ADD COLUMN "user" TEXT;
-    """,
-]
-SCHEMA_VERSION = len(MIGRATIONS)
-
-_COLUMNS = 'room, seq, id, client_id, nick, text, ts, "user"'
-
-
-def _columns(msg: Message, user: str | None) -> tuple[Any, ...]:
-    """A message's row, in the order of ``_COLUMNS``."""
-    return (msg.room, msg.seq, msg.id, msg.client_id, msg.nick, msg.text, msg.ts, user)
-
-
-def _new_epoch() -> str:
-    return uuid.uuid4().hex[:12]
-
-
-class _MessageIds:
-    """Random version-4 UUIDs (32 hex digits, as ``uuid.uuid4().hex``), drawn from
-    ``os.urandom`` 256 at a time: one ``getrandom`` system call per 256 messages
-    instead of one per message (and about 0.7 µs instead of 4 µs each). A forked
-    child starts with an empty pool, so it never repeats its parent's ids."""
-
-    def __init__(self) -> None:
-        self._pool: list[str] = []
-        os.register_at_fork(after_in_child=self._pool.clear)
-
-    def __call__(self) -> str:
-        pool = self._pool
-        if not pool:
-            raw = os.urandom(16 * 256).hex()
-            pool.extend(
-                h[:12] + "4" + h[13:16] + "89ab"[int(h[16], 16) & 3] + h[17:]
-                for h in (raw[i : i + 32] for i in range(0, len(raw), 32))
-            )
-        return pool.pop()
-
-
-_message_id = _MessageIds()
-
-
-class StoreLocked(StoreError, StartupError):
-    """Another live process has the database open; ``str()`` is one line for the operator."""
-
-    def __init__(self, path: str, pid: int | None) -> None:
-        self.path = path
-        self.pid = pid
-        #: Who holds the lock, for messages: "pid 1234" (or "pid unknown").
-        self.holder = f"pid {pid}" if pid is not None else "pid unknown"
-        super().__init__(
-            f"{path} is in use by another hubbub process ({self.holder}); "
-            "stop it or use another --db"
-        )
-
-
-class FileLock:
-    """An exclusive ``flock`` on ``<db>.lock``, holding the owner's pid.
-
-    The kernel releases a ``flock`` when its process dies (even by ``kill -9``),
-    so a held lock always means a live holder and a stale file never blocks.
-    """
-
-    def __init__(self, db_path: str) -> None:
-        self.path = db_path + ".lock"
-        self.db_path = db_path
-        self._fd: int | None = None
-
-    def acquire(self) -> None:
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            pid = _read_pid(fd)
-            os.close(fd)
-            raise StoreLocked(self.db_path, pid) from None
-        except BaseException:
-            os.close(fd)
-            raise
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-        self._fd = fd
-
-    def release(self) -> None:
-        if self._fd is None:
-            return
-        fd, self._fd = self._fd, None
-        # The file stays: removing it would let a third process lock a new
-        # inode while a second one still waits on the old one.
-        try:
-            os.ftruncate(fd, 0)
-        finally:
-            os.close(fd)  # closing the descriptor releases the lock
-
-
-def _read_pid(fd: int) -> int | None:
-    try:
-        raw = os.pread(fd, 32, 0)
-        return int(raw.strip() or b"x")
-    except (OSError, ValueError):
-        return None
 
 
 class SQLiteStore:
@@ -232,15 +114,18 @@ class SQLiteStore:
         # count goes down on the store thread). The loop's thread commits only at 0.
         self._mu = threading.Lock()
         self._inflight = 0
-        # Commits and message bytes since the last WAL checkpoint; a checkpoint queued.
-        self._commits = 0
-        self._bytes = 0
-        self._every = CHECKPOINT_COMMITS  # commits between checkpoints (calibrated)
+        # The checkpoint's bookkeeping (new at each open); a checkpoint queued.
+        self._wal = WalBook()
         self._checkpoint: Future[Any] | None = None
         self._closing = False
+        # The connection's busy timeout: BUSY_TIMEOUT_MS on the store thread, 0 for a
+        # commit on the loop's thread (switched only when it changes hands).
+        self._busy_ms = BUSY_TIMEOUT_MS
         #: Counters, for tests and benchmarks: commits made on the loop's thread,
-        #: checkpoints run, and the WAL's size in pages at the last one.
+        #: batches sent to the store thread because another connection held the
+        #: write lock, checkpoints run, and the WAL's size in pages at the last one.
         self.inline_commits = 0
+        self.inline_busy = 0
         self.checkpoints = 0
         self.wal_pages = 0
 
@@ -263,7 +148,7 @@ class SQLiteStore:
         with self._mu:
             self._inflight += 1
         try:
-            future = self._executor.submit(fn, *args)
+            future = self._executor.submit(self._on_store_thread, fn, *args)
         except BaseException:
             self._done(None)
             raise
@@ -274,32 +159,41 @@ class SQLiteStore:
         with self._mu:
             self._inflight -= 1
 
+    def _on_store_thread(self, fn: Callable[..., T], *args: Any) -> T:
+        if self._busy_ms != BUSY_TIMEOUT_MS and self._db is not None:
+            self._busy_timeout(BUSY_TIMEOUT_MS)  # after commits on the loop's thread
+        return fn(*args)
+
+    def _busy_timeout(self, ms: int) -> None:
+        self.db.execute(f"PRAGMA busy_timeout={ms}")
+        self._busy_ms = ms
+
     # -- the WAL checkpoint, on the store thread ------------------------------------
 
     def _maybe_checkpoint(self) -> None:
         """Queue a PASSIVE checkpoint on the store thread once enough was written (on
         the loop's thread: it only submits)."""
         if (
-            (self._commits >= self._every or self._bytes >= CHECKPOINT_BYTES)
-            and self._checkpoint is None
-            and self._executor is not None
-            and not self._closing
-            and self.path != ":memory:"
+            self._checkpoint is not None
+            or self._executor is None
+            or self._closing
+            or self.path == ":memory:"
         ):
-            commits, self._commits, self._bytes = self._commits, 0, 0
-            try:
-                future = self._submit(self._checkpoint_wal, commits)
-            except (StoreError, RuntimeError):  # closing
-                return
-            self._checkpoint = future
-            future.add_done_callback(self._checkpointed)
+            return
+        commits = self._wal.take()
+        if commits is None:
+            return
+        try:
+            future = self._submit(self._checkpoint_wal, commits)
+        except (StoreError, RuntimeError):  # closing
+            return
+        self._checkpoint = future
+        future.add_done_callback(self._checkpointed)
 
     def _checkpoint_wal(self, commits: int) -> None:
         row = self.db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
         self.checkpoints += 1
-        self.wal_pages = pages = row[1] if row is not None else 0
-        if pages > 0 and commits > 0:
-            self._every = max(10, min(1000, commits * CHECKPOINT_PAGES // pages))
+        self.wal_pages = self._wal.checkpointed(row, commits)
 
     def _checkpointed(self, future: Future[Any]) -> None:
         self._checkpoint = None
@@ -310,6 +204,7 @@ class SQLiteStore:
         """Open (creating or migrating) the database; :class:`StoreLocked` if another
         live process has it open."""
         self._closing = False
+        self._wal = WalBook()  # the first commit starts a new WAL
         if self.path != ":memory:":
             Path(self.path).parent.mkdir(parents=True, exist_ok=True)
             lock = FileLock(self.path)
@@ -359,26 +254,17 @@ class SQLiteStore:
             )
         db.execute("PRAGMA journal_mode=WAL")
         db.execute(f"PRAGMA synchronous={self.synchronous}")
-        db.execute("PRAGMA busy_timeout=5000")
+        db.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+        self._busy_ms = BUSY_TIMEOUT_MS
         # Checkpoints run on the store thread (_maybe_checkpoint), never in a commit
         # made on the loop's thread.
         db.execute("PRAGMA wal_autocheckpoint=0")
+        db.execute(f"PRAGMA journal_size_limit={JOURNAL_SIZE_LIMIT}")
         self._db = db
         self._migrate(db)
 
     def _migrate(self, db: sqlite3.Connection) -> None:
-        version = db.execute("PRAGMA user_version").fetchone()[0]
-        for step in range(version, SCHEMA_VERSION):
-            db.execute("BEGIN IMMEDIATE")
-            try:
-                for statement in MIGRATIONS[step].split(";"):
-                    if statement.strip():
-                        db.execute(statement)
-                db.execute(f"PRAGMA user_version={step + 1}")
-                db.execute("COMMIT")
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
+        migrate(db)
 
     async def close(self) -> None:
         self._closing = True  # no checkpoint queued from now on: closing checkpoints
@@ -446,21 +332,34 @@ class SQLiteStore:
         if (
             self._inflight == 0
             and self.inline
+            and not self._wal.restart
             and 0 < len(batch) <= INLINE_BATCH
             and self._db is not None
             and self._executor is not None
             and not self._closing
+            and text_bytes(p.text for p in batch) <= INLINE_BYTES
         ):
             # Nothing runs on the store thread, and nothing can be queued there
             # before this returns (only this thread queues): commit here.
-            try:
-                out = self._append(batch)
-            except sqlite3.Error as exc:
-                raise StoreError(f"sqlite: {exc}") from exc
-            self.inline_commits += 1
-            self._maybe_checkpoint()
-            return out
+            out = self._append_here(batch)
+            if out is not None:
+                self.inline_commits += 1
+                self._maybe_checkpoint()
+                return out
+            self.inline_busy += 1  # another connection holds the write lock
         return await self._run(self._append, batch)
+
+    def _append_here(self, batch: list[PendingMessage]) -> list[tuple[Message, bool]] | None:
+        """Commit on the loop's thread, never waiting for a lock: None (nothing
+        written) if another connection holds it."""
+        try:
+            if self._busy_ms:
+                self._busy_timeout(0)
+            return self._append(batch)
+        except sqlite3.Error as exc:
+            if is_busy(exc):
+                return None
+            raise StoreError(f"sqlite: {exc}") from exc
 
     def _append(self, batch: list[PendingMessage]) -> list[tuple[Message, bool]]:
         db = self.db
@@ -468,6 +367,7 @@ class SQLiteStore:
         rows: list[tuple[Any, ...]] = []
         seen: dict[tuple[str, str], Message] = {}
         touched: dict[str, RoomMeta] = {}
+        before = db.total_changes
         db.execute("BEGIN IMMEDIATE")
         try:
             for pending in batch:
@@ -501,7 +401,6 @@ class SQLiteStore:
                     seen[key] = msg
                 rows.append(_columns(msg, pending.user))
                 out.append((msg, False))
-                self._bytes += len(pending.text)
             if rows:
                 db.executemany(
                     f"INSERT INTO messages ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows
@@ -511,15 +410,21 @@ class SQLiteStore:
                     [(m.seq, m.name) for m in touched.values()],
                 )
             db.execute("COMMIT")
-            self._commits += 1
         except BaseException:
             db.execute("ROLLBACK")
             # The room cache may hold rooms created in this transaction.
             self._rooms.clear()
             raise
+        self._wrote(before, text_bytes(r[5] for r in rows))
         for name, meta in touched.items():
             self._rooms[name] = meta
         return out
+
+    def _wrote(self, before: int, nbytes: int = 0) -> None:
+        """Count a commit for the checkpoint if it changed rows since ``before`` (the
+        connection's ``total_changes`` then): only such a commit wrote WAL frames."""
+        if self.db.total_changes != before:
+            self._wal.committed(nbytes)
 
     def _by_client_id(self, room: str, client_id: str | None) -> Message | None:
         row = self.db.execute(
@@ -541,15 +446,16 @@ class SQLiteStore:
         old = self._meta(room)
         assert old is not None
         epoch = _new_epoch()
+        before = db.total_changes
         db.execute("BEGIN IMMEDIATE")
         try:
             db.execute("DELETE FROM messages WHERE room = ?", (room,))
             db.execute("UPDATE rooms SET epoch = ?, last_seq = 0 WHERE name = ?", (epoch, room))
             db.execute("COMMIT")
-            self._commits += 1
         except BaseException:
             db.execute("ROLLBACK")
             raise
+        self._wrote(before)
         self._rooms[room] = RoomMeta(room, epoch, 0, 1, old.private)
         return RoomMeta(room, epoch, 0, 1, old.private)
 
@@ -557,12 +463,14 @@ class SQLiteStore:
         return await self._run(self._set_private, room, private)
 
     def _set_private(self, room: str, private: bool) -> bool:
+        before = self.db.total_changes
         found = (
             self.db.execute(
                 "UPDATE rooms SET private = ? WHERE name = ?", (int(private), room)
             ).rowcount
             > 0
         )
+        self._wrote(before)  # an UPDATE in autocommit: its own commit
         meta = self._rooms.get(room)
         if found and meta is not None:
             meta.private = private
@@ -588,15 +496,16 @@ class SQLiteStore:
 
     def _delete_room(self, room: str) -> bool:
         db = self.db
+        before = db.total_changes
         db.execute("BEGIN IMMEDIATE")
         try:
             db.execute("DELETE FROM messages WHERE room = ?", (room,))
             deleted = db.execute("DELETE FROM rooms WHERE name = ?", (room,)).rowcount > 0
             db.execute("COMMIT")
-            self._commits += 1
         except BaseException:
             db.execute("ROLLBACK")
             raise
+        self._wrote(before)
         self._rooms.pop(room, None)
         return deleted
 
@@ -606,6 +515,7 @@ class SQLiteStore:
     def _retention(self, max_count: int, max_age: float, now: float) -> int:
         db = self.db
         deleted = 0
+        before = db.total_changes
         db.execute("BEGIN IMMEDIATE")
         try:
             if max_count > 0:
@@ -619,11 +529,10 @@ class SQLiteStore:
                 cur = db.execute("DELETE FROM messages WHERE ts < ?", (now - max_age,))
                 deleted += cur.rowcount
             db.execute("COMMIT")
-            self._commits += 1
-            self._bytes += 100 * deleted  # about a row's size in the WAL
         except BaseException:
             db.execute("ROLLBACK")
             raise
+        self._wrote(before, 100 * deleted)  # about a row's size in the WAL
         if deleted:
             self._rooms.clear()  # oldest seqs moved: reload lazily
         return deleted
@@ -661,7 +570,9 @@ class SQLiteStore:
         return meta
 
     def _room(self, room: str, create: bool) -> RoomMeta | None:
+        before = self.db.total_changes
         meta = self._meta(room, create)
+        self._wrote(before)  # a room created: an INSERT in autocommit, its own commit
         if meta is None:
             return None
         return RoomMeta(meta.name, meta.epoch, meta.seq, meta.oldest, meta.private)
