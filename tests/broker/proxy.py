@@ -6,10 +6,20 @@ import asyncio
 import contextlib
 
 
+class Link:
+    """One client connection through the proxy, both directions. ``marked`` is free for
+    a subclass to set from what goes by (e.g. "this is a subscriber connection")."""
+
+    def __init__(self) -> None:
+        self.marked = False
+
+
 class Proxy:
     """Forwards 127.0.0.1:<port> to ``target``. ``cut()`` drops every connection and
     refuses new ones until ``resume()``; ``freeze()`` keeps connections open but stops
-    forwarding (a peer that vanished without a reset)."""
+    forwarding (a peer that vanished without a reset).
+
+    A subclass changes what goes through by overriding ``_forward`` alone."""
 
     def __init__(self, target_host: str, target_port: int) -> None:
         self.target = (target_host, target_port)
@@ -30,18 +40,26 @@ class Proxy:
             writer.close()
             return
         self._writers.update((writer, up_writer))
-        for src, dst in ((reader, up_writer), (up_reader, writer)):
-            task = asyncio.create_task(self._pipe(src, dst))
+        link = Link()
+        for src, dst, upstream in ((reader, up_writer, True), (up_reader, writer, False)):
+            task = asyncio.create_task(self._pipe(src, dst, link, upstream))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
-    async def _pipe(self, src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+    async def _forward(self, data: bytes, link: Link, upstream: bool) -> bool:
+        """Whether ``data`` goes on (``upstream``: client to Redis; else Redis's reply).
+        May wait first: chunks of one direction stay in order. Frozen: swallowed, the
+        peer looks alive but never answers."""
+        return not self.frozen
+
+    async def _pipe(
+        self, src: asyncio.StreamReader, dst: asyncio.StreamWriter, link: Link, upstream: bool
+    ) -> None:
         try:
             while data := await src.read(65536):
-                if self.frozen:
-                    continue  # swallowed: the peer looks alive but never answers
-                dst.write(data)
-                await dst.drain()
+                if await self._forward(data, link, upstream):
+                    dst.write(data)
+                    await dst.drain()
         except (OSError, asyncio.IncompleteReadError):
             pass
         finally:

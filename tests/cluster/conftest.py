@@ -21,7 +21,7 @@ from hubbub import Server
 from hubbub.apps.chat import create_app
 from hubbub.broker.redis import RedisBroker
 from hubbub.config import Settings
-from tests.broker.proxy import Proxy
+from tests.broker.proxy import Link, Proxy
 from tests.services import REDIS_URL, pg_schema, postgres_store, redis_prefix  # noqa: F401
 
 
@@ -49,17 +49,9 @@ class SlowProxy(Proxy):
         super().__init__(host, port)
         self.delay = delay
 
-    async def _pipe(self, src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
-        try:
-            while data := await src.read(65536):
-                await asyncio.sleep(self.delay)
-                dst.write(data)
-                await dst.drain()
-        except (OSError, asyncio.IncompleteReadError):
-            pass
-        finally:
-            dst.close()
-            self._writers.discard(dst)
+    async def _forward(self, data: bytes, link: Link, upstream: bool) -> bool:
+        await asyncio.sleep(self.delay)
+        return await super()._forward(data, link, upstream)
 
 
 class Cluster:

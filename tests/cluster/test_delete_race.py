@@ -9,12 +9,11 @@ delayed. So the order that a distant Redis makes likely is made certain."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from urllib.parse import urlparse
 
 from hubbub import Server
 from tests.apps.test_chat import Client, http
-from tests.broker.proxy import Proxy
+from tests.broker.proxy import Link, Proxy
 from tests.services import REDIS_URL
 
 from .conftest import Cluster, wait_until
@@ -30,38 +29,12 @@ class HoldProxy(Proxy):
         self.gate = asyncio.Event()
         self.gate.set()
 
-    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            up_reader, up_writer = await asyncio.open_connection(*self.target)
-        except OSError:
-            writer.close()
-            return
-        self._writers.update((writer, up_writer))
-        sub = [False]
-        for coro in (self._copy(reader, up_writer, sub, True), self._copy(up_reader, writer, sub)):
-            task = asyncio.create_task(coro)
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
-
-    async def _copy(
-        self,
-        src: asyncio.StreamReader,
-        dst: asyncio.StreamWriter,
-        sub: list[bool],
-        up: bool = False,
-    ) -> None:
-        with contextlib.suppress(OSError, asyncio.IncompleteReadError):
-            try:
-                while data := await src.read(65536):
-                    if up and b"-sub\r\n" in data:
-                        sub[0] = True  # CLIENT SETNAME hubbub-<node>-sub
-                    if not up and sub[0]:
-                        await self.gate.wait()
-                    dst.write(data)
-                    await dst.drain()
-            finally:
-                dst.close()
-                self._writers.discard(dst)
+    async def _forward(self, data: bytes, link: Link, upstream: bool) -> bool:
+        if upstream and b"-sub\r\n" in data:
+            link.marked = True  # CLIENT SETNAME hubbub-<node>-sub
+        if not upstream and link.marked:
+            await self.gate.wait()
+        return await super()._forward(data, link, upstream)
 
 
 async def two_nodes(cluster: Cluster) -> tuple[Server, Server, HoldProxy]:

@@ -84,6 +84,29 @@ async def two(clock: Clock) -> tuple[MemoryBackend, Node, Node]:
     return backend, a, b
 
 
+async def lose_cat(backend: MemoryBackend, a: Node, b: Node) -> None:
+    """B's cat joins the room; the event is lost on the way to A (A's broker missed it)."""
+    del backend.listeners["A"]
+    await b.join(2, "r", "cat")
+    backend.listeners["A"] = a.presence.on_event
+
+
+async def cat_lost_by_a(clock: Clock) -> Node:
+    """Two nodes: A with ann (version 1), B with bob (2); B's cat (3) never reaches A."""
+    backend, a, b = await two(clock)
+    await a.join(1, "r", "ann")
+    await b.join(1, "r", "bob")
+    await lose_cat(backend, a, b)
+    return a
+
+
+async def read_again(a: Node) -> None:
+    """Behind once at a version check: maybe in flight; behind twice: A reads the room."""
+    await a.presence.tick()
+    await a.presence.tick()
+    await a.settle()
+
+
 async def test_members_of_both_nodes_are_in_each_list(clock: Clock) -> None:
     _, a, b = await two(clock)
     assert await a.join(1, "r", "ann")
@@ -155,49 +178,28 @@ async def test_a_nickname_taken_while_paused_takes_the_member_out(clock: Clock) 
 
 
 async def test_a_lost_event_is_caught_by_the_version_check(clock: Clock) -> None:
-    backend, a, b = await two(clock)
-    await a.join(1, "r", "ann")
-    await b.join(1, "r", "bob")
-    del backend.listeners["A"]  # A's broker misses what follows
-    await b.join(2, "r", "cat")
-    backend.listeners["A"] = a.presence.on_event
+    a = await cat_lost_by_a(clock)
     assert a.core.members("r") == ["ann", "bob"]
-    await a.presence.tick()  # behind once: maybe in flight
-    await a.presence.tick()  # behind twice: read again
-    await a.settle()
+    await read_again(a)
     assert a.core.members("r") == ["ann", "bob", "cat"]
 
 
 async def test_a_lost_event_is_caught_even_after_an_own_change(clock: Clock) -> None:
-    backend, a, b = await two(clock)
-    await a.join(1, "r", "ann")
-    await b.join(1, "r", "bob")
-    del backend.listeners["A"]
-    await b.join(2, "r", "cat")  # version 3: lost on the way to A
-    backend.listeners["A"] = a.presence.on_event
+    a = await cat_lost_by_a(clock)
     assert await a.join(2, "r", "dan")  # version 4, A's own: the room is not "caught up"
-    await a.presence.tick()
-    await a.presence.tick()
-    await a.settle()
+    await read_again(a)
     assert a.core.members("r") == ["ann", "bob", "cat", "dan"]
 
 
 async def test_a_lost_event_is_caught_after_a_rename_undone(clock: Clock) -> None:
     """The undo of a refused rename registers again what is there already: the answer
     is the room's version (another node's, lost here), not a change of A's."""
-    backend, a, b = await two(clock)
-    await a.join(1, "r", "ann")
-    await b.join(1, "r", "bob")
-    del backend.listeners["A"]
-    await b.join(2, "r", "cat")  # version 3: lost on the way to A
-    backend.listeners["A"] = a.presence.on_event
+    a = await cat_lost_by_a(clock)
     a.run(a.core.handle(1, p.SetNick("cat")))  # A's mirror has no cat
     assert await a.presence.rename(1) == ["r"]  # B's cat holds it
     a.run(a.core.handle(1, p.SetNick("ann")))  # undone (as NodePresence.renamed does)
     assert await a.presence.rename(1) == []  # nothing changes in the backend
-    await a.presence.tick()
-    await a.presence.tick()
-    await a.settle()
+    await read_again(a)
     assert a.core.members("r") == ["ann", "bob", "cat"]
 
 
@@ -225,12 +227,8 @@ async def test_an_emptied_backend_is_filled_again_by_every_node(clock: Clock) ->
     room = backend.rooms["r"]
     assert sorted(room.claims) == ["a0", "a1", "a2", "bob"] and backend.alive("A")
     # The room's numbering started again: a change A misses now is still caught.
-    del backend.listeners["A"]
-    await b.join(2, "r", "cat")
-    backend.listeners["A"] = a.presence.on_event
-    for _ in range(2):
-        await a.presence.tick()
-    await a.settle()
+    await lose_cat(backend, a, b)
+    await read_again(a)
     assert a.core.members("r") == ["a0", "a1", "a2", "bob", "cat"]
 
 
@@ -307,12 +305,7 @@ async def test_a_lost_event_is_caught_after_a_failed_rename_undone(clock: Clock)
     """A rename whose join failed (not applied), then undone: the undo registers what
     Redis holds already, and its answer (the room's version: another node's event,
     lost here) must be read as such, not taken for a change of A's."""
-    backend, a, b = await two(clock)
-    await a.join(1, "r", "ann")
-    await b.join(1, "r", "bob")
-    del backend.listeners["A"]
-    await b.join(2, "r", "cat")  # version 3: lost on the way to A
-    backend.listeners["A"] = a.presence.on_event
+    a = await cat_lost_by_a(clock)
     manager = a.presence.manager
     join = manager.join
 
@@ -327,7 +320,5 @@ async def test_a_lost_event_is_caught_after_a_failed_rename_undone(clock: Clock)
     a.run(a.core.handle(1, p.SetNick("ann")))  # undone
     await a.presence.rename(1)
     await a.settle()
-    await a.presence.tick()
-    await a.presence.tick()
-    await a.settle()
+    await read_again(a)
     assert a.core.members("r") == ["ann", "bob", "cat"]

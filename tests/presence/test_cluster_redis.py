@@ -8,8 +8,9 @@ listing a member this node refused."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 from urllib.parse import urlparse
 
@@ -23,7 +24,7 @@ from hubbub.core.nicknames import nick_key
 from hubbub.presence import ClusterPresence
 from hubbub.presence.base import Entry, PresenceError, decode_event
 from hubbub.presence.redis import RedisPresence
-from tests.broker.proxy import Proxy
+from tests.broker.proxy import Link, Proxy
 from tests.services import REDIS_URL, redis_client, redis_prefix  # noqa: F401
 
 WALL = 1_700_000_000.0
@@ -138,9 +139,11 @@ async def cluster(
         await b.close(retire=False)
 
 
-async def lose_one(a: NodeA, b: RedisPresence, relay: Relay) -> None:
-    """A follows the room with ann (version 1) and bob of B (2); B's cat (3) is lost
-    on the way to A."""
+@pytest.fixture
+async def one_lost(cluster: tuple[NodeA, RedisPresence, Relay]) -> NodeA:
+    """Node A following the room with ann (version 1) and bob of B (2); B's cat (3)
+    was lost on the way to A."""
+    a, b, relay = cluster
     await a.join(1, "ann")
     assert await b.join(ROOM, entry("B", "c:1", "bob")) == 2
     await until(lambda: a.core.members(ROOM) == ["ann", "bob"], "A hears bob")
@@ -148,6 +151,7 @@ async def lose_one(a: NodeA, b: RedisPresence, relay: Relay) -> None:
     assert await b.join(ROOM, entry("B", "c:2", "cat")) == 3
     await until(lambda: 3 in relay.heard, "cat's event went by A")
     relay.drop = False
+    return a
 
 
 async def caught(a: NodeA) -> None:
@@ -158,41 +162,40 @@ async def caught(a: NodeA) -> None:
     await until(lambda: a.core.members(ROOM) == ["ann", "bob", "cat"], "A reads the room again")
 
 
-async def test_a_lost_event_is_noticed_after_a_registration_that_changed_nothing(
-    cluster: tuple[NodeA, RedisPresence, Relay],
-) -> None:
-    a, b, relay = cluster
-    await lose_one(a, b, relay)
-    renew = a.manager.renew
+@contextlib.contextmanager
+def failing(manager: RedisPresence, method: str) -> Iterator[None]:
+    """Within the block, every call of ``manager.<method>`` fails (a Redis hiccup)."""
 
-    def fails() -> Any:
+    async def fails(*args: Any) -> Any:
         raise PresenceError("a Redis hiccup")
 
-    a.manager.renew = fails  # type: ignore[method-assign]
-    await a.presence.tick()  # fails: A registers its members again at the next tick
-    a.manager.renew = renew  # type: ignore[method-assign]
+    real = getattr(manager, method)
+    setattr(manager, method, fails)
+    try:
+        yield
+    finally:
+        setattr(manager, method, real)
+
+
+async def test_a_lost_event_is_noticed_after_a_registration_that_changed_nothing(
+    one_lost: NodeA,
+) -> None:
+    a = one_lost
+    with failing(a.manager, "renew"):
+        await a.presence.tick()  # fails: A registers its members again at the next tick
     # A's lease was kept: ann is registered again without a change in Redis; the
     # answer is the room's version (3), cat's, which A never heard.
     await caught(a)
 
 
 async def test_a_lost_event_is_noticed_after_a_rejoin_that_changed_nothing(
-    cluster: tuple[NodeA, RedisPresence, Relay],
+    one_lost: NodeA,
 ) -> None:
-    a, b, relay = cluster
-    await lose_one(a, b, relay)
-    leave = a.manager.leave
-
-    def fails(room: str, mid: str) -> Any:
-        fut = asyncio.get_running_loop().create_future()
-        fut.set_exception(PresenceError("a Redis hiccup"))
-        return fut
-
-    a.manager.leave = fails  # type: ignore[method-assign]
-    a.core.handle(1, p.Leave(ROOM))
-    a.presence.release(1, ROOM)  # the leave does not reach Redis: ann is still there
-    await a.settle()
-    a.manager.leave = leave  # type: ignore[method-assign]
+    a = one_lost
+    with failing(a.manager, "leave"):
+        a.core.handle(1, p.Leave(ROOM))
+        a.presence.release(1, ROOM)  # the leave does not reach Redis: ann is still there
+        await a.settle()
     await a.join(1, "ann")  # back before the leave was sent again: nothing changes
     await caught(a)
 
@@ -204,25 +207,11 @@ class Deaf(Proxy):
     def __init__(self, host: str, port: int) -> None:
         super().__init__(host, port)
         self.deaf = False
-        self._clients: set[asyncio.StreamWriter] = set()
 
-    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self._clients.add(writer)
-        await super()._accept(reader, writer)
-
-    async def _pipe(self, src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
-        try:
-            while data := await src.read(65536):
-                if self.deaf and dst in self._clients:
-                    continue  # a reply lost on the way back
-                dst.write(data)
-                await dst.drain()
-        except (OSError, asyncio.IncompleteReadError):
-            pass
-        finally:
-            dst.close()
-            self._writers.discard(dst)
-            self._clients.discard(dst)
+    async def _forward(self, data: bytes, link: Link, upstream: bool) -> bool:
+        if self.deaf and not upstream:
+            return False  # a reply lost on the way back
+        return await super()._forward(data, link, upstream)
 
 
 async def test_a_join_applied_but_not_answered_is_taken_back_once_redis_answers(
