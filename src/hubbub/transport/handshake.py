@@ -41,6 +41,7 @@ from websockets.frames import Close, Frame, Opcode, apply_mask
 from websockets.http11 import Request as WSRequest
 from websockets.protocol import State
 from websockets.server import ServerProtocol
+from websockets.streams import StreamReader
 from websockets.typing import Subprotocol
 
 from .messages import Request, http_date
@@ -267,6 +268,7 @@ class _Ids:
 
 if getattr(websockets.protocol, "uuid", None) is uuid:
     websockets.protocol.uuid = _Ids()  # type: ignore[assignment]
+_new_id = websockets.protocol.uuid.uuid4
 
 
 #: The permessage-deflate offer answered by every connection: a factory keeps
@@ -289,6 +291,7 @@ _WHOLE = {
 }
 _DATA = (0x81, 0x82)  # FIN + TEXT, FIN + BINARY: may have a 16-bit length
 _OPEN = State.OPEN
+_CLOSING = State.CLOSING
 _CLOSE = Opcode.CLOSE
 
 
@@ -314,6 +317,21 @@ class HubbubServerProtocol(ServerProtocol):
     #: receive_frames (so websockets' parser has seen nothing).
     direct = True
 
+    @property  # type: ignore[override]
+    def id(self) -> uuid.UUID:
+        """websockets' name of the connection (for its logs), made when first read:
+        nothing reads it while its debug logs are off, and a UUID costs as much as
+        the rest of the copy in ws_protocol."""
+        attrs = self.__dict__
+        made: uuid.UUID | None = attrs.get("_id")
+        if made is None:
+            made = attrs["_id"] = _new_id()
+        return made
+
+    @id.setter
+    def id(self, value: uuid.UUID) -> None:
+        self.__dict__["_id"] = value
+
     def select_subprotocol(self, subprotocols: Sequence[Subprotocol]) -> Subprotocol | None:
         # RFC 6455 4.2.2: the server picks one of the client's subprotocols
         # or none. A client that offers none (or none we know) is a plain
@@ -334,14 +352,20 @@ class HubbubServerProtocol(ServerProtocol):
         # by the first receive_data or receive_eof, see _Idle.
         return _IDLE
 
-    def receive_data(self, data: bytes | bytearray) -> None:
+    def _start_parser(self) -> None:
         if self.parser is _IDLE:
             self.parser = ServerProtocol.parse(self)
+        elif self.parser is _DISCARD:
+            # As recv_frame would have left it (its first step finds the reader empty).
+            self.parser = self.discard()
+            next(self.parser)
+
+    def receive_data(self, data: bytes | bytearray) -> None:
+        self._start_parser()
         super().receive_data(data)
 
     def receive_eof(self) -> None:
-        if self.parser is _IDLE:
-            self.parser = ServerProtocol.parse(self)
+        self._start_parser()
         super().receive_eof()
 
     def receive_frames(self, data: bytes) -> None:
@@ -389,12 +413,29 @@ class HubbubServerProtocol(ServerProtocol):
             payload = apply_mask(data[start:end], data[start - 4 : start])
             if op is _CLOSE:
                 try:
-                    Close.parse(payload)
+                    close = Close.parse(payload)
                 except (ProtocolError, UnicodeDecodeError):
                     break  # websockets fails the connection, with its code
+                self._closed_by_peer(close, payload)
+                return end
             self.recv_frame(Frame(op, payload))
             pos = end
         return pos
+
+    def _closed_by_peer(self, close: Close, payload: bytes) -> None:
+        """What ``recv_frame`` does with a valid Close while OPEN, with no extension
+        and no fragmented message (RFC 6455 5.5.1, 7.1.2), without websockets'
+        frame serializer and discard parser: echo the payload as it came (an
+        unmasked frame of 125 bytes at most: a 2-byte header), end the stream,
+        and discard what follows (the discard parser is made if anything does
+        follow: see _Idle)."""
+        self.close_rcvd = self.close_sent = close
+        self.close_rcvd_then_sent = True
+        self.state = _CLOSING
+        self.eof_sent = True
+        self.writes += (bytes((0x88, len(payload))) + payload, b"")  # SEND_EOF
+        self.parser = _DISCARD
+        self.events.append(Frame(_CLOSE, payload))
 
 
 class _Idle:
@@ -404,7 +445,9 @@ class _Idle:
     first step only waits for data. A protocol's real parser is made when data
     or the end of the stream first reach it (receive_data, receive_eof); its
     first step then finds them already fed, as the parser made in
-    ``__init__`` would have on its second.
+    ``__init__`` would have on its second. :data:`_DISCARD` stands in the same
+    way for the discard parser of a connection closed by a whole Close frame
+    (``_closed_by_peer``): most connections get nothing after it.
     """
 
     __slots__ = ()
@@ -417,10 +460,43 @@ class _Idle:
 
 
 _IDLE = _Idle()
+_DISCARD = _Idle()
+
+
+#: A new protocol's attributes, per (compression, subprotocols, max size): see ws_protocol.
+_templates: dict[tuple[bool, tuple[str, ...], int | None], dict[str, Any]] = {}
+_new_protocol = object.__new__
 
 
 def ws_protocol(settings: Settings, subprotocols: list[str]) -> HubbubServerProtocol:
-    """The sans-I/O WebSocket core for one connection's handshake and frames."""
+    """The sans-I/O WebSocket core for one connection's handshake and frames.
+
+    A copy of the attributes ``__init__`` gives one made with the same
+    arguments (:func:`_make_protocol`, once per set of them) with new mutable
+    parts and no id yet (made when read, see ``HubbubServerProtocol.id``): a
+    fifth of the cost of running ``__init__`` (a UUID, a logger level check, a
+    property per state, keyword parsing) per connection.
+    tests/transport/test_ws_protocol.py checks the copy against ``__init__``.
+    """
+    key = (settings.compression, tuple(subprotocols), settings.max_message_size)
+    template = _templates.get(key)
+    if template is None:
+        if len(_templates) >= 16:
+            _templates.clear()  # settings do not change in a running server
+        template = _make_protocol(settings, subprotocols).__dict__
+        del template["_id"]  # see HubbubServerProtocol.id
+        _templates[key] = template
+    proto: HubbubServerProtocol = _new_protocol(HubbubServerProtocol)
+    proto.__dict__ = attrs = template.copy()
+    attrs["reader"] = StreamReader()
+    attrs["extensions"] = []
+    attrs["events"] = []
+    attrs["writes"] = []
+    return proto
+
+
+def _make_protocol(settings: Settings, subprotocols: list[str]) -> HubbubServerProtocol:
+    """A protocol made by its ``__init__`` (the template of :func:`ws_protocol`)."""
     return HubbubServerProtocol(
         extensions=_DEFLATE if settings.compression else None,
         subprotocols=list(subprotocols) or None,
