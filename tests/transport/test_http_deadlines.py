@@ -101,6 +101,24 @@ def test_cancelled_entries_do_not_pile_up():
     assert log == [("kept", kept[0])] and not d.queue
 
 
+def test_a_timeout_that_arms_again_starts_no_second_timer():
+    loop, log = FakeLoop(), []
+    d = Deadlines(loop, 1.0)  # type: ignore[arg-type]
+
+    class Again(Conn):
+        def _timed_out(self) -> None:
+            super()._timed_out()
+            if len(self.log) < 3:
+                d.add(self)  # type: ignore[arg-type]
+
+    d.add(Again("a", log, loop))  # type: ignore[arg-type]
+    d.add(Conn("b", log, loop))  # type: ignore[arg-type]
+    loop.run_until(101.0)
+    assert log == [("a", 101.0), ("b", 101.0)] and len(loop.timers) == 1
+    loop.run_until(110.0)
+    assert log == [("a", 101.0), ("b", 101.0), ("a", 102.0)] and loop.timers == []
+
+
 def test_a_failing_timeout_does_not_stop_the_others(caplog):
     loop, log = FakeLoop(), []
 

@@ -134,11 +134,14 @@ class Deadlines:
         return entry
 
     def _fire(self) -> None:
-        self.handle = None
-        queue = self.queue
         loop = self._loop()
         if loop is None:
+            self.handle = None
             return
+        # Not None while firing: a timeout that arms again (an answer sent
+        # on a keep-alive connection) starts no second timer.
+        self.handle = _FIRING
+        queue = self.queue
         # The loop may run a timer up to its clock's resolution early.
         now = loop.time() + 0.001
         while queue:
@@ -152,6 +155,10 @@ class Deadlines:
                     conn._timed_out()
                 except Exception:
                     log.exception("HTTP connection timeout failed")
+        self.handle = None
+
+
+_FIRING: Any = object()
 
 
 class HttpConnection(RequestParsing, ResponseWriting, UpgradeHandOff, asyncio.Protocol):
