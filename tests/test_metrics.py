@@ -318,32 +318,3 @@ async def test_a_worker_serves_its_metrics_on_its_own_port(make_ops, tmp_path):
         assert value(got, "hubbub_info", version=hubbub.__version__) == 1
     finally:
         await server.shutdown()
-
-
-def test_journal_histograms_are_lock_free_spreads_with_prometheus_series():
-    # The journal's per-batch histograms run once per commit on the loop's thread:
-    # Spread (no lock), exposed with the series prometheus_client.Histogram gave.
-    assert {metrics.journal_commit, metrics.journal_batch, metrics.delivery_latency} <= set(
-        metrics.SPREADS
-    )
-    spread = metrics.Spread("hubbub_test_spread_seconds", "a test", buckets=(0.5, 0.001, 1))
-    metrics.SPREADS.remove(spread)  # not in the real scrape
-    for v in (0.0005, 0.001, 0.002, 1.0, 3.0):  # a value on a bound counts in it (le)
-        spread.observe(v)
-    assert spread.count == 5
-    got = {
-        (s.name, tuple(sorted(s.labels.items()))): s.value
-        for family in [spread.family()]
-        for s in family.samples
-    }
-    bucket = "hubbub_test_spread_seconds_bucket"
-    assert got[(bucket, (("le", "0.001"),))] == 2
-    assert got[(bucket, (("le", "0.5"),))] == 3
-    assert got[(bucket, (("le", "1.0"),))] == 4
-    assert got[(bucket, (("le", "+Inf"),))] == 5
-    assert got[("hubbub_test_spread_seconds_count", ())] == 5
-    assert got[("hubbub_test_spread_seconds_sum", ())] == pytest.approx(4.0035)
-    text = metrics.scrape().decode()
-    for name in ("journal_commit_seconds", "journal_batch_messages", "delivery_latency_seconds"):
-        assert f"# TYPE hubbub_{name} histogram" in text
-        assert f'hubbub_{name}_bucket{{le="+Inf"}}' in text

@@ -10,10 +10,8 @@ Two kinds, chosen so that the hot paths stay fast:
   about 60 ns; ``prometheus_client.Counter.inc`` takes a lock and costs several
   times that), one line per site (``metrics.frame_in(decoded)``,
   ``metrics.closed(...)``), made into counter families at scrape time; a
-  fan-out counts once per ``push_many``, never per recipient. The journal's
-  histograms (per batch: commit time, size, commit to delivery) are
-  :class:`Spread` (a bisect and two adds, no lock); the loop-lag sample (twice
-  a second) is a prometheus_client histogram.
+  fan-out counts once per ``push_many``, never per recipient. Latencies (per
+  journal batch, per lag sample) are prometheus_client histograms.
 
 Memory: a few hundred series, bounded (label values are frame types, error
 codes, close codes and refusal causes: never client text).
@@ -36,7 +34,6 @@ Exposed (docs in the README's operations section):
 
 from __future__ import annotations
 
-import bisect
 import contextlib
 import typing
 
@@ -48,8 +45,7 @@ from prometheus_client import (
     Gauge,
     Histogram,
 )
-from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily
-from prometheus_client.utils import floatToGoString
+from prometheus_client.core import CounterMetricFamily
 
 from .. import protocol as p
 
@@ -101,48 +97,6 @@ class Tally:
 
 TALLIES: list[Tally] = []
 
-
-class Spread:
-    """A histogram for hot paths: one bisect and two adds per observation, no lock
-    (the event loop's thread is the only writer), made into a histogram family
-    when Prometheus scrapes (:class:`ChatCollector`), with the same series as
-    ``prometheus_client.Histogram`` (``_bucket`` by ``le``, ``_count``, ``_sum``)
-    but no ``_created``. ``prometheus_client.Histogram.observe`` takes a lock per
-    bucket update and costs about 1.4 us warm (much more with cold caches, after
-    a fan-out to 1,000 sockets); this about 0.25 us."""
-
-    __slots__ = ("bounds", "counts", "doc", "name", "sum")
-
-    def __init__(self, name: str, doc: str, buckets: tuple[float, ...]) -> None:
-        self.name = name
-        self.doc = doc
-        self.bounds = tuple(sorted(float(b) for b in buckets))
-        #: Observations per bucket (not cumulative); the last one is +Inf.
-        self.counts = [0] * (len(self.bounds) + 1)
-        self.sum = 0.0
-        SPREADS.append(self)
-
-    def observe(self, value: float) -> None:
-        """Count ``value`` in the first bucket whose bound is >= it (``le``)."""
-        self.counts[bisect.bisect_left(self.bounds, value)] += 1
-        self.sum += value
-
-    @property
-    def count(self) -> int:
-        return sum(self.counts)
-
-    def family(self) -> HistogramMetricFamily:
-        counts = list(self.counts)  # one reading, even if the loop observes meanwhile
-        buckets: list[tuple[str, float]] = []
-        total = 0
-        for bound, n in zip((*self.bounds, float("inf")), counts, strict=True):
-            total += n
-            buckets.append((floatToGoString(bound), total))
-        return HistogramMetricFamily(self.name, self.doc, buckets=buckets, sum_value=self.sum)
-
-
-SPREADS: list[Spread] = []
-
 handshakes = Tally("hubbub_handshakes", "WebSocket handshakes accepted, by protocol", ("protocol",))
 handshake_failures = Tally(
     "hubbub_handshake_failures",
@@ -190,21 +144,24 @@ resumes = Tally(
     ("outcome",),
 )
 replayed = Tally("hubbub_replayed_messages", "messages replayed to resuming clients")
-journal_commit = Spread(
+journal_commit = Histogram(
     "hubbub_journal_commit_seconds",
     "time to store one journal batch (group commit)",
     buckets=_LATENCY_BUCKETS,
+    registry=REGISTRY,
 )
-journal_batch = Spread(
+journal_batch = Histogram(
     "hubbub_journal_batch_messages",
     "messages per journal batch",
     buckets=(1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000),
+    registry=REGISTRY,
 )
-delivery_latency = Spread(
+delivery_latency = Histogram(
     "hubbub_delivery_latency_seconds",
     "per journal batch, from its commit to the end of the event-loop tick that wrote its "
     "frames to this node's members (local broker) or queued its publish (redis)",
     buckets=_LATENCY_BUCKETS,
+    registry=REGISTRY,
 )
 loop_lag = Histogram(
     "hubbub_event_loop_lag_seconds",

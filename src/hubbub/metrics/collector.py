@@ -10,7 +10,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from .. import __version__
-from . import SPREADS, TALLIES
+from . import TALLIES
 
 
 class ChatCollector(Collector):
@@ -38,8 +38,6 @@ class ChatCollector(Collector):
         yield info
         for tally in TALLIES:
             yield tally.family()
-        for spread in SPREADS:
-            yield spread.family()
         yield from self._connections()
         yield from self._chat()
         yield from self._journal_and_broker()
