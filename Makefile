@@ -61,6 +61,7 @@ node-deps:
 	@command -v npm >/dev/null 2>&1 || { echo "needs Node.js and npm (apt-get install nodejs npm)"; exit 1; }
 	npm install --prefix bench/peers/node_ws --no-audit --no-fund --silent
 	npm install --prefix bench/peers/socketio_node --no-audit --no-fund --silent
+	npm install --prefix bench/peers/uws_node --no-audit --no-fund --silent
 	if [ -f tests/browser/package.json ]; then \
 		npm install --prefix tests/browser --no-audit --no-fund --silent; \
 	fi

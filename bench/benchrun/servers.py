@@ -28,6 +28,7 @@ CHAT_SCENARIOS = ("chat_fanout", "chat_steady")
 STORM_SCENARIOS = ("join_storm", "reconnect_storm")
 SCENARIO_ORDER = SEED_SCENARIOS + CHAT_SCENARIOS + STORM_SCENARIOS
 SOCKETIO_DIR = PEERS / "socketio_node"
+UWS_DIR = PEERS / "uws_node"
 SERVER_CPU = 1
 GENERATOR_CPU = 0
 NOFILE = 20_000
@@ -159,6 +160,15 @@ SERVERS: dict[str, ServerSpec] = {
             _node_versions(NODE_DIR, ("ws", "bufferutil")),
             "bench/peers/node_ws/server.js",
             SEED_SCENARIOS + STORM_SCENARIOS,
+        ),
+        ServerSpec(
+            "uws",
+            "uWebSockets",
+            lambda port, tmp: ["node", str(UWS_DIR / "server.js"), str(port)],
+            _node_versions(UWS_DIR, ("@trufflesuite/uws-js-unofficial",)),
+            "bench/peers/uws_node/server.js (uWebSockets.js: C++ engine, `app.publish` "
+            "fans out in C++; the stand-in for Swoole)",
+            SEED_SCENARIOS,
         ),
         ServerSpec(
             "websockets",
