@@ -4,14 +4,16 @@
     .venv/bin/python bench/run.py --quick    # a smoke run (about 2 minutes)
 
 Installs nothing: ``pip install -e '.[bench]'``,
-``npm install --prefix bench/peers/node_ws`` and
+``npm install --prefix bench/peers/node_ws``,
+``npm install --prefix bench/peers/uws_node`` and
 ``npm install --prefix bench/peers/socketio_node`` come first (``make bench``
-does all three).
+does all four).
 
 Three families of scenarios. *Seed mode* (idle, fanout, steady, connect):
 one-room servers speaking the seed's plain text protocol (hubbub with and
-without its compiled path, Node ws, picows; websockets and aiohttp with
-``--servers``). *Chat mode* (chat_fanout, chat_steady): the same room and
+without its compiled path, Node ws, picows; uWebSockets.js, the C++ engine
+standing in for Swoole, in the steady rates and handshakes; websockets and
+aiohttp with ``--servers``). *Chat mode* (chat_fanout, chat_steady): the same room and
 load as chat frameworks do it, hubbub with its ``hubbub.v1`` JSON protocol
 and durable history, Node socket.io (and python-socketio with ``--servers``)
 with socket.io events driven by socket.io-client workers. *Storms*
@@ -21,8 +23,8 @@ in chat mode against Node ws's handshake storm. The steady rates (20 and 80
 messages/s into a room of 1,000) run 5 rounds (3 for hubbub without its
 compiled path, which is no peer), connect 3, idle 1, the others 2.
 
-The run keeps to a time budget (``--budget``, 610 s by default: with
-bench/scaleout.py's 255 s a whole ``make bench`` stays within 15 minutes):
+The run keeps to a time budget (``--budget``, 635 s by default: with
+bench/scaleout.py's 245 s a whole ``make bench`` stays within 15 minutes):
 it estimates every measurement's time from its options
 (:func:`benchrun.running.estimate`), and waits for a quiet machine or repeats
 a noisy measurement only while the rest of the plan still fits.
@@ -71,6 +73,7 @@ from benchrun.servers import (
     SCENARIO_ORDER,
     SERVERS,
     SOCKETIO_DIR,
+    UWS_DIR,
 )
 
 
@@ -89,6 +92,10 @@ def check_prerequisites(servers: list[str]) -> list[str]:
                 problems.append(f"{dist} is missing: .venv/bin/pip install -e '.[bench]'")
     if "node_ws" in servers and not (NODE_DIR / "node_modules" / "ws").is_dir():
         problems.append("Node ws is not installed: npm install --prefix bench/peers/node_ws")
+    if "uws" in servers and not (UWS_DIR / "node_modules" / "@trufflesuite").is_dir():
+        problems.append(
+            "uWebSockets.js is not installed: npm install --prefix bench/peers/uws_node"
+        )
     if (
         any(s in servers for s in ("socketio_node", "python_socketio"))
         and not (SOCKETIO_DIR / "node_modules" / "socket.io-client").is_dir()
@@ -108,8 +115,9 @@ def check_prerequisites(servers: list[str]) -> list[str]:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        description="Benchmark hubbub against Node ws, websockets, aiohttp and picows (seed "
-        "mode) and Node socket.io and python-socketio (chat mode); see docs/benchmarks.md."
+        description="Benchmark hubbub against Node ws, uWebSockets.js, websockets, aiohttp and "
+        "picows (seed mode) and Node socket.io and python-socketio (chat mode); see "
+        "docs/benchmarks.md."
     )
     parser.add_argument("--quick", action="store_true", help="short smoke run (~2 min)")
     parser.add_argument(

@@ -377,7 +377,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--budget",
         type=float,
-        default=255.0,
+        default=245.0,
         help="seconds for the whole run: a scenario past its share stops after two rounds",
     )
     p.add_argument("--json", metavar="FILE", help="write every window's result as JSON")

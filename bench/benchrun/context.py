@@ -30,12 +30,13 @@ class Context:
         return self.agg.get(BASELINE, {})  # type: ignore[no-any-return]
 
     def names(self, scenario: str) -> list[str]:
-        """The servers of the run that took part in ``scenario``, in the run's order (not
-        those that take part in it only since the results were recorded)."""
+        """The servers of the run that took part in ``scenario``, in the run's order: those
+        with results for it (a report made again from recorded results shows what was
+        measured then, whatever the servers' scenarios are now)."""
         return [
             n
             for n in self.plan.servers
-            if scenario in SERVERS[n].scenarios and scenario in self.plan.results.get(n, {})
+            if n in SERVERS and scenario in self.plan.results.get(n, {})
         ]
 
     def chart(self, scenario: str, alt: str) -> list[str]:

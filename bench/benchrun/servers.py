@@ -168,7 +168,8 @@ SERVERS: dict[str, ServerSpec] = {
             _node_versions(UWS_DIR, ("@trufflesuite/uws-js-unofficial",)),
             "bench/peers/uws_node/server.js (uWebSockets.js: C++ engine, `app.publish` "
             "fans out in C++; the stand-in for Swoole)",
-            SEED_SCENARIOS,
+            # What the issue compares with Swoole: steady-rate CPU and handshakes.
+            ("steady", "connect"),
         ),
         ServerSpec(
             "websockets",
@@ -192,6 +193,8 @@ SERVERS: dict[str, ServerSpec] = {
             lambda port, tmp: [sys.executable, str(PEERS / "picows_peer.py"), str(port)],
             _py_versions("picows", "uvloop"),
             "bench/peers/picows_peer.py (`WSTransport.send` to each client)",
+            # The fastest Python peer, where it says most: saturation and steady rates.
+            ("fanout", "steady"),
         ),
         ServerSpec(
             "socketio_node",
@@ -214,9 +217,10 @@ SERVERS: dict[str, ServerSpec] = {
 
 
 #: The servers of a default run: hubbub (with and without its compiled path), the
-#: baseline and the fastest peer, and Node socket.io in chat mode. websockets, aiohttp
+#: baseline, uWebSockets (the C++ engine standing in for Swoole) and the fastest Python
+#: peer, and Node socket.io in chat mode. websockets, aiohttp
 #: and python-socketio (slower than Node ws in every earlier run) with ``--servers``.
-DEFAULT_SERVERS = ("hubbub", "hubbub_nospeedups", "node_ws", "picows", "socketio_node")
+DEFAULT_SERVERS = ("hubbub", "hubbub_nospeedups", "node_ws", "uws", "picows", "socketio_node")
 
 
 def free_port() -> int:
