@@ -12,8 +12,9 @@ PORT   ?= 9502
 RUNTIME_STAMP := $(VENV)/.installed-runtime
 DEV_STAMP     := $(VENV)/.installed-dev
 BENCH_STAMP   := $(VENV)/.installed-bench
-# Debian packages the test suite needs (headless Chromium for the browser tests).
-APT_PACKAGES := chromium nginx haproxy openssl redis-server
+# Debian packages the test suite needs (headless Chromium for the browser tests; gcc and
+# libssl-dev build tools/steady_probe.c, the compiled steady-rate receiver).
+APT_PACKAGES := chromium nginx haproxy openssl redis-server gcc libssl-dev
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: install install-dev install-bench run test lint system-deps node-deps conformance bench bench-core bench-transports bench-scaleout fuzz soak clean
